@@ -1,0 +1,32 @@
+# Two entry points: `make run` (the main job on the synthetic dataset) and `make test`.
+# Both create .venv if needed. torch is pinned to 2.13.0 so that CPU machines take the
+# CPU build instead of pulling several GB of CUDA packages.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup setup-test run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)" -e ".[cpu]"
+
+setup-test: $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)" -e ".[test]"
+
+run: setup
+	$(BIN)/vpipe run --dataset synthetic
+
+test: setup-test
+	$(BIN)/python -m pytest -q
+
+bench: setup-test
+	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/flow.py
+
+clean:
+	rm -rf $(VENV) workspace/synthetic

@@ -1,0 +1,29 @@
+"""``vpipe datasets``: what can be read."""
+
+from __future__ import annotations
+
+import typer
+
+from vpipe.cli.options import Json, emit_json
+from vpipe.data.registry import list_datasets
+
+
+def datasets(json_output: Json = False) -> None:
+    """List the dataset adapters and their splits.
+
+    Example: vpipe datasets --json
+    """
+    rows = [
+        {"name": d.name, "splits": list(d.split_numbers), "summary": d.summary} for d in list_datasets()
+    ]
+    if json_output:
+        emit_json(rows)
+        return
+    width = max(len(r["name"]) for r in rows)
+    for row in rows:
+        splits = ",".join(map(str, row["splits"]))
+        typer.echo(f"{row['name']:<{width}}  splits {splits:<6} {row['summary']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("datasets")(datasets)

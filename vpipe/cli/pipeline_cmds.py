@@ -1,0 +1,201 @@
+"""``vpipe probe``, ``plan``, ``status`` and ``run``: the stage DAG from the command line."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vpipe.cli.options import (
+    Adapter,
+    Dataset,
+    Decoder,
+    Json,
+    RetryFailed,
+    Root,
+    Scheduler,
+    Split,
+    Strict,
+    Verbose,
+    Workers,
+    Workspace,
+    dataset_workspace,
+    emit_json,
+    err,
+    executor_for,
+    parse_key_values,
+    setup_logging,
+    user_errors,
+)
+from vpipe.pipeline.stage import StageReport
+from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain
+from vpipe.stages.dataset import configure_dataset
+
+Sampler = Annotated[str, typer.Option("--sampler", help="Temporal sampler: li3d, uniform, tsn or dense.")]
+SamplerOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--option", "-o", help="Sampler parameter KEY=VALUE, repeatable (e.g. -o need=32 -o size=112)."),
+]
+PlanName = Annotated[Optional[str], typer.Option("--plan-name", help="Name of the plan [default: the sampler name].")]
+VideosPerClass = Annotated[
+    Optional[int], typer.Option("--videos-per-class", min=1, help="Synthetic dataset size per class (scales it up).")
+]
+SyntheticSeed = Annotated[Optional[int], typer.Option("--synthetic-seed", help="Seed of the synthetic dataset.")]
+
+
+def _configure(
+    dataset: str, workspace, root, split, adapter, videos_per_class=None, synthetic_seed=None
+) -> tuple[DatasetWorkspace, dict]:
+    ws = dataset_workspace(dataset, workspace)
+    config = configure_dataset(
+        ws,
+        adapter=adapter,
+        root=root,
+        split=split,
+        synthetic_options={"videos_per_class": videos_per_class, "seed": synthetic_seed},
+    )
+    return ws, config
+
+
+def _finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:
+    failed = sum(r.failed for r in reports)
+    if json_output:
+        emit_json({"stages": [r.to_dict() for r in reports], "failed": failed})
+    else:
+        for report in reports:
+            typer.echo(report.summary())
+        did = sum(r.computed for r in reports)
+        typer.echo(
+            ("nothing to do: everything is up to date" if did == 0 else f"done: {did} items processed")
+            + f"; {failed} failed item(s)"
+            + (" (see failures.parquet)" if failed else "")
+        )
+    if strict and failed:
+        err.print(f"[red]{failed} item(s) failed and --strict is set[/]")
+        raise typer.Exit(1)
+
+
+@user_errors
+def probe(
+    dataset: Dataset,
+    root: Root = None,
+    split: Split = None,
+    adapter: Adapter = None,
+    workspace: Workspace = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    decoder: Decoder = "auto",
+    videos_per_class: VideosPerClass = None,
+    synthetic_seed: SyntheticSeed = None,
+    retry_failed: RetryFailed = False,
+    strict: Strict = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """List a dataset's videos and record what decodes: writes manifest.parquet.
+
+    Example: vpipe probe --dataset ucf101 --root /data/ucf101 --split 1
+    """
+    setup_logging(verbose)
+    ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
+    stages = build_chain(ws, config, ChainOptions(decoder=decoder))[:1]
+    with executor_for(scheduler, workers) as executor:
+        reports = run_chain(stages, executor, retry_failed=retry_failed)
+    _finish(reports, json_output, strict)
+
+
+@user_errors
+def plan(
+    dataset: Dataset,
+    sampler: Sampler = "li3d",
+    option: SamplerOption = None,
+    plan_name: PlanName = None,
+    workspace: Workspace = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Choose the frames and crops of every clip: writes plans/<name>.parquet.
+
+    Example: vpipe plan --dataset ucf101 --sampler li3d -o need=64 -o train_views=3
+    """
+    setup_logging(verbose)
+    ws = dataset_workspace(dataset, workspace)
+    options = ChainOptions(sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name)
+    stages = build_chain(ws, ws.read_config(), options)[1:2]
+    with executor_for(None, 0) as executor:
+        reports = run_chain(stages, executor)
+    _finish(reports, json_output, strict=False)
+
+
+@user_errors
+def status(
+    dataset: Dataset,
+    sampler: Sampler = "li3d",
+    option: SamplerOption = None,
+    plan_name: PlanName = None,
+    decoder: Decoder = "auto",
+    workspace: Workspace = None,
+    json_output: Json = False,
+) -> None:
+    """Show, per stage, how many items are done, failed and in total.
+
+    Example: vpipe status --dataset synthetic --json
+    """
+    ws = dataset_workspace(dataset, workspace)
+    options = ChainOptions(
+        decoder=decoder, sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name
+    )
+    reports = chain_status(build_chain(ws, ws.read_config(), options))
+    if json_output:
+        emit_json(
+            {
+                r.stage: {"done": r.done, "failed": r.failed, "total": r.total, "ready": r.ready, "artifact": r.artifact}
+                | ({"reason": r.reason} if not r.ready else {})
+                for r in reports
+            }
+        )
+        return
+    for report in reports:
+        typer.echo(
+            report.summary() if not report.ready else f"{report.stage}: {report.done} done, {report.failed} failed, {report.total} total"
+        )
+
+
+@user_errors
+def run(
+    dataset: Dataset,
+    root: Root = None,
+    split: Split = None,
+    adapter: Adapter = None,
+    workspace: Workspace = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    decoder: Decoder = "auto",
+    sampler: Sampler = "li3d",
+    option: SamplerOption = None,
+    plan_name: PlanName = None,
+    videos_per_class: VideosPerClass = None,
+    synthetic_seed: SyntheticSeed = None,
+    retry_failed: RetryFailed = False,
+    strict: Strict = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run every stage in order, doing only what is missing or stale.
+
+    Example: vpipe run --dataset synthetic
+    """
+    setup_logging(verbose)
+    ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
+    options = ChainOptions(
+        decoder=decoder, sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name
+    )
+    with executor_for(scheduler, workers) as executor:
+        reports = run_chain(build_chain(ws, config, options), executor, retry_failed=retry_failed)
+    _finish(reports, json_output, strict)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (probe, plan, status, run):
+        app.command(command.__name__)(command)

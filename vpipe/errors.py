@@ -1,0 +1,31 @@
+"""User-facing errors.
+
+Every error a user can cause (bad paths, malformed split files, unreadable videos,
+mismatched weights) is a subclass of :class:`VpipeError`. The CLI prints the message
+as one line and exits non-zero, so messages must say what went wrong, where, and
+how to fix it. Bugs stay ordinary exceptions and keep their tracebacks.
+"""
+
+
+class VpipeError(Exception):
+    """An error caused by user input or environment; its message is shown as-is."""
+
+
+class ConfigError(VpipeError):
+    """Invalid option values or combinations."""
+
+
+class DatasetError(VpipeError):
+    """A dataset tree or split file that does not match its documented layout."""
+
+
+class DecodeError(VpipeError):
+    """A video that cannot be opened or decoded (missing, empty, truncated, not a video)."""
+
+
+class WeightsError(VpipeError):
+    """A weights file that is missing, unreadable or does not match the model."""
+
+
+class StageError(VpipeError):
+    """A stage that cannot run at all (missing inputs, nothing to do it with)."""

@@ -1,0 +1,133 @@
+"""Running stages: resume, execute, record failures, report.
+
+An item is up to date when the journal holds a record for its key made under its
+current fingerprint, whether that record is a success or a failure: a corrupt
+video is not retried on every run, but replacing the file (which changes its
+fingerprint) or ``retry_failed`` makes it run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vpipe.errors import StageError
+from vpipe.pipeline.executor import Executor, InProcessExecutor, WorkItem
+from vpipe.pipeline.failures import replace_stage_failures
+from vpipe.pipeline.journal import Journal, Record
+from vpipe.pipeline.stage import Stage, StageReport
+
+log = logging.getLogger(__name__)
+stderr = Console(stderr=True)
+
+
+def valid_records(items: Sequence[WorkItem], records: dict[str, Record]) -> dict[str, Record]:
+    """The records that still describe ``items`` as they are now."""
+    return {
+        item.key: records[item.key]
+        for item in items
+        if item.key in records and records[item.key].fingerprint == item.fingerprint
+    }
+
+
+def stage_status(stage: Stage) -> StageReport:
+    """What is done and failed, without running anything."""
+    try:
+        items = stage.items()
+    except StageError as error:
+        return StageReport(stage=stage.name, ready=False, reason=str(error), artifact=str(stage.artifact))
+    current = valid_records(items, Journal(stage.journal_dir).load())
+    failed = sum(not r.ok for r in current.values())
+    return StageReport(
+        stage=stage.name,
+        total=len(items),
+        done=len(current) - failed,
+        failed=failed,
+        artifact=str(stage.artifact),
+    )
+
+
+def run_stage(
+    stage: Stage,
+    executor: Executor,
+    *,
+    progress: bool = True,
+    retry_failed: bool = False,
+) -> StageReport:
+    """Bring one stage's artifact up to date; never raises for a failed item."""
+    started = time.perf_counter()
+    items = stage.items()
+    journal = Journal(stage.journal_dir)
+    records = journal.load()
+    current = valid_records(items, records)
+    todo = [item for item in items if item.key not in current or (retry_failed and not current[item.key].ok)]
+    failures_seen = 0
+    if todo:
+        runner = InProcessExecutor() if stage.in_process else executor
+        with _progress_bar(progress and not stage.in_process) as bar:
+            task = bar.add_task(stage.name, total=len(todo))
+            try:
+                for outcome in runner.map(stage.item_fn(), todo, stage=stage.name, resources=stage.resources):
+                    record = Record(
+                        key=outcome.item.key,
+                        fingerprint=outcome.item.fingerprint,
+                        ok=outcome.ok,
+                        rows=outcome.rows or [],
+                        error=outcome.error,
+                        path=outcome.item.path,
+                        seconds=outcome.seconds,
+                    )
+                    journal.append(record)
+                    if not outcome.ok:
+                        failures_seen += 1
+                        stderr.print(
+                            f"[yellow]{stage.name}: {outcome.item.key}: {outcome.error}[/]", highlight=False
+                        )
+                    bar.advance(task)
+            finally:
+                journal.flush()
+        records = journal.load()
+        current = valid_records(items, records)
+
+    artifact_fp = stage.artifact_fingerprint(items)
+    if todo or not stage.artifact_is_current(artifact_fp):
+        stage.write_artifact(items, current, artifact_fp)
+        stage.mark_artifact(artifact_fp)
+        replace_stage_failures(
+            stage.workspace.failures_path,
+            stage.journal_name,
+            [
+                {"stage": stage.journal_name, "video_id": r.key, "path": r.path, "error": r.error, "time": r.time}
+                for r in current.values()
+                if not r.ok
+            ],
+        )
+        journal.compact(records)
+    failed = sum(not r.ok for r in current.values())
+    return StageReport(
+        stage=stage.name,
+        total=len(items),
+        done=len(current) - failed,
+        failed=failed,
+        computed=len(todo),
+        up_to_date=len(items) - len(todo),
+        seconds=time.perf_counter() - started,
+        artifact=str(stage.artifact),
+    )
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=not enabled or not sys.stderr.isatty(),
+        transient=True,
+    )
