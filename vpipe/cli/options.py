@@ -22,7 +22,7 @@ from vpipe.errors import ConfigError, VpipeError
 from vpipe.pipeline.executor import Executor, make_executor
 from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Dataset = Annotated[
     str,

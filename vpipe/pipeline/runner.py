@@ -23,7 +23,7 @@ from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage, StageReport
 
 log = logging.getLogger(__name__)
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 def valid_records(items: Sequence[WorkItem], records: dict[str, Record]) -> dict[str, Record]:

@@ -1,0 +1,144 @@
+"""The command line end to end, on tiny generated videos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vpipe.cli.app import app
+from vpipe.video.write import write_video
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def moving_square(num_frames: int, size=(48, 64), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    frames = np.full((num_frames, *size, 3), 40, np.uint8)
+    for t in range(num_frames):
+        y, x = 8 + t % 20, 4 + 2 * t % 40
+        frames[t, y : y + 12, x : x + 12] = rng.integers(100, 255, 3)
+    return frames
+
+
+@pytest.fixture
+def folder_tree(tmp_path: Path) -> Path:
+    """Two classes of good videos plus one zero-byte, one truncated and one non-video file."""
+    root = tmp_path / "clips"
+    for label, cls in enumerate(["jump", "run"]):
+        for k in range(5):
+            write_video(root / cls / f"{cls}_{k}.avi", moving_square(20 + 3 * k, seed=label * 10 + k))
+    (root / "jump" / "zero_bytes.avi").write_bytes(b"")
+    good = (root / "run" / "run_0.avi").read_bytes()
+    (root / "run" / "truncated.avi").write_bytes(good[: len(good) // 20])
+    (root / "run" / "notes_not_video.mp4").write_text("this is not a video\n" * 50)
+    return root
+
+
+def test_every_command_has_help_with_an_example():
+    top = invoke("--help")
+    assert top.exit_code == 0
+    commands = [c for c in app.registered_commands]
+    assert {c.name for c in commands} >= {"datasets", "probe", "plan", "status", "run"}
+    for command in commands:
+        result = invoke(command.name, "--help")
+        assert result.exit_code == 0, command.name
+        assert "Example: vpipe" in result.output, f"{command.name} --help shows no example"
+
+
+def test_datasets_lists_every_adapter_as_json():
+    result = invoke("datasets", "--json")
+    names = {row["name"] for row in json.loads(result.output)}
+    assert names == {"ucf101", "hmdb51", "kinetics", "folder", "csv", "synthetic"}
+
+
+def test_bad_input_files_are_recorded_and_the_rest_finishes(folder_tree, tmp_path):
+    ws = tmp_path / "ws"
+    result = invoke("run", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree,
+                    "--workspace", ws, "--workers", "0", "-o", "need=8", "-o", "size=32", "-o", "short_side=48")
+    assert result.exit_code == 0, result.output
+    assert "3 failed" in result.output
+    manifest = pd.read_parquet(ws / "clips" / "manifest.parquet")
+    failed = manifest[manifest.status == "failed"]
+    assert sorted(failed.video_id) == ["jump/zero_bytes", "run/notes_not_video", "run/truncated"]
+    assert all(failed.error.str.len() > 0)
+    ok = manifest[manifest.status == "ok"].set_index("video_id")
+    assert len(ok) == 10
+    assert ok.loc["jump/jump_3", "num_frames"] == 29
+    assert (ok.width == 64).all() and (ok.height == 48).all()
+    failures = pd.read_parquet(ws / "clips" / "failures.parquet")
+    assert sorted(failures.video_id) == sorted(failed.video_id)
+    assert set(failures.stage) == {"probe"}
+    for row in failures.itertuples():
+        assert row.path.endswith(row.video_id.split("/")[1] + Path(row.path).suffix)
+    plan = pd.read_parquet(ws / "clips" / "plans" / "li3d.parquet")
+    assert set(plan.video_id) == set(ok.index)
+    assert all(len(f) == 8 for f in plan.frames)
+
+
+def test_strict_turns_failed_items_into_a_non_zero_exit(folder_tree, tmp_path):
+    args = ["run", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree,
+            "--workspace", tmp_path / "ws", "--workers", "0", "-o", "size=32", "-o", "short_side=48"]
+    assert invoke(*args).exit_code == 0
+    assert invoke(*args, "--strict").exit_code == 1
+
+
+def test_second_run_does_nothing_and_status_counts(folder_tree, tmp_path):
+    args = ["run", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree,
+            "--workspace", tmp_path / "ws", "--workers", "0", "-o", "size=32", "-o", "short_side=48"]
+    invoke(*args)
+    again = invoke(*args, "--json")
+    report = json.loads(again.output)
+    assert [s["computed"] for s in report["stages"]] == [0, 0]
+    assert report["failed"] == 3
+    status = json.loads(invoke("status", "--dataset", "clips", "--workspace", tmp_path / "ws",
+                               "-o", "size=32", "-o", "short_side=48", "--json").output)
+    assert (status["probe"]["done"], status["probe"]["failed"], status["probe"]["total"]) == (10, 3, 13)
+    assert (status["plan"]["done"], status["plan"]["failed"], status["plan"]["total"]) == (10, 0, 10)
+
+
+def test_replacing_a_broken_video_reprobes_only_it(folder_tree, tmp_path):
+    args = ["probe", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree,
+            "--workspace", tmp_path / "ws", "--workers", "0", "--json"]
+    invoke(*args)
+    write_video(folder_tree / "jump" / "zero_bytes.avi", moving_square(12))
+    report = json.loads(invoke(*args).output)["stages"][0]
+    assert (report["computed"], report["failed"], report["done"]) == (1, 2, 11)
+
+
+def test_status_before_anything_ran_says_what_to_do(tmp_path):
+    result = invoke("status", "--dataset", "ucf101", "--workspace", tmp_path)
+    assert result.exit_code == 1
+    assert "vpipe probe --dataset ucf101" in result.output
+
+
+def test_usage_errors_exit_2_and_runtime_errors_exit_1(tmp_path):
+    assert invoke("run", "--workers", "-3", "--dataset", "x").exit_code == 2
+    missing_root = invoke("probe", "--dataset", "ucf101", "--workspace", tmp_path)
+    assert missing_root.exit_code == 1
+    assert "needs --root" in missing_root.output
+    unknown = invoke("probe", "--dataset", "ucf1O1", "--root", tmp_path, "--workspace", tmp_path)
+    assert unknown.exit_code == 1
+    assert "ucf101" in unknown.output
+    bad_option = invoke("plan", "--dataset", "x", "--workspace", tmp_path, "-o", "nede=3")
+    assert bad_option.exit_code == 1
+
+
+@pytest.mark.slow
+def test_synthetic_main_job_builds_probes_and_plans_then_does_nothing(tmp_path):
+    args = ["run", "--dataset", "synthetic", "--workspace", tmp_path, "--videos-per-class", "2", "--workers", "0"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    manifest = pd.read_parquet(tmp_path / "synthetic" / "manifest.parquet")
+    assert (manifest.status == "ok").all()
+    assert manifest.label.min() == 0 and manifest.label.nunique() == manifest.label_name.nunique()
+    second = invoke(*args)
+    assert "nothing to do" in second.output

@@ -1,0 +1,152 @@
+"""Any folder of clips, one subfolder per class.
+
+Layout::
+
+    root/
+      <class>/<video>.avi | .mp4 | .mkv | .webm | .mov    (suffix case-insensitive)
+
+Only the direct subfolders of ``root`` are classes and only their direct files are
+videos; files with other suffixes (thumbnails, notes) and hidden entries are ignored,
+and a subfolder without any video is not a class. Labels are the class folder names
+sorted, numbered from 0. ``video_id`` is ``<class>/<file name without suffix>``.
+
+A plain folder carries no split information, so every class is split by a fixed
+hold-out rule (:func:`holdout`): its videos sorted by ``video_id``, every fifth one
+(the 5th, 10th, ...) is ``test`` and the rest ``train``. The rule depends only on
+names, so the same tree always gives the same split and train/evaluate works with no
+extra file, and adding videos to one class never moves another class's videos.
+
+The module also holds the small listing rules every adapter shares: which suffixes
+are videos, how split/list text files are read line by line, and the split-number
+check.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from vpipe.data.base import VideoEntry
+from vpipe.errors import ConfigError, DatasetError
+
+#: File suffixes (lower case) that adapters treat as videos.
+VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".webm", ".mov"})
+
+#: One video in this many per class goes to ``test`` under the hold-out rule.
+HOLDOUT_EVERY = 5
+
+
+class _HasSplits(Protocol):
+    name: str
+    split_numbers: tuple[int, ...]
+
+
+def is_video(path: Path) -> bool:
+    """Whether ``path`` names a visible file with a video suffix."""
+    return path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def check_split_number(adapter: _HasSplits, split: int) -> None:
+    """Reject a split number the dataset does not define, before any file is read."""
+    if split not in adapter.split_numbers:
+        choices = ", ".join(str(n) for n in adapter.split_numbers)
+        raise ConfigError(f"dataset {adapter.name} has no split {split}; use --split {choices}")
+
+
+def require_dir(path: Path, what: str) -> None:
+    """Fail early, naming the directory, when a documented directory is absent."""
+    if not path.is_dir():
+        raise DatasetError(f"{path}: {what} not found; check --root against the documented layout")
+
+
+def read_text(path: Path) -> str:
+    """The whole text of a split, list or CSV file, as a :class:`DatasetError` when unusable.
+
+    Decoding up front turns a stray Latin-1 byte into a message naming the file instead
+    of a traceback from deep inside a parser. A UTF-8 byte-order mark (spreadsheet
+    exports) is dropped so that it does not glue itself to the first column name.
+    """
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found; check --root against the documented layout")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from None
+
+
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for the non-blank lines of a split or list file.
+
+    Official split files come with CRLF endings, trailing spaces and blank lines;
+    they are normalised here so that every parser sees clean lines while error
+    messages keep the line numbers of the file as a text editor shows them.
+    """
+    for number, raw in enumerate(read_text(path).splitlines(), start=1):
+        line = raw.strip()
+        if line:
+            yield number, line
+
+
+def holdout(videos: Iterable[tuple[str, int]]) -> dict[str, str]:
+    """Map each ``(video_id, label)`` to ``train`` or ``test`` by the hold-out rule.
+
+    Within each label the ids are sorted and every :data:`HOLDOUT_EVERY`-th goes to
+    ``test``, so each class keeps the same share of test videos.
+    """
+    by_label: dict[int, list[str]] = defaultdict(list)
+    for video_id, label in videos:
+        by_label[label].append(video_id)
+    splits: dict[str, str] = {}
+    for ids in by_label.values():
+        for position, video_id in enumerate(sorted(ids), start=1):
+            splits[video_id] = "test" if position % HOLDOUT_EVERY == 0 else "train"
+    return splits
+
+
+class Folder:
+    """``root/<class>/<video>`` trees with a fixed stratified hold-out split."""
+
+    name = "folder"
+    summary = "Any folder of clips, one subfolder per class; every 5th video per class is test"
+    split_numbers = (1,)
+
+    def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
+        """List the videos of every class folder under ``root``."""
+        check_split_number(self, split)
+        root = Path(root).expanduser().resolve()
+        require_dir(root, "dataset folder")
+        videos = self._scan(root)
+        classes = sorted({path.parent.name for path in videos.values()})
+        labels = {name: label for label, name in enumerate(classes)}
+        label_of = {video_id: labels[path.parent.name] for video_id, path in videos.items()}
+        splits = holdout(label_of.items())
+        return [
+            VideoEntry(video_id, path, label_of[video_id], path.parent.name, splits[video_id])
+            for video_id, path in sorted(videos.items())
+        ]
+
+    @staticmethod
+    def _scan(root: Path) -> dict[str, Path]:
+        """Map ``video_id`` to path for every video one level below ``root``."""
+        videos: dict[str, Path] = {}
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if is_video(entry):
+                raise DatasetError(f"{entry}: video directly under the dataset folder; move it into a class subfolder")
+            if not entry.is_dir():
+                continue
+            for path in sorted(entry.iterdir()):
+                if not is_video(path):
+                    continue
+                video_id = f"{entry.name}/{path.stem}"
+                if video_id in videos:
+                    raise DatasetError(
+                        f"{path}: same name as {videos[video_id].name} in {entry}; rename one, ids ignore the suffix"
+                    )
+                videos[video_id] = path
+        if not videos:
+            raise DatasetError(f"{root}: no <class>/<video> files found; put each class's videos in its own subfolder")
+        return videos
