@@ -39,7 +39,7 @@ SamplerOption = Annotated[
 ]
 PlanName = Annotated[Optional[str], typer.Option("--plan-name", help="Name of the plan [default: the sampler name].")]
 VideosPerClass = Annotated[
-    Optional[int], typer.Option("--videos-per-class", min=1, help="Synthetic dataset size per class (scales it up).")
+    Optional[int], typer.Option("--videos-per-class", min=2, help="Synthetic dataset size per class (scales it up).")
 ]
 SyntheticSeed = Annotated[Optional[int], typer.Option("--synthetic-seed", help="Seed of the synthetic dataset.")]
 

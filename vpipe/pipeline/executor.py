@@ -49,7 +49,14 @@ class Outcome:
 
 class Executor(Protocol):
     def map(
-        self, fn: ItemFn, items: Sequence[WorkItem], *, stage: str, resources: dict[str, float] | None = None
+        self,
+        fn: Callable,
+        items: Sequence[WorkItem],
+        *,
+        stage: str,
+        resources: dict[str, float] | None = None,
+        chunk_size: int = 1,
+        batched: bool = False,
     ) -> Iterator[Outcome]: ...
 
     def close(self) -> None: ...
@@ -64,12 +71,39 @@ def describe_error(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def call_item(fn: ItemFn, payload: Any) -> tuple[list[dict], float]:
-    """Run one item and time it; what a dask task executes."""
+def call_chunk(fn: Callable, payloads: list[Any], batched: bool) -> list[tuple[list[dict] | None, str, float]]:
+    """Run a chunk of items in one task; what a dask task executes.
+
+    A batched function takes all payloads at once (so a model can batch clips across
+    videos) and returns, per payload, its rows or the exception that item raised.
+    A whole-chunk exception fails every item of the chunk with the same reason.
+    """
     _limit_threads_in_worker()
+    if not batched:
+        results = []
+        for payload in payloads:
+            start = time.perf_counter()
+            try:
+                rows = fn(payload)
+            except Exception as error:  # noqa: BLE001 - recorded per item, never fatal
+                results.append((None, describe_error(error), time.perf_counter() - start))
+            else:
+                results.append((rows, "", time.perf_counter() - start))
+        return results
     start = time.perf_counter()
-    rows = fn(payload)
-    return rows, time.perf_counter() - start
+    try:
+        outputs = fn(payloads)
+    except Exception as error:  # noqa: BLE001
+        reason = describe_error(error)
+        return [(None, reason, 0.0)] * len(payloads)
+    each = (time.perf_counter() - start) / max(1, len(payloads))
+    return [
+        (None, describe_error(out), each) if isinstance(out, BaseException) else (out, "", each) for out in outputs
+    ]
+
+
+def chunked(items: Sequence[WorkItem], size: int) -> list[list[WorkItem]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), max(1, size))]
 
 
 def _limit_threads_in_worker() -> None:
@@ -89,19 +123,21 @@ def _limit_threads_in_worker() -> None:
 
 
 class InProcessExecutor:
-    """Runs items one after the other in this process."""
+    """Runs chunks one after the other in this process."""
 
     def map(
-        self, fn: ItemFn, items: Sequence[WorkItem], *, stage: str, resources: dict[str, float] | None = None
+        self,
+        fn: Callable,
+        items: Sequence[WorkItem],
+        *,
+        stage: str,
+        resources: dict[str, float] | None = None,
+        chunk_size: int = 1,
+        batched: bool = False,
     ) -> Iterator[Outcome]:
-        for item in items:
-            start = time.perf_counter()
-            try:
-                rows, seconds = call_item(fn, item.payload)
-            except Exception as error:  # noqa: BLE001 - every item failure is recorded, never fatal
-                yield Outcome(item, None, describe_error(error), time.perf_counter() - start)
-            else:
-                yield Outcome(item, rows, "", seconds)
+        for chunk in chunked(items, chunk_size):
+            for item, (rows, error, seconds) in zip(chunk, call_chunk(fn, [i.payload for i in chunk], batched)):
+                yield Outcome(item, rows, error, seconds)
 
     def close(self) -> None:
         pass
@@ -123,6 +159,7 @@ class DaskExecutor:
         return self._client
 
     def _connect(self):
+        import dask
         from distributed import Client, LocalCluster
 
         if self.scheduler:
@@ -136,6 +173,8 @@ class DaskExecutor:
                 ) from error
         workers = self.workers or os.cpu_count() or 1
         log.info("starting a local dask cluster with %d worker processes", workers)
+        # Non-daemonic workers may start processes of their own (decoding DataLoaders).
+        dask.config.set({"distributed.worker.daemon": False})
         self._cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -154,7 +193,14 @@ class DaskExecutor:
         return wanted or None
 
     def map(
-        self, fn: ItemFn, items: Sequence[WorkItem], *, stage: str, resources: dict[str, float] | None = None
+        self,
+        fn: Callable,
+        items: Sequence[WorkItem],
+        *,
+        stage: str,
+        resources: dict[str, float] | None = None,
+        chunk_size: int = 1,
+        batched: bool = False,
     ) -> Iterator[Outcome]:
         if not items:
             return
@@ -164,20 +210,27 @@ class DaskExecutor:
         wanted = self._supported(resources)
         token = uuid.uuid4().hex[:8]
         futures = {}
-        for item in items:
+        for chunk in chunked(items, chunk_size):
             future = client.submit(
-                call_item, fn, item.payload, key=f"{stage}-{item.key}-{token}", pure=False, resources=wanted
+                call_chunk,
+                fn,
+                [item.payload for item in chunk],
+                batched,
+                key=f"{stage}-{chunk[0].key}-{len(chunk)}-{token}",
+                pure=False,
+                resources=wanted,
             )
-            futures[future] = (item, time.perf_counter())
+            futures[future] = (chunk, time.perf_counter())
         try:
             for future in as_completed(futures):
-                item, submitted = futures.pop(future)
+                chunk, submitted = futures.pop(future)
                 if future.status == "finished":
-                    rows, seconds = future.result()
-                    yield Outcome(item, rows, "", seconds)
+                    for item, (rows, error, seconds) in zip(chunk, future.result()):
+                        yield Outcome(item, rows, error, seconds)
                 else:
-                    error = future.exception()
-                    yield Outcome(item, None, describe_error(error), time.perf_counter() - submitted)
+                    reason = describe_error(future.exception())
+                    for item in chunk:
+                        yield Outcome(item, None, reason, time.perf_counter() - submitted)
                 future.release()
         finally:
             for future in futures:

@@ -72,7 +72,15 @@ def run_stage(
         with _progress_bar(progress and not stage.in_process) as bar:
             task = bar.add_task(stage.name, total=len(todo))
             try:
-                for outcome in runner.map(stage.item_fn(), todo, stage=stage.name, resources=stage.resources):
+                outcomes = runner.map(
+                    stage.item_fn(),
+                    todo,
+                    stage=stage.name,
+                    resources=stage.resources,
+                    chunk_size=stage.chunk_size,
+                    batched=stage.batched,
+                )
+                for outcome in outcomes:
                     record = Record(
                         key=outcome.item.key,
                         fingerprint=outcome.item.fingerprint,

@@ -59,6 +59,10 @@ class Stage(ABC):
     resources: ClassVar[dict[str, float] | None] = None
     #: Cheap stages run in the driver: shipping their items to workers costs more than the work.
     in_process: ClassVar[bool] = False
+    #: Items per task. With ``batched``, the item function receives the chunk's payloads at
+    #: once (e.g. to batch clips of several videos through a model); records stay per item.
+    chunk_size: int = 1
+    batched: ClassVar[bool] = False
 
     def __init__(self, workspace: DatasetWorkspace):
         self.workspace = workspace
@@ -83,7 +87,10 @@ class Stage(ABC):
 
     @abstractmethod
     def item_fn(self) -> ItemFn:
-        """A picklable function ``payload -> rows`` (module-level or a partial of one)."""
+        """A picklable function ``payload -> rows`` (module-level or a partial of one).
+
+        For ``batched`` stages: ``list[payload] -> list[rows | Exception]``, one entry per payload.
+        """
 
     @abstractmethod
     def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:

@@ -1,0 +1,103 @@
+"""``vpipe encode``: codebook, classic encodings and their linear baseline."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from vpipe.cli.options import Dataset, Json, Verbose, Workspace, dataset_workspace, emit_json, setup_logging, user_errors
+from vpipe.encode.classic import METHODS
+from vpipe.errors import ConfigError
+from vpipe.stages.encode import run_encode
+
+Features = Annotated[str, typer.Option("--features", "-f", help="Feature set under features/, e.g. li3d-rgb.")]
+Clusters = Annotated[int, typer.Option("--clusters", "-k", min=1, help="Codebook size K (the paper uses 128).")]
+SampleSize = Annotated[
+    Optional[int],
+    typer.Option("--sample-size", min=1, help="Train descriptors k-means is fitted on [default: min(all, 100000)]."),
+]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the descriptor sample and k-means.")]
+Niter = Annotated[int, typer.Option("--niter", min=1, help="k-means iterations.")]
+Methods = Annotated[str, typer.Option("--methods", help="Comma-separated encodings: bof, vlad, fv.")]
+Layer = Annotated[str, typer.Option("--layer", help="Cached layer holding per-step descriptors.")]
+SvmC = Annotated[
+    Optional[float],
+    typer.Option("--svm-c", min=0.0, help="Fixed C of the linear SVM [default: chosen by CV on train]."),
+]
+Device = Annotated[str, typer.Option("--device", help="k-means device: auto (GPU if faiss can), cpu or gpu.")]
+
+_DEVICES = {"auto": None, "cpu": False, "gpu": True}
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    book = summary["codebook"]
+    typer.echo(
+        f"codebook {book['path']}: {'fitted' if book['fitted'] else 'up to date'}, K={summary['clusters']}, "
+        f"{book['sample_size']} descriptors of {book['train_videos']} train videos, "
+        f"objective {book['objective']:.6g} ({book['device']})"
+    )
+    for method, entry in summary["encodings"].items():
+        state = "written" if entry["written"] else "up to date"
+        typer.echo(f"{method}: {summary['videos']} videos x {entry['dim']} -> {entry['path']} ({state})")
+    if summary["videos_without_features"]:
+        typer.echo(f"{summary['videos_without_features']} manifest video(s) have no features and were not encoded")
+    baseline = summary["baseline"]
+    if baseline is None:
+        typer.echo("baseline skipped: the dataset has no test videos")
+        return
+    typer.echo(f"\nlinear baseline (test split), {baseline['path']}:")
+    typer.echo(f"{'method':<8}{'dim':>9}{'C':>8}{'accuracy':>10}{'precision':>11}{'recall':>8}{'top-5':>8}")
+    for method, m in baseline["methods"].items():
+        typer.echo(
+            f"{method:<8}{m['dim']:>9}{m['C']:>8g}{m['accuracy']:>10.3f}"
+            f"{m['macro_precision']:>11.3f}{m['macro_recall']:>8.3f}{m['top5']:>8.3f}"
+        )
+
+
+@user_errors
+def encode(
+    dataset: Dataset,
+    features: Features = "li3d-rgb",
+    clusters: Clusters = 128,
+    sample_size: SampleSize = None,
+    seed: Seed = 0,
+    niter: Niter = 20,
+    methods: Methods = ",".join(METHODS),
+    layer: Layer = "pool",
+    svm_c: SvmC = None,
+    device: Device = "auto",
+    workspace: Workspace = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Fit a train-only k-means codebook and encode every video as BoF, VLAD and Fisher vectors.
+
+    Writes codebooks/<features>-k<K>.h5, encodings/<features>-k<K>-<method>.h5 and a linear
+    baseline's test metrics; a rerun with the same inputs and options does nothing.
+
+    Example: vpipe encode --dataset ucf101 --features li3d-rgb --clusters 128
+    """
+    setup_logging(verbose)
+    if device not in _DEVICES:
+        raise ConfigError(f"--device must be auto, cpu or gpu, got {device!r}")
+    summary = run_encode(
+        dataset_workspace(dataset, workspace),
+        features,
+        clusters,
+        sample_size=sample_size,
+        seed=seed,
+        niter=niter,
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        layer=layer,
+        svm_c=svm_c,
+        use_gpu=_DEVICES[device],
+    )
+    if json_output:
+        emit_json(summary)
+    else:
+        _print_summary(summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("encode")(encode)
