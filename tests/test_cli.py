@@ -29,8 +29,7 @@ def moving_square(num_frames: int, size=(48, 64), seed=0) -> np.ndarray:
     return frames
 
 
-@pytest.fixture
-def folder_tree(tmp_path: Path) -> Path:
+def make_folder_tree(tmp_path: Path) -> Path:
     """Two classes of good videos plus one zero-byte, one truncated and one non-video file."""
     root = tmp_path / "clips"
     for label, cls in enumerate(["jump", "run"]):
@@ -41,6 +40,11 @@ def folder_tree(tmp_path: Path) -> Path:
     (root / "run" / "truncated.avi").write_bytes(good[: len(good) // 20])
     (root / "run" / "notes_not_video.mp4").write_text("this is not a video\n" * 50)
     return root
+
+
+@pytest.fixture
+def folder_tree(tmp_path: Path) -> Path:
+    return make_folder_tree(tmp_path)
 
 
 def test_every_command_has_help_with_an_example():
@@ -60,13 +64,25 @@ def test_datasets_lists_every_adapter_as_json():
     assert names == {"ucf101", "hmdb51", "kinetics", "folder", "csv", "synthetic"}
 
 
-def test_bad_input_files_are_recorded_and_the_rest_finishes(folder_tree, tmp_path):
-    ws = tmp_path / "ws"
-    result = invoke("run", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree,
-                    "--workspace", ws, "--workers", "0", "-o", "need=8", "-o", "size=32", "-o", "short_side=48")
+TINY = ["-o", "need=8", "-o", "size=32", "-o", "short_side=48", "--clusters", "4", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole chain once on the folder tree with broken files; tests read its artifacts."""
+    tmp = tmp_path_factory.mktemp("run")
+    root = make_folder_tree(tmp)
+    ws = tmp / "ws"
+    args = ["run", "--dataset", "clips", "--adapter", "folder", "--root", root, "--workspace", ws, *TINY]
+    first = invoke(*args)
+    return args, ws / "clips", first
+
+
+def test_bad_input_files_are_recorded_and_the_rest_finishes(tiny_run):
+    _, ws, result = tiny_run
     assert result.exit_code == 0, result.output
     assert "3 failed" in result.output
-    manifest = pd.read_parquet(ws / "clips" / "manifest.parquet")
+    manifest = pd.read_parquet(ws / "manifest.parquet")
     failed = manifest[manifest.status == "failed"]
     assert sorted(failed.video_id) == ["jump/zero_bytes", "run/notes_not_video", "run/truncated"]
     assert all(failed.error.str.len() > 0)
@@ -74,35 +90,46 @@ def test_bad_input_files_are_recorded_and_the_rest_finishes(folder_tree, tmp_pat
     assert len(ok) == 10
     assert ok.loc["jump/jump_3", "num_frames"] == 29
     assert (ok.width == 64).all() and (ok.height == 48).all()
-    failures = pd.read_parquet(ws / "clips" / "failures.parquet")
+    failures = pd.read_parquet(ws / "failures.parquet")
     assert sorted(failures.video_id) == sorted(failed.video_id)
     assert set(failures.stage) == {"probe"}
     for row in failures.itertuples():
         assert row.path.endswith(row.video_id.split("/")[1] + Path(row.path).suffix)
-    plan = pd.read_parquet(ws / "clips" / "plans" / "li3d.parquet")
+    plan = pd.read_parquet(ws / "plans" / "li3d.parquet")
     assert set(plan.video_id) == set(ok.index)
     assert all(len(f) == 8 for f in plan.frames)
 
 
-def test_strict_turns_failed_items_into_a_non_zero_exit(folder_tree, tmp_path):
-    args = ["run", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree,
-            "--workspace", tmp_path / "ws", "--workers", "0", "-o", "size=32", "-o", "short_side=48"]
-    assert invoke(*args).exit_code == 0
+def test_main_job_caches_flow_and_features_of_every_good_video(tiny_run):
+    _, ws, _ = tiny_run
+    from vpipe.store.reader import FeatureSet
+
+    with FeatureSet.open(ws / "flow" / "li3d") as flow:
+        assert len(flow.video_ids()) == 10
+        field = flow.clips("jump/jump_0", layer="flow")
+        assert field.shape == (1, 8, 2, 32, 32) and field.dtype == np.uint8
+    for name in ("li3d-rgb", "li3d-flow"):
+        with FeatureSet.open(ws / "features" / name) as features:
+            assert len(features.video_ids()) == 10
+            assert features.sequence("run/run_2").shape == (1, 1024)
+            assert features.provenance["weights_sha256"] == "random"
+    assert (ws / "codebooks" / "li3d-rgb-k4.h5").exists()
+
+
+def test_strict_turns_failed_items_into_a_non_zero_exit(tiny_run):
+    args, _, _ = tiny_run
     assert invoke(*args, "--strict").exit_code == 1
 
 
-def test_second_run_does_nothing_and_status_counts(folder_tree, tmp_path):
-    args = ["run", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree,
-            "--workspace", tmp_path / "ws", "--workers", "0", "-o", "size=32", "-o", "short_side=48"]
-    invoke(*args)
-    again = invoke(*args, "--json")
-    report = json.loads(again.output)
-    assert [s["computed"] for s in report["stages"]] == [0, 0]
+def test_second_run_does_nothing_and_status_counts(tiny_run):
+    args, ws, _ = tiny_run
+    report = json.loads(invoke(*args, "--json").output)
+    assert [s["computed"] for s in report["stages"]] == [0] * len(report["stages"])
     assert report["failed"] == 3
-    status = json.loads(invoke("status", "--dataset", "clips", "--workspace", tmp_path / "ws",
-                               "-o", "size=32", "-o", "short_side=48", "--json").output)
+    status = json.loads(invoke("status", "--dataset", "clips", "--workspace", ws.parent, *TINY[:6], "--json").output)
     assert (status["probe"]["done"], status["probe"]["failed"], status["probe"]["total"]) == (10, 3, 13)
     assert (status["plan"]["done"], status["plan"]["failed"], status["plan"]["total"]) == (10, 0, 10)
+    assert status["extract:li3d-rgb"]["done"] == status["extract:li3d-flow"]["done"] == 10
 
 
 def test_replacing_a_broken_video_reprobes_only_it(folder_tree, tmp_path):

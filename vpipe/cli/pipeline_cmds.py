@@ -42,6 +42,17 @@ VideosPerClass = Annotated[
     Optional[int], typer.Option("--videos-per-class", min=2, help="Synthetic dataset size per class (scales it up).")
 ]
 SyntheticSeed = Annotated[Optional[int], typer.Option("--synthetic-seed", help="Seed of the synthetic dataset.")]
+Backbone = Annotated[str, typer.Option("--backbone", "-b", help="Feature backbone (see `vpipe backbones`).")]
+Streams = Annotated[
+    Optional[list[str]], typer.Option("--stream", help="Stream to extract, repeatable: rgb, flow [default: both].")
+]
+WeightsOption = Annotated[
+    Optional[list[str]], typer.Option("--weights", help="STREAM=PATH of a local checkpoint, repeatable.")
+]
+Clusters = Annotated[
+    Optional[int], typer.Option("--clusters", min=0, help="Codebook size K [default: 128; 16 on synthetic]; 0 skips encoding.")
+]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
 
 
 def _configure(
@@ -58,7 +69,7 @@ def _configure(
     return ws, config
 
 
-def _finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:
+def finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:
     failed = sum(r.failed for r in reports)
     if json_output:
         emit_json({"stages": [r.to_dict() for r in reports], "failed": failed})
@@ -102,7 +113,7 @@ def probe(
     stages = build_chain(ws, config, ChainOptions(decoder=decoder))[:1]
     with executor_for(scheduler, workers) as executor:
         reports = run_chain(stages, executor, retry_failed=retry_failed)
-    _finish(reports, json_output, strict)
+    finish(reports, json_output, strict)
 
 
 @user_errors
@@ -125,7 +136,7 @@ def plan(
     stages = build_chain(ws, ws.read_config(), options)[1:2]
     with executor_for(None, 0) as executor:
         reports = run_chain(stages, executor)
-    _finish(reports, json_output, strict=False)
+    finish(reports, json_output, strict=False)
 
 
 @user_errors
@@ -175,6 +186,11 @@ def run(
     sampler: Sampler = "li3d",
     option: SamplerOption = None,
     plan_name: PlanName = None,
+    backbone: Backbone = "li3d",
+    stream: Streams = None,
+    weights: WeightsOption = None,
+    clusters: Clusters = None,
+    device: Device = "auto",
     videos_per_class: VideosPerClass = None,
     synthetic_seed: SyntheticSeed = None,
     retry_failed: RetryFailed = False,
@@ -184,16 +200,26 @@ def run(
 ) -> None:
     """Run every stage in order, doing only what is missing or stale.
 
+    probe -> plan -> flow -> extract (rgb, flow) -> encode -> train -> evaluate.
+
     Example: vpipe run --dataset synthetic
     """
     setup_logging(verbose)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
     options = ChainOptions(
-        decoder=decoder, sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name
+        decoder=decoder,
+        sampler=sampler,
+        sampler_options=parse_key_values(option, "--option"),
+        plan_name=plan_name,
+        backbone=backbone,
+        streams=tuple(stream or ("rgb", "flow")),
+        weights={k: str(v) for k, v in parse_key_values(weights, "--weights").items()},
+        clusters=clusters,
+        device=device,
     )
     with executor_for(scheduler, workers) as executor:
         reports = run_chain(build_chain(ws, config, options), executor, retry_failed=retry_failed)
-    _finish(reports, json_output, strict)
+    finish(reports, json_output, strict)
 
 
 def register(app: typer.Typer) -> None:

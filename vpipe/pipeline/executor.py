@@ -162,6 +162,9 @@ class DaskExecutor:
         import dask
         from distributed import Client, LocalCluster
 
+        if not log.isEnabledFor(logging.INFO):
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+
         if self.scheduler:
             log.info("connecting to dask scheduler %s", self.scheduler)
             try:

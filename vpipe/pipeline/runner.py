@@ -40,11 +40,11 @@ def stage_status(stage: Stage) -> StageReport:
     try:
         items = stage.items()
     except StageError as error:
-        return StageReport(stage=stage.name, ready=False, reason=str(error), artifact=str(stage.artifact))
+        return StageReport(stage=stage.label, ready=False, reason=str(error), artifact=str(stage.artifact))
     current = valid_records(items, Journal(stage.journal_dir).load())
     failed = sum(not r.ok for r in current.values())
     return StageReport(
-        stage=stage.name,
+        stage=stage.label,
         total=len(items),
         done=len(current) - failed,
         failed=failed,
@@ -70,12 +70,12 @@ def run_stage(
     if todo:
         runner = InProcessExecutor() if stage.in_process else executor
         with _progress_bar(progress and not stage.in_process) as bar:
-            task = bar.add_task(stage.name, total=len(todo))
+            task = bar.add_task(stage.label, total=len(todo))
             try:
                 outcomes = runner.map(
                     stage.item_fn(),
                     todo,
-                    stage=stage.name,
+                    stage=stage.label,
                     resources=stage.resources,
                     chunk_size=stage.chunk_size,
                     batched=stage.batched,
@@ -94,7 +94,7 @@ def run_stage(
                     if not outcome.ok:
                         failures_seen += 1
                         stderr.print(
-                            f"[yellow]{stage.name}: {outcome.item.key}: {outcome.error}[/]", highlight=False
+                            f"[yellow]{stage.label}: {outcome.item.key}: {outcome.error}[/]", highlight=False
                         )
                     bar.advance(task)
             finally:
@@ -108,9 +108,9 @@ def run_stage(
         stage.mark_artifact(artifact_fp)
         replace_stage_failures(
             stage.workspace.failures_path,
-            stage.journal_name,
+            stage.label,
             [
-                {"stage": stage.journal_name, "video_id": r.key, "path": r.path, "error": r.error, "time": r.time}
+                {"stage": stage.label, "video_id": r.key, "path": r.path, "error": r.error, "time": r.time}
                 for r in current.values()
                 if not r.ok
             ],
@@ -118,7 +118,7 @@ def run_stage(
         journal.compact(records)
     failed = sum(not r.ok for r in current.values())
     return StageReport(
-        stage=stage.name,
+        stage=stage.label,
         total=len(items),
         done=len(current) - failed,
         failed=failed,

@@ -68,6 +68,11 @@ class Stage(ABC):
         self.workspace = workspace
 
     @property
+    def label(self) -> str:
+        """How reports, status and failure records name this stage instance."""
+        return self.name
+
+    @property
     def journal_name(self) -> str:
         """Distinguishes several artifacts of one stage (two plans, two feature sets)."""
         return self.name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,9 +11,17 @@ from vpipe.pipeline.executor import Executor
 from vpipe.pipeline.runner import run_stage, stage_status
 from vpipe.pipeline.stage import Stage, StageReport
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.stages.extract import ExtractStage
+from vpipe.stages.flow import FlowStage
 from vpipe.stages.plan import PlanStage
 from vpipe.stages.probe import ProbeStage
 from vpipe.video.plan import SamplerConfig, sampler_config
+
+#: The synthetic videos are 112-160 px wide and 10-80 frames long: small crops and
+#: short clips keep the whole main job within minutes on a laptop CPU.
+SYNTHETIC_SAMPLER = {"need": 16, "clips": 2, "size": 112, "short_side": 128}
+#: ~100 train videos x 4 steps is too few descriptors for the paper's K = 128.
+SYNTHETIC_CLUSTERS = 16
 
 
 @dataclass
@@ -22,24 +32,114 @@ class ChainOptions:
     sampler: str = "li3d"
     sampler_options: dict[str, Any] = field(default_factory=dict)
     plan_name: str | None = None
+    backbone: str = "li3d"
+    streams: tuple[str, ...] = ("rgb", "flow")
+    weights: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    batch_size: int = 8
+    decode_workers: int = 0
+    videos_per_task: int = 8
+    #: None: the paper's 128, or SYNTHETIC_CLUSTERS on the synthetic dataset; 0 skips encoding.
+    clusters: int | None = None
 
-    def sampler_config(self) -> SamplerConfig:
-        return sampler_config(self.sampler, **self.sampler_options)
+    def sampler_config(self, adapter: str) -> SamplerConfig:
+        defaults = SYNTHETIC_SAMPLER if adapter == "synthetic" and self.sampler == "li3d" else {}
+        return sampler_config(self.sampler, **{**defaults, **self.sampler_options})
 
 
-def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: ChainOptions) -> list[Stage]:
+def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: ChainOptions) -> list[Step]:
     """Stages in execution order; each reads its inputs only when it runs."""
-    return [
-        ProbeStage(workspace, config, decoder=options.decoder),
-        PlanStage(workspace, options.sampler_config(), plan_name=options.plan_name),
+    plan = PlanStage(workspace, options.sampler_config(config["adapter"]), plan_name=options.plan_name)
+    extracts = [
+        ExtractStage(
+            workspace,
+            backbone=options.backbone,
+            stream=stream,
+            plan=plan.plan_name,
+            weights=options.weights.get(stream),
+            device=options.device,
+            batch_size=options.batch_size,
+            decode_workers=options.decode_workers,
+            videos_per_task=options.videos_per_task,
+            decoder=options.decoder,
+        )
+        for stream in options.streams
     ]
+    flows = (
+        [
+            FlowStage(
+                workspace,
+                plan=plan.plan_name,
+                device=options.device,
+                videos_per_task=options.videos_per_task,
+                decoder=options.decoder,
+            )
+        ]
+        if "flow" in options.streams
+        else []
+    )
+    clusters = options.clusters
+    if clusters is None:
+        clusters = SYNTHETIC_CLUSTERS if config["adapter"] == "synthetic" else 128
+    encodes = [encode_step(workspace, extracts[0].set_name, clusters)] if clusters else []
+    return [ProbeStage(workspace, config, decoder=options.decoder), plan, *flows, *extracts, *encodes]
+
+
+class DatasetStep:
+    """A step over the whole dataset at once (fitting a codebook, training a head).
+
+    It has no per-item journal: its function skips work whose artifact fingerprint is
+    unchanged, and reports whether it computed anything.
+    """
+
+    def __init__(self, name: str, run: Callable[[], StageReport], status: Callable[[], StageReport]):
+        self.name = name
+        self._run = run
+        self._status = status
+
+    def run(self) -> StageReport:
+        return self._run()
+
+    def status(self) -> StageReport:
+        return self._status()
+
+
+Step = Stage | DatasetStep
 
 
 def run_chain(
-    stages: list[Stage], executor: Executor, *, progress: bool = True, retry_failed: bool = False
+    steps: list[Step], executor: Executor, *, progress: bool = True, retry_failed: bool = False
 ) -> list[StageReport]:
-    return [run_stage(stage, executor, progress=progress, retry_failed=retry_failed) for stage in stages]
+    return [
+        step.run() if isinstance(step, DatasetStep) else run_stage(step, executor, progress=progress, retry_failed=retry_failed)
+        for step in steps
+    ]
 
 
-def chain_status(stages: list[Stage]) -> list[StageReport]:
-    return [stage_status(stage) for stage in stages]
+def chain_status(steps: list[Step]) -> list[StageReport]:
+    return [step.status() if isinstance(step, DatasetStep) else stage_status(step) for step in steps]
+
+
+def encode_step(workspace: DatasetWorkspace, features: str, clusters: int) -> DatasetStep:
+    from vpipe.stages.encode import codebook_path, run_encode
+
+    def run() -> StageReport:
+        started = time.perf_counter()
+        summary = run_encode(workspace, features, clusters)
+        computed = int(summary["codebook"]["fitted"]) + sum(bool(e.get("written")) for e in summary["encodings"].values())
+        return StageReport(
+            stage="encode",
+            total=summary["videos"],
+            done=summary["videos"],
+            computed=computed,
+            up_to_date=0 if computed else summary["videos"],
+            seconds=time.perf_counter() - started,
+            artifact=summary["codebook"]["path"],
+            details=summary,
+        )
+
+    def status() -> StageReport:
+        path = codebook_path(workspace, features, clusters)
+        return StageReport(stage="encode", total=1, done=int(path.exists()), artifact=str(path))
+
+    return DatasetStep("encode", run, status)

@@ -1,0 +1,160 @@
+"""BiLSTM + soft aggregation head (li3d-bilstm §3.3, soft-correlation §4.1)."""
+
+import numpy as np
+import pytest
+import torch
+
+from vpipe.errors import ConfigError
+from vpipe.models.aggregation import AGGREGATIONS
+from vpipe.models.heads import BiLSTMSoftAggHead, init_aggregation_from_features
+from vpipe.models.heads.bilstm import TEMPORAL
+
+D, C, HIDDEN, K = 6, 5, 4, 3
+LENGTHS = torch.tensor([7, 3, 1])
+
+
+def padded(seed=0, garbage=float("nan")):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(LENGTHS), int(LENGTHS.max()), D, generator=g)
+    mask = torch.arange(x.shape[1]) < LENGTHS[:, None]
+    return x.masked_fill(~mask[..., None], garbage)
+
+
+@pytest.mark.parametrize("temporal", TEMPORAL)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_output_shapes(temporal, aggregation):
+    out_dim = 7 if aggregation == "mean" else None
+    head = BiLSTMSoftAggHead(
+        D, C, temporal=temporal, hidden=HIDDEN, aggregation=aggregation, num_clusters=K,
+        out_dim=out_dim,
+    )
+    feature_dim = {"none": D, "lstm": HIDDEN, "bilstm": 2 * HIDDEN}[temporal]
+    expected = {
+        "avg": feature_dim,
+        "softbof": K,
+        "softfv": 2 * K * feature_dim,
+        "softvlad": K * feature_dim,
+        "concat": K * (3 * feature_dim + 1),
+        "mean": 7,
+    }[aggregation]
+    logits, embedding = head(padded(), LENGTHS, return_embedding=True)
+    assert head.feature_dim == feature_dim and head.num_features == expected
+    assert logits.shape == (len(LENGTHS), C) and embedding.shape == (len(LENGTHS), expected)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("temporal", ["lstm", "bilstm"])
+def test_padded_batch_equals_individual_runs(temporal):
+    head = BiLSTMSoftAggHead(
+        D, C, temporal=temporal, hidden=HIDDEN, aggregation="concat", num_clusters=K
+    ).eval()
+    x = padded()
+    logits, embedding = head(x, LENGTHS, return_embedding=True)
+    for i, n in enumerate(LENGTHS.tolist()):
+        one_logits, one_embedding = head(x[i : i + 1, :n], torch.tensor([n]), return_embedding=True)
+        torch.testing.assert_close(logits[i : i + 1], one_logits)
+        torch.testing.assert_close(embedding[i : i + 1], one_embedding)
+
+
+def test_backward_direction_starts_at_the_last_valid_step():
+    head = BiLSTMSoftAggHead(D, C, temporal="bilstm", hidden=HIDDEN, aggregation="avg").eval()
+    x = padded(garbage=0.0)
+    h, mask = head.sequence_features(x, LENGTHS)
+    _, (h_n, _) = head.rnn(x[2:3, :1])
+    torch.testing.assert_close(h[2, 0, HIDDEN:], h_n[1, 0])
+    assert (h[~mask] == 0).all()
+
+
+def ramps(n, seed, t=10):
+    """Class 0: a rising ramp in feature 0; class 1: the same ramp reversed.
+
+    Both classes have the same multiset of values in every feature, so any order-invariant
+    pooling of the raw steps sees identically distributed inputs.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    lengths = torch.randint(5, t + 1, (n,), generator=g)
+    x = 0.3 * torch.randn(n, t, 3, generator=g)
+    for i in range(n):
+        ramp = torch.linspace(-1, 1, int(lengths[i])) * (0.5 + torch.rand((), generator=g))
+        x[i, : lengths[i], 0] += ramp.flip(0) if y[i] else ramp
+    return x, lengths, y
+
+
+@pytest.fixture
+def one_thread():
+    """Training on tiny tensors: extra intra-op threads only add contention on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def train_accuracy(head, steps=80):
+    torch.manual_seed(0)
+    x, lengths, y = ramps(256, seed=1)
+    opt = torch.optim.Adam(head.parameters(), lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(head(x, lengths), y).backward()
+        opt.step()
+    x, lengths, y = ramps(256, seed=2)
+    with torch.no_grad():
+        return (head.eval()(x, lengths).argmax(1) == y).float().mean().item()
+
+
+def test_bilstm_learns_order_that_average_pooling_cannot_see(one_thread):
+    torch.manual_seed(0)
+    kwargs = dict(hidden=8, aggregation="avg", dropout=0.0)
+    assert train_accuracy(BiLSTMSoftAggHead(3, 2, temporal="bilstm", **kwargs)) > 0.95
+    assert train_accuracy(BiLSTMSoftAggHead(3, 2, temporal="none", **kwargs)) < 0.7
+
+
+def test_bilstm_with_codebook_initialised_softvlad_learns_order(one_thread):
+    torch.manual_seed(0)
+    head = BiLSTMSoftAggHead(3, 2, hidden=8, aggregation="softvlad", num_clusters=4, dropout=0.0)
+    x, lengths, _ = ramps(256, seed=1)
+    init_aggregation_from_features(head, [(x, lengths)])
+    assert train_accuracy(head) > 0.95
+
+
+def test_init_from_features_fits_the_space_the_aggregation_sees():
+    torch.manual_seed(0)
+    x = 10.0 + 5.0 * torch.randn(12, 7, D)
+    lengths = torch.randint(1, 8, (12,))
+    batches = [(x[:6], lengths[:6]), (x[6:], lengths[6:])]
+
+    head = BiLSTMSoftAggHead(D, C, hidden=HIDDEN, aggregation="softvlad", num_clusters=K)
+    head.train()
+    codebook = init_aggregation_from_features(head, batches)
+    assert head.training
+    assert codebook.centers.shape == (K, 2 * HIDDEN)
+    assert np.abs(codebook.centers).max() < 1.0  # LSTM outputs lie in (-1, 1)
+    vlad = head.aggregation.encoders["softvlad"]
+    np.testing.assert_allclose(vlad.centers.detach().numpy(), codebook.centers, rtol=1e-6)
+
+    with torch.no_grad():
+        h = torch.cat([head.rnn(x[i : i + 1, :n])[0][0] for i, n in enumerate(lengths.tolist())])
+        a = vlad.assign(h).double().numpy()
+    d = ((h.double().numpy()[:, None] - codebook.centers[None]) ** 2).sum(-1)
+    logits = np.log(codebook.weights) - codebook.alpha * d
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(a, expected / expected.sum(1, keepdims=True), atol=1e-5)
+
+    flat = BiLSTMSoftAggHead(D, C, temporal="none", aggregation="softfv", num_clusters=K)
+    codebook = init_aggregation_from_features(flat, batches)
+    assert codebook.centers.shape == (K, D) and codebook.centers.mean() > 5.0
+    fv = flat.aggregation.encoders["softfv"]
+    np.testing.assert_allclose(fv.log_var.exp().detach().numpy(), codebook.variances, rtol=1e-5)
+
+
+def test_bad_options_raise_config_error():
+    with pytest.raises(ConfigError, match="'gru'.*none, lstm, bilstm"):
+        BiLSTMSoftAggHead(D, C, temporal="gru")
+    with pytest.raises(ConfigError, match="'max'.*avg, softbof"):
+        BiLSTMSoftAggHead(D, C, aggregation="max")
+    head = BiLSTMSoftAggHead(D, C, hidden=HIDDEN, aggregation="avg")
+    with pytest.raises(ConfigError, match="no codebook"):
+        head.init_from_codebook(np.zeros((K, 2 * HIDDEN)))
+    with pytest.raises(ValueError, match="lengths"):
+        head(padded(), torch.tensor([8, 3, 1]))

@@ -1,0 +1,145 @@
+"""``vpipe backbones`` and ``vpipe extract``: the feature cache."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vpipe.cli.options import (
+    Dataset,
+    Decoder,
+    Json,
+    RetryFailed,
+    Scheduler,
+    Strict,
+    Verbose,
+    Workers,
+    Workspace,
+    dataset_workspace,
+    emit_json,
+    parse_key_values,
+    setup_logging,
+    user_errors,
+)
+from vpipe.cli.pipeline_cmds import finish
+from vpipe.device import resolve_device
+from vpipe.models import backbone as build_backbone
+from vpipe.models import list_backbones
+from vpipe.pipeline.executor import InProcessExecutor, make_executor
+from vpipe.pipeline.runner import run_stage
+from vpipe.stages.extract import ExtractStage
+
+Backbone = Annotated[str, typer.Option("--backbone", "-b", help="Backbone: li3d, i3d, resnet50, resnet101, r3d50, vgg16.")]
+Stream = Annotated[str, typer.Option("--stream", help="rgb, or flow (needs `vpipe flow` first).")]
+Plan = Annotated[str, typer.Option("--plan", help="Plan whose clips are extracted (see `vpipe plan`).")]
+Weights = Annotated[
+    Optional[Path], typer.Option("--weights", help="Local checkpoint (.pt, .pth, .safetensors); none = random init.")
+]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
+
+
+@contextmanager
+def quiet_random_weights() -> Iterator[None]:
+    """Listing builds every model without weights; the warning about that is noise here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def backbones(json_output: Json = False) -> None:
+    """List every backbone with its parameter count, input and cached layers.
+
+    Example: vpipe backbones --json
+    """
+    rows = []
+    for name in list_backbones():
+        with quiet_random_weights():
+            spec = build_backbone(name).spec
+        rows.append(
+            {
+                "name": name,
+                "params": spec.num_params,
+                "input": spec.input_kind,
+                "input_shape": list(spec.default_input_shape),
+                "clip_length": spec.clip_length,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "layers": {k: list(v) for k, v in spec.layer_shapes().items()},
+                "checkpoint_layout": spec.checkpoint_layout,
+            }
+        )
+    if json_output:
+        emit_json(rows)
+        return
+    for row in rows:
+        layers = ", ".join(f"{k} {tuple(v)}" for k, v in row["layers"].items())
+        typer.echo(f"{row['name']:<10} {row['params'] / 1e6:7.2f}M  {row['input']:<6} {tuple(row['input_shape'])}  -> {layers}")
+
+
+@user_errors
+def extract(
+    dataset: Dataset,
+    backbone: Backbone = "li3d",
+    stream: Stream = "rgb",
+    plan: Plan = "li3d",
+    weights: Weights = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Backbone option KEY=VALUE (e.g. -o grid=[4,4]).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Feature set name [default: <backbone>-<stream>].")] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 8,
+    decode_workers: Annotated[int, typer.Option("--decode-workers", min=0, help="Decoding processes per task (overlap with compute).")] = 0,
+    videos_per_task: Annotated[int, typer.Option("--videos-per-task", min=1, help="Videos per task and shard.")] = 8,
+    workspace: Workspace = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    decoder: Decoder = "auto",
+    retry_failed: RetryFailed = False,
+    strict: Strict = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run a backbone over every planned clip and cache its features in HDF5 shards.
+
+    On a CUDA machine without --scheduler, one process drives the GPU and
+    --decode-workers processes decode; otherwise videos are spread over dask workers.
+
+    Example: vpipe extract --dataset ucf101 --backbone li3d --weights rgb_imagenet.pt --decode-workers 8
+    """
+    setup_logging(verbose)
+    ws = dataset_workspace(dataset, workspace)
+    stage = ExtractStage(
+        ws,
+        backbone=backbone,
+        stream=stream,
+        plan=plan,
+        weights=weights,
+        options=parse_key_values(option, "--option"),
+        name=name,
+        device=device,
+        batch_size=batch_size,
+        decode_workers=decode_workers,
+        videos_per_task=videos_per_task,
+        decoder=decoder,
+    )
+    on_gpu = resolve_device(device).type == "cuda"
+    executor = InProcessExecutor() if on_gpu and not scheduler else make_executor(scheduler, workers)
+    try:
+        report = run_stage(stage, executor, retry_failed=retry_failed)
+    finally:
+        executor.close()
+    finish([report], json_output, strict)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backbones")(backbones)
+    app.command("extract")(extract)

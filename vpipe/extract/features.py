@@ -1,0 +1,171 @@
+"""Running a backbone over the clips of many videos and writing one shard per task.
+
+Clips of several videos share each forward pass, so small videos still make full
+batches; decoding runs in DataLoader worker processes while the model computes.
+Everything a worker needs arrives in one picklable :class:`ExtractConfig`, and the
+model is built once per process and reused by every task that process runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vpipe.device import autocast, resolve_device
+from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips
+from vpipe.extract.jobs import VideoJob
+from vpipe.flow.quantize import quantize_flow
+from vpipe.models import backbone
+from vpipe.store.reader import FeatureSet
+from vpipe.store.shards import ShardWriter, shard_name
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    backbone: str
+    stream: str
+    out_dir: str
+    weights: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    device: str = "auto"
+    batch_size: int = 8
+    decode_workers: int = 0
+    decoder: str = "auto"
+    flow_dir: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@functools.lru_cache(maxsize=2)
+def load_model(name: str, stream: str, weights: str | None, options: tuple, device: str) -> nn.Module:
+    """One model per process and configuration: building I3D costs more than a batch."""
+    model = backbone(name, stream=stream, weights=weights, **dict(options))
+    target = resolve_device(device)
+    model = model.to(target)
+    if target.type == "cuda":
+        fmt = torch.channels_last_3d if model.spec.input_kind == "clip" else torch.channels_last
+        model = model.to(memory_format=fmt)
+    return model
+
+
+def flow_loader(flow_dir: str):
+    """Load a video's cached flow rows (the flow stage's output), keyed by (clip, view)."""
+
+    def load(job: VideoJob) -> list[LoadedClip]:
+        features = _open_flow(flow_dir)
+        clips = []
+        for view in sorted({c.view for c in job.clips}):
+            stacked = features.clips(job.video_id, view=view, layer="flow")
+            if stacked.dtype != np.uint8:
+                stacked = quantize_flow(torch.from_numpy(stacked.astype(np.float32))).numpy()
+            wanted = sorted(c.clip for c in job.clips if c.view == view)
+            clips.extend(LoadedClip(clip, view, stacked[i]) for i, clip in enumerate(wanted))
+        return clips
+
+    return load
+
+
+@functools.lru_cache(maxsize=4)
+def _open_flow(flow_dir: str) -> FeatureSet:
+    return FeatureSet.open(Path(flow_dir))
+
+
+def to_model_input(batch: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """uint8 clips -> normalised float input in the layout the backbone expects.
+
+    rgb (B, T, h, w, 3); flow pairs (B, T, 2, h, w); flow stacks (B, T, L, 2, h, w).
+    Clip backbones take (B, C, T, h, w); frame backbones take every frame (or every
+    L-field stack, channels interleaved x1, y1, x2, y2, ...) as one image.
+    """
+    spec = model.spec
+    if spec.stream == "rgb":
+        x = batch.permute(0, 1, 4, 2, 3)
+    elif batch.dim() == 6:
+        b, t, stack, two, h, w = batch.shape
+        x = batch.reshape(b, t, stack * two, h, w)
+    else:
+        x = batch
+    x = x.float().div_(255.0)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 1, -1, 1, 1)
+    x = (x - mean) / std
+    if spec.input_kind == "clip":
+        return x.permute(0, 2, 1, 3, 4).contiguous()
+    return x.flatten(0, 1)
+
+
+@torch.inference_mode()
+def run_model(model: nn.Module, clips: list[LoadedClip], device: torch.device) -> list[dict[str, np.ndarray]]:
+    """Forward a batch of same-shape clips; per clip, every cached layer as float32 numpy."""
+    batch = torch.from_numpy(np.stack([c.data for c in clips]))
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    x = to_model_input(batch, model)
+    if device.type == "cuda":
+        fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+        x = x.contiguous(memory_format=fmt)
+    with autocast(device):
+        layers = model.forward_features(x)
+    per_clip: list[dict[str, np.ndarray]] = [{} for _ in clips]
+    for name, value in layers.items():
+        value = value.float()
+        if model.spec.input_kind == "frames":
+            value = value.reshape(len(clips), -1, *value.shape[1:])
+        array = value.cpu().numpy()
+        for i in range(len(clips)):
+            per_clip[i][name] = array[i]
+    return per_clip
+
+
+def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dict] | Exception]:
+    """The extract stage's batched item function: index rows per video, or its error."""
+    model = load_model(config.backbone, config.stream, config.weights, config.options, config.device)
+    device = next(model.parameters()).device
+    load = (
+        flow_loader(config.flow_dir)
+        if config.stream == "flow"
+        else functools.partial(crop_rgb_clips, decoder=config.decoder)
+    )
+    outcome: dict[int, list[dict] | Exception] = {}
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / shard_name("extract", "\n".join(job.video_id for job in jobs))
+    loader = DataLoader(
+        VideoClips(jobs, load),
+        batch_size=None,
+        num_workers=config.decode_workers,
+        prefetch_factor=4 if config.decode_workers else None,
+        persistent_workers=False,
+    )
+    pending: list[tuple[str, LoadedClip]] = []
+
+    def flush(writer: ShardWriter, count: int) -> None:
+        batch, pending[:] = pending[:count], pending[count:]
+        for (video_id, clip), arrays in zip(batch, run_model(model, [c for _, c in batch], device)):
+            writer.add(video_id, clip.clip, clip.view, arrays)
+
+    with ShardWriter(path, attrs=config.provenance) as writer:
+        for index, loaded in loader:
+            if isinstance(loaded, Exception):
+                outcome[index] = loaded
+                continue
+            pending.extend((jobs[index].video_id, clip) for clip in loaded)
+            outcome[index] = []
+            while len(pending) >= config.batch_size:
+                flush(writer, config.batch_size)
+        while pending:
+            flush(writer, config.batch_size)
+    rows_by_video: dict[str, list[dict]] = defaultdict(list)
+    for row in writer.rows:
+        rows_by_video[row["video_id"]].append(row)
+    return [
+        outcome[i] if isinstance(outcome[i], Exception) else rows_by_video[job.video_id]
+        for i, job in enumerate(jobs)
+    ]

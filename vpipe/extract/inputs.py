@@ -1,0 +1,58 @@
+"""Turning a video's planned clips into uint8 model inputs, in decoding worker processes.
+
+Workers ship uint8 arrays (a quarter of float32's bytes); scaling and normalisation
+happen on the model's device, where they are nearly free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from vpipe.extract.jobs import VideoJob
+from vpipe.video.decode import read_frames
+from vpipe.video.views import apply_crop
+
+
+@dataclass(frozen=True)
+class LoadedClip:
+    clip: int
+    view: int
+    #: rgb: (T, h, w, 3); flow: (T, 2, h, w) pairs or (T, L, 2, h, w) stacks, uint8.
+    data: np.ndarray
+
+
+def crop_rgb_clips(job: VideoJob, decoder: str) -> list[LoadedClip]:
+    """Decode each needed frame once, then resize, crop and flip it per (clip, view)."""
+    needed = job.needed_frames()
+    frames = read_frames(job.path, needed, decoder=decoder)
+    position = {int(f): i for i, f in enumerate(needed)}
+    clips = []
+    for spec in job.clips:
+        picked = frames[[position[f] for f in spec.frames]]
+        clips.append(LoadedClip(spec.clip, spec.view, apply_crop(picked, spec.crop)))
+    return clips
+
+
+class VideoClips(Dataset):
+    """Item i: (i, clips of video i) or (i, the exception that loading it raised).
+
+    Errors are returned, not raised, so one unreadable video never stops a DataLoader
+    that is feeding a whole batch of videos.
+    """
+
+    def __init__(self, jobs: list[VideoJob], load):
+        self.jobs = jobs
+        self.load = load
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> tuple[int, list[LoadedClip] | Exception]:
+        try:
+            return i, self.load(self.jobs[i])
+        except Exception as error:  # noqa: BLE001 - reported per video by the caller
+            return i, error
+

@@ -1,0 +1,116 @@
+"""Computing the optical flow of planned clips, batched across clips and videos.
+
+Flow is computed on exactly the pixels the backbone will see: each frame pair is
+resized, cropped and flipped like its clip, so the flow stream needs no geometry
+of its own. Identical pairs (looped short videos, overlapping clips) are computed
+once per task.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vpipe.device import resolve_device
+from vpipe.extract.jobs import ClipSpec, VideoJob, flow_pair
+from vpipe.flow.quantize import encode_flow
+from vpipe.flow.tvl1 import tvl1
+from vpipe.store.shards import ShardWriter, shard_name
+from vpipe.video.decode import read_frames
+from vpipe.video.sampling import flow_stack_indices
+from vpipe.video.views import apply_crop
+
+PairKey = tuple[str, int, int, tuple]
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    out_dir: str
+    #: 0: one field per clip frame (3D nets); L > 0: a stack of L fields around each frame (2D nets).
+    stack: int = 0
+    encoding: str = "uint8"
+    bound: float = 20.0
+    device: str = "auto"
+    pairs_per_batch: int = 32
+    decoder: str = "auto"
+    tvl1_params: tuple[tuple[str, Any], ...] = ()
+    provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+def clip_pairs(spec: ClipSpec, num_frames: int, stack: int) -> np.ndarray:
+    """(T, 2) or (T, L, 2) frame pairs whose flows make the clip's flow row."""
+    if stack == 0:
+        return np.array([flow_pair(f, num_frames) for f in spec.frames], dtype=np.int64)
+    rows = flow_stack_indices(np.asarray(spec.frames), num_frames, stack)
+    return np.stack([rows[:, :-1], rows[:, 1:]], axis=-1)
+
+
+def flow_videos(config: FlowConfig, jobs: list[VideoJob]) -> list[list[dict] | Exception]:
+    """The flow stage's batched item function: index rows per video, or its error."""
+    device = resolve_device(config.device)
+    params = dict(config.tvl1_params)
+    outcome: dict[int, list[dict] | Exception] = {}
+    flows: dict[PairKey, np.ndarray] = {}
+    queue: list[tuple[PairKey, np.ndarray, np.ndarray]] = []
+    layouts: dict[int, list[tuple[ClipSpec, np.ndarray]]] = {}
+
+    def compute(count: int) -> None:
+        batch, queue[:] = queue[:count], queue[count:]
+        prev = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
+        nxt = torch.from_numpy(np.stack([b[2] for b in batch])).to(device)
+        fields = tvl1(prev, nxt, **params)
+        codes = encode_flow(fields, config.encoding, config.bound).cpu().numpy()
+        for (key, _, _), code in zip(batch, codes):
+            flows[key] = code
+
+    for index, job in enumerate(jobs):
+        try:
+            layouts[index] = [(spec, clip_pairs(spec, job.num_frames, config.stack)) for spec in job.clips]
+            needed = np.unique(np.concatenate([pairs.ravel() for _, pairs in layouts[index]]))
+            frames = read_frames(job.path, needed, decoder=config.decoder)
+        except Exception as error:  # noqa: BLE001 - recorded for this video only
+            outcome[index] = error
+            continue
+        position = {int(f): i for i, f in enumerate(needed)}
+        for spec, pairs in layouts[index]:
+            crop = tuple(asdict(spec.crop).values())
+            unique = {(int(a), int(b)) for a, b in pairs.reshape(-1, 2)}
+            todo = sorted(p for p in unique if (job.video_id, *p, crop) not in flows)
+            if not todo:
+                continue
+            firsts = apply_crop(frames[[position[a] for a, _ in todo]], spec.crop)
+            seconds = apply_crop(frames[[position[b] for _, b in todo]], spec.crop)
+            for (a, b), first, second in zip(todo, firsts, seconds):
+                key = (job.video_id, a, b, crop)
+                flows[key] = None
+                queue.append((key, first, second))
+        while len(queue) >= config.pairs_per_batch:
+            compute(config.pairs_per_batch)
+        outcome[index] = []
+    while queue:
+        compute(config.pairs_per_batch)
+
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / shard_name("flow", "\n".join(job.video_id for job in jobs))
+    with ShardWriter(path, attrs=config.provenance, dtypes={"flow": np.dtype(config.encoding)}) as writer:
+        for index, job in enumerate(jobs):
+            if isinstance(outcome[index], Exception):
+                continue
+            for spec, pairs in layouts[index]:
+                crop = tuple(asdict(spec.crop).values())
+                grid = pairs.reshape(-1, 2)
+                row = np.stack([flows[(job.video_id, int(a), int(b), crop)] for a, b in grid])
+                writer.add(job.video_id, spec.clip, spec.view, {"flow": row.reshape(*pairs.shape[:-1], *row.shape[1:])})
+    rows_by_video: dict[str, list[dict]] = defaultdict(list)
+    for row in writer.rows:
+        rows_by_video[row["video_id"]].append(row)
+    return [
+        outcome[i] if isinstance(outcome[i], Exception) else rows_by_video[job.video_id]
+        for i, job in enumerate(jobs)
+    ]

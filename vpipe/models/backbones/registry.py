@@ -1,0 +1,172 @@
+"""Backbone registry and the data that describes each backbone's weight layout.
+
+Stage code never retypes an input size, a mean/std or a checkpoint converter: it asks
+the built module for its :class:`BackboneSpec`. Builders register under a name with
+:func:`register_backbone`; :func:`backbone` builds one, loads its weights (or says loudly
+that it has none) and returns it in eval mode, because the cache only ever stores
+inference features.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from torch import Tensor, nn
+
+from vpipe.errors import ConfigError
+from vpipe.models.weights import WeightsInfo, load_weights
+
+log = logging.getLogger(__name__)
+
+STREAMS = ("rgb", "flow")
+
+StateDict = dict[str, Tensor]
+CheckpointFilter = Callable[[StateDict, nn.Module], StateDict]
+ShapeFn = Callable[[tuple[int, ...]], dict[str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone expects as input, what it caches, and how its checkpoints look.
+
+    ``mean``/``std`` apply to pixel (or flow) values scaled to [0, 1]; pytorch-i3d's
+    [-1, 1] scaling is ``mean = std = 0.5``. ``clip_length`` counts the frames one input
+    covers: T for clip backbones, 1 for an rgb frame and L for a stack of L flow fields.
+    ``head_keys`` are checkpoint key prefixes of classifier layers the backbone leaves out
+    (their shape depends on the class count); loading drops them even when strict.
+    """
+
+    name: str
+    stream: Literal["rgb", "flow"]
+    input_kind: Literal["clip", "frames"]
+    in_channels: int
+    clip_length: int
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    layers: tuple[str, ...]
+    shape_fn: ShapeFn
+    checkpoint_layout: str
+    first_conv: str
+    head_keys: tuple[str, ...] = ()
+    checkpoint_filter: CheckpointFilter | None = None
+    num_params: int = 0
+
+    @property
+    def default_input_shape(self) -> tuple[int, ...]:
+        """Per-sample input shape at the default clip length and input size."""
+        if self.input_kind == "clip":
+            return (self.in_channels, self.clip_length, *self.input_size)
+        return (self.in_channels, *self.input_size)
+
+    def layer_shapes(self, input_shape: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
+        """Per-sample shape of every cached layer for an input of ``input_shape`` (no batch)."""
+        return self.shape_fn(tuple(input_shape or self.default_input_shape))
+
+
+def finalize_spec(spec: BackboneSpec, module: nn.Module) -> BackboneSpec:
+    """Return ``spec`` with its parameter count taken from the built module."""
+    return replace(spec, num_params=count_parameters(module))
+
+
+class Backbone(Protocol):
+    """The forward contract every registered module follows."""
+
+    spec: BackboneSpec
+    num_features: int
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]: ...
+
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_backbone(name: str) -> Callable[[Builder], Builder]:
+    """Register a builder ``fn(*, stream, **options) -> module`` under ``name``."""
+
+    def decorator(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered by {_REGISTRY[name].__module__}")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone, sorted."""
+    return sorted(_REGISTRY)
+
+
+def backbone(
+    name: str,
+    *,
+    stream: str = "rgb",
+    weights: str | Path | None = None,
+    strict: bool = True,
+    **options: Any,
+) -> nn.Module:
+    """Build backbone ``name`` for ``stream`` and load ``weights`` from a local file.
+
+    ``options`` go to the family builder (e.g. ``grid=(4, 4)``, ``flow_stack=10``).
+    Without weights the module keeps its random initialisation, which makes every cached
+    feature meaningless, so this warns loudly and records ``weights_info.sha256 = "random"``.
+    """
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown backbone {name!r}: {hint}known: {', '.join(list_backbones())}")
+    if stream not in STREAMS:
+        raise ConfigError(f"unknown stream {stream!r} for backbone {name!r}: use one of {', '.join(STREAMS)}")
+    try:
+        model = _REGISTRY[name](stream=stream, **options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for backbone {name!r}: {exc}") from exc
+    if weights is None:
+        message = (
+            f"backbone {name}-{stream} has no weights: it is randomly initialised and its "
+            "features are random; pass a local checkpoint to get meaningful features"
+        )
+        warnings.warn(message, stacklevel=2)
+        log.warning(message)
+        model.weights_info = WeightsInfo(sha256="random", path=None, missing=(), unexpected=(), mismatched=())
+    else:
+        model.weights_info = load_weights(model, weights, strict=strict)
+    return model.eval()
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of learnable parameters (BN running statistics are buffers, not counted)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_input(module: nn.Module, x: Tensor) -> None:
+    """Reject inputs of the wrong rank or channel count with a message naming the backbone."""
+    spec: BackboneSpec = module.spec
+    rank = 5 if spec.input_kind == "clip" else 4
+    layout = "(N, C, T, H, W)" if rank == 5 else "(N, C, H, W)"
+    if x.dim() != rank or x.shape[1] != spec.in_channels:
+        raise ConfigError(
+            f"{spec.name}-{spec.stream} expects {layout} input with C={spec.in_channels}, "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "STREAMS",
+    "backbone",
+    "check_input",
+    "count_parameters",
+    "finalize_spec",
+    "list_backbones",
+    "register_backbone",
+]

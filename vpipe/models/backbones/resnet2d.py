@@ -1,0 +1,144 @@
+"""2D ResNet-50/101 applied per frame (vcm-sdd-detail-attention-fusion.md §3.1, §4.1).
+
+Module names follow torchvision's ``ResNet`` (v1.5: the stride sits on the 3×3 conv), so
+``resnet50-*.pth`` / ``resnet101-*.pth`` load strictly; the 1000-way ``fc`` is dropped.
+Cached layers: ``pool`` (2048) and ``grid``, the last conv map (2048, h, w), average
+pooled to ``grid`` cells when one is given (the paper's n×n grid features).
+
+The flow stream takes a stack of L flow fields as 2L channels (TSN); its mean/std are
+TSN's for flow (0.5 and the mean ImageNet std) and an RGB checkpoint's first conv is
+adapted by cross-modality initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vpipe.errors import ConfigError
+from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
+from vpipe.models.weights import adapt_first_conv
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FLOW_MEAN = 0.5
+FLOW_STD = sum(IMAGENET_STD) / 3
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce, 3×3 (strided), 1×1 expand ×4, plus the (projected) shortcut."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def _stage(in_channels: int, width: int, blocks: int, stride: int) -> nn.Sequential:
+    layers = [Bottleneck(in_channels, width, stride)]
+    layers += [Bottleneck(width * Bottleneck.expansion, width) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class ResNet2D(nn.Module):
+    """Bottleneck ResNet without its classifier; ``forward_features`` caches pool and grid."""
+
+    def __init__(self, spec: BackboneSpec, depths: tuple[int, int, int, int], grid: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(spec.in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = _stage(64, 64, depths[0], 1)
+        self.layer2 = _stage(256, 128, depths[1], 2)
+        self.layer3 = _stage(512, 256, depths[2], 2)
+        self.layer4 = _stage(1024, 512, depths[3], 2)
+        self.grid = grid
+        self.num_features = 512 * Bottleneck.expansion
+        self.spec = finalize_spec(spec, self)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"pool": (N, 2048), "grid": (N, 2048, h, w)}`` for frames (N, C, H, W)."""
+        check_input(self, x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        grid = x if self.grid is None else F.adaptive_avg_pool2d(x, self.grid)
+        return {"pool": x.mean(dim=(2, 3)), "grid": grid}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.forward_features(x)
+
+
+def _shape_fn(grid: tuple[int, int] | None):
+    def shapes(input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        _, height, width = input_shape
+        cells = grid or (_downsampled(height), _downsampled(width))
+        return {"pool": (2048,), "grid": (2048, *cells)}
+
+    return shapes
+
+
+def _downsampled(size: int) -> int:
+    """Output size after the stem and three stride-2 stages: five halvings, rounding up."""
+    for _ in range(5):
+        size = math.ceil(size / 2)
+    return size
+
+
+def _resnet(
+    name: str, depths: tuple[int, int, int, int], stream: str, grid: tuple[int, int] | None, flow_stack: int
+) -> ResNet2D:
+    if flow_stack < 1:
+        raise ConfigError(f"{name}: flow_stack must be >= 1, got {flow_stack}")
+    rgb = stream == "rgb"
+    spec = BackboneSpec(
+        name=name,
+        stream=stream,
+        input_kind="frames",
+        in_channels=3 if rgb else 2 * flow_stack,
+        clip_length=1 if rgb else flow_stack,
+        input_size=(224, 224),
+        mean=IMAGENET_MEAN if rgb else (FLOW_MEAN,) * 2 * flow_stack,
+        std=IMAGENET_STD if rgb else (FLOW_STD,) * 2 * flow_stack,
+        layers=("pool", "grid"),
+        shape_fn=_shape_fn(grid),
+        checkpoint_layout="torchvision ResNet",
+        first_conv="conv1.weight",
+        head_keys=("fc.",),
+        checkpoint_filter=adapt_first_conv,
+    )
+    return ResNet2D(spec, depths, grid)
+
+
+@register_backbone("resnet50")
+def resnet50(*, stream: str = "rgb", grid: tuple[int, int] | None = None, flow_stack: int = 5) -> ResNet2D:
+    """ResNet-50 per frame; ``grid`` pools the last conv map, ``flow_stack`` = L (TSN: 5)."""
+    return _resnet("resnet50", (3, 4, 6, 3), stream, grid, flow_stack)
+
+
+@register_backbone("resnet101")
+def resnet101(*, stream: str = "rgb", grid: tuple[int, int] | None = None, flow_stack: int = 5) -> ResNet2D:
+    """ResNet-101 per frame, the vcm-sdd backbone; options as :func:`resnet50`."""
+    return _resnet("resnet101", (3, 4, 23, 3), stream, grid, flow_stack)

@@ -1,0 +1,133 @@
+"""3D ResNet-50 (Hara et al.), the ST-MANet baseline (st-manet-multilevel-aggregation.md §3.1).
+
+Module names and shapes follow ``models/resnet.py`` of kenshohara/3D-ResNets-PyTorch in
+its 2020 generation (``r3d50_K_200ep.pth`` and siblings: ``generate_model(50)`` with the
+defaults ``conv1_t_size=7``, ``conv1_t_stride=1``, shortcut "B"). The CVPR 2018
+``resnet-50-kinetics.pth`` has the same keys and shapes (its 7×7×7 conv1 has the same
+(1, 2, 2) stride) behind a ``module.`` prefix, which loading strips. The classifier
+``fc`` (700–1139 classes depending on the pretraining set) is dropped.
+
+Stage 1 is conv1 (stride 1 in time, 2 in space) + max pool (stride 2 everywhere); stages
+2–5 are ``layer1``–``layer4``. Cached: each stage's map with its own temporal length kept
+and space average pooled to ``grid`` cells (default 4×4), plus ``pool`` (2048).
+Inputs are [0, 1] pixels normalised with the repository's Kinetics mean/std; the flow
+stream takes 2 channels and, as there, the first two of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
+from vpipe.models.weights import adapt_first_conv
+
+KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
+KINETICS_STD = (0.2768, 0.2713, 0.2737)
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class Bottleneck3D(nn.Module):
+    """1×1×1 reduce, 3×3×3 (strided), 1×1×1 expand ×4, plus the projected shortcut."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv3d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
+        self.conv2 = nn.Conv3d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm3d(width)
+        self.conv3 = nn.Conv3d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm3d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def _stage(in_channels: int, width: int, blocks: int, stride: int) -> nn.Sequential:
+    layers = [Bottleneck3D(in_channels, width, stride)]
+    layers += [Bottleneck3D(width * Bottleneck3D.expansion, width) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class ResNet3D(nn.Module):
+    """Bottleneck 3D ResNet without its classifier; caches every stage on a small grid."""
+
+    def __init__(self, spec: BackboneSpec, depths: tuple[int, int, int, int], grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(spec.in_channels, 64, (7, 7, 7), stride=(1, 2, 2), padding=(3, 3, 3), bias=False)
+        self.bn1 = nn.BatchNorm3d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(3, stride=2, padding=1)
+        self.layer1 = _stage(64, 64, depths[0], 1)
+        self.layer2 = _stage(256, 128, depths[1], 2)
+        self.layer3 = _stage(512, 256, depths[2], 2)
+        self.layer4 = _stage(1024, 512, depths[3], 2)
+        self.grid = grid
+        self.num_features = 512 * Bottleneck3D.expansion
+        self.spec = finalize_spec(spec, self)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """Stage maps (N, C_i, T_i, *grid) for ``layer1``..``layer4`` and ``pool`` (N, 2048)."""
+        check_input(self, x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        features: dict[str, Tensor] = {}
+        for name in STAGES:
+            x = getattr(self, name)(x)
+            features[name] = F.adaptive_avg_pool3d(x, (x.shape[2], *self.grid))
+        features["pool"] = x.mean(dim=(2, 3, 4))
+        return features
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.forward_features(x)
+
+
+def _shape_fn(grid: tuple[int, int]):
+    def shapes(input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        frames = math.ceil(input_shape[1] / 2)
+        out: dict[str, tuple[int, ...]] = {}
+        for i, name in enumerate(STAGES):
+            if i > 0:
+                frames = math.ceil(frames / 2)
+            out[name] = (256 * 2**i, frames, *grid)
+        out["pool"] = (2048,)
+        return out
+
+    return shapes
+
+
+@register_backbone("r3d50")
+def r3d50(*, stream: str = "rgb", grid: tuple[int, int] = (4, 4)) -> ResNet3D:
+    """3D ResNet-50 (3D-ResNets-PyTorch ``r3d50_*_200ep.pth`` layout); ``grid`` pools stage maps."""
+    channels = 3 if stream == "rgb" else 2
+    spec = BackboneSpec(
+        name="r3d50",
+        stream=stream,
+        input_kind="clip",
+        in_channels=channels,
+        clip_length=16,
+        input_size=(112, 112),
+        mean=KINETICS_MEAN[:channels],
+        std=KINETICS_STD[:channels],
+        layers=(*STAGES, "pool"),
+        shape_fn=_shape_fn(tuple(grid)),
+        checkpoint_layout="3D-ResNets-PyTorch generate_model(50)",
+        first_conv="conv1.weight",
+        head_keys=("fc.",),
+        checkpoint_filter=adapt_first_conv,
+    )
+    return ResNet3D(spec, (3, 4, 6, 3), tuple(grid))

@@ -1,0 +1,105 @@
+"""VGG-16 for both streams of the deep-fusion network (two-stream-deep-fusion-ln-lstm.md §3.1, §3.6).
+
+Module names follow torchvision's ``VGG`` (``features.0`` … ``features.28`` convs,
+``classifier.0`` = fc6), so ``vgg16-*.pth`` loads strictly after dropping fc7/fc8
+(``classifier.3``, ``classifier.6``), which the cache never uses.
+
+Cached layers: ``conv5_3`` after its ReLU (the paper fuses the streams there), average
+pooled to ``grid`` cells (default 7×7; ``grid=None`` keeps the native map, 14×14 at 224
+pixels, the paper's X_conv), and ``fc6`` after its ReLU (4096, the paper's X_fc; dropout is
+a training-time op and does not apply here).
+
+The temporal stream takes L stacked flow fields as 2L channels (the paper uses L = 4).
+The paper initialises its first conv randomly; loading an RGB checkpoint here instead
+averages the RGB filters and replicates them over the 2L channels (TSN cross-modality
+initialisation), which starts the flow stream from ImageNet edges rather than noise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vpipe.errors import ConfigError
+from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
+from vpipe.models.weights import adapt_first_conv
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FLOW_MEAN = 0.5
+FLOW_STD = sum(IMAGENET_STD) / 3
+VGG16_LAYOUT: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"
+)
+
+
+def make_features(in_channels: int, layout: tuple[int | str, ...]) -> nn.Sequential:
+    """3×3 conv + ReLU per number and 2×2 max pool per "M", indexed as torchvision does."""
+    layers: list[nn.Module] = []
+    for item in layout:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_channels, int(item), 3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = int(item)
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """VGG convolutional trunk plus fc6; caches conv5_3 and fc6."""
+
+    def __init__(self, spec: BackboneSpec, layout: tuple[int | str, ...], grid: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.features = make_features(spec.in_channels, layout)
+        self.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True))
+        self.grid = grid
+        self.num_features = 4096
+        self.spec = finalize_spec(spec, self)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"conv5_3": (N, 512, *grid), "fc6": (N, 4096)}`` for frames (N, C, H, W)."""
+        check_input(self, x)
+        *trunk, pool5 = self.features
+        for layer in trunk:
+            x = layer(x)
+        conv = x if self.grid is None else F.adaptive_avg_pool2d(x, self.grid)
+        fc6 = self.classifier(torch.flatten(F.adaptive_avg_pool2d(pool5(x), (7, 7)), 1))
+        return {"conv5_3": conv, "fc6": fc6}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.forward_features(x)
+
+
+def _shape_fn(grid: tuple[int, int] | None):
+    def shapes(input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        _, height, width = input_shape
+        cells = grid or (height // 16, width // 16)
+        return {"conv5_3": (512, *cells), "fc6": (4096,)}
+
+    return shapes
+
+
+@register_backbone("vgg16")
+def vgg16(*, stream: str = "rgb", grid: tuple[int, int] | None = (7, 7), flow_stack: int = 4) -> VGG:
+    """VGG-16 (torchvision layout); ``grid`` pools conv5_3, ``flow_stack`` = L flow fields."""
+    if flow_stack < 1:
+        raise ConfigError(f"vgg16: flow_stack must be >= 1, got {flow_stack}")
+    rgb = stream == "rgb"
+    spec = BackboneSpec(
+        name="vgg16",
+        stream=stream,
+        input_kind="frames",
+        in_channels=3 if rgb else 2 * flow_stack,
+        clip_length=1 if rgb else flow_stack,
+        input_size=(224, 224),
+        mean=IMAGENET_MEAN if rgb else (FLOW_MEAN,) * 2 * flow_stack,
+        std=IMAGENET_STD if rgb else (FLOW_STD,) * 2 * flow_stack,
+        layers=("conv5_3", "fc6"),
+        shape_fn=_shape_fn(grid),
+        checkpoint_layout="torchvision VGG",
+        first_conv="features.0.weight",
+        head_keys=("classifier.3.", "classifier.6."),
+        checkpoint_filter=adapt_first_conv,
+    )
+    return VGG(spec, VGG16_LAYOUT, grid)

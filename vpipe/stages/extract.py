@@ -1,0 +1,179 @@
+"""The extract stage: backbone features of every planned clip, into a sharded HDF5 cache.
+
+Items are videos, so resume and failure records are per video; the runner hands a
+task several videos at once (``chunk_size``) so that one forward pass batches
+clips across videos and one shard holds a task's output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vpipe import __version__
+from vpipe.errors import StageError
+from vpipe.extract.features import ExtractConfig, extract_videos
+from vpipe.extract.jobs import VideoJob, jobs_from_plan
+from vpipe.models import sha256_file
+from vpipe.pipeline.executor import WorkItem
+from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
+from vpipe.pipeline.journal import Journal, Record
+from vpipe.pipeline.stage import Stage
+from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.pipeline.tables import table_fingerprint, table_metadata
+from vpipe.stages.probe import read_manifest
+from vpipe.store.index import orphan_shards, write_index
+
+#: Bumped when the same configuration would store different features.
+EXTRACT_FORMAT = 1
+
+
+def read_plan(workspace: DatasetWorkspace, plan: str) -> pd.DataFrame:
+    path = workspace.plan_path(plan)
+    if not path.exists():
+        raise StageError(f"no plan {plan!r} at {path}: run `vpipe plan --dataset {workspace.dataset}` first")
+    return pd.read_parquet(path)
+
+
+def clip_signature(job: VideoJob) -> list:
+    return [(c.clip, c.view, c.frames, asdict(c.crop)) for c in job.clips]
+
+
+class ExtractStage(Stage):
+    name = "extract"
+    batched = True
+    resources = {"GPU": 1}
+
+    def __init__(
+        self,
+        workspace: DatasetWorkspace,
+        *,
+        backbone: str,
+        stream: str = "rgb",
+        plan: str = "li3d",
+        weights: str | Path | None = None,
+        options: dict[str, Any] | None = None,
+        name: str | None = None,
+        device: str = "auto",
+        batch_size: int = 8,
+        decode_workers: int = 0,
+        videos_per_task: int = 8,
+        decoder: str = "auto",
+    ):
+        super().__init__(workspace)
+        self.backbone, self.stream, self.plan = backbone, stream, plan
+        self.weights = str(Path(weights).expanduser().resolve()) if weights else None
+        self.options = dict(options or {})
+        self.set_name = name or f"{backbone}-{stream}"
+        self.device, self.batch_size, self.decode_workers = device, batch_size, decode_workers
+        self.chunk_size = videos_per_task
+        self.decoder = decoder
+        self._weights_sha: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"extract:{self.set_name}"
+
+    @property
+    def journal_name(self) -> str:
+        return f"extract-{self.set_name}"
+
+    @property
+    def artifact(self) -> Path:
+        return self.workspace.features_dir(self.set_name)
+
+    @property
+    def flow_dir(self) -> Path:
+        return self.workspace.flow_dir(self.plan)
+
+    @property
+    def weights_sha256(self) -> str:
+        if self._weights_sha is None:
+            if self.weights and not Path(self.weights).is_file():
+                raise StageError(f"--weights {self.weights} does not exist")
+            self._weights_sha = sha256_file(self.weights) if self.weights else "random"
+        return self._weights_sha
+
+    def model_fingerprint(self) -> str:
+        return fingerprint(EXTRACT_FORMAT, self.backbone, self.stream, self.weights_sha256, self.options)
+
+    def items(self) -> list[WorkItem]:
+        plan = read_plan(self.workspace, self.plan)
+        manifest = read_manifest(self.workspace)
+        jobs = jobs_from_plan(plan, manifest)
+        if self.stream == "flow":
+            inputs = self._flow_fingerprints(jobs)
+        else:
+            inputs = {video_id: fingerprint(self.decoder, file_fingerprint(job.path)) for video_id, job in jobs.items()}
+        model_fp = self.model_fingerprint()
+        return [
+            WorkItem(
+                key=video_id,
+                fingerprint=fingerprint(model_fp, inputs[video_id], clip_signature(job)),
+                payload=job,
+                path=job.path,
+            )
+            for video_id, job in jobs.items()
+            if video_id in inputs
+        ]
+
+    def _flow_fingerprints(self, jobs: dict[str, VideoJob]) -> dict[str, str]:
+        """A video's flow input is valid when the flow stage's record for it is current."""
+        if not (self.flow_dir / "index.parquet").exists():
+            raise StageError(
+                f"no optical flow for plan {self.plan!r}: run `vpipe flow --dataset {self.workspace.dataset}` first"
+            )
+        records = Journal(self.workspace.state_dir / f"flow-{self.plan}").load()
+        return {vid: records[vid].fingerprint for vid in jobs if vid in records and records[vid].ok}
+
+    def config(self) -> ExtractConfig:
+        plan_path = self.workspace.plan_path(self.plan)
+        provenance = {
+            "backbone": self.backbone,
+            "stream": self.stream,
+            "options": self.options,
+            "weights": self.weights or "random",
+            "weights_sha256": self.weights_sha256,
+            "plan": self.plan,
+            "plan_fingerprint": table_fingerprint(plan_path),
+            "sampler": json.loads(table_metadata(plan_path, "sampler") or "{}"),
+            "decoder": self.decoder,
+            "vpipe_version": __version__,
+        }
+        return ExtractConfig(
+            backbone=self.backbone,
+            stream=self.stream,
+            out_dir=str(self.artifact),
+            weights=self.weights,
+            options=tuple(sorted(self.options.items())),
+            device=self.device,
+            batch_size=self.batch_size,
+            decode_workers=self.decode_workers,
+            decoder=self.decoder,
+            flow_dir=str(self.flow_dir) if self.stream == "flow" else None,
+            provenance=provenance,
+        )
+
+    def item_fn(self):
+        return partial(extract_videos, self.config())
+
+    def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
+        rows = [row for item in items if item.key in records for row in records[item.key].rows]
+        write_index(self.artifact, rows)
+        remove_orphans(self.artifact, Journal(self.journal_dir).load())
+
+
+def remove_orphans(directory: Path, records: dict[str, Record]) -> None:
+    """Delete shards no journal record points to, and temporaries of killed writers.
+
+    Records of videos outside the current item set (another split) still count, so
+    switching back to them finds their shards.
+    """
+    referenced = [row["shard"] for record in records.values() if record.ok for row in record.rows]
+    for orphan in orphan_shards(directory, pd.DataFrame({"shard": referenced}, dtype=str)):
+        orphan.unlink(missing_ok=True)

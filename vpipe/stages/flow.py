@@ -1,0 +1,103 @@
+"""The flow stage: TV-L1 optical flow of every planned clip, cached for the flow stream.
+
+Like extraction, items are videos and tasks take several at once, so that the
+TV-L1 solver sees large batches of pairs (what makes it fast on a GPU).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from vpipe import __version__
+from vpipe.flow.compute import FlowConfig, flow_videos
+from vpipe.extract.jobs import jobs_from_plan
+from vpipe.pipeline.executor import WorkItem
+from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
+from vpipe.pipeline.journal import Journal, Record
+from vpipe.pipeline.stage import Stage
+from vpipe.pipeline.tables import table_fingerprint
+from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.stages.extract import clip_signature, read_plan, remove_orphans
+from vpipe.stages.probe import read_manifest
+from vpipe.store.index import write_index
+
+#: Bumped when the same configuration would store different flow.
+FLOW_FORMAT = 1
+
+
+class FlowStage(Stage):
+    name = "flow"
+    batched = True
+    resources = {"GPU": 1}
+
+    def __init__(
+        self,
+        workspace: DatasetWorkspace,
+        *,
+        plan: str = "li3d",
+        stack: int = 0,
+        encoding: str = "uint8",
+        bound: float = 20.0,
+        tvl1_params: dict[str, Any] | None = None,
+        device: str = "auto",
+        pairs_per_batch: int = 32,
+        videos_per_task: int = 8,
+        decoder: str = "auto",
+    ):
+        super().__init__(workspace)
+        self.plan, self.stack, self.encoding, self.bound = plan, stack, encoding, bound
+        self.tvl1_params = dict(tvl1_params or {})
+        self.device, self.pairs_per_batch, self.decoder = device, pairs_per_batch, decoder
+        self.chunk_size = videos_per_task
+
+    @property
+    def journal_name(self) -> str:
+        return f"flow-{self.plan}"
+
+    @property
+    def artifact(self) -> Path:
+        return self.workspace.flow_dir(self.plan)
+
+    def items(self) -> list[WorkItem]:
+        jobs = jobs_from_plan(read_plan(self.workspace, self.plan), read_manifest(self.workspace))
+        config_fp = fingerprint(FLOW_FORMAT, self.stack, self.encoding, self.bound, self.tvl1_params, self.decoder)
+        return [
+            WorkItem(
+                key=video_id,
+                fingerprint=fingerprint(config_fp, file_fingerprint(job.path), clip_signature(job)),
+                payload=job,
+                path=job.path,
+            )
+            for video_id, job in jobs.items()
+        ]
+
+    def item_fn(self):
+        config = FlowConfig(
+            out_dir=str(self.artifact),
+            stack=self.stack,
+            encoding=self.encoding,
+            bound=self.bound,
+            device=self.device,
+            pairs_per_batch=self.pairs_per_batch,
+            decoder=self.decoder,
+            tvl1_params=tuple(sorted(self.tvl1_params.items())),
+            provenance={
+                "method": "tvl1",
+                "tvl1_params": self.tvl1_params,
+                "stack": self.stack,
+                "encoding": self.encoding,
+                "bound": self.bound,
+                "plan": self.plan,
+                "plan_fingerprint": table_fingerprint(self.workspace.plan_path(self.plan)),
+                "decoder": self.decoder,
+                "vpipe_version": __version__,
+            },
+        )
+        return partial(flow_videos, config)
+
+    def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
+        rows = [row for item in items if item.key in records for row in records[item.key].rows]
+        write_index(self.artifact, rows)
+        remove_orphans(self.artifact, Journal(self.journal_dir).load())
