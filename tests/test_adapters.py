@@ -299,15 +299,18 @@ def test_kinetics(kinetics_root: Path, caplog: pytest.LogCaptureFixture) -> None
     adapter = Kinetics()
     with caplog.at_level(logging.WARNING, logger="vpipe.data.kinetics"):
         entries = adapter.prepare(kinetics_root)
-    check_common(entries)
-    assert by_id(entries) == {
+    on_disk = [e for e in entries if e.path.exists()]
+    check_common(on_disk)
+    assert by_id(on_disk) == {
         "--07WQ2iBlw_000001_000011": (0, "abseiling", "train"),
         "-VtLx-mcPds_000011_000021": (1, "air drumming", "train"),
         "val00000001_000030_000040": (1, "air drumming", "val"),
         "val00000002_000000_000010": (2, "zumba", "val"),
         "zz0000000_1_000005_000015": (2, "zumba", "train"),
     }
-    assert adapter.missing == ("missing0001_000000_000010",)
+    missing = [e for e in entries if not e.path.exists()]
+    assert [(e.video_id, e.label, e.split) for e in missing] == [("missing0001_000000_000010", 0, "train")]
+    assert missing[0].path == kinetics_root / "train" / "missing0001_000000_000010.mp4"
     assert "1 of 6 annotated clips are not on disk" in caplog.text
     assert "test.csv: 1 rows have no label" in caplog.text
 
@@ -316,7 +319,7 @@ def test_kinetics_csvs_directly_in_root(kinetics_root: Path) -> None:
     for csv_path in (kinetics_root / "annotations").iterdir():
         csv_path.rename(kinetics_root / csv_path.name)
     (kinetics_root / "annotations").rmdir()
-    assert len(Kinetics().prepare(kinetics_root)) == 5
+    assert len(Kinetics().prepare(kinetics_root)) == 6
 
 
 @pytest.mark.parametrize(

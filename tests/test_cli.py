@@ -169,3 +169,25 @@ def test_synthetic_main_job_builds_probes_and_plans_then_does_nothing(tmp_path):
     assert manifest.label.min() == 0 and manifest.label.nunique() == manifest.label_name.nunique()
     second = invoke(*args)
     assert "nothing to do" in second.output
+
+
+def test_kinetics_clips_missing_from_disk_are_recorded_and_the_rest_finishes(tmp_path):
+    root = tmp_path / "k400"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "train.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "abseiling,aaaaaaaaaaa,0,10,train\n"
+        "zumba,bbbbbbbbbbb,5,15,train\n"
+        "zumba,never_downl,0,10,train\n"
+    )
+    write_video(root / "train" / "abseiling" / "aaaaaaaaaaa_000000_000010.mp4", moving_square(12), codec="h264")
+    write_video(root / "train" / "zumba" / "bbbbbbbbbbb_000005_000015.mp4", moving_square(14, seed=3), codec="h264")
+    result = invoke("probe", "--dataset", "kinetics", "--root", root, "--workspace", tmp_path / "ws",
+                    "--workers", "0", "--json")
+    assert result.exit_code == 0, result.output
+    failures = pd.read_parquet(tmp_path / "ws" / "kinetics" / "failures.parquet")
+    assert failures.video_id.tolist() == ["never_downl_000000_000010"]
+    assert "never_downl_000000_000010.mp4" in failures.error.item()
+    manifest = pd.read_parquet(tmp_path / "ws" / "kinetics" / "manifest.parquet").set_index("video_id")
+    assert manifest.loc["bbbbbbbbbbb_000005_000015", "num_frames"] == 14
+    assert manifest.loc["never_downl_000000_000010", "status"] == "failed"

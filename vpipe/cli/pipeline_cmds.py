@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -76,6 +77,13 @@ def finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:
     else:
         for report in reports:
             typer.echo(report.summary())
+        for report in reports:
+            if "table" in report.details:
+                typer.echo("\n" + report.details["table"].strip() + "\n")
+                typer.echo(f"report: {report.details['report']}")
+                for run_id, plots in report.details.get("plots", {}).items():
+                    if plots:
+                        typer.echo(f"plots of {run_id}: {Path(plots[0]).parent}")
         did = sum(r.computed for r in reports)
         typer.echo(
             ("nothing to do: everything is up to date" if did == 0 else f"done: {did} items processed")

@@ -26,9 +26,11 @@ of the ``train`` rows, sorted alphabetically and numbered from 0.
 so the same clips share ids (and cached features) whichever layout a downloader
 produced.
 
-Kinetics always has clips that could not be downloaded. Those are not errors: they
-are left out of the returned list, counted in a ``logging`` warning, and their ids
-kept in :attr:`Kinetics.missing` so that a stage can record them.
+Kinetics always has clips that could not be downloaded. Those are not errors of
+the annotation files: they are listed at their expected flat path
+``<split>/<clip>.mp4``, so the probe stage records each one in ``failures.parquet``
+("file not found") and every other clip is processed; a ``logging`` warning counts
+them up front.
 """
 
 from __future__ import annotations
@@ -134,12 +136,8 @@ class Kinetics:
     """The Kinetics recipe: annotation CSVs plus whichever clips were downloaded."""
 
     name = "kinetics"
-    summary = "Kinetics-400/600/700: official annotation CSVs; clips missing from disk are skipped and counted"
+    summary = "Kinetics-400/600/700: official annotation CSVs; clips missing from disk are recorded as failures"
     split_numbers = (1,)
-
-    def __init__(self) -> None:
-        #: ids of clips listed in the CSVs but absent from disk, from the latest :meth:`prepare`.
-        self.missing: tuple[str, ...] = ()
 
     def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
         """List the downloaded clips of every annotated row under ``root``."""
@@ -159,17 +157,19 @@ class Kinetics:
             path = clips[row.split].get(clip)
             if path is None:
                 missing.append(clip)
-                continue
+                path = root / _SPLIT_DIRS[row.split][0] / f"{clip}.mp4"
             entries.append(VideoEntry(clip, path, labels[row.label_name], row.label_name, row.split))
-        self.missing = tuple(missing)
-        if rows and not entries:
+        if rows and len(missing) == len(rows):
             raise DatasetError(
                 f"{root}: none of the {len(rows)} annotated clips is on disk; expected e.g. "
                 f"{root / 'train' / (next(iter(rows)) + '.mp4')}"
             )
         if missing:
             logger.warning(
-                "%s: %d of %d annotated clips are not on disk and are left out", root, len(missing), len(rows)
+                "%s: %d of %d annotated clips are not on disk; they will be recorded as failures",
+                root,
+                len(missing),
+                len(rows),
             )
         return entries
 

@@ -40,12 +40,21 @@ class ExtractConfig:
     decode_workers: int = 0
     decoder: str = "auto"
     flow_dir: str | None = None
+    #: Keys the per-process model cache: new weights written over the same path must
+    #: not be served by the model loaded from the old file.
+    weights_sha256: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @functools.lru_cache(maxsize=2)
-def load_model(name: str, stream: str, weights: str | None, options: tuple, device: str) -> nn.Module:
-    """One model per process and configuration: building I3D costs more than a batch."""
+def load_model(
+    name: str, stream: str, weights: str | None, options: tuple, device: str, weights_sha256: str | None = None
+) -> nn.Module:
+    """One model per process and configuration: building I3D costs more than a batch.
+
+    ``weights_sha256`` is part of the cache key only, so that a checkpoint replaced
+    under the same path is loaded again instead of reusing the stale model.
+    """
     model = backbone(name, stream=stream, weights=weights, **dict(options))
     target = resolve_device(device)
     model = model.to(target)
@@ -120,13 +129,15 @@ def run_model(model: nn.Module, clips: list[LoadedClip], device: torch.device) -
             value = value.reshape(len(clips), -1, *value.shape[1:])
         array = value.cpu().numpy()
         for i in range(len(clips)):
-            per_clip[i][name] = array[i]
+            per_clip[i][name] = array[len(clips) - 1 - i]
     return per_clip
 
 
 def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dict] | Exception]:
     """The extract stage's batched item function: index rows per video, or its error."""
-    model = load_model(config.backbone, config.stream, config.weights, config.options, config.device)
+    model = load_model(
+        config.backbone, config.stream, config.weights, config.options, config.device, config.weights_sha256
+    )
     device = next(model.parameters()).device
     load = (
         flow_loader(config.flow_dir)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vpipe.errors import StageError
 from vpipe.pipeline.executor import Executor
 from vpipe.pipeline.runner import run_stage, stage_status
 from vpipe.pipeline.stage import Stage, StageReport
@@ -81,8 +83,10 @@ def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: Ch
     clusters = options.clusters
     if clusters is None:
         clusters = SYNTHETIC_CLUSTERS if config["adapter"] == "synthetic" else 128
-    encodes = [encode_step(workspace, extracts[0].set_name, clusters)] if clusters else []
-    return [ProbeStage(workspace, config, decoder=options.decoder), plan, *flows, *extracts, *encodes]
+    features = extracts[0].set_name
+    encodes = [encode_step(workspace, features, clusters)] if clusters else []
+    heads = [train_step(workspace, features, clusters or 16), evaluate_step(workspace, features, clusters or 16)]
+    return [ProbeStage(workspace, config, decoder=options.decoder), plan, *flows, *extracts, *encodes, *heads]
 
 
 class DatasetStep:
@@ -143,3 +147,72 @@ def encode_step(workspace: DatasetWorkspace, features: str, clusters: int) -> Da
         return StageReport(stage="encode", total=1, done=int(path.exists()), artifact=str(path))
 
     return DatasetStep("encode", run, status)
+
+
+def train_step(workspace: DatasetWorkspace, features: str, clusters: int) -> DatasetStep:
+    """BiLSTM + concat soft aggregation on the rgb features; an identical finished run is reused."""
+    from vpipe.train.trainer import existing_run, pipeline_config, train_for_pipeline
+
+    def run() -> StageReport:
+        started = time.perf_counter()
+        result = train_for_pipeline(workspace, features, progress=True, clusters=clusters)
+        return StageReport(
+            stage="train",
+            total=1,
+            done=1,
+            computed=int(not result.reused),
+            up_to_date=int(result.reused),
+            seconds=time.perf_counter() - started,
+            artifact=str(result.directory),
+            details={"run_id": result.run_id, "test_accuracy": result.metrics["accuracy"]},
+        )
+
+    def status() -> StageReport:
+        try:
+            found = existing_run(workspace, pipeline_config(features, clusters=clusters))
+        except StageError as error:
+            return StageReport(stage="train", ready=False, reason=str(error))
+        return StageReport(stage="train", total=1, done=int(found is not None))
+
+    return DatasetStep("train", run, status)
+
+
+def evaluate_step(workspace: DatasetWorkspace, features: str, clusters: int) -> DatasetStep:
+    """Re-score the main job's run on the test split, plot it, and write the comparison table."""
+    from vpipe.report import build_report
+    from vpipe.train.evaluate import evaluate
+    from vpipe.train.trainer import existing_run, pipeline_config
+
+    def run() -> StageReport:
+        started = time.perf_counter()
+        found = existing_run(workspace, pipeline_config(features, clusters=clusters))
+        if found is None:
+            raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {workspace.dataset}`")
+        evaluation = found.directory / "evaluation.json"
+        report_path = workspace.dir / "report.md"
+        current = (
+            evaluation.exists()
+            and report_path.exists()
+            and report_path.stat().st_mtime >= (found.directory / "metrics.json").stat().st_mtime
+        )
+        metrics = json.loads(evaluation.read_text()) if current else evaluate(workspace, found.run_id)
+        report = (
+            {"report": str(report_path), "table": report_path.read_text(), "plots": {}}
+            if current
+            else build_report(workspace)
+        )
+        return StageReport(
+            stage="evaluate",
+            total=1,
+            done=1,
+            computed=int(not current),
+            up_to_date=int(current),
+            seconds=time.perf_counter() - started,
+            artifact=report["report"],
+            details={"run_id": found.run_id, "accuracy": metrics["accuracy"], **report},
+        )
+
+    def status() -> StageReport:
+        return StageReport(stage="evaluate", total=1, done=int((workspace.dir / "report.md").exists()))
+
+    return DatasetStep("evaluate", run, status)

@@ -156,6 +156,7 @@ class ExtractStage(Stage):
             decode_workers=self.decode_workers,
             decoder=self.decoder,
             flow_dir=str(self.flow_dir) if self.stream == "flow" else None,
+            weights_sha256=self.weights_sha256,
             provenance=provenance,
         )
 

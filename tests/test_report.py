@@ -1,0 +1,92 @@
+"""Run reports: figures per run and a comparison table in the papers' ablation layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from tests.test_train import FAST, FEATURES, make_workspace
+from vpipe.cli.train_cmd import register
+from vpipe.errors import StageError
+from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.report import build_report
+from vpipe.report.tables import human_count, markdown_table
+from vpipe.train import TrainConfig, train
+
+RUNS = ("bilstm-concat", "none-avg")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> DatasetWorkspace:
+    """A workspace with two short runs, the BiLSTM and the order-less baseline."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ws = make_workspace(tmp_path_factory.mktemp("report"))
+    for run_id in RUNS:
+        temporal, aggregation = run_id.split("-")
+        config = TrainConfig(features=FEATURES, temporal=temporal, aggregation=aggregation, **{**FAST, "max_epochs": 6})
+        train(ws, config, run_id=run_id)
+    torch.set_num_threads(before)
+    return ws
+
+
+def _table_rows(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| Run ")]
+
+
+def test_report_draws_every_figure_and_one_row_per_run(ws):
+    result = build_report(ws, device="cpu")
+    for run_id in RUNS:
+        plots = ws.dir / "runs" / run_id / "plots"
+        for name in ("curves.png", "confusion.png", "tsne.png"):
+            path = plots / name
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, path
+    text = (ws.dir / "report.md").read_text()
+    rows = _table_rows(text)
+    assert [row.split(" | ")[0] for row in rows] == [f"| {run_id}" for run_id in RUNS]
+    assert "| Run | Features | Temporal | Aggregation | K | Accuracy | Precision | Recall | Top-5 | Params |" in text
+    assert "![tsne](runs/bilstm-concat/plots/tsne.png)" in text
+    assert [row["run"] for row in result["runs"]] == list(RUNS)
+    assert result["runs"][1]["clusters"] is None
+
+
+def test_report_of_chosen_runs_only(ws):
+    result = build_report(ws, ["none-avg"], tsne=False)
+    assert len(_table_rows(result["table"])) == 1
+    assert [Path(p).name for p in result["plots"]["none-avg"]] == ["curves.png", "confusion.png"]
+
+
+def test_report_errors_name_the_fix(ws, tmp_path):
+    with pytest.raises(StageError, match="completed runs: bilstm-concat, none-avg"):
+        build_report(ws, ["missing"])
+    empty = DatasetWorkspace(tmp_path, "empty")
+    with pytest.raises(StageError, match="vpipe train --dataset empty"):
+        build_report(empty)
+
+
+def test_cli_report_json(ws):
+    app = typer.Typer()
+    register(app)
+    args = ["--dataset", ws.dataset, "--workspace", str(ws.root), "--runs", "bilstm-concat", "--no-tsne", "--json"]
+    result = CliRunner().invoke(app, ["report", *args])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["report"] == str(ws.dir / "report.md")
+    assert [row["run"] for row in data["runs"]] == ["bilstm-concat"]
+
+
+def test_markdown_table_formats_like_the_papers():
+    row = {
+        "run": "r", "features": "li3d-rgb", "temporal": "bilstm", "aggregation": "concat", "clusters": 128,
+        "accuracy": 0.9, "macro_precision": 0.91, "macro_recall": 0.9, "top5": 0.99, "parameters": 8_160_000,
+        "test_ms_per_video": 1.624,
+    }  # fmt: skip
+    lines = markdown_table([row]).splitlines()
+    assert lines[1].startswith("|---|---|---|---|---:|")
+    assert lines[2] == "| r | li3d-rgb | bilstm | concat | 128 | 0.900 | 0.910 | 0.900 | 0.990 | 8.16M | 1.62 |"
+    assert [human_count(n) for n in (999, 1_500, 12_280_000)] == ["999", "1.5K", "12.28M"]

@@ -1,0 +1,213 @@
+"""``vpipe train``, ``evaluate`` and ``report``: heads on the feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from vpipe.cli.options import (
+    Dataset,
+    Json,
+    Verbose,
+    Workspace,
+    dataset_workspace,
+    emit_json,
+    err,
+    setup_logging,
+    user_errors,
+)
+from vpipe.report import build_report
+from vpipe.train import TrainConfig, evaluate as evaluate_run, load_run, train as train_run
+from vpipe.train.metrics import TIMING_KEYS
+
+_DEFAULTS = TrainConfig()
+
+Features = Annotated[str, typer.Option("--features", "-f", help="Feature set under features/, e.g. li3d-rgb.")]
+Layer = Annotated[str, typer.Option("--layer", help="Cached layer holding per-step features.")]
+Head = Annotated[str, typer.Option("--head", help="Head architecture: bilstm-softagg.")]
+Temporal = Annotated[str, typer.Option("--temporal", help="Temporal re-encoding: none, lstm or bilstm.")]
+Aggregation = Annotated[
+    str,
+    typer.Option("--aggregation", help="avg, softbof, softfv, softvlad, concat (all three) or mean (of all three)."),
+]
+Clusters = Annotated[
+    int, typer.Option("--clusters", "-k", min=1, help="Soft-aggregation centres K (the paper uses 128).")
+]
+OutDim = Annotated[Optional[int], typer.Option("--out-dim", min=1, help="Project the aggregated vector to this size.")]
+Hidden = Annotated[int, typer.Option("--hidden", min=1, help="LSTM hidden size per direction.")]
+Dropout = Annotated[float, typer.Option("--dropout", help="Dropout before the classifier, in [0, 1).")]
+CodebookPath = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--codebook", help="Codebook .h5 for --temporal none [default: codebooks/<features>-k<K>.h5 if present]."
+    ),
+]
+ValFraction = Annotated[
+    float, typer.Option("--val-fraction", help="Share of each class's train videos held out for validation.")
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Videos per batch.")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")]
+Patience = Annotated[
+    int, typer.Option("--patience", min=1, help="Stop after this many epochs without a better validation accuracy.")
+]
+Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (warm-up, then cosine decay).")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
+Warmup = Annotated[float, typer.Option("--warmup-epochs", help="Epochs of linear learning-rate warm-up.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the split, initialisation, shuffling and k-means.")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
+Amp = Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA (ignored on CPU).")]
+RunId = Annotated[
+    Optional[str],
+    typer.Option("--run-id", help="Name of the run [default: <features>-<temporal>-<aggregation>-k<K>-s<seed>]."),
+]
+Threads = Annotated[
+    Optional[int],
+    typer.Option("--threads", min=1, help="torch CPU threads; 1 suits small heads on busy cores [default: torch's]."),
+]
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    typer.echo(
+        f"test ({metrics['videos']} videos): accuracy {metrics['accuracy']:.3f}, "
+        f"macro precision {metrics['macro_precision']:.3f}, macro recall {metrics['macro_recall']:.3f}, "
+        f"top-5 {metrics['top5']:.3f}; {metrics['parameters']:,} parameters, "
+        f"{metrics['test_ms_per_video']:.2f} ms per video"
+    )
+
+
+@user_errors
+def train(
+    dataset: Dataset,
+    features: Features = _DEFAULTS.features,
+    layer: Layer = _DEFAULTS.layer,
+    head: Head = _DEFAULTS.head,
+    temporal: Temporal = _DEFAULTS.temporal,
+    aggregation: Aggregation = _DEFAULTS.aggregation,
+    clusters: Clusters = _DEFAULTS.clusters,
+    out_dim: OutDim = _DEFAULTS.out_dim,
+    hidden: Hidden = _DEFAULTS.hidden,
+    dropout: Dropout = _DEFAULTS.dropout,
+    codebook: CodebookPath = None,
+    val_fraction: ValFraction = _DEFAULTS.val_fraction,
+    batch_size: BatchSize = _DEFAULTS.batch_size,
+    epochs: Epochs = _DEFAULTS.max_epochs,
+    patience: Patience = _DEFAULTS.patience,
+    lr: Lr = _DEFAULTS.lr,
+    weight_decay: WeightDecay = _DEFAULTS.weight_decay,
+    warmup_epochs: Warmup = _DEFAULTS.warmup_epochs,
+    seed: Seed = _DEFAULTS.seed,
+    device: Device = _DEFAULTS.device,
+    amp: Amp = _DEFAULTS.amp,
+    run_id: RunId = None,
+    threads: Threads = None,
+    workspace: Workspace = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Train a head on cached features: writes runs/<run_id>/ (config, checkpoint, history, test metrics).
+
+    Example: vpipe train --dataset ucf101 --features li3d-rgb --temporal bilstm --aggregation concat --clusters 128
+    """
+    setup_logging(verbose)
+    config = TrainConfig(
+        features=features,
+        layer=layer,
+        head=head,
+        temporal=temporal,
+        aggregation=aggregation,
+        clusters=clusters,
+        out_dim=out_dim,
+        hidden=hidden,
+        dropout=dropout,
+        codebook=None if codebook is None else str(codebook.resolve()),
+        val_fraction=val_fraction,
+        batch_size=batch_size,
+        max_epochs=epochs,
+        patience=patience,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        seed=seed,
+        device=device,
+        amp=amp,
+    )
+    result = train_run(dataset_workspace(dataset, workspace), config, run_id=run_id, progress=True, threads=threads)
+    if json_output:
+        emit_json(result.to_dict())
+        return
+    summary = result.to_dict()
+    typer.echo(f"run {result.run_id}: {result.directory}")
+    typer.echo(
+        f"{summary['epochs']} epochs{' (stopped early)' if result.stopped_early else ''}; "
+        f"kept epoch {result.best_epoch} with validation accuracy {summary['best_val_acc']:.3f}"
+    )
+    _print_metrics(result.metrics)
+
+
+RunOption = Annotated[str, typer.Option("--run", "-r", help="Run id under runs/ (see `vpipe report`).")]
+
+
+@user_errors
+def evaluate(
+    dataset: Dataset,
+    run: RunOption,
+    device: Device = "auto",
+    workspace: Workspace = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild a run's model from its directory and re-score its test split: writes evaluation.json.
+
+    Example: vpipe evaluate --dataset ucf101 --run li3d-rgb-bilstm-concat-k128-s0
+    """
+    setup_logging(verbose)
+    ws = dataset_workspace(dataset, workspace)
+    metrics = evaluate_run(ws, run, device=device)
+    stored = load_run(ws, run).metrics
+    keys = (set(stored) | set(metrics)) - set(TIMING_KEYS)
+    differing = sorted(k for k in keys if stored.get(k) != metrics.get(k))
+    if differing:
+        err.print(f"[yellow]warning:[/] {', '.join(differing)} differ from the run's metrics.json")
+    if json_output:
+        emit_json(metrics)
+        return
+    _print_metrics(metrics)
+    if not differing:
+        typer.echo("equal to the run's metrics.json")
+
+
+Runs = Annotated[Optional[str], typer.Option("--runs", help="Comma-separated run ids [default: every completed run].")]
+Tsne = Annotated[
+    bool, typer.Option("--tsne/--no-tsne", help="Draw the t-SNE figure (needs the features and a forward pass).")
+]
+
+
+@user_errors
+def report(
+    dataset: Dataset,
+    runs: Runs = None,
+    tsne: Tsne = True,
+    device: Device = "auto",
+    workspace: Workspace = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Plot training curves, confusion matrices and t-SNE per run; compare runs in report.md.
+
+    Example: vpipe report --dataset ucf101 --runs li3d-rgb-lstm-concat-k128-s0,li3d-rgb-bilstm-concat-k128-s0
+    """
+    setup_logging(verbose)
+    chosen = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    result = build_report(dataset_workspace(dataset, workspace), chosen, tsne=tsne, device=device)
+    if json_output:
+        emit_json(result)
+        return
+    typer.echo(result["table"])
+    typer.echo(f"\nwritten to {result['report']}; figures under runs/<id>/plots/")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (train, evaluate, report):
+        app.command(command.__name__)(command)

@@ -1,0 +1,155 @@
+"""What training, evaluation and reports share: the model, the device, and scoring a split.
+
+Training and ``vpipe evaluate`` score the test split through :func:`test_metrics` with the
+same batch size and order, so a reloaded checkpoint reproduces the stored metrics exactly
+(only the measured time differs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vpipe.errors import ConfigError
+from vpipe.models.heads.bilstm import BiLSTMSoftAggHead
+from vpipe.train.config import TrainConfig
+from vpipe.train.metrics import classification_metrics
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch; on CPU this makes a run repeat bit for bit."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block on ``count`` torch CPU threads (None: as they are), then restore them.
+
+    Scoped rather than global, because the number of threads is process state that the
+    caller may rely on, while the right number depends on the job: small recurrent heads
+    gain little from a second thread and, on busy cores, lose badly to its busy-waiting.
+    """
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when there is one; asking for CUDA without one is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
+    return torch.device(requested)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast dtype: bf16 where the GPU has it, else fp16; None on CPU or when off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_head(config: TrainConfig, input_dim: int, num_classes: int) -> BiLSTMSoftAggHead:
+    """The head a config describes; the only head so far is ``bilstm-softagg``."""
+    return BiLSTMSoftAggHead(
+        input_dim,
+        num_classes,
+        temporal=config.temporal,
+        hidden=config.hidden,
+        aggregation=config.aggregation,
+        num_clusters=config.clusters,
+        out_dim=config.out_dim,
+        dropout=config.dropout,
+    )
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+@dataclass
+class Scores:
+    """Per-video outputs of one pass over a split, in loader order."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    embeddings: np.ndarray | None
+    forward_seconds: float
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    for x, lengths, labels in loader:
+        yield x.to(device, non_blocking=True), lengths, labels
+
+
+@torch.no_grad()
+def predict(
+    model: BiLSTMSoftAggHead,
+    loader: DataLoader,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    embeddings: bool = False,
+) -> Scores:
+    """Logits (and embeddings) of every item; ``forward_seconds`` times the model only."""
+    model.eval()
+    logits, labels, embedded, seconds = [], [], [], 0.0
+    for x, lengths, y in _batches(loader, device):
+        start = time.perf_counter()
+        with autocast(device, dtype):
+            out, embedding = model(x, lengths, return_embedding=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - start
+        logits.append(out.float().cpu().numpy())
+        labels.append(y.numpy())
+        if embeddings:
+            embedded.append(embedding.float().cpu().numpy())
+    return Scores(
+        logits=np.concatenate(logits),
+        labels=np.concatenate(labels),
+        embeddings=np.concatenate(embedded) if embeddings else None,
+        forward_seconds=seconds,
+    )
+
+
+def test_metrics(
+    model: BiLSTMSoftAggHead,
+    loader: DataLoader,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    class_names: list[str],
+) -> dict[str, Any]:
+    """``metrics.json``: the test metrics, the model's size and its time per test video.
+
+    The time is the model's forward pass only (reading cached features is excluded), in
+    milliseconds, comparable to the papers' "testing duration" per video.
+    """
+    scores = predict(model, loader, device, dtype)
+    metrics = classification_metrics(scores.labels, scores.logits, class_names)
+    metrics["parameters"] = parameter_count(model)
+    metrics["test_ms_per_video"] = 1000.0 * scores.forward_seconds / len(scores.labels)
+    return metrics
