@@ -129,7 +129,7 @@ def run_model(model: nn.Module, clips: list[LoadedClip], device: torch.device) -
             value = value.reshape(len(clips), -1, *value.shape[1:])
         array = value.cpu().numpy()
         for i in range(len(clips)):
-            per_clip[i][name] = array[len(clips) - 1 - i]
+            per_clip[i][name] = array[i]
     return per_clip
 
 
