@@ -123,7 +123,7 @@ def test_strict_turns_failed_items_into_a_non_zero_exit(tiny_run):
 
 def test_second_run_does_nothing_and_status_counts(tiny_run):
     args, ws, _ = tiny_run
-    report = json.loads(invoke(*args, "--json").output)
+    report = json.loads(invoke(*args, "--json").stdout)
     assert [s["computed"] for s in report["stages"]] == [0] * len(report["stages"])
     assert report["failed"] == 3
     status = json.loads(invoke("status", "--dataset", "clips", "--workspace", ws.parent, *TINY[:6], "--json").output)
@@ -160,15 +160,26 @@ def test_usage_errors_exit_2_and_runtime_errors_exit_1(tmp_path):
 
 
 @pytest.mark.slow
-def test_synthetic_main_job_builds_probes_and_plans_then_does_nothing(tmp_path):
-    args = ["run", "--dataset", "synthetic", "--workspace", tmp_path, "--videos-per-class", "2", "--workers", "0"]
+def test_synthetic_main_job_runs_every_stage_then_does_nothing(tmp_path):
+    """The whole main job on a small synthetic set (small crops keep it to seconds)."""
+    args = ["run", "--dataset", "synthetic", "--workspace", tmp_path, "--videos-per-class", "4", "--workers", "0",
+            "-o", "size=32", "-o", "short_side=48", "-o", "need=8", "--json"]
     first = invoke(*args)
     assert first.exit_code == 0, first.output
+    stages = {s["stage"]: s for s in json.loads(first.stdout)["stages"]}
+    assert list(stages) == ["probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "encode", "train", "evaluate"]
     manifest = pd.read_parquet(tmp_path / "synthetic" / "manifest.parquet")
-    assert (manifest.status == "ok").all()
-    assert manifest.label.min() == 0 and manifest.label.nunique() == manifest.label_name.nunique()
-    second = invoke(*args)
-    assert "nothing to do" in second.output
+    assert (manifest.status == "ok").all() and len(manifest) == 14 * 4
+    assert manifest.label.min() == 0 and manifest.label.nunique() == manifest.label_name.nunique() == 14
+    assert (manifest.num_frames < 16).any(), "some synthetic videos are shorter than a clip"
+    assert stages["probe"]["done"] == 56 and stages["extract:li3d-flow"]["done"] == 56
+    assert 0.0 <= stages["evaluate"]["details"]["accuracy"] <= 1.0
+    run_dir = Path(stages["train"]["artifact"])
+    for name in ("config.json", "checkpoint.pt", "history.csv", "metrics.json", "evaluation.json"):
+        assert (run_dir / name).exists(), name
+    assert (tmp_path / "synthetic" / "report.md").exists()
+    second = json.loads(invoke(*args).stdout)
+    assert sum(s["computed"] for s in second["stages"]) == 0
 
 
 def test_kinetics_clips_missing_from_disk_are_recorded_and_the_rest_finishes(tmp_path):

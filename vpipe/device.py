@@ -27,3 +27,13 @@ def autocast(device: torch.device) -> AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def default_videos_per_task(device: str) -> int:
+    """Videos per task (and shard) for the flow and extract stages.
+
+    On a GPU, a task is one DataLoader's life: large tasks amortise its start-up and
+    keep decoding overlapped with many forward passes. On CPU, small tasks spread
+    the videos over the dask workers and bound what a killed worker loses.
+    """
+    return 64 if resolve_device(device).type == "cuda" else 8

@@ -24,15 +24,13 @@ from vpipe.cli.options import (
     dataset_workspace,
     emit_json,
     parse_key_values,
+    run_single_stage,
     setup_logging,
     user_errors,
 )
 from vpipe.cli.pipeline_cmds import finish
-from vpipe.device import resolve_device
 from vpipe.models import backbone as build_backbone
 from vpipe.models import list_backbones
-from vpipe.pipeline.executor import InProcessExecutor, make_executor
-from vpipe.pipeline.runner import run_stage
 from vpipe.stages.extract import ExtractStage
 
 Backbone = Annotated[str, typer.Option("--backbone", "-b", help="Backbone: li3d, i3d, resnet50, resnet101, r3d50, vgg16.")]
@@ -98,7 +96,9 @@ def extract(
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 8,
     decode_workers: Annotated[int, typer.Option("--decode-workers", min=0, help="Decoding processes per task (overlap with compute).")] = 0,
-    videos_per_task: Annotated[int, typer.Option("--videos-per-task", min=1, help="Videos per task and shard.")] = 8,
+    videos_per_task: Annotated[
+        Optional[int], typer.Option("--videos-per-task", min=1, help="Videos per task and shard [default: 8; 64 on CUDA].")
+    ] = None,
     workspace: Workspace = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
@@ -131,12 +131,7 @@ def extract(
         videos_per_task=videos_per_task,
         decoder=decoder,
     )
-    on_gpu = resolve_device(device).type == "cuda"
-    executor = InProcessExecutor() if on_gpu and not scheduler else make_executor(scheduler, workers)
-    try:
-        report = run_stage(stage, executor, retry_failed=retry_failed)
-    finally:
-        executor.close()
+    report = run_single_stage(stage, device=device, scheduler=scheduler, workers=workers, retry_failed=retry_failed)
     finish([report], json_output, strict)
 
 

@@ -19,13 +19,11 @@ from vpipe.cli.options import (
     Workspace,
     dataset_workspace,
     parse_key_values,
+    run_single_stage,
     setup_logging,
     user_errors,
 )
 from vpipe.cli.pipeline_cmds import finish
-from vpipe.device import resolve_device
-from vpipe.pipeline.executor import InProcessExecutor, make_executor
-from vpipe.pipeline.runner import run_stage
 from vpipe.stages.flow import FlowStage
 
 
@@ -43,7 +41,9 @@ def flow(
     ] = None,
     device: Device = "auto",
     pairs_per_batch: Annotated[int, typer.Option("--pairs-per-batch", min=1, help="Frame pairs per TV-L1 batch.")] = 32,
-    videos_per_task: Annotated[int, typer.Option("--videos-per-task", min=1, help="Videos per task and shard.")] = 8,
+    videos_per_task: Annotated[
+        Optional[int], typer.Option("--videos-per-task", min=1, help="Videos per task and shard [default: 8; 64 on CUDA].")
+    ] = None,
     workspace: Workspace = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
@@ -72,12 +72,7 @@ def flow(
         videos_per_task=videos_per_task,
         decoder=decoder,
     )
-    on_gpu = resolve_device(device).type == "cuda"
-    executor = InProcessExecutor() if on_gpu and not scheduler else make_executor(scheduler, workers)
-    try:
-        report = run_stage(stage, executor, retry_failed=retry_failed)
-    finally:
-        executor.close()
+    report = run_single_stage(stage, device=device, scheduler=scheduler, workers=workers, retry_failed=retry_failed)
     finish([report], json_output, strict)
 
 

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from vpipe.errors import ConfigError, VpipeError
-from vpipe.pipeline.executor import Executor, make_executor
+from vpipe.pipeline.executor import Executor, InProcessExecutor, make_executor
 from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -110,3 +110,22 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def gpu_stage_executor(device: str, scheduler: str | None) -> Executor | None:
+    """On a local CUDA machine, GPU stages run in this process: one model owns the GPU and
+    DataLoader workers decode. With a scheduler, they go to workers offering ``GPU``."""
+    from vpipe.device import resolve_device
+
+    return InProcessExecutor() if resolve_device(device).type == "cuda" and not scheduler else None
+
+
+def run_single_stage(stage, *, device: str, scheduler: str | None, workers: int | None, retry_failed: bool):
+    """Run one flow/extract stage on the executor its device calls for, closing it after."""
+    from vpipe.pipeline.runner import run_stage
+
+    executor = gpu_stage_executor(device, scheduler) or make_executor(scheduler, workers)
+    try:
+        return run_stage(stage, executor, retry_failed=retry_failed)
+    finally:
+        executor.close()

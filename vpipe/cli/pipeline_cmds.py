@@ -24,6 +24,7 @@ from vpipe.cli.options import (
     emit_json,
     err,
     executor_for,
+    gpu_stage_executor,
     parse_key_values,
     setup_logging,
     user_errors,
@@ -226,7 +227,12 @@ def run(
         device=device,
     )
     with executor_for(scheduler, workers) as executor:
-        reports = run_chain(build_chain(ws, config, options), executor, retry_failed=retry_failed)
+        reports = run_chain(
+            build_chain(ws, config, options),
+            executor,
+            gpu_executor=gpu_stage_executor(device, scheduler),
+            retry_failed=retry_failed,
+        )
     finish(reports, json_output, strict)
 
 

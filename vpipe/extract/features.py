@@ -9,7 +9,6 @@ model is built once per process and reused by every task that process runs.
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from vpipe.extract.jobs import VideoJob
 from vpipe.flow.quantize import quantize_flow
 from vpipe.models import backbone
 from vpipe.store.reader import FeatureSet
-from vpipe.store.shards import ShardWriter, shard_name
+from vpipe.store.shards import ShardWriter, rows_per_job, shard_name
 
 
 @dataclass(frozen=True)
@@ -173,10 +172,5 @@ def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dic
                 flush(writer, config.batch_size)
         while pending:
             flush(writer, config.batch_size)
-    rows_by_video: dict[str, list[dict]] = defaultdict(list)
-    for row in writer.rows:
-        rows_by_video[row["video_id"]].append(row)
-    return [
-        outcome[i] if isinstance(outcome[i], Exception) else rows_by_video[job.video_id]
-        for i, job in enumerate(jobs)
-    ]
+    errors = {i: error for i, error in outcome.items() if isinstance(error, Exception)}
+    return rows_per_job([job.video_id for job in jobs], writer.rows, errors)

@@ -8,7 +8,6 @@ once per task.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from vpipe.device import resolve_device
 from vpipe.extract.jobs import ClipSpec, VideoJob, flow_pair
 from vpipe.flow.quantize import encode_flow
 from vpipe.flow.tvl1 import tvl1
-from vpipe.store.shards import ShardWriter, shard_name
+from vpipe.store.shards import ShardWriter, rows_per_job, shard_name
 from vpipe.video.decode import read_frames
 from vpipe.video.sampling import flow_stack_indices
 from vpipe.video.views import apply_crop
@@ -107,10 +106,5 @@ def flow_videos(config: FlowConfig, jobs: list[VideoJob]) -> list[list[dict] | E
                 grid = pairs.reshape(-1, 2)
                 row = np.stack([flows[(job.video_id, int(a), int(b), crop)] for a, b in grid])
                 writer.add(job.video_id, spec.clip, spec.view, {"flow": row.reshape(*pairs.shape[:-1], *row.shape[1:])})
-    rows_by_video: dict[str, list[dict]] = defaultdict(list)
-    for row in writer.rows:
-        rows_by_video[row["video_id"]].append(row)
-    return [
-        outcome[i] if isinstance(outcome[i], Exception) else rows_by_video[job.video_id]
-        for i, job in enumerate(jobs)
-    ]
+    errors = {i: error for i, error in outcome.items() if isinstance(error, Exception)}
+    return rows_per_job([job.video_id for job in jobs], writer.rows, errors)

@@ -40,7 +40,7 @@ class ChainOptions:
     device: str = "auto"
     batch_size: int = 8
     decode_workers: int = 0
-    videos_per_task: int = 8
+    videos_per_task: int | None = None
     #: None: the paper's 128, or SYNTHETIC_CLUSTERS on the synthetic dataset; 0 skips encoding.
     clusters: int | None = None
 
@@ -112,12 +112,23 @@ Step = Stage | DatasetStep
 
 
 def run_chain(
-    steps: list[Step], executor: Executor, *, progress: bool = True, retry_failed: bool = False
+    steps: list[Step],
+    executor: Executor,
+    *,
+    gpu_executor: Executor | None = None,
+    progress: bool = True,
+    retry_failed: bool = False,
 ) -> list[StageReport]:
-    return [
-        step.run() if isinstance(step, DatasetStep) else run_stage(step, executor, progress=progress, retry_failed=retry_failed)
-        for step in steps
-    ]
+    """Run every step in order; stages asking for a GPU use ``gpu_executor`` when given."""
+    reports = []
+    for step in steps:
+        if isinstance(step, DatasetStep):
+            reports.append(step.run())
+            continue
+        wants_gpu = bool(step.resources and "GPU" in step.resources)
+        chosen = gpu_executor if wants_gpu and gpu_executor is not None else executor
+        reports.append(run_stage(step, chosen, progress=progress, retry_failed=retry_failed))
+    return reports
 
 
 def chain_status(steps: list[Step]) -> list[StageReport]:

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from vpipe import __version__
+from vpipe.device import default_videos_per_task
 from vpipe.errors import StageError
 from vpipe.extract.features import ExtractConfig, extract_videos
 from vpipe.extract.jobs import VideoJob, jobs_from_plan
@@ -62,7 +63,7 @@ class ExtractStage(Stage):
         device: str = "auto",
         batch_size: int = 8,
         decode_workers: int = 0,
-        videos_per_task: int = 8,
+        videos_per_task: int | None = None,
         decoder: str = "auto",
     ):
         super().__init__(workspace)
@@ -71,7 +72,7 @@ class ExtractStage(Stage):
         self.options = dict(options or {})
         self.set_name = name or f"{backbone}-{stream}"
         self.device, self.batch_size, self.decode_workers = device, batch_size, decode_workers
-        self.chunk_size = videos_per_task
+        self.chunk_size = videos_per_task or default_videos_per_task(device)
         self.decoder = decoder
         self._weights_sha: str | None = None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe import __version__
+from vpipe.device import default_videos_per_task
 from vpipe.flow.compute import FlowConfig, flow_videos
 from vpipe.extract.jobs import jobs_from_plan
 from vpipe.pipeline.executor import WorkItem
@@ -43,14 +44,14 @@ class FlowStage(Stage):
         tvl1_params: dict[str, Any] | None = None,
         device: str = "auto",
         pairs_per_batch: int = 32,
-        videos_per_task: int = 8,
+        videos_per_task: int | None = None,
         decoder: str = "auto",
     ):
         super().__init__(workspace)
         self.plan, self.stack, self.encoding, self.bound = plan, stack, encoding, bound
         self.tvl1_params = dict(tvl1_params or {})
         self.device, self.pairs_per_batch, self.decoder = device, pairs_per_batch, decoder
-        self.chunk_size = videos_per_task
+        self.chunk_size = videos_per_task or default_videos_per_task(device)
 
     @property
     def journal_name(self) -> str:

@@ -241,3 +241,17 @@ class ShardWriter:
             self._file.close()
             self._file = None
         self._tmp.unlink(missing_ok=True)
+
+
+def rows_per_job(
+    video_ids: list[str], rows: list[dict[str, object]], errors: dict[int, Exception]
+) -> list[list[dict[str, object]] | Exception]:
+    """Split a shard's index rows back to the videos of a batched task, in task order.
+
+    A batched stage function returns, per video, its rows or the error that video
+    raised; videos that wrote nothing and raised nothing get an empty list.
+    """
+    grouped: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        grouped.setdefault(str(row["video_id"]), []).append(row)
+    return [errors[i] if i in errors else grouped.get(video_id, []) for i, video_id in enumerate(video_ids)]
