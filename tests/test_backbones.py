@@ -225,9 +225,11 @@ def test_li3d_from_i3d_reproduces_i3d_on_constant_input() -> None:
     x = frame.expand(1, 3, 128, 32, 32).contiguous()
     with torch.no_grad():
         a, b = i3d(x)["pool"][0], li3d(x)["pool"][0]
-    # "SAME" zero padding makes the clip ends non-constant, and each 3×3×3 conv carries that
-    # one step inwards; the 16 steps of a 128-frame clip leave steps 5..10 untouched.
-    torch.testing.assert_close(b[5:11], a[5:11], rtol=1e-5, atol=1e-6)
+    # "SAME" zero padding makes the clip ends non-constant, and the temporal convs carry that
+    # inwards: measured, it reaches 6 of the 16 steps of a 128-frame clip from each end, so
+    # steps 6..9 are untouched and must agree to float32 rounding (features are O(10) here).
+    scale = float(a.abs().max())
+    torch.testing.assert_close(b[6:10], a[6:10], rtol=1e-5, atol=1e-6 * scale)
     assert (a[0] - b[0]).abs().max() > 1e-4
 
 
@@ -261,3 +263,24 @@ def test_rgb_checkpoint_adapts_first_conv_for_flow(tmp_path: Path, name: str, ke
     for c in range(channels):
         torch.testing.assert_close(loaded[:, c], rgb[key].mean(dim=1))
 
+
+
+@pytest.mark.parametrize("name", ["i3d", "li3d", "resnet50"])
+def test_random_init_is_seeded_and_keeps_features_at_a_usable_scale(name: str) -> None:
+    """Every process must build the same random network, and its features must survive float16."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first, second = backbone(name), backbone(name)
+    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), key
+    clip = first.spec.input_kind == "clip"
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand((2, 3, 8, 64, 64) if clip else (2, 3, 64, 64), generator=generator)
+    with torch.inference_mode():
+        pool = first.forward_features(x)["pool"].float()
+    assert 1e-2 < float(pool.std()) < 1e3
+    stored = pool.half().float()
+    assert float((stored[0] - stored[1]).norm()) > 1e-3 * float(stored[0].norm())
+    assert len(torch.unique(stored)) > pool.numel() // 4

@@ -350,3 +350,17 @@ def test_cli_errors_and_help(fake, cli) -> None:
     assert missing.exit_code == 1 and "vpipe extract" in missing.output
     help_text = runner.invoke(cli, ["encode", "--help"]).output
     assert "Example: vpipe encode" in help_text
+
+
+def test_baseline_survives_denormal_and_constant_columns() -> None:
+    """Fisher vectors of nearly empty cells have float32-denormal spreads; they must not become NaN."""
+    from vpipe.encode.baseline import run_baseline
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 12)
+    x = rng.normal(size=(36, 10)).astype(np.float32)
+    x[:, :3] += 3 * np.eye(3, dtype=np.float32)[y]
+    x[:, 4] = (1e-41 * rng.normal(size=36)).astype(np.float32)
+    x[:, 5] = 0.0
+    result = run_baseline(x[::2], y[::2], x[1::2], y[1::2], c=1.0)
+    assert result["accuracy"] >= 0.8

@@ -158,3 +158,16 @@ def test_bad_options_raise_config_error():
         head.init_from_codebook(np.zeros((K, 2 * HIDDEN)))
     with pytest.raises(ValueError, match="lengths"):
         head(padded(), torch.tensor([8, 3, 1]))
+
+
+def test_input_statistics_standardise_what_the_head_sees() -> None:
+    torch.manual_seed(0)
+    head = BiLSTMSoftAggHead(6, 3, temporal="bilstm", hidden=8, aggregation="softvlad", num_clusters=4).eval()
+    reference = BiLSTMSoftAggHead(6, 3, temporal="bilstm", hidden=8, aggregation="softvlad", num_clusters=4).eval()
+    reference.load_state_dict(head.state_dict())
+    mean, std = torch.linspace(-3, 3, 6), torch.linspace(0.1, 10, 6)
+    head.set_input_statistics(mean, std)
+    x = torch.randn(2, 5, 6) * std + mean
+    lengths = torch.tensor([5, 3])
+    assert torch.allclose(head(x, lengths), reference((x - mean) / std, lengths), atol=1e-5)
+    assert torch.equal(head.state_dict()["input_std"], std), "statistics travel with the checkpoint"

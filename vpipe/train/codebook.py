@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from vpipe.encode import Codebook, load_codebook
@@ -91,6 +92,14 @@ def _alpha_sample(features: FeatureSet, layer: str, video_ids: list[str], seed: 
     return np.concatenate(parts)[:ALPHA_SAMPLE]
 
 
+def standardise_inputs(head: BiLSTMSoftAggHead, features: FeatureSet, layer: str, fit_ids: list[str], seed: int) -> None:
+    """Set the head's input statistics from train descriptors (a floor keeps dead dims finite)."""
+    sample = _alpha_sample(features, layer, fit_ids, seed).astype(np.float64)
+    std = sample.std(axis=0)
+    floor = max(float(np.median(std)) * 1e-3, 1e-6)
+    head.set_input_statistics(torch.from_numpy(sample.mean(axis=0)), torch.from_numpy(np.maximum(std, floor)))
+
+
 def init_aggregation(
     head: BiLSTMSoftAggHead,
     config: TrainConfig,
@@ -108,9 +117,12 @@ def init_aggregation(
         return None
     if path is not None:
         codebook = load_checked(path, config, head.feature_dim)
-        sample = _alpha_sample(features, config.layer, fit_ids, config.seed)
-        alpha = alpha_from_data(sample, codebook.centroids)
-        head.init_from_codebook(codebook.centroids, alpha, codebook.gmm_variances, codebook.gmm_weights)
+        mean, std = head.input_mean.numpy(), head.input_std.numpy()
+        sample = (_alpha_sample(features, config.layer, fit_ids, config.seed) - mean) / std
+        centroids = (codebook.centroids - mean) / std
+        variances = codebook.gmm_variances / std**2
+        alpha = alpha_from_data(sample, centroids)
+        head.init_from_codebook(centroids, alpha, variances, codebook.gmm_weights)
         return {"source": "file", **codebook_identity(path), "alpha": alpha}
     batches = ((x, lengths) for x, lengths, _ in fit_batches)
     fitted = init_aggregation_from_features(head, batches, seed=config.seed)

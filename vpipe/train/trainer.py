@@ -38,7 +38,7 @@ from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
 from vpipe.store import FeatureSet
 from vpipe.train import runs
-from vpipe.train.codebook import codebook_file, codebook_identity, init_aggregation, load_checked
+from vpipe.train.codebook import codebook_file, codebook_identity, init_aggregation, load_checked, standardise_inputs
 from vpipe.train.config import QUICK, TrainConfig
 from vpipe.train.data import Splits, index_sha256, loader, make_splits, open_features, step_dim
 from vpipe.train.scoring import (
@@ -54,7 +54,7 @@ from vpipe.train.scoring import (
 )
 
 #: Bumped when training changes what the same config produces (invalidates reuse).
-TRAINER_VERSION = "bilstm-softagg-trainer/1"
+TRAINER_VERSION = "bilstm-softagg-trainer/2"
 
 
 @dataclass
@@ -303,6 +303,7 @@ def _fit(
     model = build_head(config, inputs.input_dim, len(splits.class_names))
     batch = dict(labels=splits.labels, batch_size=config.batch_size)
     fit_view0 = loader(features, config.layer, splits.train, train=False, **batch)
+    standardise_inputs(model, features, config.layer, splits.train, config.seed)
     run_config["codebook"] = init_aggregation(model, config, inputs.codebook, features, splits.train, fit_view0)
     runs.write_json(directory / runs.CONFIG_FILE, run_config)
     model.to(device)

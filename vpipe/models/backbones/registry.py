@@ -17,10 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
 from vpipe.models.weights import WeightsInfo, load_weights
+from vpipe.pipeline.fingerprint import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,7 @@ def backbone(
     except TypeError as exc:
         raise ConfigError(f"bad options for backbone {name!r}: {exc}") from exc
     if weights is None:
+        init_random(model, seed=stable_seed(name, stream, sorted(options.items())))
         message = (
             f"backbone {name}-{stream} has no weights: it is randomly initialised and its "
             "features are random; pass a local checkpoint to get meaningful features"
@@ -140,6 +143,29 @@ def backbone(
     else:
         model.weights_info = load_weights(model, weights, strict=strict)
     return model.eval()
+
+
+def init_random(model: nn.Module, *, seed: int) -> None:
+    """Seeded He-normal init: the same random network in every process, at a usable scale.
+
+    PyTorch's default conv init shrinks activations by about a third per layer, and
+    BatchNorm in eval mode (running statistics 0 and 1) does not undo it: a default
+    I3D ends with features near 1e-6, which float16 storage flattens to a handful of
+    values. He-normal weights with identity BatchNorm keep each layer's output
+    variance, so random features stay distinct. The seed makes every dask worker
+    build the same network, so features from different workers are comparable.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            fan_in = module.weight[0].numel()
+            with torch.no_grad():
+                module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def count_parameters(module: nn.Module) -> int:

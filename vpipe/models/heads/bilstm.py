@@ -92,6 +92,11 @@ class BiLSTMSoftAggHead(nn.Module):
             raise ConfigError(f"dropout must lie in [0, 1), got {dropout}")
         self.temporal = temporal
         self.num_clusters = num_clusters
+        # Per-dimension standardisation of the cached features, set from the train split
+        # (set_input_statistics) and saved with the weights: backbone features differ in
+        # scale by orders of magnitude between layers, models and checkpoints.
+        self.register_buffer("input_mean", torch.zeros(input_dim))
+        self.register_buffer("input_std", torch.ones(input_dim))
         if temporal == "none":
             self.rnn = None
             self.feature_dim = input_dim
@@ -113,12 +118,18 @@ class BiLSTMSoftAggHead(nn.Module):
         if lengths.shape != (b,) or lengths.min() < 1 or lengths.max() > t:
             raise ValueError(f"lengths must be {b} values in [1, {t}], got {lengths.tolist()}")
         mask = torch.arange(t, device=x.device) < lengths.to(x.device).unsqueeze(1)
+        x = (x - self.input_mean) / self.input_std
         if self.rnn is None:
             return x, mask
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         h, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
         return h, mask
+
+    def set_input_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise inputs with these per-dimension statistics (of the train descriptors)."""
+        self.input_mean.copy_(torch.as_tensor(mean, dtype=self.input_mean.dtype))
+        self.input_std.copy_(torch.as_tensor(std, dtype=self.input_std.dtype))
 
     def forward_features(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Video embedding after aggregation, (B, num_features)."""
