@@ -40,7 +40,10 @@ def flow(
         Optional[list[str]], typer.Option("--option", "-o", help="TV-L1 parameter KEY=VALUE (e.g. -o warps=3).")
     ] = None,
     device: Device = "auto",
-    pairs_per_batch: Annotated[int, typer.Option("--pairs-per-batch", min=1, help="Frame pairs per TV-L1 batch.")] = 32,
+    pairs_per_batch: Annotated[
+        Optional[int],
+        typer.Option("--pairs-per-batch", min=1, help="Frame pairs per TV-L1 batch [default: ~100k pixels on CPU, 256 on CUDA]."),
+    ] = None,
     videos_per_task: Annotated[
         Optional[int], typer.Option("--videos-per-task", min=1, help="Videos per task and shard [default: 8; 64 on CUDA].")
     ] = None,

@@ -43,7 +43,7 @@ class FlowStage(Stage):
         bound: float = 20.0,
         tvl1_params: dict[str, Any] | None = None,
         device: str = "auto",
-        pairs_per_batch: int = 32,
+        pairs_per_batch: int | None = None,
         videos_per_task: int | None = None,
         decoder: str = "auto",
     ):

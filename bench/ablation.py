@@ -1,0 +1,494 @@
+"""Ablation of the light heads on one feature set: pooling, LSTM, BiLSTM, soft aggregations, K.
+
+Given a workspace whose features are extracted (``vpipe run`` does that), this trains,
+for every seed, the configurations of the papers' ablations on the same data split
+and with the same optimisation settings (:data:`vpipe.train.config.QUICK`, the
+settings ``vpipe run`` trains with):
+
+1. features + average pooling            (temporal none,   aggregation avg)
+2. + LSTM                                (temporal lstm,   aggregation avg)
+3. + BiLSTM                              (temporal bilstm, aggregation avg)
+4. BiLSTM + softbof / softfv / softvlad / concat / mean (``--out-dim`` for mean),
+   with the pipeline's K
+5. the best soft variant of 4 (by mean *validation* accuracy over the seeds, never by
+   test accuracy) again with every K of ``--clusters``
+6. the classic encodings (hard BoF, VLAD, improved FV + linear SVM, from
+   :func:`vpipe.stages.encode.run_encode`) for the pipeline's K and every K of
+   ``--clusters``; they are deterministic, so seeds do not apply to them.
+
+Reported per configuration: mean ± sample standard deviation over the seeds of test
+accuracy, macro precision, macro recall, top-5, parameter count and test milliseconds
+per video (forward pass only), and test accuracy per class family of the synthetic
+dataset (:data:`vpipe.data.synthetic.FAMILIES`), plus the share of the order family's
+test videos predicted as their time-reversed partner (``order swap``), which is what
+a model that ignores temporal order gets wrong. The descriptors per centroid of each K
+are stated, because k-means with few descriptors per centre fits noise.
+
+A classic encoding whose baseline fails (e.g. an SVM input with NaN) is reported as
+failed with its error; the other encodings of that K are still run and reported.
+
+Runs are named ``abl-<temporal>-<aggregation>[-k<K>]-s<seed>`` and trained with
+``reuse=True``: a rerun skips finished runs (an identical finished run of another name,
+such as the one ``vpipe run`` trains, is reused as well). Each run uses one torch
+thread: on a busy 2-core machine two threads were many times slower.
+
+    vpipe run --dataset synthetic --workspace /tmp/ablation-ws --videos-per-class 10 --clusters 16
+    python bench/ablation.py --workspace /tmp/ablation-ws           # full protocol: seeds 0-4
+    # (only the extracted features are needed: the bench fits its own codebooks and heads)
+    python bench/ablation.py --workspace /tmp/ablation-ws --seeds 0,1,2
+
+Writes JSON (``--out``, default bench/results/ablation.json) with machine information
+and every run, and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from vpipe.data.synthetic import FAMILIES, REVERSED_PAIRS
+from vpipe.errors import ConfigError
+from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.stages.encode import run_encode
+from vpipe.stages.probe import read_manifest
+from vpipe.train import runs
+from vpipe.train.config import QUICK, TrainConfig
+from vpipe.train.data import make_splits, open_features
+from vpipe.train.trainer import RunResult, existing_run, train
+
+TEMPORAL_ROWS = (("none", "features + avg pool"), ("lstm", "LSTM + avg pool"), ("bilstm", "BiLSTM + avg pool"))
+SOFT = ("softbof", "softfv", "softvlad", "concat", "mean")
+BASELINE_METHODS = ("bof", "vlad", "fv")
+METRICS = ("accuracy", "macro_precision", "macro_recall", "top5", "parameters", "test_ms_per_video")
+#: Both directions of every time-reversed class pair.
+PARTNERS = {**REVERSED_PAIRS, **{forward: backward for backward, forward in REVERSED_PAIRS.items()}}
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def family_scores(class_names: Sequence[str], confusion: np.ndarray) -> dict[str, float | None]:
+    """Accuracy per family and the order family's share predicted as the reversed partner.
+
+    ``confusion[i, j]`` counts test videos of ``class_names[i]`` predicted as
+    ``class_names[j]``. A family with no test videos gets None.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    out: dict[str, float | None] = {}
+    for family, members in FAMILIES.items():
+        rows = [index[m] for m in members if m in index]
+        support = int(confusion[rows].sum()) if rows else 0
+        out[family] = float(sum(confusion[i, i] for i in rows) / support) if support else None
+    swapped = total = 0
+    for name, partner in PARTNERS.items():
+        if name in index and partner in index:
+            swapped += int(confusion[index[name], index[partner]])
+            total += int(confusion[index[name]].sum())
+    out["order_swap"] = float(swapped / total) if total else None
+    return out
+
+
+def run_record(result: RunResult, seconds: float) -> dict[str, Any]:
+    """What the table needs from one trained run."""
+    metrics = result.metrics
+    class_names = [row["class"] for row in metrics["per_class"]]
+    best = result.history.loc[result.history["epoch"] == result.best_epoch].iloc[0]
+    return {
+        "run_id": result.run_id,
+        "reused": result.reused,
+        "epochs": int(len(result.history)),
+        "best_epoch": int(result.best_epoch),
+        "best_val_acc": float(best["val_acc"]),
+        "best_val_loss": float(best["val_loss"]),
+        "train_seconds": float(result.history["seconds"].sum()),
+        "wall_seconds": seconds,
+        **{key: metrics[key] for key in METRICS},
+        "families": family_scores(class_names, np.asarray(metrics["confusion"])),
+    }
+
+
+def mean_std(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) of the non-None values."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return {"mean": statistics.fmean(present), "std": std, "n": len(present)}
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = (*METRICS, "best_val_acc", "best_val_loss", "epochs", "train_seconds")
+    summary = {key: mean_std([r[key] for r in records]) for key in keys}
+    summary["families"] = {
+        family: mean_std([r["families"][family] for r in records]) for family in (*FAMILIES, "order_swap")
+    }
+    return summary
+
+
+# --------------------------------------------------------------------------- data facts
+
+
+def dataset_facts(ws: DatasetWorkspace, features_name: str, layer: str, seeds: Sequence[int], val_fraction: float,
+                  ks: Sequence[int]) -> dict[str, Any]:  # fmt: skip
+    """Split sizes, time steps per video and descriptors per centroid for every K.
+
+    Two descriptor pools are fitted with k-means: the classic codebook (``vpipe encode``)
+    uses every train video; a head's centres are fitted on its fit videos only (train
+    minus the validation videos carved out for early stopping).
+    """
+    manifest = read_manifest(ws)
+    train_ids = set(manifest.loc[(manifest["status"] == "ok") & (manifest["split"] == "train"), "video_id"])
+    with open_features(ws, features_name) as features:
+        splits = make_splits(ws, features, val_fraction, seeds[0])
+        sequences = {v: features.sequence(v, layer=layer, view=0) for v in splits.labels}
+        provenance = features.provenance
+    steps = {v: int(x.shape[0]) for v, x in sequences.items()}
+    stacked = np.concatenate(list(sequences.values()))
+    values = stacked.astype(np.float64)
+    video_means = np.stack([x.astype(np.float64).mean(0) for x in sequences.values()])
+    train_steps = sum(n for v, n in steps.items() if v in train_ids)
+    fit_steps = sum(steps[v] for v in splits.train)
+    return {
+        "videos": {"fit": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "classes": len(splits.class_names),
+        "steps_per_video": mean_std(list(steps.values())),
+        "train_descriptors": train_steps,
+        "fit_descriptors": fit_steps,
+        "descriptors_per_centroid": {
+            str(k): {"encode_codebook": train_steps / k, "head_codebook": fit_steps / k} for k in ks
+        },
+        # The scale of what a head reads: random-init backbones can give tiny activations,
+        # and the float16 cache then keeps only a few distinct values.
+        "feature_values": {
+            "stored_dtype": str(stacked.dtype),
+            "abs_max": float(np.abs(values).max()),
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "distinct_values": int(np.unique(stacked).size),
+            "zero_fraction": float((stacked == 0).mean()),
+            "mean_std_of_video_means_per_dim": float(video_means.std(0).mean()),
+        },
+        "features_provenance": {
+            key: provenance.get(key) for key in ("backbone", "stream", "weights", "weights_sha256", "plan")
+        }
+        | {"sampler": provenance.get("sampler")},
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def run_id_for(config: TrainConfig) -> str:
+    k = f"-k{config.clusters}" if config.uses_clusters else ""
+    return f"abl-{config.temporal}-{config.aggregation}{k}-s{config.seed}"
+
+
+def free_run_id(ws: DatasetWorkspace, wanted: str) -> str:
+    """``wanted``, or ``wanted-2``, ``-3`` ... when a directory of that name exists.
+
+    A directory under the wanted name that holds no identical finished run (a killed
+    run, or one trained from other inputs) is left alone for inspection.
+    """
+    candidate, n = wanted, 1
+    while (runs.runs_dir(ws) / candidate).exists():
+        n += 1
+        candidate = f"{wanted}-{n}"
+    return candidate
+
+
+def train_one(ws: DatasetWorkspace, config: TrainConfig, threads: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    result = existing_run(ws, config)
+    if result is None:
+        result = train(ws, config, run_id=free_run_id(ws, run_id_for(config)), reuse=True, threads=threads)
+    return run_record(result, time.perf_counter() - start)
+
+
+def train_group(ws: DatasetWorkspace, label: str, base: dict[str, Any], seeds: Sequence[int], threads: int,
+                log: Any) -> dict[str, Any]:  # fmt: skip
+    """Train (or reuse) one configuration for every seed; return its row."""
+    records = []
+    for seed in seeds:
+        config = TrainConfig(**{**base, "seed": seed})
+        record = train_one(ws, config, threads)
+        records.append(record)
+        state = "reused" if record["reused"] else f"{record['wall_seconds']:.0f} s"
+        log(f"  {label:<28} seed {seed}: acc {record['accuracy']:.3f}  val {record['best_val_acc']:.3f}  "
+            f"epochs {record['epochs']}  ({state})")  # fmt: skip
+    config = TrainConfig(**{**base, "seed": seeds[0]})
+    return {
+        "label": label,
+        "kind": "head",
+        "temporal": config.temporal,
+        "aggregation": config.aggregation,
+        "clusters": config.clusters if config.uses_clusters else None,
+        "out_dim": config.out_dim,
+        "seeds": list(seeds),
+        "config": {k: v for k, v in config.to_dict().items() if k != "seed"},
+        "runs": records,
+        "summary": summarise(records),
+    }
+
+
+def best_soft(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The soft row with the highest mean validation accuracy (lower mean validation loss breaks ties)."""
+    soft = [r for r in rows if r["aggregation"] in SOFT]
+    return max(soft, key=lambda r: (r["summary"]["best_val_acc"]["mean"], -r["summary"]["best_val_loss"]["mean"]))
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def _error(exc: BaseException) -> str:
+    """Exception type and its first non-empty message line, short enough for a table."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {line[:300]}"
+
+
+def _encode_baselines(
+    ws: DatasetWorkspace, features_name: str, k: int
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """Baseline results per method for one K, label names, and the error of every method that failed.
+
+    All methods are run in one :func:`run_encode` call; if that raises, each method is
+    run on its own so that one failing encoding does not hide the others.
+    """
+    attempts = [BASELINE_METHODS]
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    label_names: dict[str, str] = {}
+    try:
+        summary = run_encode(ws, features_name, k, methods=BASELINE_METHODS)
+    except Exception as exc:  # noqa: BLE001 - recorded in the report, then each method alone
+        attempts = [(m,) for m in BASELINE_METHODS]
+        summary = None
+        first_error = _error(exc)
+    for methods in attempts if summary is None else []:
+        try:
+            one = run_encode(ws, features_name, k, methods=methods)
+        except Exception as exc:  # noqa: BLE001
+            errors[methods[0]] = _error(exc)
+            continue
+        results.update(one["baseline"]["methods"])
+        label_names = json.loads(Path(one["baseline"]["path"]).read_text())["label_names"]
+    if summary is not None:
+        if summary["baseline"] is None:
+            raise ConfigError(f"dataset {ws.dataset!r} has no test split: the baseline needs one")
+        results = summary["baseline"]["methods"]
+        label_names = json.loads(Path(summary["baseline"]["path"]).read_text())["label_names"]
+    elif not errors:
+        errors["all"] = first_error
+    return results, label_names, errors
+
+
+def baseline_rows(ws: DatasetWorkspace, features_name: str, ks: Sequence[int], log: Any) -> list[dict[str, Any]]:
+    """Hard BoF / VLAD / FV + linear SVM for every K (deterministic: one value, no spread)."""
+    rows = []
+    for k in ks:
+        start = time.perf_counter()
+        results, label_names, errors = _encode_baselines(ws, features_name, k)
+        seconds = time.perf_counter() - start
+        for method in BASELINE_METHODS:
+            row: dict[str, Any] = {
+                "label": f"{method.upper()} + linear SVM",
+                "kind": "baseline",
+                "method": method,
+                "clusters": k,
+                "encode_seconds": seconds,
+            }
+            if method not in results:
+                error = errors.get(method, errors.get("all", "no result"))
+                rows.append(row | {"error": error, "runs": [], "summary": None})
+                log(f"  baseline {method} K={k}: failed: {error}")
+                continue
+            result = results[method]
+            names = [label_names[str(label)] for label in result["labels"]]
+            record = {
+                "accuracy": result["accuracy"],
+                "macro_precision": result["macro_precision"],
+                "macro_recall": result["macro_recall"],
+                "top5": result["top5"],
+                # One-vs-rest linear SVM: a weight per dimension and class plus a bias per class.
+                "parameters": (result["dim"] + 1) * len(result["labels"]),
+                "test_ms_per_video": None,
+                "families": family_scores(names, np.asarray(result["confusion"])),
+            }
+            row |= {"dim": result["dim"], "C": result["C"], "C_chosen_by": result["C_chosen_by"], "runs": [record]}
+            row["summary"] = {key: mean_std([record[key]]) for key in METRICS} | {
+                "families": {f: mean_std([v]) for f, v in record["families"].items()}
+            }
+            rows.append(row)
+            log(f"  baseline {method} K={k}: acc {record['accuracy']:.3f}")
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads_per_run": threads,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _pm(cell: dict[str, Any], fmt: str, scale: float = 1.0) -> str:
+    if cell["mean"] is None:
+        return "–"
+    if cell["n"] <= 1:
+        return format(cell["mean"] * scale, fmt)
+    return f"{format(cell['mean'] * scale, fmt)} ± {format(cell['std'] * scale, fmt)}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """Two tables: overall metrics, then accuracy per class family (percent, mean ± std)."""
+    head = "| configuration | K | accuracy % | macro P % | macro R % | top-5 % | parameters | test ms/video |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        s = r["summary"]
+        if s is None:
+            lines.append(f"| {r['label']} | {r['clusters']} | failed: {r['error'][:80]} |" + " |" * 5)
+            continue
+        params = s["parameters"]["mean"]
+        lines.append(
+            f"| {r['label']} | {r['clusters'] or '–'} | {_pm(s['accuracy'], '.1f', 100)} | "
+            f"{_pm(s['macro_precision'], '.1f', 100)} | {_pm(s['macro_recall'], '.1f', 100)} | "
+            f"{_pm(s['top5'], '.1f', 100)} | {int(params):,} | {_pm(s['test_ms_per_video'], '.3f')} |"
+        )
+    fams = list(FAMILIES)
+    lines += ["", "| configuration | K | " + " | ".join(fams) + " | order swap |", "|" + "---|" * (len(fams) + 3)]
+    for r in rows:
+        if r["summary"] is None:
+            continue
+        f = r["summary"]["families"]
+        cells = " | ".join(_pm(f[name], ".0f", 100) for name in (*fams, "order_swap"))
+        lines.append(f"| {r['label']} | {r['clusters'] or '–'} | {cells} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_ints(text: str) -> list[int]:
+    values = [int(x) for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected comma-separated integers")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", type=Path, required=True, help="workspace root with extracted features")
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--features", default="li3d-rgb")
+    parser.add_argument("--seeds", type=parse_ints, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)")
+    parser.add_argument("--pipeline-clusters", type=int, default=QUICK["clusters"],
+                        help="K of the soft-aggregation rows (default: the pipeline's, %(default)s)")  # fmt: skip
+    parser.add_argument("--clusters", type=parse_ints, default=[64, 128], help="K sweep for the best soft variant")
+    parser.add_argument("--k-variant", choices=SOFT, default=None,
+                        help="soft variant of the K sweep (default: best mean validation accuracy)")  # fmt: skip
+    parser.add_argument("--out-dim", type=int, default=256, help="projection size of the 'mean' fusion")
+    parser.add_argument("--threads", type=int, default=1, help="torch (and BLAS) threads per run")
+    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    ws = DatasetWorkspace(args.workspace.resolve(), args.dataset)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_start, wall = load_average(), time.perf_counter()
+    base = {**QUICK, "features": args.features, "clusters": args.pipeline_clusters}
+    ks = sorted({args.pipeline_clusters, *args.clusters})
+    facts = dataset_facts(ws, args.features, "pool", args.seeds, TrainConfig(**base).val_fraction, ks)
+    log(f"feature values: {facts['feature_values']}")
+    log(f"{facts['videos']} videos, {facts['steps_per_video']['mean']:.1f} steps per video; "
+        f"descriptors per centroid: {facts['descriptors_per_centroid']}")  # fmt: skip
+
+    rows: list[dict[str, Any]] = []
+    with threadpool_limits(args.threads):
+        log("temporal layers (average pooling):")
+        for temporal, label in TEMPORAL_ROWS:
+            config = {**base, "temporal": temporal, "aggregation": "avg"}
+            rows.append(train_group(ws, label, config, args.seeds, args.threads, log))
+        log(f"soft aggregations after the BiLSTM (K={args.pipeline_clusters}):")
+        for aggregation in SOFT:
+            config = {**base, "temporal": "bilstm", "aggregation": aggregation}
+            if aggregation == "mean":
+                config["out_dim"] = args.out_dim
+            rows.append(train_group(ws, f"BiLSTM + {aggregation}", config, args.seeds, args.threads, log))
+        chosen = next(r for r in rows if r["aggregation"] == args.k_variant) if args.k_variant else best_soft(rows)
+        chosen_by = "given (--k-variant)" if args.k_variant else "highest mean validation accuracy over the seeds"
+        log(f"K sweep for BiLSTM + {chosen['aggregation']} ({chosen_by}):")
+        for k in args.clusters:
+            if k == args.pipeline_clusters:
+                continue
+            config = {**chosen["config"], "clusters": k}
+            rows.append(train_group(ws, f"BiLSTM + {chosen['aggregation']}", config, args.seeds, args.threads, log))
+        if not args.skip_baselines:
+            log("classic encodings + linear SVM:")
+            rows += baseline_rows(ws, args.features, ks, log)
+
+    report = {
+        "benchmark": "ablation",
+        "started": started,
+        "wall_seconds": time.perf_counter() - wall,
+        "machine": machine_info(args.threads),
+        "load_average": {"start": load_start, "end": load_average()},
+        "workspace": str(ws.dir),
+        "features": args.features,
+        "seeds": args.seeds,
+        "base_config": TrainConfig(**base).to_dict() | {"seed": None},
+        "k_sweep": {"aggregation": chosen["aggregation"], "chosen_by": chosen_by, "clusters": args.clusters},
+        "dataset": facts,
+        "std": "sample standard deviation over seeds (ddof=1); baselines are deterministic, one value",
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    seeds = ",".join(map(str, args.seeds))
+    print(f"Test metrics, mean ± std over seeds {seeds} ({facts['videos']['test']} test videos); "
+          f"K sweep on BiLSTM + {chosen['aggregation']} ({chosen_by}).\n")  # fmt: skip
+    print(markdown(rows))
+    print(f"\nDescriptors per centroid (encode codebook / head codebook): "
+          + ", ".join(f"K={k}: {v['encode_codebook']:.1f} / {v['head_codebook']:.1f}"
+                      for k, v in facts["descriptors_per_centroid"].items()))  # fmt: skip
+    log(f"wrote {args.out} in {report['wall_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
