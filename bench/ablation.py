@@ -68,6 +68,7 @@ from vpipe.train import runs
 from vpipe.train.config import QUICK, TrainConfig
 from vpipe.train.data import make_splits, open_features
 from vpipe.train.trainer import RunResult, existing_run, train
+from machine import cpu_model  # bench/machine.py, beside this script
 
 TEMPORAL_ROWS = (("none", "features + avg pool"), ("lstm", "LSTM + avg pool"), ("bilstm", "BiLSTM + avg pool"))
 SOFT = ("softbof", "softfv", "softvlad", "concat", "mean")
@@ -339,14 +340,7 @@ def baseline_rows(ws: DatasetWorkspace, features_name: str, ks: Sequence[int], l
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),

@@ -22,20 +22,12 @@ import torch
 
 from vpipe.models.heads import BiLSTMSoftAggHead
 
+from machine import cpu_model  # bench/machine.py, beside this script
+
 #: Table 2 of the paper: K -> (parameters, test time, test accuracy) of I3D-BiLSTM + concat aggregation.
 PAPER_TABLE_2 = {1024: ("156.78M", "8.63s", 0.918), 256: ("74.71M", "5.17s", 0.921), 128: ("11.80M", "1.58s", 0.921), 64: ("9.64M", "1.57s", 0.899)}
 CLUSTERS = (1024, 256, 128, 64)
 AGGREGATIONS = ("softbof", "softvlad", "softfv", "concat")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 @torch.inference_mode()

@@ -32,6 +32,7 @@ import numpy as np
 
 from vpipe.video.decode import probe_video, read_frames
 from vpipe.video.write import write_video
+from machine import cpu_model  # bench/machine.py, beside this script
 
 CLIP_LENGTH = 16
 CLIPS_PER_VIDEO = 4
@@ -195,14 +196,7 @@ def time_probe(codec: str, paths: list[Path], decoder: str, frames: int) -> Resu
 
 
 def machine_info() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu_model": cpu,
         "logical_cpus": os.cpu_count(),

@@ -66,6 +66,7 @@ from vpipe.stages.plan import PlanStage
 from vpipe.stages.probe import ProbeStage, read_manifest
 from vpipe.video.plan import sampler_config
 from vpipe.video.write import write_video
+from machine import cpu_model, load_average  # bench/machine.py, beside this script
 
 DEFAULT_BACKBONES = ("li3d", "i3d", "resnet50")
 WIDTH, HEIGHT, FRAMES = 160, 120, 64
@@ -329,19 +330,8 @@ def benchmark(backbone: str, jobs: list[VideoJob], args: argparse.Namespace, tmp
 # --------------------------------------------------------------------------- report
 
 
-def load_average() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
-
-
 def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "cpu_model": cpu,
