@@ -23,7 +23,8 @@ from vpipe.store import FeatureSet
 from vpipe.train import runs
 from vpipe.train.config import TrainConfig
 from vpipe.train.data import index_sha256, loader, open_features
-from vpipe.train.scoring import amp_dtype, build_head, resolve_device, test_metrics
+from vpipe.device import resolve_device
+from vpipe.train.scoring import amp_dtype, build_head, test_metrics
 
 log = logging.getLogger(__name__)
 

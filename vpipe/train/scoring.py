@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vpipe.errors import ConfigError
 from vpipe.models.heads.bilstm import BiLSTMSoftAggHead
 from vpipe.train.config import TrainConfig
 from vpipe.train.metrics import classification_metrics
@@ -48,15 +47,6 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when there is one; asking for CUDA without one is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
-    return torch.device(requested)
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

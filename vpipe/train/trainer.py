@@ -41,13 +41,13 @@ from vpipe.train import runs
 from vpipe.train.codebook import codebook_file, codebook_identity, init_aggregation, load_checked, standardise_inputs
 from vpipe.train.config import QUICK, TrainConfig
 from vpipe.train.data import Splits, index_sha256, loader, make_splits, open_features, step_dim
+from vpipe.device import resolve_device
 from vpipe.train.scoring import (
     Scores,
     amp_dtype,
     autocast,
     build_head,
     predict,
-    resolve_device,
     seed_everything,
     test_metrics,
     torch_threads,
