@@ -63,10 +63,8 @@ from vpipe.data.synthetic import FAMILIES, REVERSED_PAIRS
 from vpipe.errors import ConfigError
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.encode import run_encode
-from vpipe.stages.probe import read_manifest
-from vpipe.train import runs
 from vpipe.train.config import QUICK, TrainConfig
-from vpipe.train.data import make_splits, open_features
+from vpipe.train.data import make_splits
 from vpipe.train.trainer import RunResult, existing_run, train
 from machine import cpu_model  # bench/machine.py, beside this script
 
@@ -150,9 +148,9 @@ def dataset_facts(ws: DatasetWorkspace, features_name: str, layer: str, seeds: S
     uses every train video; a head's centres are fitted on its fit videos only (train
     minus the validation videos carved out for early stopping).
     """
-    manifest = read_manifest(ws)
+    manifest = ws.read_manifest()
     train_ids = set(manifest.loc[(manifest["status"] == "ok") & (manifest["split"] == "train"), "video_id"])
-    with open_features(ws, features_name) as features:
+    with ws.open_features(features_name) as features:
         splits = make_splits(ws, features, val_fraction, seeds[0])
         sequences = {v: features.sequence(v, layer=layer, view=0) for v in splits.labels}
         provenance = features.provenance
@@ -204,7 +202,7 @@ def free_run_id(ws: DatasetWorkspace, wanted: str) -> str:
     run, or one trained from other inputs) is left alone for inspection.
     """
     candidate, n = wanted, 1
-    while (runs.runs_dir(ws) / candidate).exists():
+    while (ws.runs_dir / candidate).exists():
         n += 1
         candidate = f"{wanted}-{n}"
     return candidate

@@ -57,13 +57,13 @@ from torch.utils.data import DataLoader
 from vpipe.device import resolve_device
 from vpipe.extract.features import ExtractConfig, extract_videos, load_model, run_model
 from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips
-from vpipe.extract.jobs import VideoJob, jobs_from_plan
+from vpipe.video.jobs import VideoJob, jobs_from_plan
 from vpipe.pipeline.executor import InProcessExecutor
 from vpipe.pipeline.runner import run_stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.dataset import configure_dataset
 from vpipe.stages.plan import PlanStage
-from vpipe.stages.probe import ProbeStage, read_manifest
+from vpipe.stages.probe import ProbeStage
 from vpipe.video.plan import sampler_config
 from vpipe.video.write import write_video
 from machine import cpu_model, load_average  # bench/machine.py, beside this script
@@ -143,7 +143,7 @@ def build_jobs(tmp: Path, videos: int, clip_len: int, size: int) -> tuple[list[V
     sampler = sampler_config("li3d", need=clip_len, size=size, short_side=short_side)
     run_stage(PlanStage(workspace, sampler), InProcessExecutor(), progress=False)
     prepare_seconds = time.perf_counter() - started
-    manifest = read_manifest(workspace)
+    manifest = workspace.read_manifest()
     plan = pd.read_parquet(workspace.plan_path(sampler.name))
     jobs = list(jobs_from_plan(plan, manifest).values())
     info = {

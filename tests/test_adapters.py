@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vpipe.data.base import SPLITS, VideoEntry
+from vpipe.data.base import VideoEntry
+from vpipe.splits import SPLITS
 from vpipe.data.csvlist import CsvList
 from vpipe.data.folder import Folder
 from vpipe.data.hmdb51 import HMDB51

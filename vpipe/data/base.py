@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-#: Split membership values used in manifests.
-SPLITS = ("train", "val", "test", "unused")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpipe.data.base import SPLITS, VideoEntry
+from vpipe.data.base import VideoEntry
+from vpipe.splits import SPLITS
 from vpipe.data.folder import check_split_number, holdout, read_text
 from vpipe.errors import DatasetError
 

@@ -1,11 +1,9 @@
 """Classic encodings on the feature cache: a FAISS k-means codebook with diagonal-GMM
 statistics, BoF / VLAD / Fisher vectors of every video, and a linear baseline.
 
-``run_encode`` is the whole stage (used by ``vpipe encode``); the other names are its
-parts, for notebooks and for heads that start from the codebook.
+The stage that runs them over a dataset is :func:`vpipe.stages.encode.run_encode`; these
+are its parts, for notebooks and for heads that start from the codebook.
 """
-
-from typing import Any
 
 from vpipe.encode.baseline import run_baseline
 from vpipe.encode.classic import METHODS, encode_bof, encode_fisher, encode_vlad, encoding_dim
@@ -27,17 +25,7 @@ __all__ = [
     "load_codebook",
     "load_encodings",
     "run_baseline",
-    "run_encode",
     "sample_descriptors",
     "save_codebook",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """``run_encode`` lives in :mod:`vpipe.stages.encode`, which imports this package's
-    modules; importing it lazily lets either module be imported first."""
-    if name == "run_encode":
-        from vpipe.stages.encode import run_encode
-
-        return run_encode
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

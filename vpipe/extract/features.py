@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from vpipe.device import autocast, resolve_device
 from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips
-from vpipe.extract.jobs import VideoJob
+from vpipe.video.jobs import VideoJob
 from vpipe.flow.quantize import quantize_flow
 from vpipe.models import backbone
 from vpipe.store.reader import FeatureSet

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset
 
-from vpipe.extract.jobs import VideoJob
+from vpipe.video.jobs import VideoJob
 from vpipe.video.decode import read_frames
 from vpipe.video.views import apply_crop
 

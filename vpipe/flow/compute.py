@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vpipe.device import resolve_device
-from vpipe.extract.jobs import ClipSpec, VideoJob, flow_pair
+from vpipe.video.jobs import ClipSpec, VideoJob, flow_pair
 from vpipe.flow.quantize import encode_flow
 from vpipe.flow.tvl1 import tvl1
 from vpipe.store.shards import ShardWriter, rows_per_job, shard_name

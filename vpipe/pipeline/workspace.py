@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from vpipe.errors import ConfigError, StageError
+from vpipe.store import INDEX_FILE, FeatureSet
 
 WORKSPACE_ENV = "VPIPE_WORKSPACE"
 
@@ -64,6 +68,59 @@ class DatasetWorkspace:
 
     def features_dir(self, name: str) -> Path:
         return self.dir / "features" / name
+
+    def open_features(self, name: str) -> FeatureSet:
+        """The feature set ``features/<name>``; a :class:`StageError` naming ``vpipe extract`` if absent."""
+        directory = self.features_dir(name)
+        if not (directory / INDEX_FILE).is_file():
+            available = sorted(p.name for p in directory.parent.glob("*") if (p / INDEX_FILE).is_file())
+            raise StageError(
+                f"features {name!r} of dataset {self.dataset!r} are not extracted (no {directory / INDEX_FILE}): "
+                f"run `vpipe extract --dataset {self.dataset}` first"
+                + (f"; extracted feature sets: {', '.join(available)}" if available else "")
+            )
+        return FeatureSet.open(directory)
+
+    def codebook_path(self, features: str, clusters: int) -> Path:
+        return self.dir / "codebooks" / f"{features}-k{clusters}.h5"
+
+    def encoding_path(self, features: str, clusters: int, method: str) -> Path:
+        """``method`` is an encoding (bof, vlad, fv) or ``baseline`` (its JSON results)."""
+        suffix = "json" if method == "baseline" else "h5"
+        return self.dir / "encodings" / f"{features}-k{clusters}-{method}.{suffix}"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.dir / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    @property
+    def report_path(self) -> Path:
+        return self.dir / "report.md"
+
+    def read_manifest(self) -> pd.DataFrame:
+        """The probe's manifest; a :class:`StageError` naming ``vpipe probe`` when absent."""
+        if not self.manifest_path.exists():
+            raise StageError(f"no manifest at {self.manifest_path}: run `vpipe probe --dataset {self.dataset}` first")
+        return pd.read_parquet(self.manifest_path)
+
+    def usable_videos(self, indexes: Iterable[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+        """Manifest rows that probed ``ok`` and have view 0 in every one of ``indexes``.
+
+        This is the one rule by which encode, training and retrieval choose videos: a
+        video whose probe failed, or that lacks test-time (view 0) features in any input,
+        takes no part. Returns the rows (``video_id``, ``label``, ``label_name``,
+        ``split``) and how many ``ok`` videos were left out.
+        """
+        manifest = self.read_manifest()
+        ok = manifest[manifest["status"] == "ok"]
+        present = pd.Series(True, index=ok.index)
+        for index in indexes:
+            present &= ok["video_id"].isin(set(index.loc[index["view"] == 0, "video_id"]))
+        rows = ok.loc[present, ["video_id", "label", "label_name", "split"]].reset_index(drop=True)
+        return rows, int((~present).sum())
 
     def read_config(self) -> dict[str, Any]:
         """The dataset options recorded by the last probe (adapter, root, split)."""

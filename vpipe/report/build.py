@@ -24,7 +24,6 @@ from vpipe.train.evaluate import LoadedRun, load
 from vpipe.train.scoring import predict
 from vpipe.train.trainer import best_epoch
 
-REPORT_FILE = "report.md"
 #: t-SNE is quadratic in the number of points and embeddings can be 10⁵-dimensional,
 #: so at most this many test videos (a seeded random subset) are embedded.
 MAX_TSNE_VIDEOS = 500
@@ -107,7 +106,7 @@ def build_report(
     rows = [run_row(run) for run in stored]
     table = markdown_table(rows)
     text = _markdown(ws, table, plots)
-    path = ws.dir / REPORT_FILE
+    path = ws.report_path
     atomic_write_text(path, text)
     return {
         "report": str(path),

@@ -136,7 +136,7 @@ def chain_status(steps: list[Step]) -> list[StageReport]:
 
 
 def encode_step(workspace: DatasetWorkspace, features: str, clusters: int) -> DatasetStep:
-    from vpipe.stages.encode import codebook_path, run_encode
+    from vpipe.stages.encode import run_encode
 
     def run() -> StageReport:
         started = time.perf_counter()
@@ -154,7 +154,7 @@ def encode_step(workspace: DatasetWorkspace, features: str, clusters: int) -> Da
         )
 
     def status() -> StageReport:
-        path = codebook_path(workspace, features, clusters)
+        path = workspace.codebook_path(features, clusters)
         return StageReport(stage="encode", total=1, done=int(path.exists()), artifact=str(path))
 
     return DatasetStep("encode", run, status)
@@ -200,7 +200,7 @@ def evaluate_step(workspace: DatasetWorkspace, features: str, clusters: int) -> 
         if found is None:
             raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {workspace.dataset}`")
         evaluation = found.directory / "evaluation.json"
-        report_path = workspace.dir / "report.md"
+        report_path = workspace.report_path
         current = (
             evaluation.exists()
             and report_path.exists()
@@ -224,6 +224,6 @@ def evaluate_step(workspace: DatasetWorkspace, features: str, clusters: int) -> 
         )
 
     def status() -> StageReport:
-        return StageReport(stage="evaluate", total=1, done=int((workspace.dir / "report.md").exists()))
+        return StageReport(stage="evaluate", total=1, done=int((workspace.report_path).exists()))
 
     return DatasetStep("evaluate", run, status)

@@ -16,7 +16,6 @@ Every artifact is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -34,8 +33,7 @@ from vpipe.encode.fit import fit_codebook
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
-from vpipe.stages.probe import read_manifest
-from vpipe.store import INDEX_FILE, FeatureSet
+from vpipe.store import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +41,6 @@ log = logging.getLogger(__name__)
 CODEBOOK_METHOD = "faiss-kmeans+partition-gmm/1"
 ENCODING_VERSION = "classic/1"
 BASELINE_METHOD = "standardize+linearsvc/1"
-
-
-def codebook_path(ws: DatasetWorkspace, features_name: str, clusters: int) -> Path:
-    return ws.dir / "codebooks" / f"{features_name}-k{clusters}.h5"
-
-
-def encoding_path(ws: DatasetWorkspace, features_name: str, clusters: int, method: str) -> Path:
-    return ws.dir / "encodings" / f"{features_name}-k{clusters}-{method}.h5"
-
-
-def _open_features(ws: DatasetWorkspace, features_name: str) -> FeatureSet:
-    directory = ws.features_dir(features_name)
-    if not (directory / INDEX_FILE).is_file():
-        raise StageError(
-            f"features {features_name!r} of dataset {ws.dataset!r} are not extracted (no {directory / INDEX_FILE}): "
-            f"run `vpipe extract --dataset {ws.dataset}` for {features_name} first"
-        )
-    return FeatureSet.open(directory)
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _videos(ws: DatasetWorkspace, features: FeatureSet) -> tuple[pd.DataFrame, int]:
-    """Manifest rows (ok status) that have view 0 features, and how many lack them."""
-    manifest = read_manifest(ws)
-    ok = manifest[manifest["status"] == "ok"]
-    with_view0 = set(features.index.loc[features.index["view"] == 0, "video_id"])
-    present = ok["video_id"].isin(with_view0)
-    videos = ok.loc[present, ["video_id", "label", "label_name", "split"]].reset_index(drop=True)
-    return videos, int((~present).sum())
 
 
 def _parse_methods(methods: Sequence[str]) -> list[str]:
@@ -100,7 +66,7 @@ def _codebook(
 ) -> tuple[Codebook, bool]:
     """The stored codebook if its fingerprint matches, else a new fit (written). Returns (codebook, fitted)."""
     fp = fingerprint(CODEBOOK_METHOD, features_name, index_sha256, layer, clusters, sample_size, seed, niter, train_ids)
-    path = codebook_path(ws, features_name, clusters)
+    path = ws.codebook_path(features_name, clusters)
     if stored_fingerprint(path) == fp:
         log.info("codebook %s is up to date", path)
         return load_codebook(path), False
@@ -136,7 +102,7 @@ def _encode(
     info: dict[str, dict[str, Any]] = {}
     stale: dict[str, tuple[Path, str]] = {}
     for method in methods:
-        path = encoding_path(ws, features_name, codebook.clusters, method)
+        path = ws.encoding_path(features_name, codebook.clusters, method)
         fp = fingerprint(ENCODING_VERSION, method, codebook.fingerprint, index_sha256, layer, listing)
         info[method] = {"path": str(path), "dim": encoding_dim(method, codebook), "fingerprint": fp, "written": False}
         if stored_fingerprint(path) != fp:
@@ -225,15 +191,15 @@ def run_encode(
     methods = _parse_methods(methods)
     if not 0 <= seed < 2**31:
         raise ConfigError(f"--seed must be between 0 and 2^31-1, got {seed}")
-    with _open_features(ws, features_name) as features:
-        videos, missing = _videos(ws, features)
+    with ws.open_features(features_name) as features:
+        videos, missing = ws.usable_videos([features.index])
         train_ids = videos.loc[videos["split"] == "train", "video_id"].tolist()
         if not train_ids:
             raise StageError(
                 f"no train videos of dataset {ws.dataset!r} have {features_name} features: the codebook is fitted on "
                 f"the train split only; check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
             )
-        index_sha256 = _file_sha256(features.directory / INDEX_FILE)
+        index_sha256 = features.index_sha256
         codebook, fitted = _codebook(
             ws, features, features_name, train_ids, clusters=clusters, sample_size=sample_size, seed=seed,
             niter=niter, layer=layer, use_gpu=use_gpu, index_sha256=index_sha256,
@@ -248,7 +214,7 @@ def run_encode(
         "videos": len(videos),
         "videos_without_features": missing,
         "codebook": {
-            "path": str(codebook_path(ws, features_name, clusters)),
+            "path": str(ws.codebook_path(features_name, clusters)),
             "fitted": fitted,
             **{k: codebook.provenance[k] for k in ("sample_size", "objective", "device", "train_videos", "fingerprint")},
         },
@@ -256,7 +222,7 @@ def run_encode(
         "baseline": None,
     }
     if (videos["split"] == "test").any():
-        path = ws.dir / "encodings" / f"{features_name}-k{clusters}-baseline.json"
+        path = ws.encoding_path(features_name, clusters, "baseline")
         label_names = dict(zip(videos["label"].astype(int), videos["label_name"]))
         report, written = _baseline(path, encodings, label_names, svm_c=svm_c, seed=seed)
         summary["baseline"] = {"path": str(path), "written": written, "methods": report["methods"]}

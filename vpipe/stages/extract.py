@@ -19,7 +19,7 @@ from vpipe import __version__
 from vpipe.device import default_videos_per_task
 from vpipe.errors import StageError
 from vpipe.extract.features import ExtractConfig, extract_videos
-from vpipe.extract.jobs import VideoJob, jobs_from_plan
+from vpipe.video.jobs import VideoJob, jobs_from_plan
 from vpipe.models import sha256_file
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
@@ -27,7 +27,6 @@ from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.pipeline.tables import table_fingerprint, table_metadata
-from vpipe.stages.probe import read_manifest
 from vpipe.store.index import orphan_shards, write_index
 
 #: Bumped when the same configuration would store different features.
@@ -105,7 +104,7 @@ class ExtractStage(Stage):
 
     def items(self) -> list[WorkItem]:
         plan = read_plan(self.workspace, self.plan)
-        manifest = read_manifest(self.workspace)
+        manifest = self.workspace.read_manifest()
         jobs = jobs_from_plan(plan, manifest)
         if self.stream == "flow":
             inputs = self._flow_fingerprints(jobs)

@@ -13,7 +13,7 @@ from typing import Any
 from vpipe import __version__
 from vpipe.device import default_videos_per_task
 from vpipe.flow.compute import FlowConfig, flow_videos
-from vpipe.extract.jobs import jobs_from_plan
+from vpipe.video.jobs import jobs_from_plan
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
 from vpipe.pipeline.journal import Journal, Record
@@ -21,7 +21,6 @@ from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import table_fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.extract import clip_signature, read_plan, remove_orphans
-from vpipe.stages.probe import read_manifest
 from vpipe.store.index import write_index
 
 #: Bumped when the same configuration would store different flow.
@@ -62,7 +61,7 @@ class FlowStage(Stage):
         return self.workspace.flow_dir(self.plan)
 
     def items(self) -> list[WorkItem]:
-        jobs = jobs_from_plan(read_plan(self.workspace, self.plan), read_manifest(self.workspace))
+        jobs = jobs_from_plan(read_plan(self.workspace, self.plan), self.workspace.read_manifest())
         config_fp = fingerprint(FLOW_FORMAT, self.stack, self.encoding, self.bound, self.tvl1_params, self.decoder)
         return [
             WorkItem(

@@ -21,7 +21,6 @@ from vpipe.pipeline.journal import Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import write_table
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.probe import read_manifest
 from vpipe.video.plan import PLAN_SCHEMA, SamplerConfig, plan_video
 
 
@@ -49,7 +48,7 @@ class PlanStage(Stage):
         return self.workspace.plan_path(self.plan_name)
 
     def items(self) -> list[WorkItem]:
-        manifest = read_manifest(self.workspace)
+        manifest = self.workspace.read_manifest()
         usable = manifest[(manifest["status"] == "ok") & (manifest["split"] != "unused")]
         config_fp = self.config.fingerprint()
         items = []

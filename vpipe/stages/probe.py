@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 
 from vpipe.data.base import VideoEntry
-from vpipe.errors import StageError
 from vpipe.pipeline.executor import ItemFn, WorkItem
 from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
 from vpipe.pipeline.journal import Record
@@ -106,11 +105,3 @@ class ProbeStage(Stage):
             {"label": "int64", "num_frames": "int64", "fps": "float64", "width": "int64", "height": "int64"}
         )
         write_table(manifest, self.artifact, fingerprint=fingerprint)
-
-
-def read_manifest(workspace: DatasetWorkspace) -> pd.DataFrame:
-    if not workspace.manifest_path.exists():
-        raise StageError(
-            f"no manifest at {workspace.manifest_path}: run `vpipe probe --dataset {workspace.dataset}` first"
-        )
-    return pd.read_parquet(workspace.manifest_path)

@@ -14,6 +14,7 @@ nothing until the first item is read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -30,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vpipe.errors import StageError
-from vpipe.store.index import producing_command, read_index
+from vpipe.store.index import INDEX_FILE, producing_command, read_index
 from vpipe.store.shards import SHARD_FORMAT
 
 
@@ -153,6 +154,11 @@ class FeatureSet:
         if self.index.empty:
             return {}
         return json.loads(self._file(self._shard[0]).attrs["provenance"])
+
+    @property
+    def index_sha256(self) -> str:
+        """Content hash of ``index.parquet``: changes whenever any clip is re-extracted."""
+        return hashlib.sha256((self.directory / INDEX_FILE).read_bytes()).hexdigest()
 
     def video_ids(self) -> list[str]:
         """Every video with at least one clip, in index order."""

@@ -32,7 +32,6 @@ from vpipe.models.aggregation import alpha_from_data
 from vpipe.models.heads.bilstm import BiLSTMSoftAggHead, init_aggregation_from_features
 from vpipe.pipeline.fingerprint import file_fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.encode import codebook_path
 from vpipe.store import FeatureSet
 from vpipe.train.config import TrainConfig
 
@@ -56,7 +55,7 @@ def codebook_file(ws: DatasetWorkspace, config: TrainConfig) -> Path | None:
                 f"`vpipe encode --dataset {ws.dataset} --features {config.features} --clusters {config.clusters}`"
             )
         return path
-    default = codebook_path(ws, config.features, config.clusters)
+    default = ws.codebook_path(config.features, config.clusters)
     return default if default.is_file() else None
 
 

@@ -12,7 +12,6 @@ augmentation); validation and test read view 0, the centre view, as at test time
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,7 @@ from torch.utils.data import DataLoader
 
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.probe import read_manifest
-from vpipe.store import INDEX_FILE, FeatureSet, collate_padded
+from vpipe.store import FeatureSet, collate_padded
 
 
 @dataclass(frozen=True)
@@ -48,24 +46,6 @@ class Splits:
             "labels": {video: self.labels[video] for video in (*self.train, *self.val, *self.test)},
             "videos_without_features": self.without_features,
         }
-
-
-def open_features(ws: DatasetWorkspace, name: str) -> FeatureSet:
-    """The feature set ``features/<name>``; a :class:`StageError` naming ``vpipe extract`` if absent."""
-    directory = ws.features_dir(name)
-    if not (directory / INDEX_FILE).is_file():
-        available = sorted(p.name for p in directory.parent.glob("*") if (p / INDEX_FILE).is_file())
-        raise StageError(
-            f"features {name!r} of dataset {ws.dataset!r} are not extracted (no {directory / INDEX_FILE}): "
-            f"run `vpipe extract --dataset {ws.dataset}` first"
-            + (f"; extracted feature sets: {', '.join(available)}" if available else "")
-        )
-    return FeatureSet.open(directory)
-
-
-def index_sha256(features: FeatureSet) -> str:
-    """Content hash of the features' index: changes whenever any clip is re-extracted."""
-    return hashlib.sha256((Path(features.directory) / INDEX_FILE).read_bytes()).hexdigest()
 
 
 def step_dim(features: FeatureSet, layer: str) -> int:
@@ -119,7 +99,7 @@ def carve_validation(ids: list[str], labels: dict[str, int], fraction: float, se
 
 def make_splits(ws: DatasetWorkspace, features: FeatureSet, val_fraction: float, seed: int) -> Splits:
     """Roles of the manifest's videos for one run (see the module docstring)."""
-    manifest = read_manifest(ws)
+    manifest = ws.read_manifest()
     ok = manifest[manifest["status"] == "ok"]
     if ok.empty:
         raise StageError(f"no video of dataset {ws.dataset!r} was probed successfully; see its manifest")

@@ -22,7 +22,7 @@ from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.store import FeatureSet
 from vpipe.train import runs
 from vpipe.train.config import TrainConfig
-from vpipe.train.data import index_sha256, loader, open_features
+from vpipe.train.data import loader
 from vpipe.device import resolve_device
 from vpipe.train.scoring import amp_dtype, build_head, test_metrics
 
@@ -67,8 +67,8 @@ def load(ws: DatasetWorkspace, run_id: str, *, device: str = "auto") -> LoadedRu
     """Rebuild run ``run_id``'s model from its config and load its best checkpoint."""
     run = runs.load_run(ws, run_id)
     config = TrainConfig.from_dict(run.config["train"])
-    features = open_features(ws, config.features)
-    if index_sha256(features) != run.config["features"]["index_sha256"]:
+    features = ws.open_features(config.features)
+    if features.index_sha256 != run.config["features"]["index_sha256"]:
         log.warning(
             "features %s changed since run %s was trained; its metrics may differ from metrics.json",
             config.features,

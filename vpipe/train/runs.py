@@ -36,10 +36,6 @@ PLOTS_DIR = "plots"
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
 
-def runs_dir(ws: DatasetWorkspace) -> Path:
-    return ws.dir / "runs"
-
-
 def check_run_id(run_id: str) -> None:
     """A run id is a directory name: no separators, no leading dot."""
     if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
@@ -53,7 +49,7 @@ def reserve(ws: DatasetWorkspace, run_id: str, *, explicit: bool) -> tuple[str, 
     user chose explicitly is never renamed, so taking it is an error.
     """
     check_run_id(run_id)
-    root = runs_dir(ws)
+    root = ws.runs_dir
     root.mkdir(parents=True, exist_ok=True)
     candidate, n = run_id, 1
     while True:
@@ -79,7 +75,7 @@ def read_json(path: Path) -> Any:
 
 def completed_runs(ws: DatasetWorkspace) -> list[str]:
     """Ids of runs that finished (have ``metrics.json``), oldest first."""
-    root = runs_dir(ws)
+    root = ws.runs_dir
     if not root.is_dir():
         return []
     done = [p for p in root.iterdir() if (p / METRICS_FILE).is_file() and (p / CONFIG_FILE).is_file()]
@@ -107,7 +103,7 @@ class StoredRun:
 def load_run(ws: DatasetWorkspace, run_id: str) -> StoredRun:
     """A completed run; :class:`StageError` naming the existing runs when there is none."""
     check_run_id(run_id)
-    directory = runs_dir(ws) / run_id
+    directory = ws.runs_dir / run_id
     if not (directory / METRICS_FILE).is_file() or not (directory / CHECKPOINT_FILE).is_file():
         existing = completed_runs(ws)
         state = "did not finish" if directory.is_dir() else "does not exist"

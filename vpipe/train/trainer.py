@@ -40,7 +40,7 @@ from vpipe.store import FeatureSet
 from vpipe.train import runs
 from vpipe.train.codebook import codebook_file, codebook_identity, init_aggregation, load_checked, standardise_inputs
 from vpipe.train.config import QUICK, TrainConfig
-from vpipe.train.data import Splits, index_sha256, loader, make_splits, open_features, step_dim
+from vpipe.train.data import Splits, loader, make_splits, step_dim
 from vpipe.device import resolve_device
 from vpipe.train.scoring import (
     Scores,
@@ -230,7 +230,7 @@ def _inputs(ws: DatasetWorkspace, config: TrainConfig, features: FeatureSet) -> 
             f"dataset {ws.dataset!r} has no test videos with {config.features} features; test metrics need "
             f"them: check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
         )
-    features_sha256 = index_sha256(features)
+    features_sha256 = features.index_sha256
     book = codebook_file(ws, config)
     if book is not None:
         load_checked(book, config, input_dim)
@@ -269,7 +269,7 @@ def train(
     """
     if run_id is not None:
         runs.check_run_id(run_id)
-    with open_features(ws, config.features) as features, torch_threads(threads):
+    with ws.open_features(config.features) as features, torch_threads(threads):
         inputs = _inputs(ws, config, features)
         if reuse and (stored := runs.find_by_fingerprint(ws, inputs.fingerprint)) is not None:
             return _from_stored(stored, config)
@@ -283,7 +283,7 @@ def train(
 
 def existing_run(ws: DatasetWorkspace, config: TrainConfig) -> RunResult | None:
     """The completed run ``train(ws, config, reuse=True)`` would return, or None if it would train."""
-    with open_features(ws, config.features) as features:
+    with ws.open_features(config.features) as features:
         stored = runs.find_by_fingerprint(ws, _inputs(ws, config, features).fingerprint)
     return None if stored is None else _from_stored(stored, config)
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import pyarrow as pa
 
-from vpipe.data.base import SPLITS
 from vpipe.errors import ConfigError
+from vpipe.splits import SPLITS
 from vpipe.video.sampling import dense_windows, li3d_clips, tsn_indices, uniform_indices
 from vpipe.video.views import Crop, center_view, random_view, scale_view
 
