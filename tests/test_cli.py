@@ -60,7 +60,7 @@ def test_every_command_has_help_with_an_example():
 
 def test_datasets_lists_every_adapter_as_json():
     result = invoke("datasets", "--json")
-    names = {row["name"] for row in json.loads(result.output)}
+    names = {row["name"] for row in json.loads(result.stdout)}
     assert names == {"ucf101", "hmdb51", "kinetics", "folder", "csv", "synthetic"}
 
 
@@ -126,7 +126,7 @@ def test_second_run_does_nothing_and_status_counts(tiny_run):
     report = json.loads(invoke(*args, "--json").stdout)
     assert [s["computed"] for s in report["stages"]] == [0] * len(report["stages"])
     assert report["failed"] == 3
-    status = json.loads(invoke("status", "--dataset", "clips", "--workspace", ws.parent, *TINY[:6], "--json").output)
+    status = json.loads(invoke("status", "--dataset", "clips", "--workspace", ws.parent, *TINY[:6], "--json").stdout)
     assert (status["probe"]["done"], status["probe"]["failed"], status["probe"]["total"]) == (10, 3, 13)
     assert (status["plan"]["done"], status["plan"]["failed"], status["plan"]["total"]) == (10, 0, 10)
     assert status["extract:li3d-rgb"]["done"] == status["extract:li3d-flow"]["done"] == 10
@@ -137,7 +137,7 @@ def test_replacing_a_broken_video_reprobes_only_it(folder_tree, tmp_path):
             "--workspace", tmp_path / "ws", "--workers", "0", "--json"]
     invoke(*args)
     write_video(folder_tree / "jump" / "zero_bytes.avi", moving_square(12))
-    report = json.loads(invoke(*args).output)["stages"][0]
+    report = json.loads(invoke(*args).stdout)["stages"][0]
     assert (report["computed"], report["failed"], report["done"]) == (1, 2, 11)
 
 

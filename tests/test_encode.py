@@ -31,13 +31,13 @@ from vpipe.encode import (
     fit_kmeans,
     load_codebook,
     load_encodings,
-    run_encode,
 )
 from vpipe.encode.baseline import top_k_accuracy
 from vpipe.encode.gmm import VARIANCE_FLOOR, partition_gmm
 from vpipe.encode.kmeans import kmeans_parameters
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.stages.encode import run_encode
 from vpipe.store import FeatureSet, ShardWriter, shard_name, write_index
 
 D = 32

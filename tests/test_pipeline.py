@@ -92,24 +92,28 @@ def test_interrupted_run_keeps_finished_items(ws):
 
 @pytest.mark.slow
 def test_killed_process_resumes_without_redoing_flushed_work(tmp_path):
-    """SIGKILL the whole process group mid-run; the rerun does only the unfinished items."""
+    """SIGKILL the whole process group mid-run; the rerun does only the unflushed items.
+
+    The journal flushes every 512 records, so what survives is a whole number of flushes.
+    """
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-    cmd = [sys.executable, "-m", "tests.toy_stage", str(tmp_path), "40", "0.1", "0"]
+    cmd = [sys.executable, "-m", "tests.toy_stage", str(tmp_path), "1100", "0.004", "0"]
     proc = subprocess.Popen(cmd, cwd=HERE.parent, env=env, start_new_session=True, stdout=subprocess.PIPE)
     journal = Journal(tmp_path / "toy" / ".state" / "square")
     deadline = time.time() + 30
-    while time.time() < deadline and len(journal.load()) < 12:
+    while time.time() < deadline and len(journal.load()) < 512:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     kept = len(Journal(tmp_path / "toy" / ".state" / "square").load())
-    assert 12 <= kept < 40
+    assert kept in (512, 1024)
     out = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["computed"] == 40 - kept
-    assert report["done"] == 40
+    assert report["computed"] == 1100 - kept
+    assert report["done"] == 1100
     leftovers = [p for p in (tmp_path / "toy").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == [], "temporary files must never outlive a run"
+    assert len(journal.parts()) == 1, "a finished run leaves its journal as one part"
 
 
 @pytest.mark.slow

@@ -22,10 +22,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device) -> AbstractContextManager:
-    """bf16 autocast on CUDA (tensor cores, no loss scaling needed); full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, dtype: torch.dtype | None = torch.bfloat16) -> AbstractContextManager:
+    """Autocast to ``dtype`` on CUDA (bf16 by default: tensor cores, no loss scaling
+    needed); full precision on CPU or when ``dtype`` is None."""
+    if device.type == "cuda" and dtype is not None:
+        return torch.autocast("cuda", dtype=dtype)
     return nullcontext()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from vpipe import __version__
-from vpipe.cli import datasets_cmd, encode_cmd, extract_cmd, flow_cmd, pipeline_cmds, train_cmd
+from vpipe.cli import datasets_cmd, encode_cmd, extract_cmd, flow_cmd, pipeline_cmds, retrieval_cmd, train_cmd
 
 app = typer.Typer(
     name="vpipe",
@@ -38,6 +38,7 @@ flow_cmd.register(app)
 extract_cmd.register(app)
 encode_cmd.register(app)
 train_cmd.register(app)
+retrieval_cmd.register(app)
 
 
 def main() -> None:

@@ -6,18 +6,31 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vpipe.cli.options import Dataset, Json, Verbose, Workspace, dataset_workspace, emit_json, setup_logging, user_errors
+from vpipe.cli.options import (
+    Dataset,
+    Device,
+    Features,
+    Json,
+    Seed,
+    Verbose,
+    Workspace,
+    dataset_workspace,
+    emit_json,
+    err,
+    setup_logging,
+    user_errors,
+)
+from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET_TEXT, parse_bytes
 from vpipe.encode.classic import METHODS
+from vpipe.encode.kmeans import MissingFaissError, import_faiss
 from vpipe.errors import ConfigError
-from vpipe.stages.encode import run_encode
+from vpipe.stages.encode import DEFAULT_PCA, run_encode
 
-Features = Annotated[str, typer.Option("--features", "-f", help="Feature set under features/, e.g. li3d-rgb.")]
 Clusters = Annotated[int, typer.Option("--clusters", "-k", min=1, help="Codebook size K (the paper uses 128).")]
 SampleSize = Annotated[
     Optional[int],
     typer.Option("--sample-size", min=1, help="Train descriptors k-means is fitted on [default: min(all, 100000)]."),
 ]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the descriptor sample and k-means.")]
 Niter = Annotated[int, typer.Option("--niter", min=1, help="k-means iterations.")]
 Methods = Annotated[str, typer.Option("--methods", help="Comma-separated encodings: bof, vlad, fv.")]
 Layer = Annotated[str, typer.Option("--layer", help="Cached layer holding per-step descriptors.")]
@@ -25,17 +38,42 @@ SvmC = Annotated[
     Optional[float],
     typer.Option("--svm-c", min=0.0, help="Fixed C of the linear SVM [default: chosen by CV on train]."),
 ]
-Device = Annotated[str, typer.Option("--device", help="k-means device: auto (GPU if faiss can), cpu or gpu.")]
+Pca = Annotated[
+    str,
+    typer.Option(
+        "--pca",
+        help="Descriptor dimension after a train-only PCA, fitted with the codebook: auto = D/2 "
+        "(as in the improved-trajectory Fisher-vector papers), 0 = no PCA, or a number.",
+    ),
+]
+Whiten = Annotated[bool, typer.Option("--whiten", help="Whiten the PCA components (divide by their deviation).")]
+MemoryBudget = Annotated[
+    str,
+    typer.Option(
+        "--memory-budget",
+        help="Most memory the k-means sample and the baseline's train matrix may take, e.g. 3G or 512M.",
+    ),
+]
 
-_DEVICES = {"auto": None, "cpu": False, "gpu": True}
+_DEVICES = {"auto": None, "cpu": False, "cuda": True}
+
+
+def _pca(value: str) -> int | str | None:
+    if value == "auto":
+        return value
+    try:
+        return int(value) or None
+    except ValueError:
+        raise ConfigError(f"--pca expects auto, 0 or a dimension, got {value!r}") from None
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     book = summary["codebook"]
     typer.echo(
         f"codebook {book['path']}: {'fitted' if book['fitted'] else 'up to date'}, K={summary['clusters']}, "
-        f"{book['sample_size']} descriptors of {book['train_videos']} train videos, "
-        f"objective {book['objective']:.6g} ({book['device']})"
+        f"{book['sample_size']} descriptors of {book['train_videos']} train videos "
+        f"({book['descriptors_per_centroid']} per centroid), objective {book['objective']:.6g} ({book['device']})"
+        + (f", PCA to {book['pca']['dim']}" if book.get("pca") else "")
     )
     for method, entry in summary["encodings"].items():
         state = "written" if entry["written"] else "up to date"
@@ -66,6 +104,9 @@ def encode(
     methods: Methods = ",".join(METHODS),
     layer: Layer = "pool",
     svm_c: SvmC = None,
+    pca: Pca = DEFAULT_PCA,
+    whiten: Whiten = False,
+    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET_TEXT,
     device: Device = "auto",
     workspace: Workspace = None,
     json_output: Json = False,
@@ -76,11 +117,18 @@ def encode(
     Writes codebooks/<features>-k<K>.h5, encodings/<features>-k<K>-<method>.h5 and a linear
     baseline's test metrics; a rerun with the same inputs and options does nothing.
 
+    Needs faiss (`pip install 'vpipe[cpu]'` or `'vpipe[gpu]'`).
+
     Example: vpipe encode --dataset ucf101 --features li3d-rgb --clusters 128
     """
     setup_logging(verbose)
+    try:
+        import_faiss()
+    except MissingFaissError as error:
+        err.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
     if device not in _DEVICES:
-        raise ConfigError(f"--device must be auto, cpu or gpu, got {device!r}")
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     summary = run_encode(
         dataset_workspace(dataset, workspace),
         features,
@@ -92,6 +140,9 @@ def encode(
         layer=layer,
         svm_c=svm_c,
         use_gpu=_DEVICES[device],
+        pca=_pca(pca),
+        whiten=whiten,
+        memory_budget=parse_bytes(memory_budget),
     )
     if json_output:
         emit_json(summary)

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal
 
 import typer
 
 from vpipe.cli.options import (
+    Backbone,
+    Compute,
     Dataset,
     Decoder,
+    Device,
     Json,
+    LogEvery,
+    Option,
+    Quiet,
     RetryFailed,
-    Scheduler,
     Strict,
     Verbose,
-    Workers,
     Workspace,
+    compute_options,
     dataset_workspace,
     emit_json,
     parse_key_values,
@@ -33,13 +37,16 @@ from vpipe.models import backbone as build_backbone
 from vpipe.models import list_backbones
 from vpipe.stages.extract import ExtractStage
 
-Backbone = Annotated[str, typer.Option("--backbone", "-b", help="Backbone: li3d, i3d, resnet50, resnet101, r3d50, vgg16.")]
-Stream = Annotated[str, typer.Option("--stream", help="rgb, or flow (needs `vpipe flow` first).")]
-Plan = Annotated[str, typer.Option("--plan", help="Plan whose clips are extracted (see `vpipe plan`).")]
+Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]
+Plan = Annotated[str, typer.Option("--plan", help="Plan whose clips are read (see `vpipe plan`).")]
 Weights = Annotated[
-    Optional[Path], typer.Option("--weights", help="Local checkpoint (.pt, .pth, .safetensors); none = random init.")
+    Path | None,
+    typer.Option("--weights", help="Local checkpoint (.pt, .pth, .safetensors).", show_default="random init"),
 ]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
+VideosPerTask = Annotated[
+    int | None,
+    typer.Option("--videos-per-task", min=1, help="Videos per task and shard.", show_default="8; 64 on CUDA"),
+]
 
 
 @contextmanager
@@ -47,11 +54,7 @@ def quiet_random_weights() -> Iterator[None]:
     """Listing builds every model without weights; the warning about that is noise here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
+        yield
 
 
 def backbones(json_output: Json = False) -> None:
@@ -85,37 +88,41 @@ def backbones(json_output: Json = False) -> None:
 
 
 @user_errors
+@compute_options
 def extract(
     dataset: Dataset,
     backbone: Backbone = "li3d",
     stream: Stream = "rgb",
     plan: Plan = "li3d",
     weights: Weights = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Backbone option KEY=VALUE (e.g. -o grid=[4,4]).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Feature set name [default: <backbone>-<stream>].")] = None,
+    option: Option = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Feature set name.", show_default="<backbone>-<stream>")
+    ] = None,
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 8,
     decode_workers: Annotated[int, typer.Option("--decode-workers", min=0, help="Decoding processes per task (overlap with compute).")] = 0,
-    videos_per_task: Annotated[
-        Optional[int], typer.Option("--videos-per-task", min=1, help="Videos per task and shard [default: 8; 64 on CUDA].")
-    ] = None,
+    videos_per_task: VideosPerTask = None,
     workspace: Workspace = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
     decoder: Decoder = "auto",
     retry_failed: RetryFailed = False,
     strict: Strict = False,
     json_output: Json = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
+    log_every: LogEvery = 30.0,
+    *,
+    compute: Compute,
 ) -> None:
     """Run a backbone over every planned clip and cache its features in HDF5 shards.
 
     On a CUDA machine without --scheduler, one process drives the GPU and
     --decode-workers processes decode; otherwise videos are spread over dask workers.
+    -o sets a backbone option, e.g. -o grid=[4,4].
 
     Example: vpipe extract --dataset ucf101 --backbone li3d --weights rgb_imagenet.pt --decode-workers 8
     """
-    setup_logging(verbose)
+    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws = dataset_workspace(dataset, workspace)
     stage = ExtractStage(
         ws,
@@ -131,7 +138,7 @@ def extract(
         videos_per_task=videos_per_task,
         decoder=decoder,
     )
-    report = run_single_stage(stage, device=device, scheduler=scheduler, workers=workers, retry_failed=retry_failed)
+    report = run_single_stage(stage, device=device, compute=compute, retry_failed=retry_failed)
     finish([report], json_output, strict)
 
 

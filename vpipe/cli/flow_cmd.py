@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal
 
 import typer
 
-from vpipe.cli.extract_cmd import Device, Plan
+from vpipe.cli.extract_cmd import Plan, VideosPerTask
 from vpipe.cli.options import (
+    Compute,
     Dataset,
     Decoder,
+    Device,
     Json,
+    LogEvery,
+    Option,
+    Quiet,
     RetryFailed,
-    Scheduler,
     Strict,
     Verbose,
-    Workers,
     Workspace,
+    compute_options,
     dataset_workspace,
     parse_key_values,
     run_single_stage,
@@ -28,41 +32,48 @@ from vpipe.stages.flow import FlowStage
 
 
 @user_errors
+@compute_options
 def flow(
     dataset: Dataset,
     plan: Plan = "li3d",
     stack: Annotated[
         int, typer.Option("--stack", min=0, help="0: one field per clip frame (3D nets); L: L-field stacks per frame (VGG).")
     ] = 0,
-    encoding: Annotated[str, typer.Option("--encoding", help="uint8 (bound-quantized, the I3D convention) or float16.")] = "uint8",
+    encoding: Annotated[
+        Literal["uint8", "float16"],
+        typer.Option(
+            "--encoding",
+            help="uint8 is bound-quantized (the I3D convention).",
+        ),
+    ] = "uint8",
     bound: Annotated[float, typer.Option("--bound", min=0.1, help="Quantization bound in pixels.")] = 20.0,
-    option: Annotated[
-        Optional[list[str]], typer.Option("--option", "-o", help="TV-L1 parameter KEY=VALUE (e.g. -o warps=3).")
-    ] = None,
+    option: Option = None,
     device: Device = "auto",
     pairs_per_batch: Annotated[
-        Optional[int],
-        typer.Option("--pairs-per-batch", min=1, help="Frame pairs per TV-L1 batch [default: ~100k pixels on CPU, 256 on CUDA]."),
+        int | None,
+        typer.Option(
+            "--pairs-per-batch", min=1, help="Frame pairs per TV-L1 batch.", show_default="~100k pixels on CPU, 256 on CUDA"
+        ),
     ] = None,
-    videos_per_task: Annotated[
-        Optional[int], typer.Option("--videos-per-task", min=1, help="Videos per task and shard [default: 8; 64 on CUDA].")
-    ] = None,
+    videos_per_task: VideosPerTask = None,
     workspace: Workspace = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
     decoder: Decoder = "auto",
     retry_failed: RetryFailed = False,
     strict: Strict = False,
     json_output: Json = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
+    log_every: LogEvery = 30.0,
+    *,
+    compute: Compute,
 ) -> None:
     """Compute TV-L1 optical flow for every clip of a plan and cache it (uint8, bound 20).
 
+    -o sets a TV-L1 parameter, e.g. -o warps=3.
+
     Example: vpipe flow --dataset ucf101 --plan li3d --pairs-per-batch 256
     """
-    setup_logging(verbose)
-    if encoding not in ("uint8", "float16"):
-        raise typer.BadParameter("--encoding must be uint8 or float16")
+    setup_logging(verbose, quiet=quiet, log_every=log_every)
     stage = FlowStage(
         dataset_workspace(dataset, workspace),
         plan=plan,
@@ -75,7 +86,7 @@ def flow(
         videos_per_task=videos_per_task,
         decoder=decoder,
     )
-    report = run_single_stage(stage, device=device, scheduler=scheduler, workers=workers, retry_failed=retry_failed)
+    report = run_single_stage(stage, device=device, compute=compute, retry_failed=retry_failed)
     finish([report], json_output, strict)
 
 

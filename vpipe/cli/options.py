@@ -6,55 +6,111 @@ documents and validates ``--dataset``, ``--workspace``, ``--workers`` ... the sa
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 
 from vpipe.errors import ConfigError, VpipeError
+from vpipe.pipeline.cluster import SYSTEMS, ClusterSpec, load_cluster_file
 from vpipe.pipeline.executor import Executor, InProcessExecutor, make_executor
+from vpipe.pipeline.progress import configure as configure_progress
 from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-Dataset = Annotated[
-    str,
-    typer.Option("--dataset", "-d", help="Dataset name: ucf101, hmdb51, kinetics, folder, csv or synthetic."),
-]
+#: Devices every command understands; ``auto`` picks CUDA when present.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _dataset_help() -> str:
+    from vpipe.data.registry import list_datasets
+
+    names = ", ".join(d.name for d in list_datasets())
+    return f"Dataset name: {names}; or a name of your own with --adapter."
+
+
+def _backbone_names() -> Any:
+    """The registered backbones as a choice type: the help lists them and typos are usage errors."""
+    from vpipe.models import list_backbones
+
+    return Literal[tuple(list_backbones())]
+
+
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help=_dataset_help())]
 Root = Annotated[
-    Optional[Path],
-    typer.Option("--root", help="Directory holding the dataset (recorded: later commands need not repeat it)."),
+    Path | None,
+    typer.Option(
+        "--root", help="Directory holding the dataset (recorded: later commands need not repeat it).", show_default="recorded"
+    ),
 ]
-Split = Annotated[Optional[int], typer.Option("--split", help="Official split number (1, 2 or 3 for UCF101/HMDB51).")]
+Split = Annotated[
+    int | None,
+    typer.Option("--split", help="Official split number (1, 2 or 3 for UCF101/HMDB51).", show_default="recorded, else 1"),
+]
 Adapter = Annotated[
-    Optional[str],
-    typer.Option("--adapter", help="Dataset adapter when --dataset is a name of your own (e.g. --adapter folder)."),
+    str | None,
+    typer.Option(
+        "--adapter",
+        help="Dataset adapter when --dataset is a name of your own (e.g. --adapter folder).",
+        show_default="the dataset name",
+    ),
 ]
 Workspace = Annotated[
-    Optional[Path],
-    typer.Option("--workspace", "-w", help="Artifact root [default: $VPIPE_WORKSPACE or ./workspace]."),
+    Path | None,
+    typer.Option("--workspace", "-w", help="Artifact root.", show_default="$VPIPE_WORKSPACE or ./workspace"),
 ]
-Scheduler = Annotated[
-    Optional[str],
-    typer.Option("--scheduler", help="Address of a running dask scheduler, e.g. tcp://host:8786."),
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout (progress stays on stderr).")]
+Decoder = Annotated[
+    Literal["auto", "decord", "pyav"],
+    typer.Option(
+        "--decoder",
+        help="Video decoder: auto is decord for H.264 MP4/MOV, PyAV for everything else.",
+    ),
 ]
-Workers = Annotated[
-    Optional[int],
-    typer.Option("--workers", min=0, help="Local dask worker processes [default: one per core]; 0 runs in-process."),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-Decoder = Annotated[str, typer.Option("--decoder", help="Video decoder: auto (decord, PyAV fallback), decord or pyav.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Exit non-zero if any item failed.")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Run items that failed before again.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens on stderr.")]
-
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines (errors still print).")]
+LogEvery = Annotated[
+    float,
+    typer.Option(
+        "--log-every",
+        min=0.1,
+        help="Seconds between progress lines when stderr is not a terminal (batch-job logs).",
+    ),
+]
+Device = Annotated[Literal[DEVICES], typer.Option("--device", help="auto: CUDA when present, else CPU.")]
+Backbone = Annotated[_backbone_names(), typer.Option("--backbone", "-b", help="Feature backbone (see `vpipe backbones`).")]
+Features = Annotated[str, typer.Option("--features", "-f", help="Feature set under features/, e.g. li3d-rgb.")]
+Clusters = Annotated[
+    int | None,
+    typer.Option(
+        "--clusters", "-k", min=0, help="Codebook size K; 0 skips encoding.", show_default="128; 16 on synthetic"
+    ),
+]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed; equal seeds give equal results.")]
+Layer = Annotated[
+    str | None,
+    typer.Option("--layer", help="Cached layer to read (see `vpipe backbones`).", show_default="the first cached layer"),
+]
+Output = Annotated[
+    Path | None, typer.Option("--output", help="File to write the result to.", show_default="stdout")
+]
+Option = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="Parameter KEY=VALUE, repeatable (values are JSON when they parse)."),
+]
 
 def dataset_workspace(dataset: str, workspace: Path | None) -> DatasetWorkspace:
     return DatasetWorkspace(resolve_workspace(workspace), dataset)
@@ -74,9 +130,102 @@ def parse_key_values(pairs: list[str] | None, option: str) -> dict[str, Any]:
     return parsed
 
 
+@dataclass(frozen=True)
+class Compute:
+    """Where per-item work runs: in-process, a local cluster, a scheduler, or batch jobs."""
+
+    scheduler: str | None = None
+    workers: int | None = None
+    cluster: ClusterSpec | None = None
+
+    def executor(self) -> Executor:
+        return make_executor(scheduler=self.scheduler, workers=self.workers, cluster=self.cluster)
+
+
+_COMPUTE_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("scheduler", str | None, typer.Option("--scheduler", help="Address of a running dask scheduler, e.g. tcp://host:8786.")),
+    ("workers", int | None, typer.Option(
+        "--workers", min=0, help="Local dask worker processes; 0 runs in-process.", show_default="one per core"
+    )),
+    ("cluster", Literal[tuple(SYSTEMS)] | None, typer.Option(
+        "--cluster",
+        help="Start workers as batch jobs (dask-jobqueue); see docs/cluster.md.", show_default="no batch jobs",
+    )),
+    ("jobs", int, typer.Option("--jobs", min=1, help="With --cluster: most worker jobs at once (scaled with the work).")),
+    ("gpus_per_job", int, typer.Option("--gpus-per-job", min=0, help="With --cluster: GPUs per job; workers offer GPU=N.")),
+    ("cores", int, typer.Option("--cores", min=1, help="With --cluster: CPU cores (worker threads) per job.")),
+    ("memory", str, typer.Option("--memory", help="With --cluster: memory per job, e.g. 64GB.")),
+    ("walltime", str, typer.Option("--walltime", help="With --cluster: time limit per job, HH:MM:SS.")),
+    ("queue", str | None, typer.Option("--queue", help="With --cluster: queue or partition.", show_default="the system's")),
+    ("account", str | None, typer.Option("--account", help="With --cluster: account or project to charge.", show_default="yours")),
+    ("job_extra", list[str] | None, typer.Option(
+        "--job-extra", help="With --cluster: extra job directive, repeatable (e.g. --job-extra=--constraint=a100).",
+        show_default="none",
+    )),
+    ("cluster_file", Path | None, typer.Option(
+        "--cluster-file", help="YAML of the --cluster options (system, jobs, gpus_per_job, ...); options given win.",
+        show_default="none",
+    )),
+]  # fmt: skip
+_COMPUTE_DEFAULTS = {
+    "scheduler": None, "workers": None, "cluster": None, "jobs": 1, "gpus_per_job": 0, "cores": 8,
+    "memory": "32GB", "walltime": "04:00:00", "queue": None, "account": None, "job_extra": None, "cluster_file": None,
+}  # fmt: skip
+
+
+def compute_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` the options that choose its workers, passed to it as ``compute``.
+
+    Defined once here so that every command running stages spells, documents and
+    validates ``--scheduler``, ``--workers`` and the ``--cluster`` family the same way.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "compute"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_COMPUTE_DEFAULTS[name], annotation=Annotated[kind, info])
+        for name, kind, info in _COMPUTE_OPTIONS
+    ]
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        chosen = {name: kwargs.pop(name, _COMPUTE_DEFAULTS[name]) for name, _, _ in _COMPUTE_OPTIONS}
+        return command(*args, compute=compute_from_options(**chosen), **kwargs)
+
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept] + added
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
+def compute_from_options(
+    *,
+    scheduler: str | None,
+    workers: int | None,
+    cluster: str | None,
+    cluster_file: Path | None,
+    jobs: int,
+    gpus_per_job: int,
+    cores: int,
+    memory: str,
+    walltime: str,
+    queue: str | None,
+    account: str | None,
+    job_extra: list[str] | None,
+) -> Compute:
+    """The :class:`Compute` the options describe; the batch-job fields matter only with a cluster."""
+    spec = None
+    if cluster is not None or cluster_file is not None:
+        given = ClusterSpec(
+            system=cluster or "slurm", jobs=jobs, gpus_per_job=gpus_per_job, cores=cores, memory=memory,
+            walltime=walltime, queue=queue, account=account, job_extra=tuple(job_extra or ()),
+        )  # fmt: skip
+        spec = load_cluster_file(cluster_file, given, system=cluster) if cluster_file else given
+    return Compute(scheduler=scheduler, workers=workers, cluster=spec)
+
+
 @contextmanager
-def executor_for(scheduler: str | None, workers: int | None) -> Iterator[Executor]:
-    executor = make_executor(scheduler=scheduler, workers=workers)
+def executor_for(compute: Compute) -> Iterator[Executor]:
+    executor = compute.executor()
     try:
         yield executor
     finally:
@@ -87,12 +236,23 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool, *, quiet: bool = False, log_every: float | None = None) -> None:
+    """Logging, progress defaults and warnings of one command, all on stderr.
+
+    Warnings print as one ``warning: ...`` line (no source path), once per message.
+    """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    configure_progress(quiet=quiet, log_every=log_every)
+    warnings.formatwarning = _one_line_warning
+    warnings.simplefilter("once", UserWarning)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,19 +272,20 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def gpu_stage_executor(device: str, scheduler: str | None) -> Executor | None:
+def gpu_stage_executor(device: str, compute: Compute) -> Executor | None:
     """On a local CUDA machine, GPU stages run in this process: one model owns the GPU and
-    DataLoader workers decode. With a scheduler, they go to workers offering ``GPU``."""
+    DataLoader workers decode. With a scheduler or batch jobs, they go to workers offering ``GPU``."""
     from vpipe.device import resolve_device
 
-    return InProcessExecutor() if resolve_device(device).type == "cuda" and not scheduler else None
+    remote = compute.scheduler or compute.cluster is not None
+    return InProcessExecutor() if resolve_device(device).type == "cuda" and not remote else None
 
 
-def run_single_stage(stage, *, device: str, scheduler: str | None, workers: int | None, retry_failed: bool):
+def run_single_stage(stage, *, device: str, compute: Compute, retry_failed: bool):
     """Run one flow/extract stage on the executor its device calls for, closing it after."""
     from vpipe.pipeline.runner import run_stage
 
-    executor = gpu_stage_executor(device, scheduler) or make_executor(scheduler, workers)
+    executor = gpu_stage_executor(device, compute) or compute.executor()
     try:
         return run_stage(stage, executor, retry_failed=retry_failed)
     finally:

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal
 
 import typer
 
 from vpipe.cli.options import (
     Adapter,
+    Backbone,
+    Clusters,
+    Compute,
     Dataset,
     Decoder,
+    Device,
     Json,
+    LogEvery,
+    Option,
+    Quiet,
     RetryFailed,
     Root,
-    Scheduler,
     Split,
     Strict,
     Verbose,
-    Workers,
     Workspace,
+    compute_options,
     dataset_workspace,
     emit_json,
     err,
@@ -29,33 +35,35 @@ from vpipe.cli.options import (
     setup_logging,
     user_errors,
 )
+from vpipe.data.synthetic import DEFAULT_VIDEOS_PER_CLASS
 from vpipe.pipeline.stage import StageReport
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain
 from vpipe.stages.dataset import configure_dataset
+from vpipe.video.plan import SAMPLERS
 
-Sampler = Annotated[str, typer.Option("--sampler", help="Temporal sampler: li3d, uniform, tsn or dense.")]
-SamplerOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--option", "-o", help="Sampler parameter KEY=VALUE, repeatable (e.g. -o need=32 -o size=112)."),
-]
-PlanName = Annotated[Optional[str], typer.Option("--plan-name", help="Name of the plan [default: the sampler name].")]
+Sampler = Annotated[Literal[SAMPLERS], typer.Option("--sampler", help="Temporal sampler (docs/sampling in DESIGN.md).")]
+PlanName = Annotated[str | None, typer.Option("--plan-name", help="Name of the plan.", show_default="the sampler name")]
 VideosPerClass = Annotated[
-    Optional[int], typer.Option("--videos-per-class", min=2, help="Synthetic dataset size per class (scales it up).")
+    int | None,
+    typer.Option(
+        "--videos-per-class",
+        min=2,
+        help="Synthetic dataset size per class (scales it up).",
+        show_default=str(DEFAULT_VIDEOS_PER_CLASS),
+    ),
 ]
-SyntheticSeed = Annotated[Optional[int], typer.Option("--synthetic-seed", help="Seed of the synthetic dataset.")]
-Backbone = Annotated[str, typer.Option("--backbone", "-b", help="Feature backbone (see `vpipe backbones`).")]
+SyntheticSeed = Annotated[
+    int | None, typer.Option("--synthetic-seed", help="Seed of the synthetic dataset.", show_default="0")
+]
 Streams = Annotated[
-    Optional[list[str]], typer.Option("--stream", help="Stream to extract, repeatable: rgb, flow [default: both].")
+    list[str] | None,
+    typer.Option("--stream", help="Stream to extract, repeatable: rgb, flow.", show_default="rgb and flow"),
 ]
 WeightsOption = Annotated[
-    Optional[list[str]], typer.Option("--weights", help="STREAM=PATH of a local checkpoint, repeatable.")
+    list[str] | None,
+    typer.Option("--weights", help="STREAM=PATH of a local checkpoint, repeatable.", show_default="random init"),
 ]
-Clusters = Annotated[
-    Optional[int], typer.Option("--clusters", min=0, help="Codebook size K [default: 128; 16 on synthetic]; 0 skips encoding.")
-]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
-
 
 def _configure(
     dataset: str, workspace, root, split, adapter, videos_per_class=None, synthetic_seed=None
@@ -97,14 +105,13 @@ def finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:
 
 
 @user_errors
+@compute_options
 def probe(
     dataset: Dataset,
     root: Root = None,
     split: Split = None,
     adapter: Adapter = None,
     workspace: Workspace = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
     decoder: Decoder = "auto",
     videos_per_class: VideosPerClass = None,
     synthetic_seed: SyntheticSeed = None,
@@ -112,15 +119,19 @@ def probe(
     strict: Strict = False,
     json_output: Json = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
+    log_every: LogEvery = 30.0,
+    *,
+    compute: Compute,
 ) -> None:
     """List a dataset's videos and record what decodes: writes manifest.parquet.
 
     Example: vpipe probe --dataset ucf101 --root /data/ucf101 --split 1
     """
-    setup_logging(verbose)
+    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
     stages = build_chain(ws, config, ChainOptions(decoder=decoder))[:1]
-    with executor_for(scheduler, workers) as executor:
+    with executor_for(compute) as executor:
         reports = run_chain(stages, executor, retry_failed=retry_failed)
     finish(reports, json_output, strict)
 
@@ -129,21 +140,23 @@ def probe(
 def plan(
     dataset: Dataset,
     sampler: Sampler = "li3d",
-    option: SamplerOption = None,
+    option: Option = None,
     plan_name: PlanName = None,
     workspace: Workspace = None,
     json_output: Json = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
+    log_every: LogEvery = 30.0,
 ) -> None:
     """Choose the frames and crops of every clip: writes plans/<name>.parquet.
 
     Example: vpipe plan --dataset ucf101 --sampler li3d -o need=64 -o train_views=3
     """
-    setup_logging(verbose)
+    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws = dataset_workspace(dataset, workspace)
     options = ChainOptions(sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name)
     stages = build_chain(ws, ws.read_config(), options)[1:2]
-    with executor_for(None, 0) as executor:
+    with executor_for(Compute(workers=0)) as executor:
         reports = run_chain(stages, executor)
     finish(reports, json_output, strict=False)
 
@@ -152,7 +165,7 @@ def plan(
 def status(
     dataset: Dataset,
     sampler: Sampler = "li3d",
-    option: SamplerOption = None,
+    option: Option = None,
     plan_name: PlanName = None,
     decoder: Decoder = "auto",
     workspace: Workspace = None,
@@ -183,17 +196,16 @@ def status(
 
 
 @user_errors
+@compute_options
 def run(
     dataset: Dataset,
     root: Root = None,
     split: Split = None,
     adapter: Adapter = None,
     workspace: Workspace = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
     decoder: Decoder = "auto",
     sampler: Sampler = "li3d",
-    option: SamplerOption = None,
+    option: Option = None,
     plan_name: PlanName = None,
     backbone: Backbone = "li3d",
     stream: Streams = None,
@@ -206,14 +218,20 @@ def run(
     strict: Strict = False,
     json_output: Json = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
+    log_every: LogEvery = 30.0,
+    *,
+    compute: Compute,
 ) -> None:
     """Run every stage in order, doing only what is missing or stale.
 
     probe -> plan -> flow -> extract (rgb, flow) -> encode -> train -> evaluate.
 
+    Progress shows as bars on a terminal, as log lines every --log-every seconds elsewhere.
+
     Example: vpipe run --dataset synthetic
     """
-    setup_logging(verbose)
+    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
     options = ChainOptions(
         decoder=decoder,
@@ -226,11 +244,11 @@ def run(
         clusters=clusters,
         device=device,
     )
-    with executor_for(scheduler, workers) as executor:
+    with executor_for(compute) as executor:
         reports = run_chain(
             build_chain(ws, config, options),
             executor,
-            gpu_executor=gpu_stage_executor(device, scheduler),
+            gpu_executor=gpu_stage_executor(device, compute),
             retry_failed=retry_failed,
         )
     finish(reports, json_output, strict)

@@ -1,8 +1,7 @@
-"""``vpipe train``, ``evaluate`` and ``report``: heads on the feature cache."""
+"""``vpipe heads``, ``train``, ``evaluate`` and ``report``: heads on the feature cache."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -15,33 +14,37 @@ from vpipe.cli.options import (
     dataset_workspace,
     emit_json,
     err,
+    parse_key_values,
     setup_logging,
     user_errors,
 )
+from vpipe.models.heads import describe_head, list_heads
 from vpipe.report import build_report
 from vpipe.train import TrainConfig, evaluate as evaluate_run, load_run, train as train_run
+from vpipe.train.config import FUSIONS, SCHEDULES
 from vpipe.train.metrics import TIMING_KEYS
 
 _DEFAULTS = TrainConfig()
 
-Features = Annotated[str, typer.Option("--features", "-f", help="Feature set under features/, e.g. li3d-rgb.")]
-Layer = Annotated[str, typer.Option("--layer", help="Cached layer holding per-step features.")]
-Head = Annotated[str, typer.Option("--head", help="Head architecture: bilstm-softagg.")]
-Temporal = Annotated[str, typer.Option("--temporal", help="Temporal re-encoding: none, lstm or bilstm.")]
-Aggregation = Annotated[
-    str,
-    typer.Option("--aggregation", help="avg, softbof, softfv, softvlad, concat (all three) or mean (of all three)."),
-]
-Clusters = Annotated[
-    int, typer.Option("--clusters", "-k", min=1, help="Soft-aggregation centres K (the paper uses 128).")
-]
-OutDim = Annotated[Optional[int], typer.Option("--out-dim", min=1, help="Project the aggregated vector to this size.")]
-Hidden = Annotated[int, typer.Option("--hidden", min=1, help="LSTM hidden size per direction.")]
-Dropout = Annotated[float, typer.Option("--dropout", help="Dropout before the classifier, in [0, 1).")]
-CodebookPath = Annotated[
-    Optional[Path],
+Features = Annotated[
+    Optional[list[str]],
     typer.Option(
-        "--codebook", help="Codebook .h5 for --temporal none [default: codebooks/<features>-k<K>.h5 if present]."
+        "--features",
+        "-f",
+        help="Feature set under features/, repeatable (rgb then flow for two-stream heads) [default: li3d-rgb].",
+    ),
+]
+Head = Annotated[str, typer.Option("--head", help=f"Registered head: {', '.join(list_heads())} (see `vpipe heads`).")]
+HeadOptions = Annotated[
+    Optional[list[str]],
+    typer.Option("--head-option", "-O", help="Head option KEY=VALUE, repeatable (see `vpipe heads` for each head's)."),
+]
+Fusion = Annotated[
+    str,
+    typer.Option(
+        "--fusion",
+        help=f"How a one-stream head reads several feature sets: {' or '.join(FUSIONS)} "
+        "(late: one head per set, class probabilities averaged; early: inputs concatenated).",
     ),
 ]
 ValFraction = Annotated[
@@ -52,15 +55,23 @@ Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")]
 Patience = Annotated[
     int, typer.Option("--patience", min=1, help="Stop after this many epochs without a better validation accuracy.")
 ]
-Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (warm-up, then cosine decay).")]
+Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
 Warmup = Annotated[float, typer.Option("--warmup-epochs", help="Epochs of linear learning-rate warm-up.")]
+Schedule = Annotated[
+    str,
+    typer.Option(
+        "--schedule",
+        help=f"Learning-rate schedule: {' or '.join(SCHEDULES)} (two-phase: --lr for the first half of the "
+        "epochs, then --lr/10 from the best checkpoint).",
+    ),
+]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the split, initialisation, shuffling and k-means.")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
 Amp = Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA (ignored on CPU).")]
 RunId = Annotated[
     Optional[str],
-    typer.Option("--run-id", help="Name of the run [default: <features>-<temporal>-<aggregation>-k<K>-s<seed>]."),
+    typer.Option("--run-id", help="Name of the run [default: <features>-<head settings>-s<seed>]."),
 ]
 Threads = Annotated[
     Optional[int],
@@ -77,19 +88,38 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     )
 
 
+def heads(json_output: Json = False) -> None:
+    """List every registered head: its inputs, options with defaults, hooks and size.
+
+    Parameters are counted at each head's example input size (the paper's) for 101 classes.
+
+    Example: vpipe heads --json
+    """
+    rows = [describe_head(name) for name in list_heads()]
+    if json_output:
+        emit_json([row.__dict__ for row in rows])
+        return
+    for row in rows:
+        size = "?" if row.parameters is None else f"{row.parameters / 1e6:.2f}M"
+        shapes = ", ".join(f"{role} {tuple(shape)}" for role, shape in row.example_shapes.items())
+        typer.echo(f"{row.name}  ({size} parameters at {shapes or 'no example input'})")
+        typer.echo(f"  {row.summary}")
+        for spec in row.inputs:
+            typer.echo(f"  input {spec['role']}: layer {spec['layer']} of {' + '.join(spec['features'])} ({spec['layout']})")
+        for option in row.options:
+            choices = f" [{'|'.join(map(str, option['choices']))}]" if option["choices"] else ""
+            typer.echo(f"  -O {option['name']}={option['default']}{choices}  {option['help']}")
+        if row.hooks:
+            typer.echo(f"  hooks: {', '.join(row.hooks)}")
+
+
 @user_errors
 def train(
     dataset: Dataset,
-    features: Features = _DEFAULTS.features,
-    layer: Layer = _DEFAULTS.layer,
+    features: Features = None,
     head: Head = _DEFAULTS.head,
-    temporal: Temporal = _DEFAULTS.temporal,
-    aggregation: Aggregation = _DEFAULTS.aggregation,
-    clusters: Clusters = _DEFAULTS.clusters,
-    out_dim: OutDim = _DEFAULTS.out_dim,
-    hidden: Hidden = _DEFAULTS.hidden,
-    dropout: Dropout = _DEFAULTS.dropout,
-    codebook: CodebookPath = None,
+    head_option: HeadOptions = None,
+    fusion: Fusion = _DEFAULTS.fusion,
     val_fraction: ValFraction = _DEFAULTS.val_fraction,
     batch_size: BatchSize = _DEFAULTS.batch_size,
     epochs: Epochs = _DEFAULTS.max_epochs,
@@ -97,6 +127,7 @@ def train(
     lr: Lr = _DEFAULTS.lr,
     weight_decay: WeightDecay = _DEFAULTS.weight_decay,
     warmup_epochs: Warmup = _DEFAULTS.warmup_epochs,
+    schedule: Schedule = _DEFAULTS.schedule,
     seed: Seed = _DEFAULTS.seed,
     device: Device = _DEFAULTS.device,
     amp: Amp = _DEFAULTS.amp,
@@ -108,20 +139,16 @@ def train(
 ) -> None:
     """Train a head on cached features: writes runs/<run_id>/ (config, checkpoint, history, test metrics).
 
-    Example: vpipe train --dataset ucf101 --features li3d-rgb --temporal bilstm --aggregation concat --clusters 128
+    Two feature sets with a one-stream head make a two-stream run (--fusion late or early).
+
+    Example: vpipe train --dataset ucf101 --features li3d-rgb --features li3d-flow --head bilstm-softagg -O clusters=128
     """
     setup_logging(verbose)
     config = TrainConfig(
-        features=features,
-        layer=layer,
+        features=tuple(features or _DEFAULTS.features),
         head=head,
-        temporal=temporal,
-        aggregation=aggregation,
-        clusters=clusters,
-        out_dim=out_dim,
-        hidden=hidden,
-        dropout=dropout,
-        codebook=None if codebook is None else str(codebook.resolve()),
+        head_options=parse_key_values(head_option, "--head-option"),
+        fusion=fusion,
         val_fraction=val_fraction,
         batch_size=batch_size,
         max_epochs=epochs,
@@ -129,6 +156,7 @@ def train(
         lr=lr,
         weight_decay=weight_decay,
         warmup_epochs=warmup_epochs,
+        schedule=schedule,
         seed=seed,
         device=device,
         amp=amp,
@@ -209,5 +237,5 @@ def report(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (train, evaluate, report):
+    for command in (heads, train, evaluate, report):
         app.command(command.__name__)(command)

@@ -14,7 +14,9 @@ and returns one float32 vector:
   Fisher information, then signed square root and L2 (2·K·D). Weight gradients are
   left out, as in the improved FV, because they carry little beyond BoF.
 
-Computation is float64 so that a video's vector does not depend on summation order.
+Descriptors first go through the codebook's PCA when it has one
+(:meth:`Codebook.project`). Computation is float64 so that a video's vector does not
+depend on summation order.
 """
 
 from __future__ import annotations
@@ -40,10 +42,7 @@ def _l2(v: np.ndarray) -> np.ndarray:
 
 
 def _descriptors(descriptors: np.ndarray, codebook: Codebook) -> np.ndarray:
-    x = np.asarray(descriptors, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != codebook.dim:
-        raise ValueError(f"descriptors must be (T, {codebook.dim}), got {x.shape}")
-    return x
+    return codebook.project(descriptors)
 
 
 def encode_bof(descriptors: np.ndarray, codebook: Codebook) -> np.ndarray:

@@ -8,14 +8,18 @@ Layout of ``encodings/<features>-k<K>-<method>.h5`` (format ``vpipe.encoding/1``
     /split      (N,) UTF-8 (train / val / test / unused)
     attrs: format, fingerprint, provenance (JSON)
 
-Rows are appended as videos are encoded and the file is renamed into place only when
-complete, so a killed run leaves no file that looks finished.
+Rows are written a batch of videos at a time and the file is renamed into place only
+when complete, so a killed run leaves no file that looks finished. Readers go through
+:class:`EncodingReader`, which holds only the small per-row columns and reads ``X`` in
+row blocks of about :data:`BLOCK_BYTES`; :func:`load_encodings` reads the whole matrix
+and is for small files (tests, notebooks) or callers that checked a memory budget.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,10 +30,13 @@ import numpy as np
 import pandas as pd
 
 from vpipe.encode.codebook_io import temp_path
+from vpipe.encode.budget import check_budget
 from vpipe.errors import StageError
 
 ENCODING_FORMAT = "vpipe.encoding/1"
 _CHUNK_BYTES = 1 << 20
+#: Bytes of ``X`` a reader holds at once.
+BLOCK_BYTES = 64 << 20
 
 
 class EncodingWriter:
@@ -66,6 +73,10 @@ class EncodingWriter:
     def write(self, row: int, vector: np.ndarray) -> None:
         self._x[row] = vector
 
+    def write_rows(self, start: int, vectors: np.ndarray) -> None:
+        """Rows ``start .. start + len(vectors)`` in one write."""
+        self._x[start : start + len(vectors)] = vectors
+
 
 @dataclass
 class Encodings:
@@ -76,18 +87,69 @@ class Encodings:
     provenance: dict[str, Any]
 
 
-def load_encodings(path: Path) -> Encodings:
-    """Read a whole encodings file into memory."""
-    path = Path(path)
-    if not path.is_file():
-        raise StageError(f"no encodings at {path}: run `vpipe encode` to build them")
-    with h5py.File(path, "r") as handle:
-        if handle.attrs.get("format") != ENCODING_FORMAT:
-            raise StageError(f"{path} is not a {ENCODING_FORMAT} file; delete it and rerun `vpipe encode`")
+class EncodingReader:
+    """An open encodings file: per-row columns in memory, ``X`` read in row blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StageError(f"no encodings at {self.path}: run `vpipe encode` to build them")
+        self._file = h5py.File(self.path, "r")
+        if self._file.attrs.get("format") != ENCODING_FORMAT:
+            self._file.close()
+            raise StageError(f"{self.path} is not a {ENCODING_FORMAT} file; delete it and rerun `vpipe encode`")
+        self._x = self._file["X"]
+        self.video_id = self._file["video_id"].asstr()[()]
+        self.label = self._file["label"][()]
+        self.split = self._file["split"].asstr()[()]
+        self.provenance = json.loads(self._file.attrs["provenance"])
+
+    def __enter__(self) -> EncodingReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._file.close()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self._x.shape)
+
+    def block_rows(self, block_bytes: int = BLOCK_BYTES) -> int:
+        """Rows per block: whole HDF5 chunks, about ``block_bytes`` of ``X``."""
+        chunk = self._x.chunks[0] if self._x.chunks else 1
+        return max(chunk, block_bytes // (4 * max(1, self.shape[1])) // chunk * chunk)
+
+    def blocks(self, rows: np.ndarray, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(positions, X[positions])`` for the sorted row numbers ``rows``, a block at a time.
+
+        Each block reads a contiguous range of whole chunks once and keeps the rows asked
+        for, so a split scattered over the file costs one sequential pass.
+        """
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        step = self.block_rows(block_bytes)
+        for start in range(0, self.shape[0], step):
+            lo, hi = np.searchsorted(rows, [start, start + step])
+            if hi > lo:
+                wanted = rows[lo:hi]
+                yield np.arange(lo, hi), self._x[start : start + step][wanted - start]
+
+
+def load_encodings(path: Path, *, memory_budget: int | None = None) -> Encodings:
+    """Read a whole encodings file into memory, refused when ``X`` exceeds ``memory_budget``."""
+    with EncodingReader(path) as reader:
+        if memory_budget is not None:
+            check_budget(
+                f"the encodings {reader.path.name} ({reader.shape[0]} × {reader.shape[1]})",
+                4 * reader.shape[0] * reader.shape[1],
+                memory_budget,
+                "read them in blocks with EncodingReader or raise --memory-budget",
+            )
         return Encodings(
-            x=handle["X"][()],
-            video_id=handle["video_id"].asstr()[()],
-            label=handle["label"][()],
-            split=handle["split"].asstr()[()],
-            provenance=json.loads(handle.attrs["provenance"]),
+            x=reader._x[()],
+            video_id=reader.video_id,
+            label=reader.label,
+            split=reader.split,
+            provenance=reader.provenance,
         )

@@ -35,16 +35,30 @@ class DiagonalGmm:
     floor: float
 
 
+def column_variance(x: np.ndarray, block: int = 8192) -> np.ndarray:
+    """Per-column ML variance of ``x`` in float64, accumulated in row blocks so that a
+    large float32 sample is never copied whole in float64 (two passes: mean, then spread)."""
+    mean = np.zeros(x.shape[1])
+    for start in range(0, len(x), block):
+        mean += x[start : start + block].astype(np.float64).sum(axis=0)
+    mean /= len(x)
+    spread = np.zeros(x.shape[1])
+    for start in range(0, len(x), block):
+        spread += ((x[start : start + block].astype(np.float64) - mean) ** 2).sum(axis=0)
+    return spread / len(x)
+
+
 def variance_floor(x: np.ndarray) -> float:
     """The absolute variance floor for sample ``x``."""
-    return max(VARIANCE_FLOOR * float(x.astype(np.float64).var(axis=0).mean()), np.finfo(np.float32).tiny)
+    return max(VARIANCE_FLOOR * float(column_variance(x).mean()), np.finfo(np.float32).tiny)
 
 
 def partition_gmm(x: np.ndarray, assignment: np.ndarray, centroids: np.ndarray) -> DiagonalGmm:
     """Per-cell weight, mean and floored diagonal variance (ML, ddof=0) of ``x``."""
     clusters, dim = centroids.shape
-    floor = variance_floor(x)
-    global_var = np.maximum(x.astype(np.float64).var(axis=0), floor)
+    spread = column_variance(x)
+    floor = max(VARIANCE_FLOOR * float(spread.mean()), np.finfo(np.float32).tiny)
+    global_var = np.maximum(spread, floor)
     order = np.argsort(assignment, kind="stable")
     bounds = np.searchsorted(assignment[order], np.arange(clusters + 1))
     weights = np.diff(bounds) / len(x)

@@ -9,17 +9,38 @@ to 1 so that small samples do not print warnings (K > sample is refused up front
 Centroids start from k-means++ seeding where the faiss build has it (1.11+): faiss's
 default, K random points, regularly merges two true clusters into one cell and splits
 another, which more iterations do not undo; k-means++ costs about two iterations.
+
+faiss is imported on first use, not at import time: a base install without the ``cpu``
+or ``gpu`` extra still runs every command that needs no k-means.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import ModuleType
 
-import faiss
 import numpy as np
 
-from vpipe.errors import ConfigError
+from vpipe.errors import ConfigError, VpipeError
+
+FAISS_MISSING = (
+    "faiss is not installed: k-means needs it; install the extra that matches this machine, "
+    "`pip install 'vpipe[cpu]'` or `pip install 'vpipe[gpu]'` (never both)"
+)
+
+
+class MissingFaissError(VpipeError):
+    """faiss, an optional dependency, is needed and absent."""
+
+
+def import_faiss() -> ModuleType:
+    """The faiss module, or :class:`MissingFaissError` naming the extra to install."""
+    try:
+        import faiss
+    except ImportError:
+        raise MissingFaissError(FAISS_MISSING) from None
+    return faiss
 
 
 @dataclass
@@ -37,6 +58,7 @@ class KmeansResult:
 
 def faiss_has_gpu() -> bool:
     """Whether this faiss build has GPU support and sees a GPU."""
+    faiss = import_faiss()
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -53,8 +75,9 @@ def resolve_gpu(use_gpu: bool | None) -> bool:
     return use_gpu
 
 
-#: k-means++ seeding, absent from faiss builds older than 1.11.
-KMEANS_PLUS_PLUS = getattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS", None)
+def kmeans_plus_plus() -> int | None:
+    """faiss's k-means++ seeding constant, None in builds older than 1.11."""
+    return getattr(import_faiss(), "ClusteringInitMethod_KMEANS_PLUS_PLUS", None)
 
 
 def kmeans_parameters(samples: int, clusters: int, *, seed: int, niter: int) -> dict[str, int]:
@@ -65,14 +88,15 @@ def kmeans_parameters(samples: int, clusters: int, *, seed: int, niter: int) -> 
         "max_points_per_centroid": math.ceil(samples / clusters),
         "min_points_per_centroid": 1,
     }
-    if KMEANS_PLUS_PLUS is not None:
-        parameters["init_method"] = KMEANS_PLUS_PLUS
+    init = kmeans_plus_plus()
+    if init is not None:
+        parameters["init_method"] = init
     return parameters
 
 
 def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of each row and the squared distance to it (exact, FAISS flat L2)."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
+    index = import_faiss().IndexFlatL2(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     distances, labels = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
     return labels[:, 0].astype(np.int64), distances[:, 0]
@@ -98,7 +122,7 @@ def fit_kmeans(
     if niter < 1:
         raise ConfigError(f"--niter must be at least 1, got {niter}")
     gpu = resolve_gpu(use_gpu)
-    kmeans = faiss.Kmeans(
+    kmeans = import_faiss().Kmeans(
         x.shape[1], clusters, gpu=gpu, **kmeans_parameters(len(x), clusters, seed=seed, niter=niter)
     )
     kmeans.train(x, init_centroids=init_centroids)
@@ -108,5 +132,5 @@ def fit_kmeans(
         assignment=labels,
         objective=float(distances.astype(np.float64).sum()),
         device="gpu" if gpu else "cpu",
-        init="given" if init_centroids is not None else "k-means++" if KMEANS_PLUS_PLUS is not None else "random",
+        init="given" if init_centroids is not None else "k-means++" if kmeans_plus_plus() is not None else "random",
     )

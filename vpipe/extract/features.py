@@ -9,6 +9,7 @@ model is built once per process and reused by every task that process runs.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vpipe.device import autocast, resolve_device
-from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips
+from vpipe.errors import ConfigError
+from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips, stack_rgb_and_flow
 from vpipe.video.jobs import VideoJob
 from vpipe.flow.quantize import quantize_flow
 from vpipe.models import backbone
@@ -39,6 +41,8 @@ class ExtractConfig:
     decode_workers: int = 0
     decoder: str = "auto"
     flow_dir: str | None = None
+    #: What each clip is built from: ("rgb",), ("flow",), or ("rgb", "flow") stacked as channels.
+    inputs: tuple[str, ...] = ("rgb",)
     #: Keys the per-process model cache: new weights written over the same path must
     #: not be served by the model loaded from the old file.
     weights_sha256: str | None = None
@@ -80,6 +84,22 @@ def flow_loader(flow_dir: str):
     return load
 
 
+def rgb_and_flow(job: VideoJob, flow_dir: str, decoder: str) -> list[LoadedClip]:
+    """A video's decoded clips with their cached flow stacked on as two more channels."""
+    return stack_rgb_and_flow(crop_rgb_clips(job, decoder), flow_loader(flow_dir)(job))
+
+
+def clip_loader(config: ExtractConfig) -> Callable[[VideoJob], list[LoadedClip]]:
+    """The per-video loader for the inputs the backbone is built from."""
+    if config.inputs == ("rgb",):
+        return functools.partial(crop_rgb_clips, decoder=config.decoder)
+    if config.inputs == ("flow",):
+        return flow_loader(config.flow_dir)
+    if set(config.inputs) == {"rgb", "flow"}:
+        return functools.partial(rgb_and_flow, flow_dir=config.flow_dir, decoder=config.decoder)
+    raise ConfigError(f"backbone {config.backbone} reads {config.inputs}: only rgb, flow or both can be loaded")
+
+
 @functools.lru_cache(maxsize=4)
 def _open_flow(flow_dir: str) -> FeatureSet:
     return FeatureSet.open(Path(flow_dir))
@@ -88,7 +108,8 @@ def _open_flow(flow_dir: str) -> FeatureSet:
 def to_model_input(batch: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """uint8 clips -> normalised float input in the layout the backbone expects.
 
-    rgb (B, T, h, w, 3); flow pairs (B, T, 2, h, w); flow stacks (B, T, L, 2, h, w).
+    rgb (B, T, h, w, 3), or (B, T, h, w, 5) with the flow codes stacked on (rgb-stream
+    backbones built from both); flow pairs (B, T, 2, h, w); flow stacks (B, T, L, 2, h, w).
     Clip backbones take (B, C, T, h, w); frame backbones take every frame (or every
     L-field stack, channels interleaved x1, y1, x2, y2, ...) as one image.
     """
@@ -137,12 +158,8 @@ def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dic
     model = load_model(
         config.backbone, config.stream, config.weights, config.options, config.device, config.weights_sha256
     )
-    device = next(model.parameters()).device
-    load = (
-        flow_loader(config.flow_dir)
-        if config.stream == "flow"
-        else functools.partial(crop_rgb_clips, decoder=config.decoder)
-    )
+    device = resolve_device(config.device)
+    load = clip_loader(config)
     outcome: dict[int, list[dict] | Exception] = {}
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

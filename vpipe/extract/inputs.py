@@ -36,6 +36,25 @@ def crop_rgb_clips(job: VideoJob, decoder: str) -> list[LoadedClip]:
     return clips
 
 
+def stack_rgb_and_flow(rgb: list[LoadedClip], flow: list[LoadedClip]) -> list[LoadedClip]:
+    """Each clip's frames and flow as one (T, h, w, 5) uint8 array: r, g, b, u, v codes.
+
+    Both come from the same plan row, so frame ``t`` and flow field ``t`` (the motion
+    at that frame) cover the same resized, cropped and flipped pixels.
+    """
+    fields = {(c.clip, c.view): c.data for c in flow}
+    stacked = []
+    for clip in rgb:
+        field = fields[(clip.clip, clip.view)]
+        if field.shape[:1] + field.shape[2:] != clip.data.shape[:3] or field.shape[1] != 2:
+            raise ValueError(
+                f"clip {clip.clip} view {clip.view}: cached flow {field.shape} does not match frames "
+                f"{clip.data.shape}; rerun `vpipe flow` with this plan"
+            )
+        stacked.append(LoadedClip(clip.clip, clip.view, np.concatenate([clip.data, field.transpose(0, 2, 3, 1)], -1)))
+    return stacked
+
+
 class VideoClips(Dataset):
     """Item i: (i, clips of video i) or (i, the exception that loading it raised).
 

@@ -5,6 +5,12 @@ outcomes back in completion order; they never see dask. The in-process executor 
 the reference path (and what ``--workers 0`` selects); the dask executor submits the
 same function, so both paths produce identical rows. The local cluster is started
 only when there is work, so a run with nothing to do costs nothing.
+
+At Kinetics scale (hundreds of thousands of items) two costs dominate a naive
+submit-everything loop: the driver holds every pending future (~13 KB each), and a
+task per cheap item (probe one video) costs more in scheduling than in work. So the
+dask executor keeps only a window of a few tasks per worker thread in flight, and
+packs cheap items several to a task while keeping outcomes per item.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Protocol
 
-from vpipe.errors import VpipeError
+from vpipe.errors import ConfigError, VpipeError
+from vpipe.pipeline.cluster import ClusterSpec, start_cluster
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +110,34 @@ def call_chunk(fn: Callable, payloads: list[Any], batched: bool) -> list[tuple[l
     ]
 
 
-def chunked(items: Sequence[WorkItem], size: int) -> list[list[WorkItem]]:
-    return [list(items[i : i + size]) for i in range(0, len(items), max(1, size))]
+def chunked(items: Iterable[WorkItem], size: int) -> Iterator[list[WorkItem]]:
+    """Consecutive chunks of ``size`` items, made lazily so only submitted ones exist."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, max(1, size))):
+        yield chunk
+
+
+#: Tasks in flight per worker thread: enough that no thread waits for the driver, few
+#: enough that driver memory does not grow with the number of items.
+TASKS_PER_THREAD = 4
+#: How often the window follows workers joining or leaving (a batch-system cluster scaling).
+WINDOW_REFRESH_SECONDS = 2.0
+#: Most items packed into one task of a non-batched stage.
+MAX_ITEMS_PER_TASK = 64
+
+
+def items_per_task(count: int, threads: int, chunk_size: int, batched: bool) -> int:
+    """How many items one task carries.
+
+    A batched stage's chunk is its batch (videos per shard), kept as given. Other
+    stages get up to :data:`MAX_ITEMS_PER_TASK` items per task, fewer when that would
+    leave threads idle: at least ``2 * TASKS_PER_THREAD`` tasks per thread remain, so a
+    slow item holds back little and a killed worker loses little.
+    """
+    if batched:
+        return max(1, chunk_size)
+    spread = count // max(1, 2 * TASKS_PER_THREAD * threads)
+    return max(1, chunk_size, min(MAX_ITEMS_PER_TASK, spread))
 
 
 def _limit_threads_in_worker() -> None:
@@ -144,11 +178,14 @@ class InProcessExecutor:
 
 
 class DaskExecutor:
-    """Submits items as dask.distributed tasks to an existing or a local cluster."""
+    """Submits items as dask.distributed tasks to an existing, a batch-system or a local cluster."""
 
-    def __init__(self, scheduler: str | None = None, workers: int | None = None):
+    def __init__(
+        self, scheduler: str | None = None, workers: int | None = None, cluster: ClusterSpec | None = None
+    ):
         self.scheduler = scheduler
         self.workers = workers
+        self.cluster = cluster
         self._client = None
         self._cluster = None
 
@@ -174,6 +211,10 @@ class DaskExecutor:
                     f"cannot reach dask scheduler {self.scheduler}: {error}; check the address, "
                     "or drop --scheduler to use a local cluster"
                 ) from error
+        if self.cluster is not None:
+            log.info("submitting up to %d %s worker jobs", self.cluster.jobs, self.cluster.system)
+            self._cluster = start_cluster(self.cluster)
+            return Client(self._cluster)
         workers = self.workers or os.cpu_count() or 1
         log.info("starting a local dask cluster with %d worker processes", workers)
         # Non-daemonic workers may start processes of their own (decoding DataLoaders).
@@ -211,22 +252,35 @@ class DaskExecutor:
 
         client = self.client
         wanted = self._supported(resources)
+        threads = self._threads(wanted)
+        size = items_per_task(len(items), threads, chunk_size, batched)
         token = uuid.uuid4().hex[:8]
-        futures = {}
-        for chunk in chunked(items, chunk_size):
-            future = client.submit(
-                call_chunk,
-                fn,
-                [item.payload for item in chunk],
-                batched,
-                key=f"{stage}-{chunk[0].key}-{len(chunk)}-{token}",
-                pure=False,
-                resources=wanted,
-            )
-            futures[future] = (chunk, time.perf_counter())
+        chunks = chunked(items, size)
+        pending: dict[Any, tuple[list[WorkItem], float]] = {}
+        flowing = as_completed()
+        checked = time.monotonic()
+
+        def top_up() -> None:
+            for chunk in islice(chunks, max(0, TASKS_PER_THREAD * threads - len(pending))):
+                future = client.submit(
+                    call_chunk,
+                    fn,
+                    [item.payload for item in chunk],
+                    batched,
+                    key=f"{stage}-{chunk[0].key}-{len(chunk)}-{token}",
+                    pure=False,
+                    resources=wanted,
+                )
+                pending[future] = (chunk, time.perf_counter())
+                flowing.add(future)
+
+        top_up()
         try:
-            for future in as_completed(futures):
-                chunk, submitted = futures.pop(future)
+            for future in flowing:
+                chunk, submitted = pending.pop(future)
+                if time.monotonic() - checked > WINDOW_REFRESH_SECONDS:
+                    threads, checked = self._threads(wanted), time.monotonic()
+                top_up()
                 if future.status == "finished":
                     for item, (rows, error, seconds) in zip(chunk, future.result()):
                         yield Outcome(item, rows, error, seconds)
@@ -236,8 +290,17 @@ class DaskExecutor:
                         yield Outcome(item, None, reason, time.perf_counter() - submitted)
                 future.release()
         finally:
-            for future in futures:
+            for future in pending:
                 future.cancel()
+
+    def _threads(self, resources: dict[str, float] | None) -> int:
+        """Worker threads that can run this stage's tasks; for a batch-system cluster at
+        least those of all its jobs, which may still be queued when the stage starts
+        (a window sized for no workers would keep dask from asking for more jobs)."""
+        workers = self.client.scheduler_info()["workers"].values()
+        usable = [w for w in workers if all(w.get("resources", {}).get(r, 0) >= n for r, n in (resources or {}).items())]
+        planned = self.cluster.threads if self.cluster is not None else 1
+        return max(planned, sum(int(w.get("nthreads", 1)) for w in usable))
 
     def close(self) -> None:
         if self._client is not None:
@@ -248,8 +311,12 @@ class DaskExecutor:
             self._cluster = None
 
 
-def make_executor(scheduler: str | None = None, workers: int | None = None) -> Executor:
-    """``workers == 0`` (and no scheduler) runs in-process; anything else uses dask."""
-    if workers == 0 and not scheduler:
+def make_executor(
+    scheduler: str | None = None, workers: int | None = None, cluster: ClusterSpec | None = None
+) -> Executor:
+    """``workers == 0`` (and no scheduler or cluster) runs in-process; anything else uses dask."""
+    if scheduler and cluster is not None:
+        raise ConfigError("--scheduler and --cluster both choose the workers: give one of them")
+    if workers == 0 and not scheduler and cluster is None:
         return InProcessExecutor()
-    return DaskExecutor(scheduler=scheduler, workers=workers)
+    return DaskExecutor(scheduler=scheduler, workers=workers, cluster=cluster)

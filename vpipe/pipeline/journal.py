@@ -1,10 +1,16 @@
 """The record of finished work items of one stage, for resuming.
 
 Each finished item (done or failed) becomes one record: its key, the fingerprint
-it was computed under, and the rows it produced. Records are appended to small
-Parquet parts written atomically (temporary name, then rename), a batch at a time,
-so a killed run loses at most the items finished since the last flush; nothing
-already on disk is ever rewritten in place. Later records of a key win.
+it was computed under, and the rows it produced. Records are appended to Parquet
+parts written atomically (temporary name, then rename), a batch at a time, so a
+killed run loses at most the items finished since the last flush; nothing already
+on disk is ever rewritten in place. Later records of a key win.
+
+Parts are flushed by record count, or after ``flush_seconds`` for slow stages, so a
+long GPU stage writes a few hundred parts rather than one per second; the runner
+merges them into one when a run resumes. Parts never change once written, so a
+load reuses what this process already read and reads only the parts added since:
+the stage, its status and the stages reading its records load it once per run.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,27 +54,50 @@ class Record:
     time: float = field(default_factory=time.time)
 
 
+#: Journals whose records this process holds, most recently used last: a run touches a
+#: stage's journal and those of its inputs, so a few suffice and memory stays bounded.
+_CACHE_SIZE = 4
+_loaded: OrderedDict[Path, tuple[tuple[str, ...], dict[str, Record]]] = OrderedDict()
+
+
 class Journal:
     """Append-only store of :class:`Record` for one stage."""
 
-    def __init__(self, directory: Path, *, flush_every: int = 64, flush_seconds: float = 1.0):
+    def __init__(self, directory: Path, *, flush_every: int = 512, flush_seconds: float = 10.0):
         self.directory = directory
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self._pending: list[Record] = []
         self._last_flush = time.monotonic()
 
+    def parts(self) -> list[Path]:
+        """The flushed parts, oldest first (names start with the write time in ns)."""
+        return sorted(self.directory.glob("part-*.parquet")) if self.directory.exists() else []
+
     def load(self) -> dict[str, Record]:
         """Latest record per key, including records appended but not yet flushed."""
-        records: dict[str, Record] = {}
-        parts = sorted(self.directory.glob("part-*.parquet")) if self.directory.exists() else []
-        for part in parts:
-            for row in pq.read_table(part, schema=RECORD_SCHEMA).to_pylist():
-                row["rows"] = json.loads(row["rows"])
-                records[row["key"]] = Record(**row)
+        parts = self.parts()
+        names = tuple(part.name for part in parts)
+        key = self.directory.resolve()
+        cached_names, cached = _loaded.pop(key, ((), {}))
+        if cached_names == names[: len(cached_names)]:
+            records, new = cached, parts[len(cached_names) :]
+        else:
+            records, new = {}, parts
+        for part in new:
+            records.update(_read_part(part))
+        _loaded[key] = (names, records)
+        while len(_loaded) > _CACHE_SIZE:
+            _loaded.popitem(last=False)
+        merged = dict(records)
         for record in self._pending:
-            records[record.key] = record
-        return records
+            merged[record.key] = record
+        return merged
+
+    def merge(self) -> None:
+        """Rewrite the parts as one (latest record per key), so the next load reads one file."""
+        if len(self.parts()) > 1:
+            self.compact(self.load())
 
     def append(self, record: Record) -> None:
         self._pending.append(record)
@@ -90,12 +120,12 @@ class Journal:
         old = sorted(self.directory.glob("part-*.parquet")) if self.directory.exists() else []
         if len(old) <= 1 and len(keep) == sum(pq.read_metadata(p).num_rows for p in old):
             return
-        if keep:
-            self._write_part(list(keep.values()))
+        written = (self._write_part(list(keep.values())).name,) if keep else ()
         for part in old:
             part.unlink()
+        _loaded[self.directory.resolve()] = (written, dict(keep))
 
-    def _write_part(self, records: list[Record]) -> None:
+    def _write_part(self, records: list[Record]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist(
             [
@@ -116,7 +146,17 @@ class Journal:
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.directory / f".{name}.tmp"
         pq.write_table(table, tmp)
-        tmp.replace(self.directory / name)
+        return tmp.replace(self.directory / name)
+
+
+def _read_part(part: Path) -> dict[str, Record]:
+    """One part's records by key, column-wise: ~3x faster than a row-wise ``to_pylist``."""
+    table = pq.read_table(part, schema=RECORD_SCHEMA)
+    columns = {name: table.column(name).to_pylist() for name in RECORD_SCHEMA.names}
+    records = {}
+    for key, fp, ok, error, path, rows, seconds, when in zip(*(columns[name] for name in RECORD_SCHEMA.names)):
+        records[key] = Record(key, fp, ok, json.loads(rows), error, path, seconds, when)
+    return records
 
 
 def _json_default(value: Any) -> Any:

@@ -9,21 +9,17 @@ fingerprint) or ``retry_failed`` makes it run again.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vpipe.errors import StageError
 from vpipe.pipeline.executor import Executor, InProcessExecutor, WorkItem
 from vpipe.pipeline.failures import replace_stage_failures
 from vpipe.pipeline.journal import Journal, Record
+from vpipe.pipeline.progress import progress as track
 from vpipe.pipeline.stage import Stage, StageReport
 
 log = logging.getLogger(__name__)
-stderr = Console(stderr=True, soft_wrap=True)
 
 
 def valid_records(items: Sequence[WorkItem], records: dict[str, Record]) -> dict[str, Record]:
@@ -59,18 +55,21 @@ def run_stage(
     progress: bool = True,
     retry_failed: bool = False,
 ) -> StageReport:
-    """Bring one stage's artifact up to date; never raises for a failed item."""
+    """Bring one stage's artifact up to date; never raises for a failed item.
+
+    ``progress=False`` silences this stage's progress; otherwise the process-wide
+    defaults of :mod:`vpipe.pipeline.progress` apply (bars, log lines or quiet).
+    """
     started = time.perf_counter()
     items = stage.items()
     journal = Journal(stage.journal_dir)
+    journal.merge()
     records = journal.load()
     current = valid_records(items, records)
     todo = [item for item in items if item.key not in current or (retry_failed and not current[item.key].ok)]
-    failures_seen = 0
     if todo:
         runner = InProcessExecutor() if stage.in_process else executor
-        with _progress_bar(progress and not stage.in_process) as bar:
-            task = bar.add_task(stage.label, total=len(todo))
+        with track(stage.label, len(todo), quiet=None if progress else True) as tracker:
             try:
                 outcomes = runner.map(
                     stage.item_fn(),
@@ -92,11 +91,8 @@ def run_stage(
                     )
                     journal.append(record)
                     if not outcome.ok:
-                        failures_seen += 1
-                        stderr.print(
-                            f"[yellow]{stage.label}: {outcome.item.key}: {outcome.error}[/]", highlight=False
-                        )
-                    bar.advance(task)
+                        tracker.note(f"{stage.label}: {outcome.item.key}: {outcome.error}")
+                    tracker.advance(failed=int(not outcome.ok))
             finally:
                 journal.flush()
         records = journal.load()
@@ -128,14 +124,3 @@ def run_stage(
         artifact=str(stage.artifact),
     )
 
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        disable=not enabled or not sys.stderr.isatty(),
-        transient=True,
-    )

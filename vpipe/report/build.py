@@ -19,7 +19,6 @@ from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
 from vpipe.report.plots import plot_confusion, plot_history, plot_tsne
 from vpipe.report.tables import markdown_table, run_row
 from vpipe.train import runs
-from vpipe.train.data import loader
 from vpipe.train.evaluate import LoadedRun, load
 from vpipe.train.scoring import predict
 from vpipe.train.trainer import best_epoch
@@ -30,19 +29,22 @@ MAX_TSNE_VIDEOS = 500
 
 
 def _tsne_inputs(loaded: LoadedRun, max_videos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean of raw steps, head embedding, label) of up to ``max_videos`` test videos."""
+    """(raw input, head embedding, label) of up to ``max_videos`` test videos.
+
+    The raw input is the mean of the run's first input over its entries, averaged over
+    every axis but the channels, so grids and stage maps come out as one vector per video.
+    """
     videos = list(loaded.run.config["data"]["test"])
     if len(videos) > max_videos:
         rng = np.random.default_rng(loaded.config.seed)
         videos = [videos[i] for i in sorted(rng.choice(len(videos), max_videos, replace=False))]
-    batches = loader(
-        loaded.features, loaded.config.layer, videos, loaded.labels, batch_size=loaded.config.batch_size, train=False
-    )
-    scores = predict(loaded.model, batches, loaded.device, loaded.dtype, embeddings=True)
-    before = np.stack(
-        [loaded.features.sequence(v, layer=loaded.config.layer, view=0).astype(np.float32).mean(0) for v in videos]
-    )
-    return before, scores.embeddings, scores.labels
+    scores = predict(loaded.model, loaded.loader(videos, loaded.labels), loaded.device, loaded.dtype, embeddings=True)
+    role = loaded.reader.inputs[0].role
+    before = []
+    for video in videos:
+        entries = loaded.reader.read(video, 0)[role].astype(np.float32)
+        before.append(entries.reshape(len(entries), entries.shape[1] if entries.ndim > 1 else 1, -1).mean(axis=(0, 2)))
+    return np.stack(before), scores.embeddings, scores.labels
 
 
 def plot_run(ws: DatasetWorkspace, run_id: str, *, tsne: bool = True, device: str = "auto") -> list[Path]:

@@ -2,8 +2,9 @@
 
 li3d-bilstm Table 3 compares LI3D, LI3D-LSTM and LI3D-BiLSTM by accuracy, precision and
 recall; soft-correlation Tables 1–2 compare aggregations and cluster counts by those and
-by parameters and testing time. One row per run, with the choices that distinguish runs
-(temporal layer, aggregation, K) next to the test metrics, makes any such ablation.
+by parameters and testing time. One row per run, with what distinguishes runs (the head, its
+inputs and the options that differ from the head's defaults) next to the test metrics,
+makes any such ablation, for every registered head.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from vpipe.models.heads import head_class
 from vpipe.train.runs import StoredRun
 
 COLUMNS = (
     ("run", "Run"),
-    ("features", "Features"),
-    ("temporal", "Temporal"),
-    ("aggregation", "Aggregation"),
-    ("clusters", "K"),
+    ("head", "Head"),
+    ("inputs", "Inputs"),
+    ("settings", "Settings"),
     ("accuracy", "Accuracy"),
     ("macro_precision", "Precision"),
     ("macro_recall", "Recall"),
@@ -26,7 +27,7 @@ COLUMNS = (
     ("parameters", "Params"),
     ("test_ms_per_video", "Test ms/video"),
 )
-_NUMERIC = {"clusters", "accuracy", "macro_precision", "macro_recall", "top5", "parameters", "test_ms_per_video"}
+_NUMERIC = {"accuracy", "macro_precision", "macro_recall", "top5", "parameters", "test_ms_per_video"}
 
 
 def run_row(run: StoredRun) -> dict[str, Any]:
@@ -34,10 +35,9 @@ def run_row(run: StoredRun) -> dict[str, Any]:
     options, metrics = run.config["train"], run.metrics
     return {
         "run": run.run_id,
-        "features": options["features"],
-        "temporal": options["temporal"],
-        "aggregation": options["aggregation"],
-        "clusters": options["clusters"] if options["aggregation"] != "avg" else None,
+        "head": options["head"],
+        "inputs": inputs_label(run.config),
+        "settings": settings_label(options),
         "accuracy": metrics["accuracy"],
         "macro_precision": metrics["macro_precision"],
         "macro_recall": metrics["macro_recall"],
@@ -46,6 +46,24 @@ def run_row(run: StoredRun) -> dict[str, Any]:
         "test_ms_per_video": metrics["test_ms_per_video"],
         "test_videos": metrics["videos"],
     }
+
+
+def inputs_label(config: dict[str, Any]) -> str:
+    """``li3d-rgb + li3d-flow (late)``: the feature sets, the fusion, and non-default layers."""
+    options = config["train"]
+    features = options["features"]
+    label = " + ".join(features)
+    if len(features) > 1 and not head_class(options["head"]).streams > 1:
+        label += f" ({options['fusion']})"
+    layers = sorted({spec["layer"] for spec in config.get("inputs", [])} - {"pool"})
+    return label + (f" [{', '.join(layers)}]" if layers else "")
+
+
+def settings_label(options: dict[str, Any]) -> str:
+    """The head's options that differ from its defaults, as ``key=value``."""
+    defaults = {o.name: o.default for o in head_class(options["head"]).options}
+    changed = [f"{k}={v}" for k, v in options["head_options"].items() if k != "layer" and defaults.get(k) != v]
+    return " ".join(changed) or "defaults"
 
 
 def human_count(n: int) -> str:

@@ -5,31 +5,42 @@ engine; it keeps the same contract by hand. Each of its three artifacts carries 
 fingerprint of everything it depends on and is skipped when that is unchanged:
 
 - ``codebooks/<features>-k<K>.h5``: the features index content, the train video
-  list, layer, K, requested sample size, seed, iterations and fitting method;
+  list, layer, K, requested sample size, seed, iterations, PCA dimension and
+  whitening, and the fitting method;
 - ``encodings/<features>-k<K>-<method>.h5``: the codebook fingerprint, the method,
   the features index content and the encoded videos with their labels and splits;
 - ``encodings/<features>-k<K>-baseline.json``: the encodings' fingerprints and the
   classifier settings.
 
-Every artifact is written under a temporary name and renamed into place.
+:func:`encode_status` computes the same fingerprints without fitting or encoding, so
+``vpipe status`` can say what ``vpipe run`` would redo.
+
+Memory is bounded by a batch of videos, except for the two things checked against
+``memory_budget`` first (the k-means sample and the baseline's train matrix, see
+:mod:`vpipe.encode.budget`). Every artifact is written under a temporary name and
+renamed into place.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from vpipe.encode.baseline import run_baseline
+from vpipe.encode.baseline import run_baseline_file
+from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET
 from vpipe.encode.classic import ENCODERS, METHODS, encoding_dim
 from vpipe.encode.codebook_io import Codebook, load_codebook, save_codebook, stored_fingerprint
-from vpipe.encode.encoding_io import EncodingWriter, load_encodings
-from vpipe.encode.fit import fit_codebook
+from vpipe.encode.encoding_io import EncodingReader, EncodingWriter
+from vpipe.encode.fit import descriptor_dim, fit_codebook, resolve_pca
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
@@ -38,9 +49,13 @@ from vpipe.store import FeatureSet
 log = logging.getLogger(__name__)
 
 #: Bumped when the fitting or encoding code changes what it writes.
-CODEBOOK_METHOD = "faiss-kmeans+partition-gmm/1"
+CODEBOOK_METHOD = "pca+faiss-kmeans+partition-gmm/2"
 ENCODING_VERSION = "classic/1"
-BASELINE_METHOD = "standardize+linearsvc/1"
+BASELINE_METHOD = "standardize+ovr-l2svm-lbfgs/2"
+#: Default ``--pca``: D/2, see :mod:`vpipe.encode.pca`.
+DEFAULT_PCA = "auto"
+#: Bytes of encoded vectors held before a batch is written.
+BATCH_BYTES = 64 << 20
 
 
 def _parse_methods(methods: Sequence[str]) -> list[str]:
@@ -50,11 +65,64 @@ def _parse_methods(methods: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+@dataclass
+class EncodePlan:
+    """What a run would read and the fingerprint of every artifact it would write."""
+
+    videos: pd.DataFrame
+    missing: int
+    train_ids: list[str]
+    index_sha256: str
+    pca: int | None
+    codebook_fingerprint: str
+    encoding_fingerprints: dict[str, str]
+    baseline_fingerprint: str | None
+
+
+def _plan(
+    ws: DatasetWorkspace,
+    features: FeatureSet,
+    features_name: str,
+    clusters: int,
+    *,
+    sample_size: int | None,
+    seed: int,
+    niter: int,
+    methods: Sequence[str],
+    layer: str,
+    svm_c: float | None,
+    pca: int | str | None,
+    whiten: bool,
+) -> EncodePlan:
+    """Fingerprints from the manifest, the features index and the options: nothing is fitted."""
+    methods = _parse_methods(methods)
+    if not 0 <= seed < 2**31:
+        raise ConfigError(f"--seed must be between 0 and 2^31-1, got {seed}")
+    videos, missing = ws.usable_videos([features.index])
+    train_ids = videos.loc[videos["split"] == "train", "video_id"].tolist()
+    if not train_ids:
+        raise StageError(
+            f"no train videos of dataset {ws.dataset!r} have {features_name} features: the codebook is fitted on "
+            f"the train split only; check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
+        )
+    reduced = resolve_pca(pca, descriptor_dim(features, layer))
+    index_sha256 = features.index_sha256
+    book = fingerprint(
+        CODEBOOK_METHOD, features_name, index_sha256, layer, clusters, sample_size, seed, niter, train_ids,
+        reduced, whiten and reduced is not None,
+    )  # fmt: skip
+    listing = videos[["video_id", "label", "split"]].values.tolist()
+    encodings = {m: fingerprint(ENCODING_VERSION, m, book, index_sha256, layer, listing) for m in methods}
+    has_test = bool((videos["split"] == "test").any())
+    baseline = fingerprint(BASELINE_METHOD, encodings, svm_c, seed) if has_test else None
+    return EncodePlan(videos, missing, train_ids, index_sha256, reduced, book, encodings, baseline)
+
+
 def _codebook(
     ws: DatasetWorkspace,
     features: FeatureSet,
     features_name: str,
-    train_ids: list[str],
+    plan: EncodePlan,
     *,
     clusters: int,
     sample_size: int | None,
@@ -62,25 +130,25 @@ def _codebook(
     niter: int,
     layer: str,
     use_gpu: bool | None,
-    index_sha256: str,
+    whiten: bool,
+    memory_budget: int,
 ) -> tuple[Codebook, bool]:
     """The stored codebook if its fingerprint matches, else a new fit (written). Returns (codebook, fitted)."""
-    fp = fingerprint(CODEBOOK_METHOD, features_name, index_sha256, layer, clusters, sample_size, seed, niter, train_ids)
     path = ws.codebook_path(features_name, clusters)
-    if stored_fingerprint(path) == fp:
+    if stored_fingerprint(path) == plan.codebook_fingerprint:
         log.info("codebook %s is up to date", path)
         return load_codebook(path), False
-    log.info("fitting k=%d codebook on %d train videos", clusters, len(train_ids))
+    log.info("fitting k=%d codebook on %d train videos", clusters, len(plan.train_ids))
     codebook = fit_codebook(
-        features, train_ids, clusters=clusters, sample_size=sample_size, seed=seed, niter=niter,
-        use_gpu=use_gpu, layer=layer,
+        features, plan.train_ids, clusters=clusters, sample_size=sample_size, seed=seed, niter=niter,
+        use_gpu=use_gpu, layer=layer, pca=plan.pca, whiten=whiten, memory_budget=memory_budget,
     )  # fmt: skip
     codebook.provenance.update(
         features=features_name,
         features_provenance=features.provenance,
-        features_index_sha256=index_sha256,
+        features_index_sha256=plan.index_sha256,
         method=CODEBOOK_METHOD,
-        fingerprint=fp,
+        fingerprint=plan.codebook_fingerprint,
     )
     save_codebook(path, codebook)
     return codebook, True
@@ -91,24 +159,23 @@ def _encode(
     features: FeatureSet,
     features_name: str,
     codebook: Codebook,
-    videos: pd.DataFrame,
-    methods: list[str],
+    plan: EncodePlan,
     *,
     layer: str,
-    index_sha256: str,
 ) -> dict[str, dict[str, Any]]:
-    """Write every stale method's encodings in one pass over the videos."""
-    listing = videos[["video_id", "label", "split"]].values.tolist()
+    """Write every stale method's encodings in one pass over the videos, a batch at a time."""
+    videos = plan.videos
     info: dict[str, dict[str, Any]] = {}
     stale: dict[str, tuple[Path, str]] = {}
-    for method in methods:
+    for method, fp in plan.encoding_fingerprints.items():
         path = ws.encoding_path(features_name, codebook.clusters, method)
-        fp = fingerprint(ENCODING_VERSION, method, codebook.fingerprint, index_sha256, layer, listing)
         info[method] = {"path": str(path), "dim": encoding_dim(method, codebook), "fingerprint": fp, "written": False}
         if stored_fingerprint(path) != fp:
             stale[method] = (path, fp)
     if not stale:
         return info
+    width = sum(encoding_dim(method, codebook) for method in stale)
+    batch = max(1, BATCH_BYTES // (4 * width))
     with ExitStack() as stack:
         writers = {
             method: stack.enter_context(
@@ -131,43 +198,90 @@ def _encode(
             )
             for method, (path, fp) in stale.items()
         }
-        for row, video_id in enumerate(videos["video_id"]):
-            descriptors = features.sequence(video_id, layer=layer, view=0)
+        ids = videos["video_id"].tolist()
+        for start in range(0, len(ids), batch):
+            chunk = [features.sequence(v, layer=layer, view=0) for v in ids[start : start + batch]]
             for method, writer in writers.items():
-                writer.write(row, ENCODERS[method](descriptors, codebook))
-            if (row + 1) % 500 == 0:
-                log.info("encoded %d/%d videos", row + 1, len(videos))
+                writer.write_rows(start, np.stack([ENCODERS[method](d, codebook) for d in chunk]))
+            log.info("encoded %d/%d videos", min(start + batch, len(ids)), len(ids))
     for method in stale:
         info[method]["written"] = True
     return info
 
 
 def _baseline(
-    path: Path, encodings: dict[str, dict[str, Any]], label_names: dict[int, str], *, svm_c: float | None, seed: int
+    path: Path,
+    plan: EncodePlan,
+    encodings: dict[str, dict[str, Any]],
+    label_names: dict[int, str],
+    *,
+    svm_c: float | None,
+    seed: int,
+    memory_budget: int,
 ) -> tuple[dict[str, Any], bool]:
     """Test metrics per method, reused when the stored JSON has the same fingerprint."""
-    fp = fingerprint(BASELINE_METHOD, {m: e["fingerprint"] for m, e in encodings.items()}, svm_c, seed)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("fingerprint") == fp:
-            return stored, False
+    if _stored_json_fingerprint(path) == plan.baseline_fingerprint:
+        return json.loads(path.read_text()), False
     results: dict[str, Any] = {}
     for method, entry in encodings.items():
-        data = load_encodings(Path(entry["path"]))
-        train, test = data.split == "train", data.split == "test"
-        log.info("baseline %s: %d train, %d test videos", method, train.sum(), test.sum())
-        results[method] = {
-            "dim": entry["dim"],
-            **run_baseline(data.x[train], data.label[train], data.x[test], data.label[test], c=svm_c, seed=seed),
-        }
+        with EncodingReader(Path(entry["path"])) as reader:
+            log.info("baseline %s: %d × %d", method, *reader.shape)
+            started = time.perf_counter()
+            metrics = run_baseline_file(reader, c=svm_c, seed=seed, memory_budget=memory_budget)
+        results[method] = {"dim": entry["dim"], "seconds": round(time.perf_counter() - started, 3), **metrics}
     report = {
-        "fingerprint": fp,
+        "fingerprint": plan.baseline_fingerprint,
         "classifier": BASELINE_METHOD,
         "label_names": {str(k): v for k, v in sorted(label_names.items())},
         "methods": results,
     }
     atomic_write_text(path, json.dumps(report, indent=2))
     return report, True
+
+
+def _stored_json_fingerprint(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    try:
+        return str(json.loads(path.read_text()).get("fingerprint", ""))
+    except (json.JSONDecodeError, AttributeError):
+        return ""
+
+
+def encode_status(
+    ws: DatasetWorkspace,
+    features_name: str = "li3d-rgb",
+    clusters: int = 128,
+    *,
+    sample_size: int | None = None,
+    seed: int = 0,
+    niter: int = 20,
+    methods: Sequence[str] = METHODS,
+    layer: str = "pool",
+    svm_c: float | None = None,
+    use_gpu: bool | None = None,
+    pca: int | str | None = DEFAULT_PCA,
+    whiten: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, bool]:
+    """Artifact name (``codebook``, each method, ``baseline`` when there is a test split) ->
+    whether :func:`run_encode` with the same options would leave it as it is.
+
+    Reads the manifest and the features index only; ``use_gpu`` and ``memory_budget``
+    do not enter any fingerprint and are accepted so callers can pass one option set.
+    """
+    with ws.open_features(features_name) as features:
+        plan = _plan(
+            ws, features, features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
+            methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten,
+        )  # fmt: skip
+    status = {"codebook": stored_fingerprint(ws.codebook_path(features_name, clusters)) == plan.codebook_fingerprint}
+    for method, fp in plan.encoding_fingerprints.items():
+        status[method] = stored_fingerprint(ws.encoding_path(features_name, clusters, method)) == fp
+    if plan.baseline_fingerprint is not None:
+        stored = _stored_json_fingerprint(ws.encoding_path(features_name, clusters, "baseline"))
+        status["baseline"] = stored == plan.baseline_fingerprint
+    return status
 
 
 def run_encode(
@@ -182,48 +296,60 @@ def run_encode(
     layer: str = "pool",
     svm_c: float | None = None,
     use_gpu: bool | None = None,
+    pca: int | str | None = DEFAULT_PCA,
+    whiten: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, Any]:
     """Fit (or reuse) the codebook, encode every video, run the linear baseline; return a summary.
 
-    The baseline trains on the train split and reports on the test split; it is
-    skipped (``baseline`` is None) when either split is empty.
+    ``pca`` is the descriptor dimension after PCA: ``"auto"`` (D/2), an integer, or 0/None
+    for none. The baseline trains on the train split and reports on the test split; it
+    is skipped (``baseline`` is None) when either split is empty. ``seconds`` holds the
+    wall time of each part.
     """
-    methods = _parse_methods(methods)
-    if not 0 <= seed < 2**31:
-        raise ConfigError(f"--seed must be between 0 and 2^31-1, got {seed}")
+    seconds: dict[str, float] = {}
     with ws.open_features(features_name) as features:
-        videos, missing = ws.usable_videos([features.index])
-        train_ids = videos.loc[videos["split"] == "train", "video_id"].tolist()
-        if not train_ids:
-            raise StageError(
-                f"no train videos of dataset {ws.dataset!r} have {features_name} features: the codebook is fitted on "
-                f"the train split only; check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
-            )
-        index_sha256 = features.index_sha256
-        codebook, fitted = _codebook(
-            ws, features, features_name, train_ids, clusters=clusters, sample_size=sample_size, seed=seed,
-            niter=niter, layer=layer, use_gpu=use_gpu, index_sha256=index_sha256,
+        plan = _plan(
+            ws, features, features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
+            methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten,
         )  # fmt: skip
-        encodings = _encode(
-            ws, features, features_name, codebook, videos, methods, layer=layer, index_sha256=index_sha256
-        )
+        started = time.perf_counter()
+        codebook, fitted = _codebook(
+            ws, features, features_name, plan, clusters=clusters, sample_size=sample_size, seed=seed,
+            niter=niter, layer=layer, use_gpu=use_gpu, whiten=whiten, memory_budget=memory_budget,
+        )  # fmt: skip
+        seconds["codebook"] = time.perf_counter() - started
+        started = time.perf_counter()
+        encodings = _encode(ws, features, features_name, codebook, plan, layer=layer)
+        seconds["encodings"] = time.perf_counter() - started
+    videos = plan.videos
     summary: dict[str, Any] = {
         "dataset": ws.dataset,
         "features": features_name,
         "clusters": clusters,
         "videos": len(videos),
-        "videos_without_features": missing,
+        "videos_without_features": plan.missing,
         "codebook": {
             "path": str(ws.codebook_path(features_name, clusters)),
             "fitted": fitted,
-            **{k: codebook.provenance[k] for k in ("sample_size", "objective", "device", "train_videos", "fingerprint")},
+            "pca": codebook.provenance.get("pca"),
+            **{
+                k: codebook.provenance.get(k)
+                for k in ("sample_size", "descriptors_per_centroid", "objective", "device", "train_videos", "fingerprint")
+            },
         },
         "encodings": encodings,
         "baseline": None,
+        "seconds": seconds,
     }
-    if (videos["split"] == "test").any():
+    if plan.baseline_fingerprint is not None:
+        started = time.perf_counter()
         path = ws.encoding_path(features_name, clusters, "baseline")
         label_names = dict(zip(videos["label"].astype(int), videos["label_name"]))
-        report, written = _baseline(path, encodings, label_names, svm_c=svm_c, seed=seed)
+        report, written = _baseline(
+            path, plan, encodings, label_names, svm_c=svm_c, seed=seed, memory_budget=memory_budget
+        )
         summary["baseline"] = {"path": str(path), "written": written, "methods": report["methods"]}
+        seconds["baseline"] = time.perf_counter() - started
+    summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     return summary

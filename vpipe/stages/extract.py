@@ -21,6 +21,7 @@ from vpipe.errors import StageError
 from vpipe.extract.features import ExtractConfig, extract_videos
 from vpipe.video.jobs import VideoJob, jobs_from_plan
 from vpipe.models import sha256_file
+from vpipe.models.backbones.registry import backbone_inputs, is_weightless
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
 from vpipe.pipeline.journal import Journal, Record
@@ -67,9 +68,11 @@ class ExtractStage(Stage):
     ):
         super().__init__(workspace)
         self.backbone, self.stream, self.plan = backbone, stream, plan
+        self.inputs = backbone_inputs(backbone, stream)
         self.weights = str(Path(weights).expanduser().resolve()) if weights else None
         self.options = dict(options or {})
-        self.set_name = name or f"{backbone}-{stream}"
+        # A backbone built from the frames and their flow has one feature set, not one per stream.
+        self.set_name = name or (backbone if len(self.inputs) > 1 else f"{backbone}-{stream}")
         self.device, self.batch_size, self.decode_workers = device, batch_size, decode_workers
         self.chunk_size = videos_per_task or default_videos_per_task(device)
         self.decoder = decoder
@@ -96,7 +99,10 @@ class ExtractStage(Stage):
         if self._weights_sha is None:
             if self.weights and not Path(self.weights).is_file():
                 raise StageError(f"--weights {self.weights} does not exist")
-            self._weights_sha = sha256_file(self.weights) if self.weights else "random"
+            if self.weights:
+                self._weights_sha = sha256_file(self.weights)
+            else:
+                self._weights_sha = "none" if is_weightless(self.backbone) else "random"
         return self._weights_sha
 
     def model_fingerprint(self) -> str:
@@ -106,10 +112,7 @@ class ExtractStage(Stage):
         plan = read_plan(self.workspace, self.plan)
         manifest = self.workspace.read_manifest()
         jobs = jobs_from_plan(plan, manifest)
-        if self.stream == "flow":
-            inputs = self._flow_fingerprints(jobs)
-        else:
-            inputs = {video_id: fingerprint(self.decoder, file_fingerprint(job.path)) for video_id, job in jobs.items()}
+        inputs = self._input_fingerprints(jobs)
         model_fp = self.model_fingerprint()
         return [
             WorkItem(
@@ -122,11 +125,21 @@ class ExtractStage(Stage):
             if video_id in inputs
         ]
 
+    def _input_fingerprints(self, jobs: dict[str, VideoJob]) -> dict[str, str]:
+        """Per video, a fingerprint of what its clips are built from; videos without current flow are left out."""
+        if "flow" not in self.inputs:
+            return {vid: fingerprint(self.decoder, file_fingerprint(job.path)) for vid, job in jobs.items()}
+        flow = self._flow_fingerprints(jobs)
+        if "rgb" not in self.inputs:
+            return flow
+        return {vid: fingerprint(self.decoder, file_fingerprint(jobs[vid].path), fp) for vid, fp in flow.items()}
+
     def _flow_fingerprints(self, jobs: dict[str, VideoJob]) -> dict[str, str]:
         """A video's flow input is valid when the flow stage's record for it is current."""
         if not (self.flow_dir / "index.parquet").exists():
             raise StageError(
-                f"no optical flow for plan {self.plan!r}: run `vpipe flow --dataset {self.workspace.dataset}` first"
+                f"no optical flow for plan {self.plan!r}, which features {self.set_name} are computed from: "
+                f"run `vpipe flow --dataset {self.workspace.dataset} --plan {self.plan}` first"
             )
         records = Journal(self.workspace.state_dir / f"flow-{self.plan}").load()
         return {vid: records[vid].fingerprint for vid in jobs if vid in records and records[vid].ok}
@@ -137,7 +150,8 @@ class ExtractStage(Stage):
             "backbone": self.backbone,
             "stream": self.stream,
             "options": self.options,
-            "weights": self.weights or "random",
+            "inputs": list(self.inputs),
+            "weights": self.weights or self.weights_sha256,
             "weights_sha256": self.weights_sha256,
             "plan": self.plan,
             "plan_fingerprint": table_fingerprint(plan_path),
@@ -155,7 +169,8 @@ class ExtractStage(Stage):
             batch_size=self.batch_size,
             decode_workers=self.decode_workers,
             decoder=self.decoder,
-            flow_dir=str(self.flow_dir) if self.stream == "flow" else None,
+            flow_dir=str(self.flow_dir) if "flow" in self.inputs else None,
+            inputs=self.inputs,
             weights_sha256=self.weights_sha256,
             provenance=provenance,
         )

@@ -179,6 +179,11 @@ class FeatureSet:
             )
         return positions[np.argsort(self._clip[positions], kind="stable")]
 
+    def clip_count(self, video_id: str, view: int = 0) -> int:
+        """How many clips of ``video_id`` the view holds (0 when it is not cached)."""
+        positions = self._groups.get((video_id, int(view)))
+        return 0 if positions is None else len(positions)
+
     def clips(
         self, video_id: str, *, view: int = 0, layer: str | None = None
     ) -> dict[str, np.ndarray] | np.ndarray:

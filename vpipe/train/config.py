@@ -1,46 +1,49 @@
 """What a training run is: one dataclass, validated once, stored with the run.
 
-``TrainConfig`` holds every choice that changes the trained model (data, head,
-optimisation, seed). It is written to the run's ``config.json`` and read back by
+``TrainConfig`` holds every choice that changes the trained model: the inputs (feature
+sets and how several are fused), the head and its options, optimisation and seed. The
+head's options are checked by the head itself (:meth:`Head.validate_options`) and stored
+complete, defaults filled in, so that a run's fingerprint does not depend on which
+options were spelled out. It is written to the run's ``config.json`` and read back by
 ``evaluate`` and ``report``, so a run can be rebuilt from its directory alone; anything
-that does not change the result (progress bars, the run's name) stays out of it.
+that does not change the result (progress, the run's name) stays out of it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from vpipe.device import DEVICES
 from vpipe.errors import ConfigError
-from vpipe.models.aggregation import AGGREGATIONS
-from vpipe.models.heads.bilstm import TEMPORAL
+from vpipe.models.heads import head_class
+from vpipe.models.heads.registry import Head
 
-HEADS = ("bilstm-softagg",)
-DEVICES = ("auto", "cpu", "cuda")
+#: How a one-stream head reads several feature sets: ``late`` trains one head per set and
+#: averages their class probabilities (the two-stream protocol); ``early`` concatenates
+#: the sets' per-step inputs and trains one head on them.
+FUSIONS = ("late", "early")
+#: ``warmup-cosine``: linear warm-up then cosine decay from ``lr``, stepped per batch.
+#: ``two-phase``: ``lr`` for the first half of the epochs, ``lr / 10`` for the rest,
+#: continuing from the best checkpoint of the first phase (two-stream deep fusion §4).
+SCHEDULES = ("warmup-cosine", "two-phase")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Options of one training run; defaults suit a dataset of a few thousand videos.
 
-    ``codebook`` is a codebook file for ``temporal="none"``; None means the workspace's
-    ``codebooks/<features>-k<clusters>.h5`` when it exists (see :mod:`vpipe.train.init`).
-    ``max_epochs`` bounds training; early stopping ends it after ``patience`` epochs
-    without a better validation accuracy. ``warmup_epochs`` of linear warm-up precede the
-    cosine decay of the learning rate. ``amp`` uses bf16 (fp16 where bf16 is missing)
-    autocast on CUDA and is ignored on CPU.
+    ``features`` lists feature sets under ``features/``; a head that reads one stream
+    and is given several fuses them as ``fusion`` says. ``head_options`` go to the head
+    (see ``vpipe heads``). ``max_epochs`` bounds training; early stopping ends it after
+    ``patience`` epochs without a better validation accuracy. ``amp`` uses bf16 (fp16
+    where bf16 is missing) autocast on CUDA and is ignored on CPU.
     """
 
-    features: str = "li3d-rgb"
-    layer: str = "pool"
+    features: tuple[str, ...] = ("li3d-rgb",)
     head: str = "bilstm-softagg"
-    temporal: str = "bilstm"
-    aggregation: str = "concat"
-    clusters: int = 128
-    out_dim: int | None = None
-    hidden: int = 256
-    dropout: float = 0.5
-    codebook: str | None = None
+    head_options: dict[str, Any] = field(default_factory=dict)
+    fusion: str = "late"
     val_fraction: float = 0.15
     batch_size: int = 32
     max_epochs: int = 50
@@ -48,53 +51,63 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     warmup_epochs: float = 1.0
+    schedule: str = "warmup-cosine"
     grad_clip: float = 5.0
     seed: int = 0
     device: str = "auto"
     amp: bool = True
 
     def __post_init__(self) -> None:
-        _choice("head", self.head, HEADS)
-        _choice("temporal", self.temporal, TEMPORAL)
-        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        features = (self.features,) if isinstance(self.features, str) else tuple(self.features)
+        object.__setattr__(self, "features", features)
+        cls = head_class(self.head)
+        object.__setattr__(self, "head_options", cls.validate_options(dict(self.head_options)))
+        _choice("fusion", self.fusion, FUSIONS)
+        _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
-        if not self.features or "/" in self.features:
-            raise ConfigError(f"--features must name a directory under features/, got {self.features!r}")
-        for name in ("clusters", "hidden", "batch_size", "max_epochs"):
+        if not features or any(not f or "/" in f for f in features):
+            raise ConfigError(f"--features must name directories under features/, got {list(features)}")
+        if len(set(features)) != len(features):
+            raise ConfigError(f"--features lists a feature set twice: {list(features)}")
+        if cls.streams > 1 and len(features) != cls.streams:
+            raise ConfigError(
+                f"head {self.head!r} reads {cls.streams} streams (rgb, then flow): pass --features {cls.streams} times, "
+                f"got {list(features)}"
+            )
+        for name in ("batch_size", "max_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.out_dim is not None and self.out_dim < 1:
-            raise ConfigError(f"--out-dim must be at least 1, got {self.out_dim}")
         if self.patience < 1:
             raise ConfigError(f"--patience must be at least 1, got {self.patience}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         if self.lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
             raise ConfigError("--lr, --weight-decay, --warmup-epochs and --grad-clip must not be negative")
         if not 0 <= self.seed < 2**31:
             raise ConfigError(f"--seed must lie in [0, 2^31), got {self.seed}")
-        if self.codebook is not None and self.temporal != "none":
-            raise ConfigError(
-                "--codebook holds centres in the backbone's feature space and applies to --temporal none only; "
-                "with an LSTM the centres are fitted on its outputs instead"
-            )
-        if self.codebook is not None and self.aggregation == "avg":
-            raise ConfigError("--codebook needs a soft aggregation; --aggregation avg has no centres")
 
     @property
-    def uses_clusters(self) -> bool:
-        """Whether ``clusters`` means anything: the average pool has no centres."""
-        return self.aggregation != "avg"
+    def head_cls(self) -> type[Head]:
+        return head_class(self.head)
+
+    @property
+    def late_fusion(self) -> bool:
+        """Whether the run trains one head per feature set and averages their probabilities."""
+        return self.head_cls.streams == 1 and len(self.features) > 1 and self.fusion == "late"
+
+    def inputs_name(self) -> str:
+        """The inputs as a run id names them: ``li3d-rgb``, ``li3d-rgb+li3d-flow-late``."""
+        joined = "+".join(self.features)
+        return f"{joined}-{self.fusion}" if self.head_cls.streams == 1 and len(self.features) > 1 else joined
 
     def default_run_id(self) -> str:
-        """``<features>-<temporal>-<aggregation>[-k<K>]-s<seed>``, readable in a listing."""
-        k = f"-k{self.clusters}" if self.uses_clusters else ""
-        return f"{self.features}-{self.temporal}-{self.aggregation}{k}-s{self.seed}"
+        """``<inputs>-<head tag>-s<seed>``, readable in a listing (e.g. ``li3d-rgb-bilstm-concat-k128-s0``)."""
+        return f"{self.inputs_name()}-{self.head_cls.tag(self.head_options)}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["features"] = list(self.features)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -113,4 +126,5 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
 
 #: Settings for the built-in synthetic dataset on a 2-core laptop: a small BiLSTM and
 #: codebook, so that the whole run takes well under a minute for ~140 videos.
-QUICK: dict[str, Any] = dict(hidden=64, clusters=16, batch_size=16, max_epochs=40, patience=10, lr=3e-3)
+QUICK: dict[str, Any] = dict(batch_size=16, max_epochs=40, patience=10, lr=3e-3)
+QUICK_HEAD: dict[str, Any] = dict(hidden=64, clusters=16)

@@ -1,29 +1,42 @@
-"""Which videos a run trains, validates and tests on, and how they reach the model.
+"""Which videos a run trains, validates and tests on, and how their inputs reach the head.
 
 The manifest decides membership: ``train`` videos are split once more into a fit part
 and a validation part (stratified per class and seeded, so early stopping never looks at
 the test split); the manifest's own ``val`` videos, where a dataset has them, join the
-validation part. ``test`` videos are scored only after training. Only videos whose probe
-succeeded and whose features hold view 0 take part; the others are counted, not hidden.
+validation part. ``test`` videos are scored only after training. Only videos that probed
+``ok`` and have view 0 in every feature set the run reads take part
+(:meth:`DatasetWorkspace.usable_videos`); the others are counted, not hidden.
 
 Training reads every cached view of a fit video (augmented crops and flips act as
 augmentation); validation and test read view 0, the centre view, as at test time.
+
+What stays in memory: each feature set's index (a few hundred bytes per clip), at most
+16 open HDF5 shards per set, and an LRU of decoded videos bounded by ``cache_bytes``
+(float16, as stored). A cache that fits the bound is read from disk once, in the first
+epoch; a larger one (VGG conv5_3 grids of UCF101 are tens of GB) streams from the
+shards every epoch, one row read per clip, with memory flat in the dataset size.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from vpipe.errors import ConfigError, StageError
+from vpipe.models.heads.registry import HeadBatch, HeadInput
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.store import FeatureSet, collate_padded
+from vpipe.store import FeatureSet
+
+#: Decoded videos kept between epochs; the synthetic and UCF101 pooled caches fit.
+DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -48,24 +61,185 @@ class Splits:
         }
 
 
-def step_dim(features: FeatureSet, layer: str) -> int:
-    """Size D of one time step of ``layer``, whose clip rows must be ``(τ, D)`` or ``(D,)``.
+def assemble(spec: HeadInput, stacks: Sequence[np.ndarray]) -> np.ndarray:
+    """One video's entries of ``spec`` from each feature set's clip stack ``(clips, *row)``.
 
-    τ may differ between shards (samplers adapt it to the video), D may not: a head has
-    one input size.
+    ``steps`` joins clips along the row's first axis (1-D rows count as one step each);
+    ``clips`` keeps one entry per clip. Several feature sets are concatenated along the
+    last axis (early fusion), so their entry counts and other axes must agree.
     """
-    if layer not in features.layers:
-        raise ConfigError(f"{features.directory} has no layer {layer!r}; it has {features.layers}: pass --layer")
-    shapes = [json.loads(spec)[layer]["shape"] for spec in features.index["layers"].unique()]
-    if any(len(shape) not in (1, 2) for shape in shapes):
-        raise ConfigError(
-            f"layer {layer!r} of {features.directory} has clip shapes {shapes}; a sequence head needs per-step "
-            f"vectors (τ, D) or (D,): choose a pooled layer with --layer"
+    parts = []
+    for stack in stacks:
+        if spec.layout == "clips" or stack.ndim <= 2:
+            parts.append(stack)
+        else:
+            parts.append(stack.reshape(-1, *stack.shape[2:]))
+    if len(parts) == 1:
+        return parts[0]
+    if len({p.shape[:-1] for p in parts}) != 1:
+        raise StageError(
+            f"input {spec.role!r}: feature sets {', '.join(spec.features)} disagree in layer {spec.layer!r} "
+            f"({' vs '.join(str(list(p.shape)) for p in parts)}); early fusion needs the same steps in each"
         )
-    dims = {shape[-1] for shape in shapes}
-    if len(dims) != 1:
-        raise StageError(f"layer {layer!r} of {features.directory} mixes step sizes {sorted(dims)}; re-extract it")
-    return int(dims.pop())
+    return np.concatenate(parts, axis=-1)
+
+
+class InputReader:
+    """Every declared input of a run, read per (video, view) from its feature sets.
+
+    Opening checks that each feature set is extracted and has each declared layer, and
+    that all sets of one run come from one plan; :meth:`check_alignment` checks, before
+    any training, that every needed video has the same clips in every set.
+    """
+
+    def __init__(
+        self, ws: DatasetWorkspace, inputs: Sequence[HeadInput], *, cache_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
+        self.inputs = list(inputs)
+        names = list(dict.fromkeys(name for spec in self.inputs for name in spec.features))
+        self.sets: dict[str, FeatureSet] = {}
+        try:
+            for name in names:
+                self.sets[name] = ws.open_features(name)
+        except Exception:
+            self.close()
+            raise
+        for spec in self.inputs:
+            for name in spec.features:
+                if spec.layer not in self.sets[name].layers:
+                    raise ConfigError(
+                        f"features {name!r} have no layer {spec.layer!r} (input {spec.role!r}); "
+                        f"they have {self.sets[name].layers}"
+                    )
+        plans = {name: fs.provenance.get("plan") for name, fs in self.sets.items()}
+        if len({p for p in plans.values() if p is not None}) > 1:
+            raise StageError(
+                "a run's feature sets must come from one plan so that their clips align; got "
+                + ", ".join(f"{name} from plan {plan!r}" for name, plan in plans.items())
+            )
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[str, int], dict[str, np.ndarray]] = OrderedDict()
+        self._cached = 0
+
+    def close(self) -> None:
+        for features in self.sets.values():
+            features.close()
+
+    def __enter__(self) -> InputReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def indexes(self) -> list[pd.DataFrame]:
+        return [fs.index for fs in self.sets.values()]
+
+    def index_sha256(self) -> dict[str, str]:
+        return {name: fs.index_sha256 for name, fs in self.sets.items()}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-entry shape of every role, from the indexes (no shard is read)."""
+        shapes = {}
+        for spec in self.inputs:
+            per_set = []
+            for name in spec.features:
+                rows = {tuple(json.loads(s)[spec.layer]["shape"]) for s in self.sets[name].index["layers"].unique()}
+                entry = {row if spec.layout == "clips" or len(row) <= 1 else row[1:] for row in rows}
+                if len(entry) != 1:
+                    raise StageError(
+                        f"layer {spec.layer!r} of features {name!r} mixes entry shapes {sorted(entry)}; re-extract it"
+                    )
+                per_set.append(entry.pop())
+            shape = per_set[0]
+            if len(per_set) > 1:
+                shape = (*shape[:-1], sum(s[-1] for s in per_set))
+            shapes[spec.role] = tuple(int(n) for n in shape)
+        return shapes
+
+    def check_alignment(self, video_ids: Sequence[str], *, all_views: bool) -> None:
+        """One clear error, before training, for a video missing or misaligned in a set."""
+        first = next(iter(self.sets.values()))
+        for video_id in video_ids:
+            views = first.views(video_id) if all_views else [0]
+            for view in views:
+                counts = {}
+                for name, fs in self.sets.items():
+                    if view not in fs.views(video_id):
+                        raise StageError(
+                            f"video {video_id!r} view {view} has no features in {name!r} but has them in "
+                            f"{', '.join(n for n in self.sets if n != name)}: extract it there (`vpipe extract`) "
+                            "or leave that feature set out"
+                        )
+                    counts[name] = fs.clip_count(video_id, view)
+                if len(set(counts.values())) > 1:
+                    raise StageError(
+                        f"video {video_id!r} view {view} has different clip counts per feature set ({counts}): "
+                        "they were extracted from different plans; re-extract them from one plan"
+                    )
+
+    def read(self, video_id: str, view: int) -> dict[str, np.ndarray]:
+        """Every role's entries of one video view, as stored (float16), through the cache."""
+        key = (video_id, int(view))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        arrays = {
+            spec.role: assemble(
+                spec, [self.sets[name].clips(video_id, view=view, layer=spec.layer) for name in spec.features]
+            )
+            for spec in self.inputs
+        }
+        size = sum(a.nbytes for a in arrays.values())
+        if size <= self.cache_bytes:
+            self._cache[key] = arrays
+            self._cached += size
+            while self._cached > self.cache_bytes:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached -= sum(a.nbytes for a in dropped.values())
+        return arrays
+
+    def sample(self, role: str, video_ids: Sequence[str], limit: int, seed: int) -> np.ndarray:
+        """Up to ``limit`` view-0 entries of ``role`` from ``video_ids`` in a seeded random order."""
+        rng = np.random.default_rng(seed)
+        parts, total = [], 0
+        for i in rng.permutation(len(video_ids)):
+            entries = self.read(video_ids[i], 0)[role].astype(np.float32)
+            parts.append(entries)
+            total += len(entries)
+            if total >= limit:
+                break
+        return np.concatenate(parts)[:limit]
+
+
+class HeadDataset(Dataset):
+    """One item per (video, view): every role's float32 entries and the label."""
+
+    def __init__(self, reader: InputReader, items: list[tuple[str, int]], labels: dict[str, int] | None) -> None:
+        self.reader = reader
+        self.items = items
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
+        video_id, view = self.items[i]
+        arrays = self.reader.read(video_id, view)
+        label = -1 if self.labels is None else int(self.labels[video_id])
+        return {role: torch.from_numpy(a.astype(np.float32)) for role, a in arrays.items()}, label
+
+
+def collate_heads(batch: Sequence[tuple[dict[str, torch.Tensor], int]]) -> HeadBatch:
+    """Pad every role to its longest video in the batch; keep the true lengths."""
+    roles = batch[0][0].keys()
+    inputs, lengths = {}, {}
+    for role in roles:
+        entries = [item[role] for item, _ in batch]
+        lengths[role] = torch.tensor([len(e) for e in entries], dtype=torch.long)
+        inputs[role] = torch.nn.utils.rnn.pad_sequence(entries, batch_first=True, padding_value=0.0)
+    return HeadBatch(inputs, lengths, torch.tensor([label for _, label in batch], dtype=torch.long))
 
 
 def class_names(manifest: pd.DataFrame) -> list[str]:
@@ -97,20 +271,19 @@ def carve_validation(ids: list[str], labels: dict[str, int], fraction: float, se
     return fit, val
 
 
-def make_splits(ws: DatasetWorkspace, features: FeatureSet, val_fraction: float, seed: int) -> Splits:
+def make_splits(ws: DatasetWorkspace, reader: InputReader, val_fraction: float, seed: int) -> Splits:
     """Roles of the manifest's videos for one run (see the module docstring)."""
     manifest = ws.read_manifest()
     ok = manifest[manifest["status"] == "ok"]
     if ok.empty:
         raise StageError(f"no video of dataset {ws.dataset!r} was probed successfully; see its manifest")
-    with_view0 = set(features.index.loc[features.index["view"] == 0, "video_id"])
-    present = ok[ok["video_id"].isin(with_view0)]
+    present, missing = ws.usable_videos(reader.indexes)
     labels = {str(v): int(label) for v, label in zip(present["video_id"], present["label"])}
     role = dict(zip(present["video_id"], present["split"]))
     train = sorted(v for v, s in role.items() if s == "train")
     if not train:
         raise StageError(
-            f"no train video of dataset {ws.dataset!r} has {Path(features.directory).name} features: "
+            f"no train video of dataset {ws.dataset!r} has features in all of {', '.join(reader.sets)}: "
             f"check the manifest's split column or run `vpipe extract --dataset {ws.dataset}`"
         )
     fit, val = carve_validation(train, labels, val_fraction, seed)
@@ -126,33 +299,46 @@ def make_splits(ws: DatasetWorkspace, features: FeatureSet, val_fraction: float,
         test=sorted(v for v, s in role.items() if s == "test"),
         labels=labels,
         class_names=class_names(ok),
-        without_features=int(len(ok) - len(present)),
+        without_features=missing,
     )
 
 
 def loader(
-    features: FeatureSet,
-    layer: str,
+    reader: InputReader,
     video_ids: list[str],
-    labels: dict[str, int],
+    labels: dict[str, int] | None,
     *,
     batch_size: int,
     train: bool,
     seed: int = 0,
 ) -> DataLoader:
-    """Padded batches of ``(x, lengths, labels)``; shuffled and all views when ``train``.
+    """Padded :class:`HeadBatch` es; shuffled and every view when ``train``.
 
-    Batches are read in the main process: sequences are a few KB, an epoch of them is
-    one h5py row read each, and worker processes would cost more than they save on
-    the small CPU machines this runs on.
+    Batches are read in the main process, through the reader's cache: cached inputs
+    are small next to model work, and worker processes would each hold a cache copy.
     """
-    dataset = features.torch_dataset(layer, video_ids=video_ids, views="all" if train else 0, labels=labels)
+    first = next(iter(reader.sets.values()))
+    items = [(vid, view) for vid in video_ids for view in (first.views(vid) if train else [0])]
+    reader.check_alignment(video_ids, all_views=train)
     generator = torch.Generator().manual_seed(seed) if train else None
     return DataLoader(
-        dataset,
+        HeadDataset(reader, items, labels),
         batch_size=batch_size,
         shuffle=train,
         generator=generator,
-        collate_fn=collate_padded,
+        collate_fn=collate_heads,
         num_workers=0,
     )
+
+
+def batches_of(arrays: dict[str, np.ndarray]) -> Iterator[HeadBatch]:
+    """One :class:`HeadBatch` of a single video's assembled role arrays."""
+    yield collate_heads([({role: torch.from_numpy(a.astype(np.float32)) for role, a in arrays.items()}, -1)])
+
+
+def features_record(reader: InputReader) -> dict[str, dict[str, object]]:
+    """What ``config.json`` keeps of each feature set: where, which content, how made."""
+    return {
+        name: {"directory": str(Path(fs.directory)), "index_sha256": fs.index_sha256, "provenance": fs.provenance}
+        for name, fs in reader.sets.items()
+    }

@@ -1,42 +1,46 @@
-"""Rebuilding a finished run's model and re-scoring its test split.
+"""Rebuilding a finished run's model, re-scoring its test split, and embedding videos.
 
-A run directory is self-sufficient: ``config.json`` names the options, the features and
-the exact test videos with their labels, and ``checkpoint.pt`` holds the weights. So
-``evaluate`` needs neither the manifest nor the codebook, and reproduces ``metrics.json``
-as long as the features are unchanged and it runs on the same kind of device (CUDA
-autocast rounds differently from the CPU); when the features' index differs from the one
-the run was trained on it still scores, but says so.
+A run directory is self-sufficient: ``config.json`` names the options, the inputs, the
+exact test videos with their labels, and the per-entry shapes the model was built for;
+``checkpoint.pt`` holds the weights. So ``evaluate`` needs neither the manifest nor a
+codebook, and reproduces ``metrics.json`` as long as the features are unchanged and it
+runs on the same kind of device (CUDA autocast rounds differently from the CPU); when a
+feature set's index differs from the one the run was trained on it still scores, but
+says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vpipe.models.heads.bilstm import BiLSTMSoftAggHead
+from vpipe.device import resolve_device
+from vpipe.errors import StageError
+from vpipe.models.heads.registry import Head, HeadInput
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.store import FeatureSet
 from vpipe.train import runs
 from vpipe.train.config import TrainConfig
-from vpipe.train.data import loader
-from vpipe.device import resolve_device
-from vpipe.train.scoring import amp_dtype, build_head, test_metrics
+from vpipe.train.data import InputReader, assemble, batches_of, loader
+from vpipe.train.model import build_model
+from vpipe.train.scoring import amp_dtype, predict, test_metrics
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedRun:
-    """A finished run with its model rebuilt on ``device`` and its features open."""
+    """A finished run with its model rebuilt on ``device`` and its inputs open."""
 
     run: runs.StoredRun
     config: TrainConfig
-    model: BiLSTMSoftAggHead
-    features: FeatureSet
+    model: Head
+    reader: InputReader
     device: torch.device
     dtype: torch.dtype | None
 
@@ -48,38 +52,40 @@ class LoadedRun:
     def labels(self) -> dict[str, int]:
         return {video: int(label) for video, label in self.run.config["data"]["labels"].items()}
 
+    def loader(self, video_ids: Sequence[str], labels: dict[str, int] | None = None) -> DataLoader:
+        """View 0 of ``video_ids`` in the run's batch size (labels -1 when not given)."""
+        return loader(self.reader, list(video_ids), labels, batch_size=self.config.batch_size, train=False)
+
     def test_loader(self) -> DataLoader:
         """The test videos, view 0, in the batches training scored them in."""
-        return loader(
-            self.features,
-            self.config.layer,
-            list(self.run.config["data"]["test"]),
-            self.labels,
-            batch_size=self.config.batch_size,
-            train=False,
-        )
+        return self.loader(list(self.run.config["data"]["test"]), self.labels)
 
     def close(self) -> None:
-        self.features.close()
+        self.reader.close()
 
 
 def load(ws: DatasetWorkspace, run_id: str, *, device: str = "auto") -> LoadedRun:
     """Rebuild run ``run_id``'s model from its config and load its best checkpoint."""
     run = runs.load_run(ws, run_id)
     config = TrainConfig.from_dict(run.config["train"])
-    features = ws.open_features(config.features)
-    if features.index_sha256 != run.config["features"]["index_sha256"]:
-        log.warning(
-            "features %s changed since run %s was trained; its metrics may differ from metrics.json",
-            config.features,
-            run_id,
-        )
-    target = resolve_device(device)
-    shape = run.config["model"]
-    model = build_head(config, int(shape["input_dim"]), int(shape["num_classes"]))
-    checkpoint = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(checkpoint["state_dict"])
-    return LoadedRun(run, config, model.to(target).eval(), features, target, amp_dtype(target, config.amp))
+    specs = [
+        HeadInput(spec["role"], tuple(spec["features"]), spec["layer"], spec["layout"]) for spec in run.config["inputs"]
+    ]
+    reader = InputReader(ws, specs)
+    try:
+        for name, sha in reader.index_sha256().items():
+            if sha != run.config["features"][name]["index_sha256"]:
+                log.warning("features %s changed since run %s was trained; its metrics may differ", name, run_id)
+        target = resolve_device(device)
+        shape = run.config["model"]
+        shapes = {role: tuple(s) for role, s in shape["shapes"].items()}
+        model = build_model(config, shapes, int(shape["num_classes"]))
+        checkpoint = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["state_dict"])
+    except Exception:
+        reader.close()
+        raise
+    return LoadedRun(run, config, model.to(target).eval(), reader, target, amp_dtype(target, config.amp))
 
 
 def evaluate(ws: DatasetWorkspace, run_id: str, *, device: str = "auto") -> dict[str, Any]:
@@ -96,3 +102,36 @@ def evaluate(ws: DatasetWorkspace, run_id: str, *, device: str = "auto") -> dict
         loaded.close()
     runs.write_json(loaded.run.directory / runs.EVALUATION_FILE, metrics)
     return metrics
+
+
+def embed_videos(ws: DatasetWorkspace, run_id: str, video_ids: Sequence[str], *, device: str = "auto") -> np.ndarray:
+    """The run's pre-classifier embeddings of view 0 of ``video_ids``: ``(n, num_features)`` float32."""
+    loaded = load(ws, run_id, device=device)
+    try:
+        scores = predict(loaded.model, loaded.loader(video_ids), loaded.device, loaded.dtype, embeddings=True)
+    finally:
+        loaded.close()
+    return scores.embeddings.astype(np.float32)
+
+
+def embed_clip_arrays(
+    ws: DatasetWorkspace, run_id: str, arrays: dict[str, dict[str, np.ndarray]], *, device: str = "auto"
+) -> np.ndarray:
+    """The embedding ``(num_features,)`` of one video given as cached arrays.
+
+    ``arrays`` maps feature-set name -> layer -> ``(clips, *row_shape)``, what
+    :meth:`FeatureSet.clips` returns for view 0; this is how a video outside the dataset
+    is embedded after extracting it with the run's feature configuration.
+    """
+    loaded = load(ws, run_id, device=device)
+    try:
+        assembled = {}
+        for spec in loaded.reader.inputs:
+            missing = [name for name in spec.features if spec.layer not in arrays.get(name, {})]
+            if missing:
+                raise StageError(f"run {run_id!r} needs layer {spec.layer!r} of {', '.join(missing)} for this video")
+            assembled[spec.role] = assemble(spec, [arrays[name][spec.layer] for name in spec.features])
+        scores = predict(loaded.model, batches_of(assembled), loaded.device, loaded.dtype, embeddings=True)
+    finally:
+        loaded.close()
+    return scores.embeddings[0].astype(np.float32)

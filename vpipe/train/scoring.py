@@ -10,16 +10,15 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from vpipe.models.heads.bilstm import BiLSTMSoftAggHead
-from vpipe.train.config import TrainConfig
+from vpipe.device import autocast
+from vpipe.models.heads.registry import Head, HeadBatch
 from vpipe.train.metrics import classification_metrics
 
 
@@ -56,26 +55,6 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def build_head(config: TrainConfig, input_dim: int, num_classes: int) -> BiLSTMSoftAggHead:
-    """The head a config describes; the only head so far is ``bilstm-softagg``."""
-    return BiLSTMSoftAggHead(
-        input_dim,
-        num_classes,
-        temporal=config.temporal,
-        hidden=config.hidden,
-        aggregation=config.aggregation,
-        num_clusters=config.clusters,
-        out_dim=config.out_dim,
-        dropout=config.dropout,
-    )
-
-
 def parameter_count(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
@@ -90,15 +69,10 @@ class Scores:
     forward_seconds: float
 
 
-def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    for x, lengths, labels in loader:
-        yield x.to(device, non_blocking=True), lengths, labels
-
-
 @torch.no_grad()
 def predict(
-    model: BiLSTMSoftAggHead,
-    loader: DataLoader,
+    model: Head,
+    loader: Iterable[HeadBatch],
     device: torch.device,
     dtype: torch.dtype | None,
     *,
@@ -107,10 +81,12 @@ def predict(
     """Logits (and embeddings) of every item; ``forward_seconds`` times the model only."""
     model.eval()
     logits, labels, embedded, seconds = [], [], [], 0.0
-    for x, lengths, y in _batches(loader, device):
+    for batch in loader:
+        y = batch.labels
+        batch = batch.to(device)
         start = time.perf_counter()
         with autocast(device, dtype):
-            out, embedding = model(x, lengths, return_embedding=True)
+            out, embedding = model(batch, return_embedding=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start
@@ -127,8 +103,8 @@ def predict(
 
 
 def test_metrics(
-    model: BiLSTMSoftAggHead,
-    loader: DataLoader,
+    model: Head,
+    loader: Iterable[HeadBatch],
     device: torch.device,
     dtype: torch.dtype | None,
     class_names: list[str],

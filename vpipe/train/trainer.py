@@ -17,11 +17,12 @@ identical run instead of training again, which is what keeps ``vpipe run`` idemp
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +34,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from vpipe import __version__
+from vpipe.device import autocast, resolve_device
 from vpipe.errors import StageError
+from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, PrepareData
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
-from vpipe.store import FeatureSet
 from vpipe.train import runs
-from vpipe.train.codebook import codebook_file, codebook_identity, init_aggregation, load_checked, standardise_inputs
-from vpipe.train.config import QUICK, TrainConfig
-from vpipe.train.data import Splits, loader, make_splits, step_dim
-from vpipe.device import resolve_device
-from vpipe.train.scoring import (
-    Scores,
-    amp_dtype,
-    autocast,
-    build_head,
-    predict,
-    seed_everything,
-    test_metrics,
-    torch_threads,
-)
+from vpipe.train.config import QUICK, QUICK_HEAD, TrainConfig
+from vpipe.train.data import InputReader, Splits, features_record, loader, make_splits
+from vpipe.train.model import build_model, run_files, run_inputs
+from vpipe.train.scoring import Scores, amp_dtype, predict, seed_everything, test_metrics, torch_threads
 
 #: Bumped when training changes what the same config produces (invalidates reuse).
-TRAINER_VERSION = "bilstm-softagg-trainer/2"
+TRAINER_VERSION = "head-trainer/3"
 
 
 @dataclass
@@ -131,11 +123,11 @@ class _Step:
         """Train on every batch once; return the mean loss and accuracy (dropout active)."""
         self.model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for x, lengths, y in batches:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for batch in batches:
+            batch = batch.to(self.device)
+            y = batch.labels
             with autocast(self.device, self.dtype):
-                logits = self.model(x, lengths)
-            loss = F.cross_entropy(logits.float(), y)
+                loss, logits = self.model.training_loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.grad_clip > 0:
@@ -179,7 +171,7 @@ def _run_config(
     ws: DatasetWorkspace,
     config: TrainConfig,
     run_id: str,
-    features: FeatureSet,
+    reader: InputReader,
     inputs: _Inputs,
     device: torch.device,
     dtype: torch.dtype | None,
@@ -191,16 +183,17 @@ def _run_config(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": inputs.fingerprint,
         "train": config.to_dict(),
-        "model": {"head": config.head, "input_dim": inputs.input_dim, "num_classes": len(inputs.splits.class_names)},
-        "features": {
-            "name": config.features,
-            "layer": config.layer,
-            "directory": str(features.directory),
-            "index_sha256": inputs.features_sha256,
-            "provenance": features.provenance,
+        "model": {
+            "head": config.head,
+            "late_fusion": config.late_fusion,
+            "shapes": {role: list(shape) for role, shape in inputs.shapes.items()},
+            "num_classes": len(inputs.splits.class_names),
         },
+        "inputs": [spec.to_dict() for spec in inputs.specs],
+        "features": features_record(reader),
+        "files": inputs.files,
         "data": inputs.splits.to_dict(),
-        "codebook": None,
+        "prepared": None,
         "environment": {
             "vpipe": __version__,
             "torch": str(torch.__version__),
@@ -215,27 +208,28 @@ def _run_config(
 class _Inputs:
     """What a run reads, resolved and checked before anything is written."""
 
+    specs: list[HeadInput]
+    shapes: dict[str, tuple[int, ...]]
     splits: Splits
-    input_dim: int
-    features_sha256: str
-    codebook: Path | None
+    files: dict[str, dict[str, str]]
     fingerprint: str
 
 
-def _inputs(ws: DatasetWorkspace, config: TrainConfig, features: FeatureSet) -> _Inputs:
-    input_dim = step_dim(features, config.layer)
-    splits = make_splits(ws, features, config.val_fraction, config.seed)
+def _file_identity(path: Path) -> dict[str, str]:
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _inputs(ws: DatasetWorkspace, config: TrainConfig, reader: InputReader) -> _Inputs:
+    shapes = reader.shapes()
+    splits = make_splits(ws, reader, config.val_fraction, config.seed)
     if not splits.test:
         raise StageError(
-            f"dataset {ws.dataset!r} has no test videos with {config.features} features; test metrics need "
-            f"them: check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
+            f"dataset {ws.dataset!r} has no test videos with {', '.join(config.features)} features; test metrics "
+            f"need them: check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
         )
-    features_sha256 = features.index_sha256
-    book = codebook_file(ws, config)
-    if book is not None:
-        load_checked(book, config, input_dim)
-    fp = fingerprint(TRAINER_VERSION, config.to_dict(), features_sha256, splits.to_dict(), codebook_identity(book))
-    return _Inputs(splits, input_dim, features_sha256, book, fp)
+    files = {key: _file_identity(path) for key, path in run_files(ws, config).items()}
+    fp = fingerprint(TRAINER_VERSION, config.to_dict(), reader.index_sha256(), splits.to_dict(), files)
+    return _Inputs(reader.inputs, shapes, splits, files, fp)
 
 
 def _from_stored(stored: runs.StoredRun, config: TrainConfig) -> RunResult:
@@ -260,92 +254,126 @@ def train(
     progress: bool = False,
     threads: int | None = None,
 ) -> RunResult:
-    """Train a head on ``config.features`` of ``ws`` and write ``runs/<run_id>/``.
+    """Train ``config.head`` on ``config.features`` of ``ws`` and write ``runs/<run_id>/``.
 
     ``run_id`` defaults to :meth:`TrainConfig.default_run_id` (with a ``-2``, ``-3`` ...
     suffix when taken). With ``reuse``, a completed run with the same fingerprint is
-    returned as is. ``progress`` shows a progress bar per epoch on stderr; ``threads``
-    sets torch's CPU threads for the run only.
+    returned as is. ``progress`` reports epochs on stderr; ``threads`` sets torch's CPU
+    threads for the run only.
     """
     if run_id is not None:
         runs.check_run_id(run_id)
-    with ws.open_features(config.features) as features, torch_threads(threads):
-        inputs = _inputs(ws, config, features)
+    with InputReader(ws, run_inputs(config)) as reader, torch_threads(threads):
+        inputs = _inputs(ws, config, reader)
         if reuse and (stored := runs.find_by_fingerprint(ws, inputs.fingerprint)) is not None:
             return _from_stored(stored, config)
         device = resolve_device(config.device)
         dtype = amp_dtype(device, config.amp)
+        seed_everything(config.seed)
+        model = build_model(config, inputs.shapes, len(inputs.splits.class_names))
+        prepared = _prepare(model, config, reader, inputs)
         run_id, directory = runs.reserve(ws, run_id or config.default_run_id(), explicit=run_id is not None)
-        run_config = _run_config(ws, config, run_id, features, inputs, device, dtype)
+        run_config = _run_config(ws, config, run_id, reader, inputs, device, dtype)
+        run_config["prepared"] = prepared
         runs.write_json(directory / runs.CONFIG_FILE, run_config)
-        return _fit(config, run_config, directory, features, inputs, device, dtype, progress)
+        return _fit(model, config, run_config, directory, reader, inputs, device, dtype, progress)
 
 
 def existing_run(ws: DatasetWorkspace, config: TrainConfig) -> RunResult | None:
     """The completed run ``train(ws, config, reuse=True)`` would return, or None if it would train."""
-    with ws.open_features(config.features) as features:
-        stored = runs.find_by_fingerprint(ws, _inputs(ws, config, features).fingerprint)
+    with InputReader(ws, run_inputs(config)) as reader:
+        stored = runs.find_by_fingerprint(ws, _inputs(ws, config, reader).fingerprint)
     return None if stored is None else _from_stored(stored, config)
 
 
+def _prepare(model: Head, config: TrainConfig, reader: InputReader, inputs: _Inputs) -> dict[str, Any] | None:
+    """Run the head's :meth:`Head.prepare` hook on the fit videos (view 0); it runs before
+    the run's directory is reserved, so a head that refuses its data leaves nothing behind."""
+    fit = inputs.splits.train
+
+    def batches() -> Iterator[HeadBatch]:
+        return iter(loader(reader, fit, inputs.splits.labels, batch_size=config.batch_size, train=False))
+
+    data = PrepareData(
+        sample=lambda role, limit: reader.sample(role, fit, limit, config.seed),
+        batches=batches,
+        files={key: Path(entry["path"]) for key, entry in inputs.files.items()},
+        fit_videos=len(fit),
+        seed=config.seed,
+    )
+    return model.prepare(data)
+
+
+def _phases(config: TrainConfig) -> list[tuple[int, float]]:
+    """(epochs, learning-rate factor) of each phase of the schedule."""
+    if config.schedule == "two-phase" and config.max_epochs > 1:
+        first = (config.max_epochs + 1) // 2
+        return [(first, 1.0), (config.max_epochs - first, 0.1)]
+    return [(config.max_epochs, 1.0)]
+
+
 def _fit(
+    model: Head,
     config: TrainConfig,
     run_config: dict[str, Any],
     directory: Path,
-    features: FeatureSet,
+    reader: InputReader,
     inputs: _Inputs,
     device: torch.device,
     dtype: torch.dtype | None,
     show_progress: bool,
 ) -> RunResult:
     splits = inputs.splits
-    seed_everything(config.seed)
-    model = build_head(config, inputs.input_dim, len(splits.class_names))
-    batch = dict(labels=splits.labels, batch_size=config.batch_size)
-    fit_view0 = loader(features, config.layer, splits.train, train=False, **batch)
-    standardise_inputs(model, features, config.layer, splits.train, config.seed)
-    run_config["codebook"] = init_aggregation(model, config, inputs.codebook, features, splits.train, fit_view0)
-    runs.write_json(directory / runs.CONFIG_FILE, run_config)
     model.to(device)
 
-    train_loader = loader(features, config.layer, splits.train, train=True, seed=config.seed, **batch)
-    val_loader = loader(features, config.layer, splits.val, train=False, **batch)
-    test_loader = loader(features, config.layer, splits.test, train=False, **batch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batch = dict(labels=splits.labels, batch_size=config.batch_size)
+    train_loader = loader(reader, splits.train, train=True, seed=config.seed, **batch)
+    val_loader = loader(reader, splits.val, train=False, **batch)
+    test_loader = loader(reader, splits.test, train=False, **batch)
     steps = len(train_loader)
-    schedule = _warmup_cosine(config.max_epochs * steps, round(config.warmup_epochs * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step = _Step(model, optimizer, scheduler, scaler, config.grad_clip, device, dtype)
 
     rows: list[dict[str, float]] = []
     best = _Best()
     best_state: dict[str, torch.Tensor] = {}
+    epoch = 0
     with _progress(show_progress) as bar:
-        for epoch in range(1, config.max_epochs + 1):
-            start = time.perf_counter()
-            task = bar.add_task(f"epoch {epoch}/{config.max_epochs}", total=steps, status="")
-            train_loss, train_acc = step.epoch(train_loader, lambda loss: bar.update(task, advance=1, status=loss))
-            val_loss, val_acc = _loss_acc(predict(model, val_loader, device, dtype))
-            rows.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "train_acc": train_acc,
-                    "val_loss": val_loss,
-                    "val_acc": val_acc,
-                    "lr": scheduler.get_last_lr()[0],
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            bar.update(task, status=f"loss {train_loss:.4f}  val_acc {val_acc:.3f}  val_loss {val_loss:.4f}")
-            history = pd.DataFrame(rows, columns=runs.HISTORY_COLUMNS)
-            atomic_write_text(directory / runs.HISTORY_FILE, history.to_csv(index=False))
-            if best.update(epoch, val_acc, val_loss):
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                _save_checkpoint(directory / runs.CHECKPOINT_FILE, model, run_config, epoch)
-            elif epoch - best.epoch >= config.patience:
-                break
+        for phase_epochs, factor in _phases(config):
+            if best_state:
+                model.load_state_dict(best_state)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr * factor, weight_decay=config.weight_decay)
+            if config.schedule == "two-phase":
+                schedule = lambda step: 1.0  # noqa: E731 - constant rate within a phase
+            else:
+                schedule = _warmup_cosine(phase_epochs * steps, round(config.warmup_epochs * steps))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+            step = _Step(model, optimizer, scheduler, scaler, config.grad_clip, device, dtype)
+            phase_start = epoch
+            for epoch in range(phase_start + 1, phase_start + phase_epochs + 1):
+                start = time.perf_counter()
+                task = bar.add_task(f"epoch {epoch}/{config.max_epochs}", total=steps, status="")
+                train_loss, train_acc = step.epoch(train_loader, lambda loss: bar.update(task, advance=1, status=loss))
+                val_loss, val_acc = _loss_acc(predict(model, val_loader, device, dtype))
+                rows.append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": train_loss,
+                        "train_acc": train_acc,
+                        "val_loss": val_loss,
+                        "val_acc": val_acc,
+                        "lr": scheduler.get_last_lr()[0],
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+                bar.update(task, status=f"loss {train_loss:.4f}  val_acc {val_acc:.3f}  val_loss {val_loss:.4f}")
+                history = pd.DataFrame(rows, columns=runs.HISTORY_COLUMNS)
+                atomic_write_text(directory / runs.HISTORY_FILE, history.to_csv(index=False))
+                if best.update(epoch, val_acc, val_loss):
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    _save_checkpoint(directory / runs.CHECKPOINT_FILE, model, run_config, epoch)
+                elif epoch - best.epoch >= config.patience:
+                    break
+            epoch = phase_start + phase_epochs
 
     model.load_state_dict(best_state)
     metrics = test_metrics(model, test_loader, device, dtype, splits.class_names)
@@ -361,9 +389,9 @@ def _fit(
 
 
 def train_for_pipeline(
-    ws: DatasetWorkspace, features: str = "li3d-rgb", *, progress: bool = False, **overrides: Any
+    ws: DatasetWorkspace, features: str | tuple[str, ...] = "li3d-rgb", *, progress: bool = False, **overrides: Any
 ) -> RunResult:
-    """The training step of ``vpipe run``: a BiLSTM with concat aggregation, sized by
+    """A training step of ``vpipe run``: a BiLSTM with concat aggregation, sized by
     :data:`vpipe.train.config.QUICK` for the built-in synthetic dataset on a laptop CPU.
 
     It reuses an identical finished run, so rerunning the pipeline does not retrain.
@@ -374,6 +402,14 @@ def train_for_pipeline(
     return train(ws, pipeline_config(features, **overrides), reuse=True, progress=progress, threads=1)
 
 
-def pipeline_config(features: str = "li3d-rgb", **overrides: Any) -> TrainConfig:
-    """The config :func:`train_for_pipeline` trains (for a status check with :func:`existing_run`)."""
-    return TrainConfig(features=features, **{**QUICK, **overrides})
+def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
+    """The config :func:`train_for_pipeline` trains (for a status check with :func:`existing_run`).
+
+    ``overrides`` may name training options or head options (``clusters=8``).
+    """
+    head_overrides = {k: overrides.pop(k) for k in list(overrides) if k in QUICK_HEAD or k not in _TRAIN_FIELDS}
+    head_options = {**QUICK_HEAD, **overrides.pop("head_options", {}), **head_overrides}
+    return TrainConfig(features=features, head_options=head_options, **{**QUICK, **overrides})
+
+
+_TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)

@@ -49,22 +49,42 @@ def flow_pair(frame: int, num_frames: int) -> tuple[int, int]:
 
 
 def jobs_from_plan(plan: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, VideoJob]:
-    """Group plan rows by video, in clip then view order."""
-    videos = manifest.set_index("video_id")
+    """Group plan rows by video, in clip then view order.
+
+    Column-wise: one sort and a pass over plain Python lists. Per-row pandas access
+    (``itertuples`` per group, ``.loc`` per video) cost 5.8 s at UCF101's 13k videos
+    and over a minute and a half at Kinetics' 240k, several times per command. Equal
+    crop boxes (every centre view of a same-sized video) share one validated
+    :class:`Crop`, which is immutable.
+    """
+    ordered = plan.sort_values(["video_id", "clip", "view"], kind="stable")
+    columns = {
+        name: ordered[name].tolist()
+        for name in ("video_id", "clip", "view", "resize_h", "resize_w", "crop_y", "crop_x", "crop_h", "crop_w", "flip")
+    }
+    arrays = ordered["frames"].tolist()
+    ends = np.cumsum([len(f) for f in arrays]).tolist()
+    flat = np.concatenate([np.asarray(f, dtype=np.int64) for f in arrays] or [np.empty(0, np.int64)]).tolist()
+    frames = [tuple(flat[start:end]) for start, end in zip([0, *ends], ends)]
+    paths = dict(zip(manifest["video_id"].tolist(), manifest["path"].astype(str).tolist()))
+    lengths = dict(zip(manifest["video_id"].tolist(), manifest["num_frames"].astype("int64").tolist()))
+    crops: dict[tuple, Crop] = {}
+    specs = []
+    for clip, view, f, *box in zip(
+        columns["clip"], columns["view"], frames, columns["resize_h"], columns["resize_w"],
+        columns["crop_y"], columns["crop_x"], columns["crop_h"], columns["crop_w"], columns["flip"],
+    ):  # fmt: skip
+        key = tuple(box)
+        crop = crops.get(key)
+        if crop is None:
+            crop = crops[key] = Crop(*(int(v) for v in box[:6]), bool(box[6]))
+        specs.append(ClipSpec(clip=int(clip), view=int(view), frames=f, crop=crop))
+    video_ids = columns["video_id"]
     jobs: dict[str, VideoJob] = {}
-    for video_id, rows in plan.sort_values(["video_id", "clip", "view"]).groupby("video_id", sort=True):
-        clips = tuple(
-            ClipSpec(
-                clip=int(r.clip),
-                view=int(r.view),
-                frames=tuple(int(f) for f in r.frames),
-                crop=Crop(
-                    int(r.resize_h), int(r.resize_w), int(r.crop_y), int(r.crop_x), int(r.crop_h), int(r.crop_w),
-                    bool(r.flip),
-                ),
-            )
-            for r in rows.itertuples()
-        )
-        video = videos.loc[video_id]
-        jobs[video_id] = VideoJob(str(video_id), str(video["path"]), int(video["num_frames"]), clips)
+    start = 0
+    for end in range(1, len(video_ids) + 1):
+        if end == len(video_ids) or video_ids[end] != video_ids[start]:
+            video_id = str(video_ids[start])
+            jobs[video_id] = VideoJob(video_id, paths[video_id], lengths[video_id], tuple(specs[start:end]))
+            start = end
     return jobs

@@ -10,7 +10,6 @@ inference features.
 from __future__ import annotations
 
 import difflib
-import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,8 +22,6 @@ from torch import Tensor, nn
 from vpipe.errors import ConfigError
 from vpipe.models.weights import WeightsInfo, load_weights
 from vpipe.pipeline.fingerprint import stable_seed
-
-log = logging.getLogger(__name__)
 
 STREAMS = ("rgb", "flow")
 
@@ -88,18 +85,42 @@ class Backbone(Protocol):
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
+_INPUTS: dict[str, tuple[str, ...]] = {}
+_WEIGHTLESS: set[str] = set()
 
 
-def register_backbone(name: str) -> Callable[[Builder], Builder]:
-    """Register a builder ``fn(*, stream, **options) -> module`` under ``name``."""
+def register_backbone(
+    name: str, *, inputs: tuple[str, ...] = (), weightless: bool = False
+) -> Callable[[Builder], Builder]:
+    """Register a builder ``fn(*, stream, **options) -> module`` under ``name``.
+
+    ``inputs`` names what each clip is built from when it is more than the stream
+    (``("rgb", "flow")``: the frames and their cached flow, stacked as channels); the
+    extract stage reads it before building anything. ``weightless`` backbones compute
+    their features by formula: there is nothing to load and nothing random to warn about.
+    """
 
     def decorator(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} is already registered by {_REGISTRY[name].__module__}")
         _REGISTRY[name] = fn
+        if inputs:
+            _INPUTS[name] = tuple(inputs)
+        if weightless:
+            _WEIGHTLESS.add(name)
         return fn
 
     return decorator
+
+
+def backbone_inputs(name: str, stream: str) -> tuple[str, ...]:
+    """The cached inputs each clip of backbone ``name`` on ``stream`` is built from."""
+    return _INPUTS.get(name, (stream,))
+
+
+def is_weightless(name: str) -> bool:
+    """Whether backbone ``name`` computes its features by formula, with no weights at all."""
+    return name in _WEIGHTLESS
 
 
 def list_backbones() -> list[str]:
@@ -131,14 +152,17 @@ def backbone(
         model = _REGISTRY[name](stream=stream, **options)
     except TypeError as exc:
         raise ConfigError(f"bad options for backbone {name!r}: {exc}") from exc
-    if weights is None:
+    if name in _WEIGHTLESS:
+        if weights is not None:
+            raise ConfigError(f"backbone {name!r} is computed by formula and has no weights to load: drop --weights")
+        model.weights_info = WeightsInfo(sha256="none", path=None, missing=(), unexpected=(), mismatched=())
+    elif weights is None:
         init_random(model, seed=stable_seed(name, stream, sorted(options.items())))
         message = (
             f"backbone {name}-{stream} has no weights: it is randomly initialised and its "
             "features are random; pass a local checkpoint to get meaningful features"
         )
         warnings.warn(message, stacklevel=2)
-        log.warning(message)
         model.weights_info = WeightsInfo(sha256="random", path=None, missing=(), unexpected=(), mismatched=())
     else:
         model.weights_info = load_weights(model, weights, strict=strict)
@@ -190,9 +214,11 @@ __all__ = [
     "BackboneSpec",
     "STREAMS",
     "backbone",
+    "backbone_inputs",
     "check_input",
     "count_parameters",
     "finalize_spec",
+    "is_weightless",
     "list_backbones",
     "register_backbone",
 ]

@@ -8,14 +8,33 @@ defaults ``conv1_t_size=7``, ``conv1_t_stride=1``, shortcut "B"). The CVPR 2018
 ``fc`` (700–1139 classes depending on the pretraining set) is dropped.
 
 Stage 1 is conv1 (stride 1 in time, 2 in space) + max pool (stride 2 everywhere); stages
-2–5 are ``layer1``–``layer4``. Cached: each stage's map with its own temporal length kept
-and space average pooled to ``grid`` cells (default 4×4), plus ``pool`` (2048).
-Inputs are [0, 1] pixels normalised with the repository's Kinetics mean/std; the flow
-stream takes 2 channels and, as there, the first two of them.
+2–5 are ``layer1``–``layer4``. Inputs are [0, 1] pixels normalised with the repository's
+Kinetics mean/std; the flow stream takes 2 channels and, as there, the first two of them.
+
+Cached per clip: each stage's map with its own temporal length kept and space average
+pooled to ``grid`` cells, plus ``pool`` (2048, the global average of stage 5). The
+``st-manet`` head reads the four maps. The grid is 4×4 at every stage because
+
+* at ST-MANet's input (32 frames of 112², §4.1) stage 5 *is* 4×4, so the deepest map is
+  stored exactly and the shallower ones are pooled to it (stage 2 by 7×7, stage 3 by
+  3.5×3.5, stage 4 by 1.75×1.75, adaptively);
+* equal grids give the spatial attention maps of all stages one size, so the
+  downsampling of ST-MANet's eq. 6 is needed only in time;
+* it keeps a clip under 1 MB in float16. At 32×112² the maps are (256, 16, 4, 4),
+  (512, 8, 4, 4), (1024, 4, 4, 4) and (2048, 2, 4, 4): 65,536 values each, 262,144 with
+  ``pool`` 264,192, i.e. **528,384 bytes (516 KiB) per clip**; a 16-frame clip takes half.
+  Unpooled maps would take 8.6 MB per clip (stage 2 alone 256 × 16 × 28 × 28).
+
+On disk with the dense test windows (64 frames every 64, subsampled to 32): UCF101,
+13,320 videos of 7.2 s at 25 fps, is ~3 windows a video, ≈ 40k clips ≈ 21 GB; Kinetics-400
+(~266k train + val videos of 10 s, ~300 frames) ≈ 5 windows a video ≈ 1.3M clips ≈ 0.7 TB.
+Each extra cached train view adds the train split's share again. ``grid`` is a builder
+option (``vpipe extract -o grid=[2,2]`` quarters the maps).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch.nn.functional as F
@@ -27,6 +46,8 @@ from vpipe.models.weights import adapt_first_conv
 KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
 KINETICS_STD = (0.2768, 0.2713, 0.2737)
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+#: Cells each stage map is pooled to (see the module docstring).
+GRID = (4, 4)
 
 
 class Bottleneck3D(nn.Module):
@@ -96,22 +117,23 @@ class ResNet3D(nn.Module):
         return self.forward_features(x)
 
 
-def _shape_fn(grid: tuple[int, int]):
-    def shapes(input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-        frames = math.ceil(input_shape[1] / 2)
-        out: dict[str, tuple[int, ...]] = {}
-        for i, name in enumerate(STAGES):
-            if i > 0:
-                frames = math.ceil(frames / 2)
-            out[name] = (256 * 2**i, frames, *grid)
-        out["pool"] = (2048,)
-        return out
+def stage_shapes(input_shape: tuple[int, ...], grid: tuple[int, int] = GRID) -> dict[str, tuple[int, ...]]:
+    """Cached shapes for a (C, T, H, W) clip: stage maps (C_i, T_i, *grid) and ``pool``.
 
-    return shapes
+    Time halves in the stage-1 max pool and in stages 3–5 (stride 2, padding 1: ceil).
+    """
+    frames = math.ceil(input_shape[1] / 2)
+    out: dict[str, tuple[int, ...]] = {}
+    for i, name in enumerate(STAGES):
+        if i > 0:
+            frames = math.ceil(frames / 2)
+        out[name] = (256 * 2**i, frames, *grid)
+    out["pool"] = (2048,)
+    return out
 
 
 @register_backbone("r3d50")
-def r3d50(*, stream: str = "rgb", grid: tuple[int, int] = (4, 4)) -> ResNet3D:
+def r3d50(*, stream: str = "rgb", grid: tuple[int, int] = GRID) -> ResNet3D:
     """3D ResNet-50 (3D-ResNets-PyTorch ``r3d50_*_200ep.pth`` layout); ``grid`` pools stage maps."""
     channels = 3 if stream == "rgb" else 2
     spec = BackboneSpec(
@@ -124,7 +146,7 @@ def r3d50(*, stream: str = "rgb", grid: tuple[int, int] = (4, 4)) -> ResNet3D:
         mean=KINETICS_MEAN[:channels],
         std=KINETICS_STD[:channels],
         layers=(*STAGES, "pool"),
-        shape_fn=_shape_fn(tuple(grid)),
+        shape_fn=functools.partial(stage_shapes, grid=tuple(grid)),
         checkpoint_layout="3D-ResNets-PyTorch generate_model(50)",
         first_conv="conv1.weight",
         head_keys=("fc.",),

@@ -4,10 +4,15 @@ Module names follow torchvision's ``VGG`` (``features.0`` … ``features.28`` co
 ``classifier.0`` = fc6), so ``vgg16-*.pth`` loads strictly after dropping fc7/fc8
 (``classifier.3``, ``classifier.6``), which the cache never uses.
 
-Cached layers: ``conv5_3`` after its ReLU (the paper fuses the streams there), average
-pooled to ``grid`` cells (default 7×7; ``grid=None`` keeps the native map, 14×14 at 224
-pixels, the paper's X_conv), and ``fc6`` after its ReLU (4096, the paper's X_fc; dropout is
-a training-time op and does not apply here).
+Cached layers: ``conv5_3`` after its ReLU (the paper fuses the streams there) and ``fc6``
+after its ReLU (4096; dropout is a training-time op and does not apply here). By default
+``conv5_3`` is the native map, 512 × 14 × 14 at 224 pixels, the input of the paper's
+fusion conv (§3.6: X_conv is 512 × 14 × 14). In float16 that is 200,704 bytes per frame
+and stream: with T = 17 frames, 6.8 MB per video for rgb + flow (7.1 MB with both streams'
+fc6 rows), about 95 GB for UCF101's 13,320 videos per cached view. ``grid`` average-pools
+the map for users short of disk: ``grid=(7, 7)`` (``-o grid=[7,7]``) stores a quarter of
+the map (2.0 MB per video with fc6, 27 GB for UCF101) at the price of a coarser fusion
+and attention grid, a deviation from the paper (docs/deep-fusion.md).
 
 The temporal stream takes L stacked flow fields as 2L channels (the paper uses L = 4).
 The paper initialises its first conv randomly; loading an RGB checkpoint here instead
@@ -71,6 +76,20 @@ class VGG(nn.Module):
         return self.forward_features(x)
 
 
+def _grid(grid: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+    """``grid`` as (rows, cols): one int means a square grid; None keeps the native map.
+
+    The command line gives ``-o grid=7`` or ``-o grid=[7,7]`` (a list); anything else is a
+    :class:`ConfigError`, since a bad grid would only fail deep inside the first batch.
+    """
+    if grid is None:
+        return None
+    cells = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if len(cells) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in cells):
+        raise ConfigError(f"vgg16: grid must be a positive int or [rows, cols] (or null for 14×14), got {grid!r}")
+    return (int(cells[0]), int(cells[1]))
+
+
 def _shape_fn(grid: tuple[int, int] | None):
     def shapes(input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         _, height, width = input_shape
@@ -81,8 +100,9 @@ def _shape_fn(grid: tuple[int, int] | None):
 
 
 @register_backbone("vgg16")
-def vgg16(*, stream: str = "rgb", grid: tuple[int, int] | None = (7, 7), flow_stack: int = 4) -> VGG:
-    """VGG-16 (torchvision layout); ``grid`` pools conv5_3, ``flow_stack`` = L flow fields."""
+def vgg16(*, stream: str = "rgb", grid: int | tuple[int, int] | None = None, flow_stack: int = 4) -> VGG:
+    """VGG-16 (torchvision layout); ``grid`` pools conv5_3 (None: native 14×14), ``flow_stack`` = L flow fields."""
+    grid = _grid(grid)
     if flow_stack < 1:
         raise ConfigError(f"vgg16: flow_stack must be >= 1, got {flow_stack}")
     rgb = stream == "rgb"

@@ -27,7 +27,9 @@ LSTM learns, and the centres, being trainable, move with them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +37,9 @@ from sklearn.cluster import KMeans
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from vpipe.errors import ConfigError
+from vpipe.errors import ConfigError, StageError
 from vpipe.models.aggregation import (
+    AGGREGATIONS,
     DEFAULT_RATIO,
     Codebook,
     alpha_from_data,
@@ -44,7 +47,9 @@ from vpipe.models.aggregation import (
     make_aggregation,
 )
 
-__all__ = ["TEMPORAL", "BiLSTMSoftAggHead", "init_aggregation_from_features"]
+from vpipe.models.heads.registry import Head, HeadBatch, HeadOption, PrepareData, register_head
+
+__all__ = ["TEMPORAL", "BiLSTMSoftAgg", "BiLSTMSoftAggHead", "init_aggregation_from_features"]
 
 TEMPORAL = ("none", "lstm", "bilstm")
 
@@ -209,3 +214,132 @@ def init_aggregation_from_features(
     variances, weights = codebook_statistics(points, centers)
     head.init_from_codebook(centers, alpha, variances, weights)
     return Codebook(centers, alpha, variances, weights)
+
+
+#: Train descriptors the input statistics and α are taken from; both are stable long before this.
+SAMPLE_STEPS = 20_000
+
+
+@register_head
+class BiLSTMSoftAgg(Head):
+    """``bilstm-softagg``: :class:`BiLSTMSoftAggHead` on one per-step input, as a plugin.
+
+    Hooks: :meth:`prepare` standardises the inputs with train statistics (backbone
+    features differ in scale by orders of magnitude) and starts the soft aggregation from
+    a codebook (see the module docstring); :meth:`external_files` declares the
+    ``vpipe encode`` codebook a ``temporal=none`` run loads, so that a refitted codebook
+    makes a new run.
+    """
+
+    name = "bilstm-softagg"
+    summary = "LI3D-BiLSTM: none/LSTM/BiLSTM over clip steps, then soft BoF/FV/VLAD aggregation"
+    options = (
+        HeadOption("layer", "pool", "Cached layer with per-step vectors (τ, D)."),
+        HeadOption("temporal", "bilstm", "Temporal re-encoding of the steps.", choices=TEMPORAL),
+        HeadOption("aggregation", "concat", "avg, a soft encoding, or concat/mean of all three.", choices=AGGREGATIONS),
+        HeadOption("clusters", 128, "Soft-aggregation centres K (the paper settles on 128).", minimum=1),
+        HeadOption("out_dim", None, "Project the aggregated vector to this size (None: no projection).", kind=int, minimum=1),
+        HeadOption("hidden", 256, "LSTM hidden size per direction.", minimum=1),
+        HeadOption("dropout", 0.5, "Dropout on the video embedding before the classifier.", minimum=0.0),
+        HeadOption("codebook", None, "Codebook .h5 for temporal=none (None: the workspace's, if fitted).", kind=str),
+    )
+    example_shapes = {"x": (1024,)}
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
+        super().__init__()
+        shape = shapes["x"]
+        if len(shape) != 1:
+            raise ConfigError(
+                f"head {self.name!r} reads per-step vectors (τ, D) but layer {options['layer']!r} has steps of "
+                f"shape {list(shape)}: choose a pooled layer with -O layer=..."
+            )
+        self.config = options
+        self.model = BiLSTMSoftAggHead(
+            shape[0],
+            num_classes,
+            temporal=options["temporal"],
+            hidden=options["hidden"],
+            aggregation=options["aggregation"],
+            num_clusters=options["clusters"],
+            out_dim=options["out_dim"],
+            dropout=options["dropout"],
+        )
+        self.num_features = self.model.num_features
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        if not 0.0 <= options["dropout"] < 1.0:
+            raise ConfigError(f"head option dropout must lie in [0, 1), got {options['dropout']}")
+        if options["codebook"] is not None and options["temporal"] != "none":
+            raise ConfigError(
+                "codebook holds centres in the backbone's feature space and applies to temporal=none only; "
+                "with an LSTM the centres are fitted on its outputs instead"
+            )
+        if options["codebook"] is not None and options["aggregation"] == "avg":
+            raise ConfigError("codebook needs a soft aggregation; aggregation=avg has no centres")
+
+    @classmethod
+    def tag(cls, options: dict[str, Any]) -> str:
+        """``<temporal>-<aggregation>[-k<K>]``, the rows of the papers' ablations."""
+        k = f"-k{options['clusters']}" if options["aggregation"] != "avg" else ""
+        return f"{options['temporal']}-{options['aggregation']}{k}"
+
+    @classmethod
+    def external_files(
+        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path]
+    ) -> dict[str, Path]:
+        """The codebook of a ``temporal=none`` soft aggregation: the explicit one (which must
+        exist) or the workspace's ``codebooks/<features>-k<K>.h5`` when present."""
+        if options["temporal"] != "none" or options["aggregation"] == "avg":
+            return {}
+        if options["codebook"] is not None:
+            path = Path(options["codebook"])
+            if not path.is_file():
+                raise StageError(
+                    f"no codebook at {path}: fit one with `vpipe encode --features {features[0]} "
+                    f"--clusters {options['clusters']}`"
+                )
+            return {"codebook": path}
+        default = codebook_path("+".join(features), options["clusters"])
+        return {"codebook": default} if default.is_file() else {}
+
+    def prepare(self, data: PrepareData) -> dict[str, Any] | None:
+        """Input statistics from fit descriptors, then the aggregation's starting centres."""
+        sample = data.sample("x", SAMPLE_STEPS)
+        wide = sample.astype(np.float64)
+        std = wide.std(axis=0)
+        floor = max(float(np.median(std)) * 1e-3, 1e-6)
+        self.model.set_input_statistics(torch.from_numpy(wide.mean(axis=0)), torch.from_numpy(np.maximum(std, floor)))
+        if self.config["aggregation"] == "avg":
+            return None
+        path = data.files.get("codebook")
+        if path is not None:
+            return self._init_from_file(path, sample)
+        batches = ((b.inputs["x"], b.lengths["x"]) for b in data.batches())
+        fitted = init_aggregation_from_features(self.model, batches, seed=data.seed)
+        space = "backbone features" if self.config["temporal"] == "none" else f"untrained {self.config['temporal']} outputs"
+        return {"source": f"k-means on {space} of {data.fit_videos} fit videos", "alpha": fitted.alpha}
+
+    def _init_from_file(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
+        """Centres, GMM and α from a ``vpipe encode`` codebook, in standardised units."""
+        from vpipe.encode import load_codebook
+
+        codebook = load_codebook(path)
+        clusters, dim = self.config["clusters"], self.model.feature_dim
+        if codebook.centroids.shape != (clusters, dim):
+            raise ConfigError(
+                f"codebook {path} has {codebook.clusters} centres of {codebook.dim} values; the run needs "
+                f"{clusters} of {dim}: pass -O clusters={codebook.clusters} or fit one with "
+                f"`vpipe encode --clusters {clusters}`"
+            )
+        mean, std = self.model.input_mean.numpy(), self.model.input_std.numpy()
+        centroids = (codebook.centroids - mean) / std
+        alpha = alpha_from_data((sample - mean) / std, centroids)
+        self.model.init_from_codebook(centroids, alpha, codebook.gmm_variances / std**2, codebook.gmm_weights)
+        return {"source": "file", "path": str(path), "alpha": alpha}
+
+    def forward_features(self, batch: HeadBatch) -> Tensor:
+        return self.model.forward_features(batch.inputs["x"], batch.lengths["x"])
+
+    def forward_head(self, embedding: Tensor) -> Tensor:
+        return self.model.forward_head(embedding)

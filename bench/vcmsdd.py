@@ -1,0 +1,118 @@
+"""The vcm-sdd head: parameters, CPU time per video, peak memory against frames.
+
+At the paper's input (ResNet last-conv grids, 2048 × 7 × 7 per frame and stream, 6
+frames per segment, 400 Kinetics classes): parameters of the head with both blocks and
+without each; forward time per test video (one video per pass) at n = 8 and 16
+segments; and the peak resident memory a forward pass adds above its inputs, for a
+growing number of segments, each measured in a fresh process (``ru_maxrss`` only rises,
+so one process per point). STC's cost is a depthwise 5 × 5 × 5 correlation and MFF
+attends inside a segment, so the peak should grow linearly with frames.
+
+    python bench/vcmsdd.py [--repeats 5] [--segments 2 4 8 16 32] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vpipe.models.heads import HeadBatch, create_head
+
+from machine import cpu_model, load_average  # bench/machine.py, beside this script
+
+GRID = (2048, 7, 7)
+FRAMES = 6
+CLASSES = 400
+
+
+def build(**options) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_head("vcm-sdd", {"rgb": GRID, "flow": GRID}, CLASSES, frames=FRAMES, **options).eval()
+
+
+def video(segments: int) -> HeadBatch:
+    frames = segments * FRAMES
+    x = {role: torch.randn(1, frames, *GRID) for role in ("rgb", "flow")}
+    n = torch.tensor([frames])
+    return HeadBatch(x, {"rgb": n, "flow": n.clone()}, torch.zeros(1, dtype=torch.int64))
+
+
+def parameters() -> dict[str, int]:
+    rows = {"stc+mff": {}, "stc only": {"mff": False}, "mff only": {"stc": False}, "neither": {"stc": False, "mff": False}}
+    return {name: sum(p.numel() for p in build(**options).parameters()) for name, options in rows.items()}
+
+
+@torch.inference_mode()
+def ms_per_video(segments: int, repeats: int) -> float:
+    head, batch = build(), video(segments)
+    head(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        head(batch)
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def peak_child(segments: int, train: bool) -> None:
+    """Print the MB of peak RSS one forward (and backward, when ``train``) adds."""
+    head, batch = build(), video(segments)
+    if train:
+        head.train()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.set_grad_enabled(train):
+        logits = head(batch)
+        if train:
+            logits.sum().backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"segments": segments, "added_mb": (after - before) / 1024}))
+
+
+def peak_mb(segments: int, train: bool, threads: int) -> float:
+    args = [sys.executable, __file__, "--child", str(segments), "--threads", str(threads)] + (["--train"] if train else [])
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["added_mb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--segments", type=int, nargs="+", default=[2, 4, 8, 16, 32])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=Path("bench/results/vcmsdd.json"))
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child is not None:
+        peak_child(args.child, args.train)
+        return
+    input_mb = {n: 2 * n * FRAMES * torch.Size(GRID).numel() * 4 / 2**20 for n in args.segments}
+    result = {
+        "machine": {"cpu": cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
+                    "threads": args.threads, "load_before": load_average()},
+        "grid": GRID, "frames_per_segment": FRAMES, "classes": CLASSES,
+        "parameters": parameters(),
+        "ms_per_video": {n: ms_per_video(n, args.repeats) for n in (8, 16)},
+        "peak_mb": {
+            n: {"input_mb": input_mb[n], "inference_added_mb": peak_mb(n, False, args.threads),
+                "training_added_mb": peak_mb(n, True, args.threads)}
+            for n in args.segments
+        },
+    }
+    result["machine"]["load_after"] = load_average()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""HOG, HOF and MBH on a dense grid: motion descriptors that need no weights.
+
+These are the descriptors of Wang et al.'s dense trajectories, computed on fixed
+grid positions instead of along tracked points: per frame, every pixel votes its
+magnitude into orientation bins of the image gradient (HOG, 8 bins), of the flow
+(HOF, 8 bins plus a no-motion bin) and of the spatial gradients of each flow
+component (MBHx, MBHy, 8 bins each). Votes are averaged in nx = 2 x ny = 2 x nt = 3
+spatio-temporal cells, and each descriptor type is L1-normalised over its cells and
+square-rooted (RootSIFT), as in the improved-trajectories recipe. MBH ignores a
+constant flow, so camera translation does not reach it.
+
+The input is a clip of the frames and their cached TV-L1 flow stacked as five
+channels (r, g, b in [0, 1]; u, v in pixels). Two layers are cached:
+
+- ``pool`` (tau, D): one descriptor per temporal step of ``step`` frames, its cells
+  tiling the whole frame; the per-step sequence the temporal heads read.
+- ``local`` (tau * P, D): the same descriptor for every patch of 2 x 2 cells of
+  ``cell`` pixels on a grid of stride ``cell`` (P patches per step, in step, row,
+  column order); the bag of local descriptors that BoF / VLAD / Fisher encode.
+
+D = 12 cells x (8 + 9 + 8 + 8) bins = 396, laid out type by type (HOG, HOF, MBHx,
+MBHy), each type as (t-cell, y-cell, x-cell, bin).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vpipe.errors import ConfigError
+from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
+
+ORIENTATIONS = 8
+#: Flow slower than this (pixels per frame) votes for HOF's no-motion bin: a little
+#: over two steps of the uint8 flow cache (40 / 255 px at bound 20), whose nearest
+#: codes to a zero flow are +-0.08 px.
+NO_MOTION = 0.4
+NT, NY, NX = 3, 2, 2
+DESCRIPTORS = (("hog", ORIENTATIONS), ("hof", ORIENTATIONS + 1), ("mbhx", ORIENTATIONS), ("mbhy", ORIENTATIONS))
+CELLS = NT * NY * NX
+DIM = CELLS * sum(bins for _, bins in DESCRIPTORS)
+#: ITU-R BT.601 luma, the grey level OpenCV (and so the dense-trajectory code) uses.
+LUMA = (0.299, 0.587, 0.114)
+#: Flow codes q in 0..255 map to q * 40 / 255 - 20 pixels (bound 20) through the spec's
+#: mean/std, which apply to values scaled to [0, 1]: (q / 255 - 0.5) / 0.025.
+FLOW_MEAN, FLOW_STD = 0.5, 0.025
+
+
+def gradients(image: Tensor) -> tuple[Tensor, Tensor]:
+    """Central differences ``[-1, 0, 1]`` along x and y of (..., H, W), borders replicated.
+
+    The unscaled kernel is the dense-trajectory code's (OpenCV Sobel of size 1);
+    replicating the border keeps a flat image at zero gradient up to its edges.
+    """
+    padded = torch.nn.functional.pad(image.reshape(-1, 1, *image.shape[-2:]), (1, 1, 1, 1), mode="replicate")
+    dx = padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]
+    dy = padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]
+    return dx.reshape(image.shape), dy.reshape(image.shape)
+
+
+def orientation_histograms(
+    dx: Tensor, dy: Tensor, rows: Tensor, cols: Tensor, shape: tuple[int, int], no_motion: float | None = None
+) -> Tensor:
+    """Orientation histograms of (N, T, H, W) vectors summed over pixel blocks: (N, T, By, Bx, bins).
+
+    Bin ``b`` is centred on ``b * 45`` degrees (image axes: x right, y down) and each
+    vector splits its magnitude linearly between the two nearest centres. With
+    ``no_motion``, vectors not longer than it vote ``no_motion`` (a magnitude in the
+    same unit) into an extra last bin instead, which tells a still region from an
+    empty histogram. Pixel row ``i`` belongs to block row ``rows[i]`` and column ``j``
+    to block column ``cols[j]``; summing straight into blocks with one ``bincount``
+    never builds the (bins x pixels) vote maps, which is most of the speed.
+    """
+    n, frames = dx.shape[:2]
+    blocks_y, blocks_x = shape
+    bins = ORIENTATIONS + (no_motion is not None)
+    magnitude = torch.sqrt(dx * dx + dy * dy)
+    position = torch.atan2(dy, dx).mul_(ORIENTATIONS / (2 * math.pi)).remainder_(ORIENTATIONS)
+    lower = torch.floor(position)
+    upper_mass = position.sub_(lower).mul_(magnitude)
+    lower = lower.remainder_(ORIENTATIONS)
+    if no_motion is not None:
+        still = magnitude <= no_motion
+        lower = lower.masked_fill_(still, ORIENTATIONS)
+        magnitude = magnitude.masked_fill_(still, no_motion)
+        upper_mass = upper_mass.masked_fill_(still, 0.0)
+    block = (rows.view(-1, 1) * blocks_x + cols.view(1, -1)) * bins
+    first = torch.arange(n * frames, device=dx.device).view(n, frames, 1, 1) * (blocks_y * blocks_x * bins)
+    index = (lower.long() + block + first).flatten()
+    size = n * frames * blocks_y * blocks_x * bins
+    shape = (n, frames, blocks_y, blocks_x, bins)
+    # Keyed by the lower bin: all the magnitude, and the share that belongs to the next bin.
+    mass = torch.bincount(index, magnitude.flatten(), minlength=size).to(dx.dtype).view(shape)
+    moved = torch.bincount(index, upper_mass.flatten(), minlength=size).to(dx.dtype).view(shape)
+    circle = mass[..., :ORIENTATIONS] - moved[..., :ORIENTATIONS] + moved[..., :ORIENTATIONS].roll(1, -1)
+    return torch.cat([circle, mass[..., ORIENTATIONS:]], -1)
+
+
+def segment_means(x: Tensor, dim: int, bounds: list[int]) -> Tensor:
+    """Means of ``x`` over the half-open segments ``bounds[i]:bounds[i+1]`` along ``dim``."""
+    return torch.stack([x.narrow(dim, a, b - a).mean(dim) for a, b in zip(bounds[:-1], bounds[1:])], dim)
+
+
+def split_bounds(length: int, parts: int) -> list[int]:
+    """Boundaries of ``parts`` near-equal consecutive segments of ``0..length``."""
+    return [int(b) for b in np.linspace(0, length, parts + 1).round()]
+
+
+def block_index(length: int, bounds: list[int], device: torch.device) -> tuple[Tensor, list[int]]:
+    """Block of every pixel along an axis cut at every bound of every layout, and the cuts."""
+    cuts = sorted(set(bounds) | {0, length})
+    return torch.bucketize(torch.arange(length, device=device), torch.tensor(cuts[1:-1], device=device), right=True), cuts
+
+
+def cell_means(blocks: Tensor, cuts_y: list[int], cuts_x: list[int], cells_y: list[int], cells_x: list[int]) -> Tensor:
+    """(N, T, By, Bx, bins) block sums -> (N, T, Cy, Cx, bins) means over cells made of whole blocks."""
+    def membership(cuts: list[int], cells: list[int]) -> Tensor:
+        starts = torch.tensor(cuts[:-1], dtype=blocks.dtype, device=blocks.device)
+        lower = torch.tensor(cells[:-1], dtype=blocks.dtype, device=blocks.device).view(-1, 1)
+        upper = torch.tensor(cells[1:], dtype=blocks.dtype, device=blocks.device).view(-1, 1)
+        inside = ((starts >= lower) & (starts < upper)).to(blocks.dtype)
+        return inside / (upper - lower)
+
+    return torch.einsum("yY,ntYXb,xX->ntyxb", membership(cuts_y, cells_y), blocks, membership(cuts_x, cells_x))
+
+
+def root_normalise(x: Tensor) -> Tensor:
+    """L1 over the last dimension, then the square root (RootSIFT's Hellinger mapping)."""
+    return torch.sqrt(x / x.sum(-1, keepdim=True).clamp_min(1e-12))
+
+
+class DenseDescriptors(nn.Module):
+    """HOG / HOF / MBHx / MBHy of a (N, 5, T, H, W) clip of frames and flow; no parameters."""
+
+    def __init__(self, *, step: int = 8, cell: int = 16):
+        super().__init__()
+        if step < NT:
+            raise ConfigError(f"hoghofmbh step={step}: a step needs at least {NT} frames, one per temporal cell")
+        if cell < 1:
+            raise ConfigError(f"hoghofmbh cell={cell}: cells need at least one pixel")
+        self.step, self.cell = step, cell
+        self.num_features = DIM
+        self.spec = finalize_spec(
+            BackboneSpec(
+                name="hoghofmbh",
+                stream="rgb",
+                input_kind="clip",
+                in_channels=5,
+                clip_length=16,
+                input_size=(112, 112),
+                mean=(0.0, 0.0, 0.0, FLOW_MEAN, FLOW_MEAN),
+                std=(1.0, 1.0, 1.0, FLOW_STD, FLOW_STD),
+                layers=("pool", "local"),
+                shape_fn=self.layer_shapes,
+                checkpoint_layout="none",
+                first_conv="none",
+            ),
+            self,
+        )
+
+    def layer_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        _, frames, height, width = input_shape
+        steps = frames // self.step
+        patches = (height // self.cell - 1) * (width // self.cell - 1)
+        return {"pool": (steps, DIM), "local": (steps * patches, DIM)}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.forward_features(x)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        check_input(self, x)
+        n, _, frames, height, width = x.shape
+        if frames < self.step or min(height, width) < 2 * self.cell:
+            raise ConfigError(
+                f"hoghofmbh needs clips of at least step={self.step} frames and 2 x cell={self.cell} pixels a side, "
+                f"got {frames} frames of {height}x{width}: plan longer or larger clips, or pass smaller -o step / -o cell"
+            )
+        steps = frames // self.step
+        x = x[:, :, : steps * self.step].float()
+        times = [s * self.step + b for s in range(steps) for b in split_bounds(self.step, NT)[:-1]]
+        times.append(steps * self.step)
+        whole_y, whole_x = split_bounds(height, NY), split_bounds(width, NX)
+        grid_y = list(range(0, (height // self.cell) * self.cell + 1, self.cell))
+        grid_x = list(range(0, (width // self.cell) * self.cell + 1, self.cell))
+        rows, cuts_y = block_index(height, whole_y + grid_y, x.device)
+        cols, cuts_x = block_index(width, whole_x + grid_x, x.device)
+        pooled, local = [], []
+        for dx, dy, no_motion in self._vectors(x):
+            blocks = orientation_histograms(dx, dy, rows, cols, (len(cuts_y) - 1, len(cuts_x) - 1), no_motion)
+            whole = segment_means(cell_means(blocks, cuts_y, cuts_x, whole_y, whole_x), 1, times)
+            pooled.append(root_normalise(whole.reshape(n, steps, -1)))
+            grid = segment_means(cell_means(blocks, cuts_y, cuts_x, grid_y, grid_x), 1, times)
+            local.append(root_normalise(_patch_descriptors(grid, steps)))
+        return {"pool": torch.cat(pooled, -1), "local": torch.cat(local, -1).reshape(n, -1, DIM)}
+
+    def _vectors(self, x: Tensor) -> list[tuple[Tensor, Tensor, float | None]]:
+        """(N, T, H, W) x/y components and no-motion threshold of HOG, HOF, MBHx and MBHy."""
+        luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
+        grey = (x[:, :3] * luma).sum(1)
+        u, v = x[:, 3], x[:, 4]
+        return [(*gradients(grey), None), (u, v, NO_MOTION), (*gradients(u), None), (*gradients(v), None)]
+
+
+def _patch_descriptors(cells: Tensor, steps: int) -> Tensor:
+    """(N, steps * NT, Cy, Cx, bins) cell means -> (N, steps, P, NT * NY * NX * bins), P patches of NY x NX cells."""
+    n, _, _, _, bins = cells.shape
+    patches = cells.unfold(2, NY, 1).unfold(3, NX, 1)
+    rows, cols = patches.shape[2:4]
+    grouped = patches.reshape(n, steps, NT, rows, cols, bins, NY, NX).permute(0, 1, 3, 4, 2, 6, 7, 5)
+    return grouped.reshape(n, steps, rows * cols, CELLS * bins)
+
+
+@register_backbone("hoghofmbh", inputs=("rgb", "flow"), weightless=True)
+def hoghofmbh(*, stream: str = "rgb", step: int = 8, cell: int = 16) -> DenseDescriptors:
+    """Dense HOG/HOF/MBH of the frames and their cached flow: one feature set, no streams."""
+    if stream != "rgb":
+        raise ConfigError(
+            "backbone hoghofmbh reads the frames and their flow together as one input: "
+            "leave --stream at rgb (its features land in features/hoghofmbh)"
+        )
+    return DenseDescriptors(step=step, cell=cell)

@@ -1,0 +1,276 @@
+"""VCM-SDD: spatio-temporal detail attention (STC) and rgb↔flow cross-attention (MFF).
+
+vcm-sdd-detail-attention-fusion.md §3: a video is cut into ``n`` TSN segments of ``k``
+frames (the ``tsn`` sampler, 8 or 16 × 6 in §4.1); every frame of both streams is a
+ResNet last-conv grid (2048 × 7 × 7 at 224², the ``grid`` layer of
+:mod:`vpipe.models.backbones.resnet2d`). Per segment, as in TSN where every segment
+goes through the same network:
+
+1. **STC** (eq. 4–10) — each grid cell is a node; cells within 2 frames, 2 columns and
+   2 rows of each other are joined. The edge weight comes from geometry alone,
+   ``sim(i, j) = ReLU(geom_all(i, j) · W_p) · W_q`` (``W_p`` 3 × 32, ``W_q`` 32 × 1),
+   is softmax-normalised over each node's neighbours and mixes their features:
+   ``F_fusion(i) = Σ_j s_ij V_j``. rgb and flow share nothing but the formula.
+2. **MFF** (eq. 11–12) — multi-head cross-attention, rgb cells querying flow cells and
+   flow cells querying rgb cells.
+3. **Fusion** (eq. 13–14) — the frames' and cells' features are averaged per segment
+   (``avg_F``), the two directions classified and the scores averaged over segments.
+
+Cost. ``sim`` depends on the offset between two cells only, so ``exp(sim)`` is one
+5 × 5 × 5 kernel: the numerator of eq. 8–9 is that kernel correlated with the
+(zero-padded) features, the denominator the same kernel correlated with ones, which
+leaves out exactly the neighbours past a border. STC is therefore a depthwise
+``conv3d`` with one shared kernel: 125 · k·h·w · C multiply-adds per segment and stream
+and no memory beyond its input and output; nothing of size (k·h·w)² or (n·k·h·w)² is
+formed. MFF attends inside a segment: per direction an attention map of
+``heads × (k·h·w)²`` (8 × 294² floats, 2.8 MB at 6 × 7 × 7) per segment. Both grow
+linearly with the number of segments, i.e. with frames (measured in BENCHMARKS.md).
+
+Cache. A float16 grid is 2048 · 7 · 7 · 2 B = 200,704 B per frame and stream, so a
+video is 2 · n·6 · 200,704 B: 19.3 MB at n = 8 and 38.5 MB at n = 16; UCF101's 13,320
+videos take 257 GB and 514 GB (one view; each extra training view adds as much).
+
+Choices where the paper is silent or ambiguous:
+
+* ``log(·)^{-1}`` in eq. 6 is read as ``1 / ln(d + e)`` with ``e`` Euler's number: the
+  only reading that is finite at ``d = 0`` (the paper's stated reason for ``e``),
+  positive, and decreasing with distance as the text says (1 at ``d = 0``, 0.76 at one
+  cell, 0.65 at two). ``d`` is ``|Δx| / w`` (cell centres are whole cells apart),
+  ``|Δy| / h`` and ``|Δt| / T`` with ``T = k``, the frames of the segment.
+* "distance ≤ 2" is per axis (``|Δt|, |Δx|, |Δy| ≤ 2``), and a node is its own
+  neighbour (zero distance is ≤ 2, and eq. 6's offset exists for that case).
+* ``W_p`` and ``W_q`` are matrices without bias, as written. The graph stays inside a
+  segment: TSN segments are apart in time and eq. 5 measures time in the segment's ``T``.
+* STC replaces the features (eq. 9–10) and MFF's output replaces the query stream's
+  (eq. 11–12); neither adds a residual, as written.
+* MFF "as in the transformer [46]": learned query, key, value and output projections to
+  ``dim`` = 512 in ``heads`` = 8 heads (the transformer's base sizes; eq. 11's norm
+  under the root is read as the head width). Without projections the block would have
+  no parameters and no way to learn what to match.
+* ``avg_F`` averages the segment's frames and grid cells. Eq. 14's two ``M`` terms
+  averaged over segments equal one linear classifier on the concatenation of the two
+  segment-averaged directions (classifier and averages are linear), which is what is
+  built, so the video embedding exists for t-SNE and retrieval. With MFF off the two
+  directions are the two streams' (STC or raw) features, TSN's two-stream average.
+* The cached features are standardised per channel with train statistics
+  (:meth:`VCMSDD.prepare`): the attention's softmax is scale-sensitive and randomly
+  initialised backbones give features of arbitrary scale. Dropout (0.5) sits before
+  the classifier, as in TSN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vpipe.errors import ConfigError
+from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, HeadOption, PrepareData, register_head
+
+__all__ = ["RADIUS", "VCMSDD", "CrossAttention", "SpatioTemporalConsistency", "geometry"]
+
+#: Neighbourhood half-width on each axis (the paper's "less than or equal to 2").
+RADIUS = 2
+
+#: Cached frames standardisation statistics are taken from (they settle long before).
+SAMPLE_FRAMES = 64
+
+
+def geometry(offsets: Tensor, frames: int) -> Tensor:
+    """``geom_all`` of eq. 6 for integer offsets ``(..., 3)`` ordered (Δt, Δx, Δy).
+
+    Returns ``(..., 3)`` ordered (x, y, t) as in eq. 6: ``1 / ln(|Δx| + e)``,
+    ``1 / ln(|Δy| + e)``, ``1 / ln(|Δt| / frames + e)``.
+    """
+    dt, dx, dy = offsets.abs().to(torch.float32).unbind(-1)
+    scaled = torch.stack([dx, dy, dt / frames], dim=-1)
+    return 1.0 / torch.log(scaled + math.e)
+
+
+class SpatioTemporalConsistency(nn.Module):
+    """STC (eq. 6–10) over segments ``(N, k, C, h, w)``, as a depthwise correlation.
+
+    See the module docstring for why ``exp(sim)`` is one shared 5 × 5 × 5 kernel and the
+    border-aware softmax is a ratio of two correlations.
+    """
+
+    def __init__(self, relation_dim: int = 32) -> None:
+        super().__init__()
+        self.w_p = nn.Parameter(torch.empty(3, relation_dim))
+        self.w_q = nn.Parameter(torch.empty(relation_dim, 1))
+        nn.init.xavier_uniform_(self.w_p)
+        nn.init.xavier_uniform_(self.w_q)
+        span = torch.arange(-RADIUS, RADIUS + 1)
+        grid = torch.stack(torch.meshgrid(span, span, span, indexing="ij"), dim=-1)
+        self.register_buffer("offsets", grid, persistent=False)
+
+    def similarity(self, frames: int) -> Tensor:
+        """``sim`` of eq. 7 for every offset: ``(5, 5, 5)`` indexed [Δt, Δy, Δx] + 2."""
+        sim = F.relu(geometry(self.offsets, frames) @ self.w_p) @ self.w_q
+        return sim.squeeze(-1).permute(0, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, k, c, h, w = x.shape
+        sim = self.similarity(k)
+        kernel = torch.exp(sim - sim.max()).to(x.dtype)[None, None]
+        planes = x.permute(0, 2, 1, 3, 4).reshape(n * c, 1, k, h, w)
+        numerator = F.conv3d(planes, kernel, padding=RADIUS)
+        denominator = F.conv3d(torch.ones_like(planes[:1]), kernel, padding=RADIUS)
+        return (numerator / denominator).reshape(n, c, k, h, w).permute(0, 2, 1, 3, 4)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of ``query`` tokens over ``context`` tokens (eq. 11 / 12).
+
+    ``softmax(Q Kᵀ / √d) V`` per head with ``Q = query·W_Q``, ``K = context·W_K``,
+    ``V = context·W_V`` and ``d = dim / heads``; heads are concatenated and projected by
+    ``W_O``. Shapes: ``(N, Lq, C)`` and ``(N, Lk, C)`` give ``(N, Lq, dim)``.
+    """
+
+    def __init__(self, channels: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(channels, dim)
+        self.k = nn.Linear(channels, dim)
+        self.v = nn.Linear(channels, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def _split(self, x: Tensor) -> Tensor:
+        n, length, dim = x.shape
+        return x.reshape(n, length, self.heads, dim // self.heads).transpose(1, 2)
+
+    def forward(self, query: Tensor, context: Tensor) -> Tensor:
+        q, k, v = self._split(self.q(query)), self._split(self.k(context)), self._split(self.v(context))
+        mixed = F.scaled_dot_product_attention(q, k, v)
+        return self.out(mixed.transpose(1, 2).flatten(2))
+
+
+@register_head
+class VCMSDD(Head):
+    """``vcm-sdd``: STC per stream, MFF between streams, segment averaging, classifier.
+
+    Reads the ``grid`` layer of an rgb and a flow feature set (in that order) as per-frame
+    steps ``(C, h, w)``; a video's frames are cut into segments of ``frames`` (the plan's
+    ``frames_per_segment``) and padded segments are left out of every average. ``stc``
+    and ``mff`` switch the blocks off for the ablation of the paper's Table 2. The
+    choices the paper leaves open are listed in the module docstring.
+    """
+
+    name = "vcm-sdd"
+    summary = "VCM-SDD: geometric graph attention (STC) per stream, rgb<->flow cross-attention (MFF), segment average"
+    streams = 2
+    options = (
+        HeadOption("layer", "grid", "Cached layer of per-frame grids (C, h, w)."),
+        HeadOption("frames", 6, "Frames per segment k (the tsn plan's frames_per_segment; paper: 6).", minimum=1),
+        HeadOption("stc", True, "Spatio-temporal consistency block (eq. 4-10)."),
+        HeadOption("mff", True, "Multimodal cross-attention fusion block (eq. 11-12)."),
+        HeadOption("heads", 8, "Attention heads of MFF.", minimum=1),
+        HeadOption("dim", 512, "Width of MFF's query/key/value projections.", minimum=1),
+        HeadOption("relation_dim", 32, "Columns of W_p (paper: 32).", minimum=1),
+        HeadOption("dropout", 0.5, "Dropout on the video embedding before the classifier.", minimum=0.0),
+    )
+    example_shapes = {"rgb": (2048, 7, 7), "flow": (2048, 7, 7)}
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
+        super().__init__()
+        rgb, flow = tuple(shapes["rgb"]), tuple(shapes["flow"])
+        if len(rgb) != 3 or rgb != flow:
+            raise ConfigError(
+                f"head {self.name!r} needs rgb and flow grids of one shape (C, h, w); got {list(rgb)} and "
+                f"{list(flow)}: extract both streams with the same backbone and pass -O layer=grid"
+            )
+        channels = rgb[0]
+        self.frames = options["frames"]
+        self.register_buffer("mean", torch.zeros(2, channels))
+        self.register_buffer("std", torch.ones(2, channels))
+        self.stc_rgb = SpatioTemporalConsistency(options["relation_dim"]) if options["stc"] else None
+        self.stc_flow = SpatioTemporalConsistency(options["relation_dim"]) if options["stc"] else None
+        self.rgb_to_flow = CrossAttention(channels, options["dim"], options["heads"]) if options["mff"] else None
+        self.flow_to_rgb = CrossAttention(channels, options["dim"], options["heads"]) if options["mff"] else None
+        width = options["dim"] if options["mff"] else channels
+        self.num_features = 2 * width
+        self.dropout = nn.Dropout(options["dropout"])
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+    @classmethod
+    def input_spec(cls, features: tuple[str, ...], options: dict[str, Any]) -> list[HeadInput]:
+        if len(features) != 2:
+            raise ConfigError(
+                f"head {cls.name!r} reads an rgb and a flow feature set, got {len(features)} "
+                f"({', '.join(features)}): pass --features resnet101-rgb --features resnet101-flow"
+            )
+        return [HeadInput("rgb", (features[0],), options["layer"]), HeadInput("flow", (features[1],), options["layer"])]
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        if not 0.0 <= options["dropout"] < 1.0:
+            raise ConfigError(f"head option dropout must lie in [0, 1), got {options['dropout']}")
+        if options["mff"] and options["dim"] % options["heads"]:
+            raise ConfigError(f"head option dim={options['dim']} must be a multiple of heads={options['heads']}")
+
+    @classmethod
+    def tag(cls, options: dict[str, Any]) -> str:
+        """``vcm-sdd-[no]stc-[no]mff``, the rows of Table 2, plus a hash of other changes."""
+        blocks = f"{'' if options['stc'] else 'no'}stc-{'' if options['mff'] else 'no'}mff"
+        rest = {k: v for k, v in options.items() if k not in ("stc", "mff")}
+        base = super().tag({**rest, "stc": True, "mff": True})
+        return f"{cls.name}-{blocks}{base[len(cls.name):]}"
+
+    def prepare(self, data: PrepareData) -> dict[str, Any]:
+        """Per-channel mean and std of each stream's train frames (see the module docstring)."""
+        for index, role in enumerate(("rgb", "flow")):
+            sample = data.sample(role, SAMPLE_FRAMES).astype(np.float64)
+            mean, std = sample.mean(axis=(0, 2, 3)), sample.std(axis=(0, 2, 3))
+            floor = max(float(np.median(std)) * 1e-3, 1e-6)
+            self.mean[index] = torch.from_numpy(mean)
+            self.std[index] = torch.from_numpy(np.maximum(std, floor))
+        return {"standardised": f"per channel, from {SAMPLE_FRAMES} train frames per stream at most"}
+
+    def segments(self, batch: HeadBatch, role: str) -> tuple[Tensor, Tensor]:
+        """The valid segments of ``role``, ``(N, k, C, h, w)``, and the video each belongs to."""
+        x, lengths = batch.inputs[role], batch.lengths[role].to(torch.int64)
+        k = self.frames
+        if bool((lengths % k).any()) or x.shape[1] % k:
+            bad = sorted({int(n) for n in lengths.tolist() if n % k}) or [x.shape[1]]
+            raise ConfigError(
+                f"head {self.name!r}: {role} videos have {bad[0]} frames, not whole segments of frames={k}: "
+                "pass -O frames=<the tsn plan's frames_per_segment>"
+            )
+        b, length = x.shape[:2]
+        per_video = (lengths // k).to(x.device)
+        valid = torch.arange(length // k, device=x.device) < per_video[:, None]
+        video = torch.arange(b, device=x.device)[:, None].expand_as(valid)
+        return x.reshape(b, length // k, k, *x.shape[2:])[valid], video[valid]
+
+    def forward_features(self, batch: HeadBatch) -> Tensor:
+        """Mean over each video's valid segments of ``[avg_F(rgb side), avg_F(flow side)]``."""
+        rgb, video = self.segments(batch, "rgb")
+        flow, flow_video = self.segments(batch, "flow")
+        if not torch.equal(video, flow_video):
+            raise ConfigError(
+                f"head {self.name!r}: rgb and flow have different frame counts per video; "
+                "extract both streams from the same tsn plan"
+            )
+        rgb = (rgb - self.mean[0][:, None, None]) / self.std[0][:, None, None]
+        flow = (flow - self.mean[1][:, None, None]) / self.std[1][:, None, None]
+        if self.stc_rgb is not None and self.stc_flow is not None:
+            rgb, flow = self.stc_rgb(rgb), self.stc_flow(flow)
+        rgb_tokens = rgb.permute(0, 1, 3, 4, 2).flatten(1, 3)
+        flow_tokens = flow.permute(0, 1, 3, 4, 2).flatten(1, 3)
+        if self.rgb_to_flow is not None and self.flow_to_rgb is not None:
+            rgb_tokens, flow_tokens = (
+                self.rgb_to_flow(rgb_tokens, flow_tokens),
+                self.flow_to_rgb(flow_tokens, rgb_tokens),
+            )
+        per_segment = torch.cat([rgb_tokens.mean(dim=1), flow_tokens.mean(dim=1)], dim=1)
+        b = len(batch)
+        total = per_segment.new_zeros(b, per_segment.shape[1]).index_add_(0, video, per_segment)
+        count = torch.bincount(video, minlength=b).clamp_min(1).to(per_segment.dtype)
+        return total / count[:, None]
+
+    def forward_head(self, embedding: Tensor) -> Tensor:
+        return self.classifier(self.dropout(embedding))

@@ -1,0 +1,245 @@
+"""Building an index over an embedding, and searching it.
+
+:func:`build_index` is the ``vpipe index`` stage: like encode, it is one
+whole-dataset job with a fingerprint (of the embedding's fingerprint and the
+index-choice rules), skipped when that is unchanged and the stored files are
+intact. :class:`Index` is the read side and the Python API::
+
+    from vpipe.retrieval import Index
+    index = Index.open("workspace", "ucf101", "li3d-rgb-k128-vlad")
+    hits = index.search("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01", k=10, split="train")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vpipe.errors import ConfigError, StageError
+from vpipe.pipeline.fingerprint import fingerprint
+from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
+from vpipe.retrieval import faiss_index, store
+from vpipe.retrieval.embeddings import Embedding, parse_embedding
+from vpipe.retrieval.query_video import QueryVideo
+
+#: Bumped when the same embedding would give a different index.
+INDEX_VERSION = "vpipe.index/1"
+
+
+def _index_fingerprint(embedding_fp: str, *, exact: bool, clips: bool) -> str:
+    rules = (faiss_index.FLAT_MAX, faiss_index.FLAT_BYTES_MAX, faiss_index.TARGET_RECALL)
+    return fingerprint(INDEX_VERSION, embedding_fp, exact, clips, rules)
+
+
+def build_index(
+    ws: DatasetWorkspace,
+    embedding: str,
+    *,
+    name: str | None = None,
+    exact: bool = False,
+    clips: bool = False,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Index ``embedding``'s gallery under ``name``; return the metadata and whether it was written.
+
+    An existing index of the same name built from another embedding is never
+    overwritten: that is a :class:`ConfigError` asking for another ``--name``.
+    """
+    source = parse_embedding(embedding)
+    name = store.check_name(name or source.default_index_name + ("-clips" if clips else ""))
+    stored = store.read_metadata(ws, name)
+    if stored is not None and stored["embedding"] != source.text:
+        raise ConfigError(
+            f"index {name!r} in {store.index_dir(ws)} was built from {stored['embedding']}, not {source.text}; "
+            f"choose another --name (nothing was rewritten)"
+        )
+    embedding_fp = source.fingerprint(ws)
+    fp = _index_fingerprint(embedding_fp, exact=exact, clips=clips)
+    if stored is not None and stored["fingerprint"] == fp and not store.faiss_file_intact(ws, name, stored):
+        return {"name": name, "path": str(store.faiss_path(ws, name)), "written": False, **stored}
+    gallery = source.gallery(ws, clips=clips, device=device)
+    if len(gallery.rows) == 0:
+        raise StageError(f"{source.text} of dataset {ws.dataset!r} has no usable videos to index")
+    count, dim = gallery.vectors.shape
+    plan = faiss_index.plan_index(count, dim, exact=exact)
+    index, report = faiss_index.build(gallery.vectors, plan, gpu=faiss_index.use_gpu(device))
+    recall = faiss_index.tune_nprobe(index, gallery.vectors, plan)
+    import faiss
+
+    metadata = {
+        "index_version": INDEX_VERSION,
+        "name": name,
+        "embedding": source.text,
+        "embedding_fingerprint": embedding_fp,
+        "provenance": source.provenance(ws),
+        "level": "clip" if clips else "video",
+        "metric": "cosine",
+        "count": int(count),
+        "dim": int(dim),
+        "kind": plan.kind,
+        "factory": plan.factory(dim),
+        "params": plan.params,
+        **recall,
+        **report,
+        "faiss_version": faiss.__version__,
+    }
+    store.write_index_files(ws, name, index, gallery.rows, metadata, fp)
+    return {"name": name, "path": str(store.faiss_path(ws, name)), "written": True, **store.read_metadata(ws, name)}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: a video (``clip`` -1) or a clip with its time span in seconds."""
+
+    rank: int
+    score: float
+    video_id: str
+    clip: int
+    label: int
+    label_name: str
+    split: str
+    path: str
+    start_s: float | None
+    end_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Index:
+    """A built index: its FAISS structure, id map and metadata. Open with :meth:`open`."""
+
+    def __init__(self, ws: DatasetWorkspace, name: str, index: Any, rows: pd.DataFrame, metadata: dict[str, Any]):
+        self.ws, self.name, self.faiss, self.rows, self.metadata = ws, name, index, rows, metadata
+        self._split = rows["split"].to_numpy().astype(str)
+        self._video = rows["video_id"].to_numpy().astype(str)
+        self._per_video = int(rows.groupby("video_id").size().max()) if len(rows) else 1
+
+    @classmethod
+    def open(
+        cls, workspace: str | Path | DatasetWorkspace | None, dataset: str | None = None, name: str = "",
+        *, embedding: str | None = None,
+    ) -> Index:
+        """Open index ``name`` of ``dataset`` in ``workspace`` (a path, or a DatasetWorkspace).
+
+        With ``embedding``, an index built from another embedding is a :class:`ConfigError`.
+        """
+        ws = workspace if isinstance(workspace, DatasetWorkspace) else DatasetWorkspace(
+            resolve_workspace(workspace), str(dataset)
+        )
+        metadata = store.read_metadata(ws, name)
+        if metadata is None:
+            present = sorted(p.stem for p in store.index_dir(ws).glob("*.parquet"))
+            raise StageError(
+                f"no index {name!r} in {store.index_dir(ws)}: build it with `vpipe index --dataset {ws.dataset} "
+                f"--embedding KIND:NAME`" + (f"; indexes present: {', '.join(present)}" if present else "")
+            )
+        if embedding is not None and parse_embedding(embedding).text != metadata["embedding"]:
+            raise ConfigError(
+                f"index {name!r} was built from {metadata['embedding']}, not {embedding}; "
+                f"open the index built from {embedding} or build one with `vpipe index --embedding {embedding}`"
+            )
+        return cls(ws, name, store.read_faiss(ws, name, metadata), store.read_rows(ws, name), metadata)
+
+    @property
+    def embedding(self) -> Embedding:
+        return parse_embedding(self.metadata["embedding"])
+
+    @property
+    def clip_level(self) -> bool:
+        return self.metadata["level"] == "clip"
+
+    def vectors_of(self, video_ids: list[str], *, device: str = "auto") -> np.ndarray:
+        """Query vectors of dataset videos, refused when the embedding changed since the build."""
+        source = self.embedding
+        if source.fingerprint(self.ws) != self.metadata["embedding_fingerprint"]:
+            raise StageError(
+                f"index {self.name!r} is stale: {source.text} changed since it was built; rebuild it with "
+                f"`vpipe index --dataset {self.ws.dataset} --embedding {source.text} --name {self.name}`"
+            )
+        return source.vectors(self.ws, video_ids, device=device)
+
+    def search(
+        self, query: np.ndarray | str, k: int = 10, *, split: str | None = None, clips: bool = False,
+        device: str = "auto",
+    ) -> list[Hit]:
+        """The k nearest videos (or clips) to a vector or to a dataset video, best first.
+
+        A dataset video is not returned as its own neighbour. ``split`` keeps only
+        gallery items of that split; ``clips`` returns clip hits (clip-level indexes only).
+        """
+        if isinstance(query, str):
+            vector = self.vectors_of([query], device=device)
+            return self.search_vectors(vector, k, split=split, clips=clips, exclude=[query])[0]
+        return self.search_vectors(faiss_index.normalise(np.atleast_2d(query)), k, split=split, clips=clips)[0]
+
+    def search_video(
+        self, path: str | Path, k: int = 10, *, split: str | None = None, clips: bool = False, device: str = "auto"
+    ) -> list[Hit]:
+        """Embed a new video file with the index's recorded configuration, then search."""
+        with QueryVideo(path, device=device) as query:
+            vector = self.embedding.embed_file(self.ws, query, self.metadata["provenance"])
+        return self.search_vectors(np.atleast_2d(vector), k, split=split, clips=clips)[0]
+
+    def search_vectors(
+        self, queries: np.ndarray, k: int, *, split: str | None = None, clips: bool = False,
+        exclude: list[str] | None = None,
+    ) -> list[list[Hit]]:
+        """Hits for each row of ``queries`` (unit vectors); ``exclude[i]`` is a video left out of row i's."""
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        if clips and not self.clip_level:
+            raise ConfigError(
+                f"index {self.name!r} holds one vector per video; clip hits need a clip-level index: "
+                f"`vpipe index --dataset {self.ws.dataset} --embedding {self.metadata['embedding']} --clips`"
+            )
+        if queries.shape[1] != self.metadata["dim"]:
+            raise ConfigError(f"query vectors have {queries.shape[1]} dimensions, index {self.name!r} has {self.metadata['dim']}")
+        allowed = None
+        if split is not None:
+            allowed = np.flatnonzero(self._split == split)
+            if not len(allowed):
+                raise ConfigError(f"index {self.name!r} holds no {split!r} videos; splits present: "
+                                  f"{', '.join(sorted(set(self._split)))}")
+        per_hit = 1 if clips else self._per_video
+        fetch = (k + (1 if exclude else 0)) * per_hit
+        scores, ids = faiss_index.search(
+            self.faiss, queries, fetch, allowed=allowed, nprobe=self.metadata["params"].get("nprobe")
+        )
+        results = []
+        for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):
+            skip = exclude[row] if exclude else None
+            hits: list[Hit] = []
+            seen: set[str] = set()
+            for score, position in zip(row_scores, row_ids):
+                if position < 0 or self._video[position] == skip:
+                    continue
+                if not clips:
+                    if self._video[position] in seen:
+                        continue
+                    seen.add(self._video[position])
+                hits.append(self._hit(len(hits) + 1, float(score), int(position), clips))
+                if len(hits) == k:
+                    break
+            results.append(hits)
+        return results
+
+    def _hit(self, rank: int, score: float, position: int, clips: bool) -> Hit:
+        row = self.rows.iloc[position]
+        span = clips and not pd.isna(row["start_s"])
+        return Hit(
+            rank=rank,
+            score=score,
+            video_id=str(row["video_id"]),
+            clip=int(row["clip"]) if clips else -1,
+            label=int(row["label"]),
+            label_name=str(row["label_name"]),
+            split=str(row["split"]),
+            path=str(row["path"]),
+            start_s=float(row["start_s"]) if span else None,
+            end_s=float(row["end_s"]) if span else None,
+        )

@@ -1,0 +1,123 @@
+"""Where an index lives and how its two files are committed together.
+
+``index/<name>.faiss`` holds the FAISS index (vector ids are row numbers of the id
+map); ``index/<name>.parquet`` holds the id map (:data:`~vpipe.retrieval.embeddings.ROW_COLUMNS`)
+with the index fingerprint and the metadata (embedding, its fingerprint and
+provenance, index kind and parameters, expected recall, the FAISS file's size and
+SHA-256) in its schema metadata. Both are written under temporary names; the FAISS
+file is renamed first and the id map last, so the id map is the commit point: a run
+killed between the two renames leaves an id map whose recorded SHA-256 no longer
+matches the FAISS file, which every reader checks, and a rerun rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from vpipe.errors import ConfigError, StageError
+from vpipe.pipeline.tables import table_fingerprint, table_metadata, write_table
+from vpipe.pipeline.workspace import DatasetWorkspace
+
+METADATA_KEY = "index"
+
+
+def index_dir(ws: DatasetWorkspace) -> Path:
+    return ws.dir / "index"
+
+
+def check_name(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(f"invalid index name {name!r}: use a plain name like 'li3d-rgb-k128-vlad'")
+    return name
+
+
+def faiss_path(ws: DatasetWorkspace, name: str) -> Path:
+    return index_dir(ws) / f"{check_name(name)}.faiss"
+
+
+def idmap_path(ws: DatasetWorkspace, name: str) -> Path:
+    return index_dir(ws) / f"{check_name(name)}.parquet"
+
+
+def evaluation_path(ws: DatasetWorkspace, name: str) -> Path:
+    return index_dir(ws) / f"{check_name(name)}-evaluation.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(ws: DatasetWorkspace, name: str) -> dict[str, Any] | None:
+    """The stored metadata (with ``fingerprint``), or None when no index of that name is committed."""
+    path = idmap_path(ws, name)
+    if not path.is_file():
+        return None
+    try:
+        text = table_metadata(path, METADATA_KEY)
+        fp = table_fingerprint(path)
+    except (OSError, ValueError) as error:
+        raise StageError(f"index id map {path} is damaged ({error}); rerun `vpipe index --dataset {ws.dataset}`") from None
+    if not text:
+        raise StageError(f"{path} is not a vpipe index id map; move it away and rerun `vpipe index`")
+    return {**json.loads(text), "fingerprint": fp}
+
+
+def faiss_file_intact(ws: DatasetWorkspace, name: str, metadata: dict[str, Any]) -> str:
+    """"" if the FAISS file is the one the id map recorded, else what is wrong with it."""
+    path = faiss_path(ws, name)
+    if not path.is_file():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    if size != metadata["faiss_bytes"]:
+        return f"{path} is truncated or replaced ({size} bytes, the id map recorded {metadata['faiss_bytes']})"
+    if sha256(path) != metadata["faiss_sha256"]:
+        return f"{path} does not match its id map (SHA-256 differs)"
+    return ""
+
+
+def write_index_files(
+    ws: DatasetWorkspace, name: str, index: Any, rows: pd.DataFrame, metadata: dict[str, Any], fingerprint: str
+) -> None:
+    """Commit the FAISS file, then the id map carrying the file's size and SHA-256."""
+    import faiss
+
+    target = faiss_path(ws, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    metadata = {**metadata, "faiss_bytes": tmp.stat().st_size, "faiss_sha256": sha256(tmp)}
+    os.replace(tmp, target)
+    write_table(rows, idmap_path(ws, name), fingerprint=fingerprint, metadata={METADATA_KEY: json.dumps(metadata)})
+
+
+def read_rows(ws: DatasetWorkspace, name: str) -> pd.DataFrame:
+    return pq.read_table(idmap_path(ws, name)).to_pandas()
+
+
+def read_faiss(ws: DatasetWorkspace, name: str, metadata: dict[str, Any]) -> Any:
+    """The FAISS index, after checking it is intact; one-line :class:`StageError` otherwise."""
+    import faiss
+
+    problem = faiss_file_intact(ws, name, metadata)
+    if problem:
+        raise StageError(f"index {name!r}: {problem}; rebuild it: `vpipe index --dataset {ws.dataset} "
+                         f"--embedding {metadata['embedding']} --name {name}`")
+    try:
+        return faiss.read_index(str(faiss_path(ws, name)))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise StageError(f"index {name!r}: {faiss_path(ws, name)} cannot be read ({reason}); rebuild it with "
+                         f"`vpipe index --dataset {ws.dataset} --embedding {metadata['embedding']}`") from None
