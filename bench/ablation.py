@@ -63,8 +63,9 @@ from vpipe.data.synthetic import FAMILIES, REVERSED_PAIRS
 from vpipe.errors import ConfigError
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.encode import run_encode
-from vpipe.train.config import QUICK, TrainConfig
-from vpipe.train.data import make_splits
+from vpipe.models.heads.registry import HeadInput
+from vpipe.train.config import QUICK, QUICK_HEAD, TrainConfig
+from vpipe.train.data import InputReader, make_splits
 from vpipe.train.trainer import RunResult, existing_run, train
 from machine import cpu_model  # bench/machine.py, beside this script
 
@@ -150,8 +151,9 @@ def dataset_facts(ws: DatasetWorkspace, features_name: str, layer: str, seeds: S
     """
     manifest = ws.read_manifest()
     train_ids = set(manifest.loc[(manifest["status"] == "ok") & (manifest["split"] == "train"), "video_id"])
-    with ws.open_features(features_name) as features:
-        splits = make_splits(ws, features, val_fraction, seeds[0])
+    with InputReader(ws, [HeadInput("x", (features_name,), layer)]) as reader:
+        splits = make_splits(ws, reader, val_fraction, seeds[0])
+        features = reader.sets[features_name]
         sequences = {v: features.sequence(v, layer=layer, view=0) for v in splits.labels}
         provenance = features.provenance
     steps = {v: int(x.shape[0]) for v, x in sequences.items()}
@@ -190,9 +192,17 @@ def dataset_facts(ws: DatasetWorkspace, features_name: str, layer: str, seeds: S
 # --------------------------------------------------------------------------- training
 
 
+_TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
+
+
+def make_config(flat: dict[str, Any]) -> TrainConfig:
+    """A ``bilstm-softagg`` config from one flat dict of training and head options."""
+    head = {k: v for k, v in flat.items() if k not in _TRAIN_FIELDS}
+    return TrainConfig(head_options=head, **{k: v for k, v in flat.items() if k in _TRAIN_FIELDS})
+
+
 def run_id_for(config: TrainConfig) -> str:
-    k = f"-k{config.clusters}" if config.uses_clusters else ""
-    return f"abl-{config.temporal}-{config.aggregation}{k}-s{config.seed}"
+    return f"abl-{config.head_cls.tag(config.head_options)}-s{config.seed}"
 
 
 def free_run_id(ws: DatasetWorkspace, wanted: str) -> str:
@@ -221,22 +231,23 @@ def train_group(ws: DatasetWorkspace, label: str, base: dict[str, Any], seeds: S
     """Train (or reuse) one configuration for every seed; return its row."""
     records = []
     for seed in seeds:
-        config = TrainConfig(**{**base, "seed": seed})
+        config = make_config({**base, "seed": seed})
         record = train_one(ws, config, threads)
         records.append(record)
         state = "reused" if record["reused"] else f"{record['wall_seconds']:.0f} s"
         log(f"  {label:<28} seed {seed}: acc {record['accuracy']:.3f}  val {record['best_val_acc']:.3f}  "
             f"epochs {record['epochs']}  ({state})")  # fmt: skip
-    config = TrainConfig(**{**base, "seed": seeds[0]})
+    config = make_config({**base, "seed": seeds[0]})
+    head = config.head_options
     return {
         "label": label,
         "kind": "head",
-        "temporal": config.temporal,
-        "aggregation": config.aggregation,
-        "clusters": config.clusters if config.uses_clusters else None,
-        "out_dim": config.out_dim,
+        "temporal": head["temporal"],
+        "aggregation": head["aggregation"],
+        "clusters": head["clusters"] if head["aggregation"] != "avg" else None,
+        "out_dim": head["out_dim"],
         "seeds": list(seeds),
-        "config": {k: v for k, v in config.to_dict().items() if k != "seed"},
+        "config": {k: v for k, v in base.items() if k != "seed"},
         "runs": records,
         "summary": summarise(records),
     }
@@ -407,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--features", default="li3d-rgb")
     parser.add_argument("--seeds", type=parse_ints, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)")
-    parser.add_argument("--pipeline-clusters", type=int, default=QUICK["clusters"],
+    parser.add_argument("--pipeline-clusters", type=int, default=QUICK_HEAD["clusters"],
                         help="K of the soft-aggregation rows (default: the pipeline's, %(default)s)")  # fmt: skip
     parser.add_argument("--clusters", type=parse_ints, default=[64, 128], help="K sweep for the best soft variant")
     parser.add_argument("--k-variant", choices=SOFT, default=None,
@@ -423,9 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_start, wall = load_average(), time.perf_counter()
-    base = {**QUICK, "features": args.features, "clusters": args.pipeline_clusters}
+    base = {**QUICK, **QUICK_HEAD, "features": args.features, "clusters": args.pipeline_clusters}
     ks = sorted({args.pipeline_clusters, *args.clusters})
-    facts = dataset_facts(ws, args.features, "pool", args.seeds, TrainConfig(**base).val_fraction, ks)
+    facts = dataset_facts(ws, args.features, "pool", args.seeds, make_config(base).val_fraction, ks)
     log(f"feature values: {facts['feature_values']}")
     log(f"{facts['videos']} videos, {facts['steps_per_video']['mean']:.1f} steps per video; "
         f"descriptors per centroid: {facts['descriptors_per_centroid']}")  # fmt: skip
@@ -463,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workspace": str(ws.dir),
         "features": args.features,
         "seeds": args.seeds,
-        "base_config": TrainConfig(**base).to_dict() | {"seed": None},
+        "base_config": make_config(base).to_dict() | {"seed": None},
         "k_sweep": {"aggregation": chosen["aggregation"], "chosen_by": chosen_by, "clusters": args.clusters},
         "dataset": facts,
         "std": "sample standard deviation over seeds (ddof=1); baselines are deterministic, one value",

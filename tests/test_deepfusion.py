@@ -26,10 +26,10 @@ from vpipe.models import backbone
 from vpipe.models.backbones import vgg
 from vpipe.models.heads import create_head
 from vpipe.models.heads.deepfusion import (
+    LNLSTM,
     AttentiveLNLSTM,
     ConvFusion,
     DeepFusion,
-    LNLSTM,
     RegionAttention,
     interleave_channels,
 )
@@ -192,7 +192,7 @@ def _maps(rng: np.random.Generator, t: int, shape: tuple[int, ...]) -> np.ndarra
     return np.maximum(rng.normal(size=(t, *shape)), 0).astype(np.float32).astype(np.float64)
 
 
-SMALL = dict(fused=4, fc6=12, hidden=5, attention=3, fc6_grid=2)
+SMALL = {"fused": 4, "fc6": 12, "hidden": 5, "attention": 3, "fc6_grid": 2}
 
 
 # --- blocks ----------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def test_parameter_count_at_the_papers_size():
     fc6 = 25088 * 4096 + 4096
     with torch.device("meta"):
         head = DeepFusion(dict(DeepFusion.example_shapes), 101, **DeepFusion.validate_options({"fusion_init": "random"}))
-    lstm = lambda d, h: 4 * h * d + 4 * h * h + 6 * h + h  # noqa: E731
+    lstm = lambda d, h: 4 * h * d + 4 * h * h + 6 * h + h
     attention = 512 * 101 + 202 * 101 + 101 + 101
     rest = lstm(4096, 101) + lstm(512, 101) + attention + (202 * 101 + 101) + lstm(101, 101) + (101 * 101 + 101)
     assert sum(p.numel() for p in head.parameters()) == fusion + fc6 + rest
@@ -456,5 +456,5 @@ def test_cli_trains_and_evaluate_reproduces_the_metrics(tmp_path: Path):
 
     evaluated = runner.invoke(app, ["evaluate", *common, "--run", "df", "--json", "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output
-    scores = lambda m: {k: v for k, v in m.items() if k not in TIMING_KEYS}  # noqa: E731
+    scores = lambda m: {k: v for k, v in m.items() if k not in TIMING_KEYS}
     assert scores(json.loads(evaluated.stdout)) == scores(summary["metrics"])

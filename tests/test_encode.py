@@ -21,7 +21,6 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from vpipe.cli.encode_cmd import register
 from vpipe.encode import (
     Codebook,
     encode_bof,
@@ -261,7 +260,8 @@ def test_run_encode_writes_codebook_encodings_and_a_baseline(fake) -> None:
     ws, sequences = fake
     summary = run_encode(ws, FEATURES, 4, seed=0, niter=20)
     book = load_codebook(Path(summary["codebook"]["path"]))
-    assert book.centroids.shape == (4, D) and book.centroids.dtype == np.float32
+    assert book.centroids.shape == (4, D // 2) and book.centroids.dtype == np.float32
+    assert book.input_dim == D and summary["codebook"]["pca"]["dim"] == D // 2
     prov = book.provenance
     assert prov["train_videos"] == 15 and prov["clusters"] == 4 and prov["features"] == FEATURES
     assert prov["features_provenance"] == {"backbone": "li3d"} and prov["device"] == "cpu"
@@ -324,6 +324,8 @@ def test_bad_options_are_config_errors(fake) -> None:
 
 @pytest.fixture
 def cli() -> typer.Typer:
+    from vpipe.cli.encode_cmd import register
+
     app = typer.Typer()
     app.callback()(lambda: None)
     register(app)

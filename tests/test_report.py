@@ -10,13 +10,14 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from tests.test_train import FAST, FEATURES, make_workspace
+from tests.fake_cache import make_workspace
+from tests.test_train import cfg
 from vpipe.cli.train_cmd import register
 from vpipe.errors import StageError
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.report import build_report
 from vpipe.report.tables import human_count, markdown_table
-from vpipe.train import TrainConfig, train
+from vpipe.train import train
 
 RUNS = ("bilstm-concat", "none-avg")
 
@@ -29,7 +30,7 @@ def ws(tmp_path_factory) -> DatasetWorkspace:
     ws = make_workspace(tmp_path_factory.mktemp("report"))
     for run_id in RUNS:
         temporal, aggregation = run_id.split("-")
-        config = TrainConfig(features=FEATURES, temporal=temporal, aggregation=aggregation, **{**FAST, "max_epochs": 6})
+        config = cfg(temporal=temporal, aggregation=aggregation, max_epochs=6)
         train(ws, config, run_id=run_id)
     torch.set_num_threads(before)
     return ws
@@ -49,10 +50,11 @@ def test_report_draws_every_figure_and_one_row_per_run(ws):
     text = (ws.dir / "report.md").read_text()
     rows = _table_rows(text)
     assert [row.split(" | ")[0] for row in rows] == [f"| {run_id}" for run_id in RUNS]
-    assert "| Run | Features | Temporal | Aggregation | K | Accuracy | Precision | Recall | Top-5 | Params |" in text
+    assert "| Run | Head | Inputs | Settings | Accuracy | Precision | Recall | Top-5 | Params |" in text
     assert "![tsne](runs/bilstm-concat/plots/tsne.png)" in text
     assert [row["run"] for row in result["runs"]] == list(RUNS)
-    assert result["runs"][1]["clusters"] is None
+    assert result["runs"][0]["settings"] == "clusters=4 hidden=16 dropout=0.1"
+    assert result["runs"][1]["settings"] == "temporal=none aggregation=avg clusters=4 hidden=16 dropout=0.1"
 
 
 def test_report_of_chosen_runs_only(ws):
@@ -82,11 +84,11 @@ def test_cli_report_json(ws):
 
 def test_markdown_table_formats_like_the_papers():
     row = {
-        "run": "r", "features": "li3d-rgb", "temporal": "bilstm", "aggregation": "concat", "clusters": 128,
+        "run": "r", "head": "bilstm-softagg", "inputs": "li3d-rgb + li3d-flow (late)", "settings": "clusters=128",
         "accuracy": 0.9, "macro_precision": 0.91, "macro_recall": 0.9, "top5": 0.99, "parameters": 8_160_000,
         "test_ms_per_video": 1.624,
     }  # fmt: skip
     lines = markdown_table([row]).splitlines()
     assert lines[1].startswith("|---|---|---|---|---:|")
-    assert lines[2] == "| r | li3d-rgb | bilstm | concat | 128 | 0.900 | 0.910 | 0.900 | 0.990 | 8.16M | 1.62 |"
+    assert lines[2] == "| r | bilstm-softagg | li3d-rgb + li3d-flow (late) | clusters=128 | 0.900 | 0.910 | 0.900 | 0.990 | 8.16M | 1.62 |"
     assert [human_count(n) for n in (999, 1_500, 12_280_000)] == ["999", "1.5K", "12.28M"]

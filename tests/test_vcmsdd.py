@@ -136,7 +136,7 @@ def test_stc_matches_node_by_node_loops():
         stc.w_p.normal_()
         stc.w_q.normal_()
     x = np.random.default_rng(0).normal(size=(2, 4, 3, 5, 6)).astype(np.float32)
-    got = stc(torch.from_numpy(x)).detach().numpy()
+    got = stc(torch.from_numpy(x).permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3).detach().numpy()
     p = params(stc)
     for n in range(2):
         np.testing.assert_allclose(got[n], np_stc(x[n].astype(np.float64), p["w_p"], p["w_q"]), atol=TOL)
@@ -148,7 +148,8 @@ def test_stc_neighbourhood_is_exactly_the_cells_within_two_on_each_axis():
     onehot = np.zeros((1, k, len(cells), h, w), dtype=np.float32)
     for c, (t, y, x) in enumerate(cells):
         onehot[0, t, c, y, x] = 1.0
-    weights = SpatioTemporalConsistency()(torch.from_numpy(onehot)).detach().numpy()[0]
+    weights = SpatioTemporalConsistency()(torch.from_numpy(onehot).permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)[0]
+    weights = weights.detach().numpy()
     for t, y, x in cells:
         s = weights[t, :, y, x]
         support = {cells[c] for c in np.flatnonzero(s > 1e-12)}

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from vpipe.cli.options import Dataset, Json, Verbose, Workspace, dataset_workspace, emit_json, setup_logging, user_errors
+from vpipe.cli.options import (
+    Dataset,
+    Json,
+    Verbose,
+    Workspace,
+    dataset_workspace,
+    emit_json,
+    setup_logging,
+    user_errors,
+)
 from vpipe.retrieval import Hit, Index, build_index, evaluate_index
 
 Embedding = Annotated[
@@ -18,22 +27,26 @@ Embedding = Annotated[
         help="What to index: encodings:<features>-k<K>-<method>, features:<set>[:<layer>] or run:<run_id>.",
     ),
 ]  # fmt: skip
-Name = Annotated[Optional[str], typer.Option("--name", help="Index name [default: from the embedding].")]
+Name = Annotated[str | None, typer.Option("--name", help="Index name [default: from the embedding].")]
 Exact = Annotated[bool, typer.Option("--exact", help="Always build an exact (flat) index, whatever the size.")]
-Clips = Annotated[bool, typer.Option("--clips", help="One vector per clip (features: embeddings) / clip hits with time spans.")]
+Clips = Annotated[
+    bool, typer.Option("--clips", help="One vector per clip (features: embeddings) / clip hits with time spans.")
+]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA / GPU FAISS when present), cpu or cuda.")]
 IndexName = Annotated[str, typer.Option("--index", "-i", help="Index name under index/, as `vpipe index` printed it.")]
-VideoId = Annotated[Optional[str], typer.Option("--id", help="Query with this dataset video (its manifest video_id).")]
+VideoId = Annotated[str | None, typer.Option("--id", help="Query with this dataset video (its manifest video_id).")]
 VideoFile = Annotated[
-    Optional[Path], typer.Option("--video", help="Query with a new video file, embedded like the indexed ones.")
+    Path | None, typer.Option("--video", help="Query with a new video file, embedded like the indexed ones.")
 ]
 TopK = Annotated[int, typer.Option("--k", "-k", min=1, help="How many neighbours to return.")]
-GallerySplit = Annotated[Optional[str], typer.Option("--split", help="Return only gallery videos of this split, e.g. train.")]
+GallerySplit = Annotated[
+    str | None, typer.Option("--split", help="Return only gallery videos of this split, e.g. train.")
+]
 Evaluate = Annotated[
     bool, typer.Option("--evaluate", help="Test videos query the train gallery: Recall@1/5/10/20/50 and mAP by label.")
 ]
 Expect = Annotated[
-    Optional[str], typer.Option("--embedding", "-e", help="Refuse the index unless it was built from this embedding.")
+    str | None, typer.Option("--embedding", "-e", help="Refuse the index unless it was built from this embedding.")
 ]
 
 
@@ -85,7 +98,9 @@ def _print_hits(hits: list[Hit], clips: bool) -> None:
     width = max(len(h.label_name) for h in hits)
     for hit in hits:
         clip = f"  clip {hit.clip} {_span(hit)}" if clips else ""
-        typer.echo(f"{hit.rank:>3}  {hit.score:7.4f}  {hit.label_name:<{width}}  {hit.split:<5}  {hit.video_id}{clip}  {hit.path}")
+        typer.echo(
+            f"{hit.rank:>3}  {hit.score:7.4f}  {hit.label_name:<{width}}  {hit.split:<5}  {hit.video_id}{clip}  {hit.path}"
+        )
 
 
 def _print_evaluation(result: dict[str, Any]) -> None:
@@ -124,7 +139,10 @@ def search(
     opened = Index.open(dataset_workspace(dataset, workspace), name=index_name, embedding=embedding)
     if evaluate:
         result = evaluate_index(opened, device=device)
-        emit_json(result) if json_output else _print_evaluation(result)
+        if json_output:
+            emit_json(result)
+        else:
+            _print_evaluation(result)
         return
     if video is not None:
         hits = opened.search_video(video, k, split=split, clips=clips, device=device)

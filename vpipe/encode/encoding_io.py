@@ -117,9 +117,10 @@ class EncodingReader:
         return tuple(self._x.shape)
 
     def block_rows(self, block_bytes: int = BLOCK_BYTES) -> int:
-        """Rows per block: whole HDF5 chunks, about ``block_bytes`` of ``X``."""
+        """Rows per block, about ``block_bytes`` of ``X``: whole HDF5 chunks when a chunk fits."""
+        rows = max(1, block_bytes // (4 * max(1, self.shape[1])))
         chunk = self._x.chunks[0] if self._x.chunks else 1
-        return max(chunk, block_bytes // (4 * max(1, self.shape[1])) // chunk * chunk)
+        return rows // chunk * chunk if rows >= chunk else rows
 
     def blocks(self, rows: np.ndarray, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(positions, X[positions])`` for the sorted row numbers ``rows``, a block at a time.

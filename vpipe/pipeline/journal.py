@@ -19,7 +19,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +108,17 @@ class Journal:
             self.flush()
 
     def flush(self) -> None:
+        """Write pending records as a part; a load of this process then need not read it back."""
         self._last_flush = time.monotonic()
         if not self._pending:
             return
-        self._write_part(self._pending)
+        key = self.directory.resolve()
+        before = tuple(part.name for part in self.parts())
+        written = self._write_part(self._pending)
+        cached = _loaded.get(key)
+        if cached is not None and cached[0] == before:
+            cached[1].update((record.key, _as_stored(record)) for record in self._pending)
+            _loaded[key] = ((*before, written.name), cached[1])
         self._pending = []
 
     def compact(self, keep: dict[str, Record]) -> None:
@@ -157,6 +164,12 @@ def _read_part(part: Path) -> dict[str, Record]:
     for key, fp, ok, error, path, rows, seconds, when in zip(*(columns[name] for name in RECORD_SCHEMA.names)):
         records[key] = Record(key, fp, ok, json.loads(rows), error, path, seconds, when)
     return records
+
+
+def _as_stored(record: Record) -> Record:
+    """The record as a load would read it back: rows through JSON (numpy values become lists)."""
+    rows = json.loads(json.dumps(record.rows, default=_json_default))
+    return replace(record, rows=rows)
 
 
 def _json_default(value: Any) -> Any:

@@ -17,12 +17,14 @@ needs to be embedded exactly like the gallery (:mod:`vpipe.retrieval.query_video
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -329,14 +331,15 @@ class RunEmbedding(Embedding):
         return sorted({name for entry in self._config(ws)["inputs"] for name in entry["features"]})
 
     @staticmethod
-    def _api():
+    def _api() -> ModuleType:
+        """The training package's embedding functions, imported only when a run is indexed."""
         try:
-            from vpipe.train import evaluate
+            module = importlib.import_module("vpipe.train.evaluate")
         except ImportError as error:
             raise StageError(f"run: embeddings need vpipe.train.evaluate, which cannot be imported: {error}") from None
-        if not hasattr(evaluate, "embed_videos") or not hasattr(evaluate, "embed_clip_arrays"):
+        if not hasattr(module, "embed_videos") or not hasattr(module, "embed_clip_arrays"):
             raise StageError("run: embeddings need vpipe.train.evaluate.embed_videos, which this version lacks")
-        return evaluate
+        return module
 
     def _rows(self, ws: DatasetWorkspace) -> tuple[pd.DataFrame, list[str]]:
         shas = []

@@ -90,7 +90,7 @@ def evaluate_index(index: Index, *, ks: Sequence[int] = DEFAULT_KS, device: str 
         "kind": index.metadata["kind"],
         "queries": "test",
         "gallery": "train",
-        "gallery_videos": int(len(train)),
+        "gallery_videos": len(train),
         "ranking_depth": int(depth),
         **retrieval_metrics(ranked, test["label"].to_numpy(np.int64), train["label"].to_numpy(np.int64), names, ks),
     }

@@ -24,7 +24,7 @@ from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
 from vpipe.retrieval import faiss_index, store
 from vpipe.retrieval.embeddings import Embedding, parse_embedding
-from vpipe.retrieval.query_video import QueryVideo
+from vpipe.retrieval.query_video import query_video
 
 #: Bumped when the same embedding would give a different index.
 INDEX_VERSION = "vpipe.index/1"
@@ -67,7 +67,7 @@ def build_index(
     count, dim = gallery.vectors.shape
     plan = faiss_index.plan_index(count, dim, exact=exact)
     index, report = faiss_index.build(gallery.vectors, plan, gpu=faiss_index.use_gpu(device))
-    recall = faiss_index.tune_nprobe(index, gallery.vectors, plan)
+    recall = faiss_index.tune_search(index, gallery.vectors, plan)
     import faiss
 
     metadata = {
@@ -181,7 +181,7 @@ class Index:
         self, path: str | Path, k: int = 10, *, split: str | None = None, clips: bool = False, device: str = "auto"
     ) -> list[Hit]:
         """Embed a new video file with the index's recorded configuration, then search."""
-        with QueryVideo(path, device=device) as query:
+        with query_video(path, device=device) as query:
             vector = self.embedding.embed_file(self.ws, query, self.metadata["provenance"])
         return self.search_vectors(np.atleast_2d(vector), k, split=split, clips=clips)[0]
 
@@ -198,7 +198,9 @@ class Index:
                 f"`vpipe index --dataset {self.ws.dataset} --embedding {self.metadata['embedding']} --clips`"
             )
         if queries.shape[1] != self.metadata["dim"]:
-            raise ConfigError(f"query vectors have {queries.shape[1]} dimensions, index {self.name!r} has {self.metadata['dim']}")
+            raise ConfigError(
+                f"query vectors have {queries.shape[1]} dimensions, index {self.name!r} has {self.metadata['dim']}"
+            )
         allowed = None
         if split is not None:
             allowed = np.flatnonzero(self._split == split)
@@ -208,7 +210,7 @@ class Index:
         per_hit = 1 if clips else self._per_video
         fetch = (k + (1 if exclude else 0)) * per_hit
         scores, ids = faiss_index.search(
-            self.faiss, queries, fetch, allowed=allowed, nprobe=self.metadata["params"].get("nprobe")
+            self.faiss, queries, fetch, kind=self.metadata["kind"], params=self.metadata["params"], allowed=allowed
         )
         results = []
         for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):

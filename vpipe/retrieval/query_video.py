@@ -19,8 +19,9 @@ another name can therefore get another window.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from vpipe.errors import DecodeError, VpipeError, WeightsError
@@ -51,35 +52,31 @@ def _raise(error: Exception, path: Path) -> None:
     raise DecodeError(f"query video {path} could not be read: {error}") from error
 
 
-class QueryVideo:
-    """One new video and a scratch directory for its flow and features; use as a context.
+@contextmanager
+def query_video(path: str | Path, *, device: str = "auto") -> Iterator[QueryVideo]:
+    """A :class:`QueryVideo` whose scratch directory is removed on exit.
 
-    The file is probed on construction, so one that does not decode fails before any
-    other work.
+    The file is probed first, so one that does not decode fails before any other work.
     """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise DecodeError(f"query video {path} does not exist; give the path of a video file")
+    info = probe_video(path)
+    with tempfile.TemporaryDirectory(prefix="vpipe-query-") as scratch:
+        yield QueryVideo(path, Path(scratch), info, device=device)
 
-    def __init__(self, path: str | Path, *, device: str = "auto") -> None:
-        self.path = Path(path).expanduser().resolve()
-        if not self.path.is_file():
-            raise DecodeError(f"query video {self.path} does not exist; give the path of a video file")
-        self.video_id = self.path.name
+
+class QueryVideo:
+    """One new video and a scratch directory for its flow and features (see :func:`query_video`)."""
+
+    def __init__(self, path: Path, scratch: Path, info: VideoInfo, *, device: str = "auto") -> None:
+        self.path = path
+        self.scratch = scratch
+        self.video_id = path.name
         self.device = device
-        self._probes: dict[str, VideoInfo] = {"auto": probe_video(self.path)}
-        self._scratch = tempfile.TemporaryDirectory(prefix="vpipe-query-")
+        self._probes: dict[str, VideoInfo] = {"auto": info}
         self._flows: dict[str, Path] = {}
         self._features: dict[str, Path] = {}
-
-    def __enter__(self) -> QueryVideo:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._scratch.cleanup()
-
-    @property
-    def scratch(self) -> Path:
-        return Path(self._scratch.name)
 
     def job(self, provenance: dict[str, Any]) -> VideoJob:
         """The video's view-0 clips under the recorded sampler and decoder."""

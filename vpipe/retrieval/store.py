@@ -67,7 +67,9 @@ def read_metadata(ws: DatasetWorkspace, name: str) -> dict[str, Any] | None:
         text = table_metadata(path, METADATA_KEY)
         fp = table_fingerprint(path)
     except (OSError, ValueError) as error:
-        raise StageError(f"index id map {path} is damaged ({error}); rerun `vpipe index --dataset {ws.dataset}`") from None
+        raise StageError(
+            f"index id map {path} is damaged ({error}); rerun `vpipe index --dataset {ws.dataset}`"
+        ) from None
     if not text:
         raise StageError(f"{path} is not a vpipe index id map; move it away and rerun `vpipe index`")
     return {**json.loads(text), "fingerprint": fp}

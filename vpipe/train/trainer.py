@@ -22,15 +22,13 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
 from vpipe import __version__
@@ -38,10 +36,11 @@ from vpipe.device import autocast, resolve_device
 from vpipe.errors import StageError
 from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, PrepareData
 from vpipe.pipeline.fingerprint import fingerprint
+from vpipe.pipeline.progress import progress
 from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
 from vpipe.train import runs
 from vpipe.train.config import QUICK, QUICK_HEAD, TrainConfig
-from vpipe.train.data import InputReader, Splits, features_record, loader, make_splits
+from vpipe.train.data import DEFAULT_CACHE_BYTES, InputReader, Splits, features_record, loader, make_splits
 from vpipe.train.model import build_model, run_files, run_inputs
 from vpipe.train.scoring import Scores, amp_dtype, predict, seed_everything, test_metrics, torch_threads
 
@@ -119,7 +118,7 @@ class _Step:
     device: torch.device
     dtype: torch.dtype | None
 
-    def epoch(self, batches: DataLoader, report: Callable[[str], object]) -> tuple[float, float]:
+    def epoch(self, batches: DataLoader) -> tuple[float, float]:
         """Train on every batch once; return the mean loss and accuracy (dropout active)."""
         self.model.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -139,26 +138,12 @@ class _Step:
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-            report(f"loss {loss_sum / seen:.4f}")
         return loss_sum / seen, correct / seen
 
 
 def _loss_acc(scores: Scores) -> tuple[float, float]:
     logits, labels = torch.from_numpy(scores.logits), torch.from_numpy(scores.labels)
     return float(F.cross_entropy(logits, labels)), float((logits.argmax(1) == labels).float().mean())
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, run_config: dict[str, Any], epoch: int) -> None:
@@ -253,17 +238,19 @@ def train(
     reuse: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> RunResult:
     """Train ``config.head`` on ``config.features`` of ``ws`` and write ``runs/<run_id>/``.
 
     ``run_id`` defaults to :meth:`TrainConfig.default_run_id` (with a ``-2``, ``-3`` ...
     suffix when taken). With ``reuse``, a completed run with the same fingerprint is
     returned as is. ``progress`` reports epochs on stderr; ``threads`` sets torch's CPU
-    threads for the run only.
+    threads for the run only; ``cache_bytes`` bounds the decoded inputs kept between
+    epochs (see :mod:`vpipe.train.data`; it changes speed and memory, never results).
     """
     if run_id is not None:
         runs.check_run_id(run_id)
-    with InputReader(ws, run_inputs(config)) as reader, torch_threads(threads):
+    with InputReader(ws, run_inputs(config), cache_bytes=cache_bytes) as reader, torch_threads(threads):
         inputs = _inputs(ws, config, reader)
         if reuse and (stored := runs.find_by_fingerprint(ws, inputs.fingerprint)) is not None:
             return _from_stored(stored, config)
@@ -336,7 +323,7 @@ def _fit(
     best = _Best()
     best_state: dict[str, torch.Tensor] = {}
     epoch = 0
-    with _progress(show_progress) as bar:
+    with progress(f"train {run_config['run_id']}", config.max_epochs, quiet=None if show_progress else True) as bar:
         for phase_epochs, factor in _phases(config):
             if best_state:
                 model.load_state_dict(best_state)
@@ -351,8 +338,7 @@ def _fit(
             phase_start = epoch
             for epoch in range(phase_start + 1, phase_start + phase_epochs + 1):
                 start = time.perf_counter()
-                task = bar.add_task(f"epoch {epoch}/{config.max_epochs}", total=steps, status="")
-                train_loss, train_acc = step.epoch(train_loader, lambda loss: bar.update(task, advance=1, status=loss))
+                train_loss, train_acc = step.epoch(train_loader)
                 val_loss, val_acc = _loss_acc(predict(model, val_loader, device, dtype))
                 rows.append(
                     {
@@ -365,7 +351,7 @@ def _fit(
                         "seconds": time.perf_counter() - start,
                     }
                 )
-                bar.update(task, status=f"loss {train_loss:.4f}  val_acc {val_acc:.3f}  val_loss {val_loss:.4f}")
+                bar.advance(status=f"epoch {epoch}: loss {train_loss:.4f}, val_acc {val_acc:.3f}, val_loss {val_loss:.4f}")
                 history = pd.DataFrame(rows, columns=runs.HISTORY_COLUMNS)
                 atomic_write_text(directory / runs.HISTORY_FILE, history.to_csv(index=False))
                 if best.update(epoch, val_acc, val_loss):

@@ -64,7 +64,7 @@ linear baseline.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -193,7 +193,7 @@ class STMANet(Head):
         HeadOption("reduction", 1, "Divide the query/key widths of TDA and SDA by this (1: the paper's).", minimum=1),
         HeadOption("dropout", 0.5, "Dropout on the fused embedding before the classifier.", minimum=0.0),
     )
-    example_shapes = {
+    example_shapes: ClassVar[dict[str, tuple[int, ...]]] = {
         "stage2": (256, 16, 4, 4),
         "stage3": (512, 8, 4, 4),
         "stage4": (1024, 4, 4, 4),

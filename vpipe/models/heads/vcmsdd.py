@@ -92,7 +92,7 @@ def geometry(offsets: Tensor, frames: int) -> Tensor:
 
 
 class SpatioTemporalConsistency(nn.Module):
-    """STC (eq. 6–10) over segments ``(N, k, C, h, w)``, as a depthwise correlation.
+    """STC (eq. 6–10) over segments ``(N, k, h, w, C)``, as a depthwise correlation.
 
     See the module docstring for why ``exp(sim)`` is one shared 5 × 5 × 5 kernel and the
     border-aware softmax is a ratio of two correlations.
@@ -114,13 +114,14 @@ class SpatioTemporalConsistency(nn.Module):
         return sim.squeeze(-1).permute(0, 2, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        n, k, c, h, w = x.shape
+        """Segments ``(N, k, h, w, C)`` (channels last, the token order) to the same shape."""
+        n, k, h, w, c = x.shape
         sim = self.similarity(k)
         kernel = torch.exp(sim - sim.max()).to(x.dtype)[None, None]
-        planes = x.permute(0, 2, 1, 3, 4).reshape(n * c, 1, k, h, w)
-        numerator = F.conv3d(planes, kernel, padding=RADIUS)
-        denominator = F.conv3d(torch.ones_like(planes[:1]), kernel, padding=RADIUS)
-        return (numerator / denominator).reshape(n, c, k, h, w).permute(0, 2, 1, 3, 4)
+        planes = x.permute(0, 4, 1, 2, 3)
+        numerator = F.conv3d(planes, kernel.expand(c, 1, -1, -1, -1), padding=RADIUS, groups=c)
+        denominator = F.conv3d(x.new_ones(1, 1, k, h, w), kernel, padding=RADIUS)
+        return (numerator / denominator).permute(0, 2, 3, 4, 1)
 
 
 class CrossAttention(nn.Module):
@@ -255,12 +256,11 @@ class VCMSDD(Head):
                 f"head {self.name!r}: rgb and flow have different frame counts per video; "
                 "extract both streams from the same tsn plan"
             )
-        rgb = (rgb - self.mean[0][:, None, None]) / self.std[0][:, None, None]
-        flow = (flow - self.mean[1][:, None, None]) / self.std[1][:, None, None]
+        rgb = (rgb.permute(0, 1, 3, 4, 2).contiguous() - self.mean[0]) / self.std[0]
+        flow = (flow.permute(0, 1, 3, 4, 2).contiguous() - self.mean[1]) / self.std[1]
         if self.stc_rgb is not None and self.stc_flow is not None:
             rgb, flow = self.stc_rgb(rgb), self.stc_flow(flow)
-        rgb_tokens = rgb.permute(0, 1, 3, 4, 2).flatten(1, 3)
-        flow_tokens = flow.permute(0, 1, 3, 4, 2).flatten(1, 3)
+        rgb_tokens, flow_tokens = rgb.flatten(1, 3), flow.flatten(1, 3)
         if self.rgb_to_flow is not None and self.flow_to_rgb is not None:
             rgb_tokens, flow_tokens = (
                 self.rgb_to_flow(rgb_tokens, flow_tokens),
