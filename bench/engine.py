@@ -26,12 +26,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_model, load_average  # noqa: E402
-from tests.toy_stage import SquareStage  # noqa: E402
-from vpipe.pipeline.executor import make_executor  # noqa: E402
-from vpipe.pipeline.journal import Journal  # noqa: E402
-from vpipe.pipeline.runner import run_stage  # noqa: E402
-from vpipe.pipeline.workspace import DatasetWorkspace  # noqa: E402
+from bench.machine import cpu_model, load_average
+from tests.toy_stage import SquareStage
+from vpipe.pipeline.executor import make_executor
+from vpipe.pipeline.journal import Journal
+from vpipe.pipeline.runner import run_stage
+from vpipe.pipeline.workspace import DatasetWorkspace
 
 
 class PeakRss:
@@ -47,11 +47,10 @@ class PeakRss:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.process.memory_info().rss)
 
-    def __enter__(self) -> PeakRss:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.process.memory_info().rss)
@@ -64,10 +63,12 @@ def measure(count: int, workers: int, root: Path) -> dict:
     try:
         if workers:
             executor.client.scheduler_info()  # start the cluster outside the timing
-        with PeakRss() as memory:
-            start = time.perf_counter()
-            report = run_stage(SquareStage(workspace, range(count)), executor, progress=False)
-            seconds = time.perf_counter() - start
+        memory = PeakRss()
+        memory.start()
+        start = time.perf_counter()
+        report = run_stage(SquareStage(workspace, range(count)), executor, progress=False)
+        seconds = time.perf_counter() - start
+        memory.stop()
     finally:
         executor.close()
     assert report.done == count and report.computed == count, report
@@ -98,22 +99,21 @@ def measure(count: int, workers: int, root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--workers", type=int, default=2, help="Local dask workers of the dask runs.")
+    parser.add_argument("--workers", type=int, default=2, help="Local dask workers of the dask runs; 0 skips them.")
     parser.add_argument("--out", type=Path, default=Path("bench/results/engine.json"))
     args = parser.parse_args()
     rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for count in args.items:
-            for workers in (0, args.workers):
-                rows.append(measure(count, workers, Path(tmp)))
+            for workers in sorted({0, args.workers}):
+                rows.append(measure(count, workers, Path(tmp)) | {"load_average": load_average()})
                 print(json.dumps(rows[-1]), flush=True)
-    result = {
-        "machine": {"cpu": cpu_model(), "cores": psutil.cpu_count(), "python": platform.python_version()},
-        "load_average_after": load_average(),
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+                result = {
+                    "machine": {"cpu": cpu_model(), "cores": psutil.cpu_count(), "python": platform.python_version()},
+                    "rows": rows,
+                }
+                args.out.write_text(json.dumps(result, indent=2))
     print("| items | executor | µs/item | driver RSS growth | bytes/item | rerun | journal parts |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -4,6 +4,8 @@ Four figures, at the paper's input (32 frames of 112², st-manet §4.1):
 
 * ``params``: head parameters for 101 classes at the default widths and at
   ``reduction`` (query/key widths divided);
+* ``gflops_per_window``: multiply-adds × 2 of one window's head forward pass, and of
+  r3d50 itself on one clip (torch's FLOP counter: convolutions and matrix products);
 * ``ms_per_video``: evaluation forward pass of one video of ``--windows`` dense windows
   (UCF101 averages about three), best of ``--repeats``;
 * ``bytes_per_clip``: float16 bytes of the four cached stage maps plus ``pool``, by
@@ -50,6 +52,32 @@ from vpipe.models.heads.stmanet import STMANet
 from vpipe.store import ShardWriter
 
 INPUT = (3, 32, 112, 112)
+
+
+def gflops(module: torch.nn.Module, *inputs: object) -> float:
+    """Forward-pass GFLOPs of ``module`` (2 per multiply-add), counted, not timed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(*inputs)
+    return round(counter.get_total_flops() / 1e9, 2)
+
+
+def flop_figures(reduction: int) -> dict[str, float]:
+    """Head GFLOPs per window at both widths and r3d50's per clip, at :data:`INPUT`."""
+    shapes = dict(STMANet.example_shapes)
+    batch = HeadBatch(
+        {role: torch.randn(1, 1, *shape) for role, shape in shapes.items()},
+        {role: torch.tensor([1]) for role in shapes},
+        torch.zeros(1, dtype=torch.long),
+    )
+    out = {f"head reduction={r}": gflops(create_head("st-manet", shapes, 101, reduction=r).eval(), batch) for r in (1, reduction)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = backbone("r3d50").eval()
+    out["r3d50"] = gflops(model, torch.randn(1, *INPUT))
+    return out
 
 
 def head_figures(reduction: int, windows: int, repeats: int) -> dict[str, object]:
@@ -231,6 +259,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         report["bytes_per_clip"] = cache_bytes(Path(tmp))
+        report["gflops_per_window"] = flop_figures(args.reduction)
         report["head"] = head_figures(args.reduction, args.windows, args.repeats)
         report["extract"] = extract_rates(Path(tmp), args.batch, args.repeats)
     report["machine"]["load_after"] = load_average()  # type: ignore[index]

@@ -9,6 +9,14 @@ so one process per point). STC's cost is a depthwise 5 × 5 × 5 correlation and
 attends inside a segment, so the peak should grow linearly with frames.
 
     python bench/vcmsdd.py [--repeats 5] [--segments 2 4 8 16 32] [--out PATH]
+
+``--ablation WORKSPACE`` instead trains the rows of the paper's Table 2 (grid features
++ average; + STC; + MFF; + both) on the synthetic dataset's cached ResNet grids for
+every ``--seeds`` value, one data split and optimisation for all, and prints mean ±
+sample std of test accuracy and top-5 and test accuracy per class family:
+
+    python bench/vcmsdd.py --ablation /tmp/ws --features resnet50-rgb resnet50-flow \
+        --frames 4 --dim 64 --heads 4 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -100,18 +108,72 @@ def peak_mb(segments: int, train: bool, threads: int) -> float:
     return json.loads(out.strip().splitlines()[-1])["added_mb"]
 
 
+ROWS = {"grid + average": (False, False), "+ STC": (True, False), "+ MFF": (False, True), "+ STC + MFF": (True, True)}
+
+
+def ablation(args: argparse.Namespace) -> dict:
+    """Train every Table 2 row for every seed; per row, the runs' scores and their mean ± std."""
+    import numpy as np
+
+    from vpipe.data.synthetic import FAMILIES
+    from vpipe.pipeline.workspace import DatasetWorkspace
+    from vpipe.train import TrainConfig, train
+
+    ws = DatasetWorkspace(args.ablation, "synthetic")
+    family_of = {name: family for family, names in FAMILIES.items() for name in names}
+    result = {}
+    for row, (stc, mff) in ROWS.items():
+        runs = []
+        for seed in args.seeds:
+            options = dict(stc=stc, mff=mff, frames=args.frames, dim=args.dim, heads=args.heads)
+            config = TrainConfig(
+                features=tuple(args.features), head="vcm-sdd", head_options=options, seed=seed, device="cpu",
+                batch_size=16, max_epochs=args.epochs, patience=args.epochs, lr=3e-3,
+            )
+            start = time.perf_counter()
+            metrics = train(ws, config, run_id=f"abl-vcm-{'' if stc else 'no'}stc-{'' if mff else 'no'}mff-s{seed}",
+                            reuse=True).metrics
+            families: dict[str, list[int]] = {}
+            for cls in metrics["per_class"]:
+                hits = families.setdefault(family_of[cls["class"]], [0, 0])
+                hits[0] += round(cls["recall"] * cls["support"])
+                hits[1] += cls["support"]
+            runs.append({"seed": seed, "accuracy": metrics["accuracy"], "top5": metrics["top5"],
+                         "parameters": metrics["parameters"], "seconds": time.perf_counter() - start,
+                         **{f"acc_{f}": h / n for f, (h, n) in families.items()}})
+            print(row, runs[-1], flush=True)
+        keys = [k for k in runs[0] if k not in ("seed", "parameters", "seconds")]
+        result[row] = {"runs": runs, "parameters": runs[0]["parameters"],
+                       **{k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs], ddof=1)))
+                          for k in keys}}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--segments", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("bench/results/vcmsdd.json"))
+    parser.add_argument("--ablation", type=Path, help="workspace root with synthetic grids: run the ablation")
+    parser.add_argument("--features", nargs=2, default=["resnet50-rgb", "resnet50-flow"])
+    parser.add_argument("--frames", type=int, default=FRAMES, help="frames per segment of the plan")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child is not None:
         peak_child(args.child, args.train)
+        return
+    if args.ablation is not None:
+        result = ablation(args)
+        out = args.out.with_name("vcmsdd_ablation.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
         return
     input_mb = {n: 2 * n * FRAMES * torch.Size(GRID).numel() * 4 / 2**20 for n in args.segments}
     result = {

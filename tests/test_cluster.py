@@ -139,8 +139,8 @@ def stop(process: subprocess.Popen) -> None:
 
 def vpipe(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "vpipe.cli.app", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=240)  # fmt: skip
+    command = [sys.executable, "-m", "vpipe.cli.app", *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
 
 
 TINY = ["-o", "need=8", "-o", "size=32", "-o", "short_side=48", "-o", "clips=1"]

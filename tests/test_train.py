@@ -69,7 +69,7 @@ def _scores(metrics: dict) -> dict:
 
 def test_bilstm_learns_temporal_order_and_writes_every_artifact(ws):
     result = train(ws, cfg(temporal="bilstm", aggregation="concat"))
-    assert result.run_id == "li3d-rgb-bilstm-concat-k4-s0"
+    assert result.run_id == "li3d-rgb-bilstm-concat-k4-two-phase-s0"
     assert result.directory == ws.dir / "runs" / result.run_id
     assert result.metrics["accuracy"] >= 0.9
 
@@ -330,3 +330,9 @@ def test_every_command_has_a_summary_and_an_example(cli, command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0
     assert "Example: vpipe " + command in result.stdout
+
+
+def test_two_phase_schedule_drops_the_rate_tenfold_from_the_first_phase_best(ws):
+    result = train(ws, cfg(max_epochs=4, schedule="two-phase"))
+    assert result.history["lr"].tolist() == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])
+    assert result.run_id == "li3d-rgb-bilstm-concat-k4-two-phase-s0"

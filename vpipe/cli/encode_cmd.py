@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from vpipe.cli.options import (
     Dataset,
@@ -55,6 +56,10 @@ MemoryBudget = Annotated[
     ),
 ]
 
+Baseline = Annotated[
+    bool, typer.Option("--baseline/--no-baseline", help="Fit and report the linear baseline on the encodings.")
+]
+
 _DEVICES = {"auto": None, "cpu": False, "cuda": True}
 
 
@@ -82,7 +87,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"{summary['videos_without_features']} manifest video(s) have no features and were not encoded")
     baseline = summary["baseline"]
     if baseline is None:
-        typer.echo("baseline skipped: the dataset has no test videos")
+        typer.echo("baseline skipped: --no-baseline, or the dataset has no test videos")
         return
     typer.echo(f"\nlinear baseline (test split), {baseline['path']}:")
     typer.echo(f"{'method':<8}{'dim':>9}{'C':>8}{'accuracy':>10}{'precision':>11}{'recall':>8}{'top-5':>8}")
@@ -107,6 +112,7 @@ def encode(
     pca: Pca = DEFAULT_PCA,
     whiten: Whiten = False,
     memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET_TEXT,
+    baseline: Baseline = True,
     device: Device = "auto",
     workspace: Workspace = None,
     json_output: Json = False,
@@ -125,7 +131,7 @@ def encode(
     try:
         import_faiss()
     except MissingFaissError as error:
-        err.print(f"[red]error:[/] {error}")
+        err.print(f"[red]error:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
     if device not in _DEVICES:
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
@@ -143,6 +149,7 @@ def encode(
         pca=_pca(pca),
         whiten=whiten,
         memory_budget=parse_bytes(memory_budget),
+        baseline=baseline,
     )
     if json_output:
         emit_json(summary)

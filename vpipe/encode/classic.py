@@ -105,4 +105,9 @@ ENCODERS: dict[str, Callable[[np.ndarray, Codebook], np.ndarray]] = {
 
 def encoding_dim(method: str, codebook: Codebook) -> int:
     """Length of the vector that ``method`` produces with ``codebook``."""
-    return {"bof": 1, "vlad": codebook.dim, "fv": 2 * codebook.dim}[method] * codebook.clusters
+    return method_dim(method, codebook.clusters, codebook.dim)
+
+
+def method_dim(method: str, clusters: int, dim: int) -> int:
+    """Length of ``method``'s vector for K = ``clusters`` centres of ``dim`` values."""
+    return {"bof": 1, "vlad": dim, "fv": 2 * dim}[method] * clusters

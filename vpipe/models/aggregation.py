@@ -41,7 +41,7 @@ from vpipe.errors import ConfigError
 __all__ = [
     "AGGREGATIONS",
     "DEFAULT_RATIO",
-    "Codebook",
+    "SoftInit",
     "MaskedAvgPool",
     "SoftAggregation",
     "SoftAssignment",
@@ -67,8 +67,11 @@ POWER_EPS = 1e-6
 ArrayLike = np.ndarray | Tensor
 
 
-class Codebook(NamedTuple):
+class SoftInit(NamedTuple):
     """What :meth:`init_from_codebook` loads: centres, sharpness and (for FV) a diagonal GMM.
+
+    Not a stored codebook (that is :class:`vpipe.encode.Codebook`, with its provenance):
+    these are the resolved parameters one soft assignment starts from.
 
     ``variances`` and ``weights`` are None where the caller left them to their defaults.
     """
@@ -198,7 +201,7 @@ def _resolve_codebook(
     weights: ArrayLike | None,
     num_clusters: int,
     dim: int,
-) -> Codebook:
+) -> SoftInit:
     centers = _as_float64(centers, "centers")
     if centers.shape != (num_clusters, dim):
         raise ConfigError(f"centers must have shape ({num_clusters}, {dim}), got {centers.shape}")
@@ -220,7 +223,7 @@ def _resolve_codebook(
                 f"weights must be positive with shape ({num_clusters},), got {weights.shape}"
             )
         weights = weights / weights.sum()
-    return Codebook(centers, float(alpha), variances, weights)
+    return SoftInit(centers, float(alpha), variances, weights)
 
 
 class SoftAssignment(nn.Module):
@@ -286,7 +289,7 @@ class _SoftEncoding(nn.Module):
         p = self.assign.logits.weight
         return torch.as_tensor(a, dtype=p.dtype, device=p.device)
 
-    def _load(self, cb: Codebook) -> None:
+    def _load(self, cb: SoftInit) -> None:
         weights = None if cb.weights is None else self._tensor(cb.weights)
         self.assign.tie_to_centers(self._tensor(cb.centers), cb.alpha, weights)
 
@@ -330,7 +333,7 @@ class SoftVLAD(_SoftEncoding):
         v = a.transpose(1, 2) @ x - a.sum(1).unsqueeze(-1) * self.centers
         return F.normalize(F.normalize(v, dim=2).flatten(1), dim=1)
 
-    def _load(self, cb: Codebook) -> None:
+    def _load(self, cb: SoftInit) -> None:
         super()._load(cb)
         self.centers.copy_(self._tensor(cb.centers))
 
@@ -378,7 +381,7 @@ class SoftFV(_SoftEncoding):
         z = torch.cat([phi1.flatten(1), phi2.flatten(1)], dim=1)
         return F.normalize(signed_sqrt(z), dim=1)
 
-    def _load(self, cb: Codebook) -> None:
+    def _load(self, cb: SoftInit) -> None:
         """Also load the GMM; without variances, use 1/(2α), the variance eq. 1 implies."""
         super()._load(cb)
         self.centers.copy_(self._tensor(cb.centers))

@@ -131,19 +131,21 @@ def build(vectors: np.ndarray, plan: IndexPlan, *, gpu: bool, seed: int = 0) -> 
 
 
 def exact_top(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Ids of the k best inner products per query, by brute force in blocks of the gallery."""
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+    """Ids of the k best inner products per query, best first, by brute force over gallery blocks."""
+    best_scores = np.empty((len(queries), 0), dtype=np.float32)
+    best_ids = np.empty((len(queries), 0), dtype=np.int64)
     block = max(1, (64 << 20) // (4 * max(1, len(queries))))
     for begin in range(0, len(gallery), block):
-        scores = queries @ gallery[begin : begin + block].T
-        ids = np.broadcast_to(np.arange(begin, begin + scores.shape[1]), scores.shape)
-        scores = np.concatenate([best_scores, scores], axis=1)
-        ids = np.concatenate([best_ids, ids], axis=1)
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(scores, keep, axis=1)
-        best_ids = np.take_along_axis(ids, keep, axis=1)
-    return best_ids
+        part = queries @ gallery[begin : begin + block].T
+        part_ids = np.broadcast_to(np.arange(begin, begin + part.shape[1]), part.shape)
+        scores = np.concatenate([best_scores, part], axis=1)
+        ids = np.concatenate([best_ids, part_ids], axis=1)
+        if scores.shape[1] > k:
+            keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            scores, ids = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(ids, keep, axis=1)
+        best_scores, best_ids = scores, ids
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return np.take_along_axis(best_ids, order, axis=1)
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vpipe.encode.baseline import run_baseline_file
-from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET
-from vpipe.encode.classic import ENCODERS, METHODS, encoding_dim
+from vpipe.encode.baseline import required_bytes, run_baseline_file
+from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, check_budget
+from vpipe.encode.classic import ENCODERS, METHODS, encoding_dim, method_dim
 from vpipe.encode.codebook_io import Codebook, load_codebook, save_codebook, stored_fingerprint
 from vpipe.encode.encoding_io import EncodingReader, EncodingWriter
 from vpipe.encode.fit import descriptor_dim, fit_codebook, resolve_pca
@@ -74,6 +74,7 @@ class EncodePlan:
     train_ids: list[str]
     index_sha256: str
     pca: int | None
+    code_dim: int
     codebook_fingerprint: str
     encoding_fingerprints: dict[str, str]
     baseline_fingerprint: str | None
@@ -93,6 +94,7 @@ def _plan(
     svm_c: float | None,
     pca: int | str | None,
     whiten: bool,
+    run_baseline: bool = True,
 ) -> EncodePlan:
     """Fingerprints from the manifest, the features index and the options: nothing is fitted."""
     methods = _parse_methods(methods)
@@ -105,7 +107,8 @@ def _plan(
             f"no train videos of dataset {ws.dataset!r} have {features_name} features: the codebook is fitted on "
             f"the train split only; check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
         )
-    reduced = resolve_pca(pca, descriptor_dim(features, layer))
+    input_dim = descriptor_dim(features, layer)
+    reduced = resolve_pca(pca, input_dim)
     index_sha256 = features.index_sha256
     book = fingerprint(
         CODEBOOK_METHOD, features_name, index_sha256, layer, clusters, sample_size, seed, niter, train_ids,
@@ -114,8 +117,22 @@ def _plan(
     listing = videos[["video_id", "label", "split"]].values.tolist()
     encodings = {m: fingerprint(ENCODING_VERSION, m, book, index_sha256, layer, listing) for m in methods}
     has_test = bool((videos["split"] == "test").any())
-    baseline = fingerprint(BASELINE_METHOD, encodings, svm_c, seed) if has_test else None
-    return EncodePlan(videos, missing, train_ids, index_sha256, reduced, book, encodings, baseline)
+    baseline = fingerprint(BASELINE_METHOD, encodings, svm_c, seed) if has_test and run_baseline else None
+    return EncodePlan(videos, missing, train_ids, index_sha256, reduced, reduced or input_dim, book, encodings, baseline)
+
+
+def _check_baseline_budget(plan: EncodePlan, clusters: int, memory_budget: int) -> None:
+    """Refuse up front, before any fitting, a baseline whose train matrix would not fit."""
+    classes = plan.videos.loc[plan.videos["split"] == "train", "label"].nunique()
+    for method in plan.encoding_fingerprints:
+        dim = method_dim(method, clusters, plan.code_dim)
+        check_budget(
+            f"the {method} linear baseline ({len(plan.train_ids)} train videos × {dim})",
+            required_bytes(len(plan.train_ids), dim, classes),
+            memory_budget,
+            "raise --memory-budget, lower --clusters or --pca, leave the method out with --methods, "
+            "or skip the baseline with --no-baseline",
+        )
 
 
 def _codebook(
@@ -263,6 +280,7 @@ def encode_status(
     pca: int | str | None = DEFAULT_PCA,
     whiten: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    baseline: bool = True,
 ) -> dict[str, bool]:
     """Artifact name (``codebook``, each method, ``baseline`` when there is a test split) ->
     whether :func:`run_encode` with the same options would leave it as it is.
@@ -273,7 +291,7 @@ def encode_status(
     with ws.open_features(features_name) as features:
         plan = _plan(
             ws, features, features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
-            methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten,
+            methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten, run_baseline=baseline,
         )  # fmt: skip
     status = {"codebook": stored_fingerprint(ws.codebook_path(features_name, clusters)) == plan.codebook_fingerprint}
     for method, fp in plan.encoding_fingerprints.items():
@@ -299,20 +317,25 @@ def run_encode(
     pca: int | str | None = DEFAULT_PCA,
     whiten: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    baseline: bool = True,
 ) -> dict[str, Any]:
     """Fit (or reuse) the codebook, encode every video, run the linear baseline; return a summary.
 
     ``pca`` is the descriptor dimension after PCA: ``"auto"`` (D/2), an integer, or 0/None
     for none. The baseline trains on the train split and reports on the test split; it
-    is skipped (``baseline`` is None) when either split is empty. ``seconds`` holds the
-    wall time of each part.
+    is skipped (``baseline`` is None) when either split is empty or ``baseline`` is
+    False, and refused before any work when its train matrix exceeds ``memory_budget``.
+    ``seconds`` holds the wall time of each part.
     """
     seconds: dict[str, float] = {}
     with ws.open_features(features_name) as features:
         plan = _plan(
             ws, features, features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
-            methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten,
+            methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten, run_baseline=baseline,
         )  # fmt: skip
+        baseline_path = ws.encoding_path(features_name, clusters, "baseline")
+        if plan.baseline_fingerprint is not None and _stored_json_fingerprint(baseline_path) != plan.baseline_fingerprint:
+            _check_baseline_budget(plan, clusters, memory_budget)
         started = time.perf_counter()
         codebook, fitted = _codebook(
             ws, features, features_name, plan, clusters=clusters, sample_size=sample_size, seed=seed,
@@ -344,7 +367,7 @@ def run_encode(
     }
     if plan.baseline_fingerprint is not None:
         started = time.perf_counter()
-        path = ws.encoding_path(features_name, clusters, "baseline")
+        path = baseline_path
         label_names = dict(zip(videos["label"].astype(int), videos["label_name"]))
         report, written = _baseline(
             path, plan, encodings, label_names, svm_c=svm_c, seed=seed, memory_budget=memory_budget

@@ -102,7 +102,8 @@ class TrainConfig:
 
     def default_run_id(self) -> str:
         """``<inputs>-<head tag>-s<seed>``, readable in a listing (e.g. ``li3d-rgb-bilstm-concat-k128-s0``)."""
-        return f"{self.inputs_name()}-{self.head_cls.tag(self.head_options)}-s{self.seed}"
+        schedule = "" if self.schedule == SCHEDULES[0] else f"-{self.schedule}"
+        return f"{self.inputs_name()}-{self.head_cls.tag(self.head_options)}{schedule}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -41,7 +41,7 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.models.aggregation import (
     AGGREGATIONS,
     DEFAULT_RATIO,
-    Codebook,
+    SoftInit,
     alpha_from_data,
     codebook_statistics,
     make_aggregation,
@@ -178,7 +178,7 @@ def init_aggregation_from_features(
     ratio: float = DEFAULT_RATIO,
     max_points: int = 50_000,
     seed: int = 0,
-) -> Codebook:
+) -> SoftInit:
     """Fit a codebook on what ``head``'s aggregation sees and initialise the aggregation from it.
 
     ``batches`` yields ``(x, lengths)`` for the training videos, as the trainer feeds them.
@@ -213,7 +213,7 @@ def init_aggregation_from_features(
     alpha = alpha_from_data(points, centers, ratio)
     variances, weights = codebook_statistics(points, centers)
     head.init_from_codebook(centers, alpha, variances, weights)
-    return Codebook(centers, alpha, variances, weights)
+    return SoftInit(centers, alpha, variances, weights)
 
 
 #: Train descriptors the input statistics and α are taken from; both are stable long before this.
@@ -301,7 +301,13 @@ class BiLSTMSoftAgg(Head):
                 )
             return {"codebook": path}
         default = codebook_path("+".join(features), options["clusters"])
-        return {"codebook": default} if default.is_file() else {}
+        if not default.is_file():
+            return {}
+        from vpipe.encode import load_codebook
+
+        # A codebook fitted after PCA has its centres in the reduced space, not the one
+        # the aggregation sees; the head then fits its own centres instead.
+        return {"codebook": default} if load_codebook(default).pca is None else {}
 
     def prepare(self, data: PrepareData) -> dict[str, Any] | None:
         """Input statistics from fit descriptors, then the aggregation's starting centres."""
@@ -325,6 +331,11 @@ class BiLSTMSoftAgg(Head):
         from vpipe.encode import load_codebook
 
         codebook = load_codebook(path)
+        if codebook.pca is not None:
+            raise ConfigError(
+                f"codebook {path} was fitted after PCA to {codebook.dim} dimensions; the head's soft aggregation "
+                f"needs centres in the feature space: fit one with `vpipe encode --pca 0` or leave out -O codebook"
+            )
         clusters, dim = self.config["clusters"], self.model.feature_dim
         if codebook.centroids.shape != (clusters, dim):
             raise ConfigError(

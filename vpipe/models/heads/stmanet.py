@@ -33,7 +33,7 @@ Choices where the paper is ambiguous or silent:
   softmax over the values would turn features into a distribution and erase their
   scale, so the attention is normalised once (``A · V``) and "⊗" is the matrix product
   the shapes call for.
-* Attention logits are divided by √d (d the length of the dot product, up to 4·10⁴ at
+* Attention logits are divided by √d (d the length of the dot product, up to 4.9·10⁴ at
   stage 5): unscaled, the softmax is one-hot from the first step and passes no gradient.
 * Widths: φ, ω keep the 3C/2 channels of ``Z_c`` (the reshaped size the paper gives);
   ``reduction`` divides them for a lighter head. ε_b maps 3C/2 → C, so it delivers the

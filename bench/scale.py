@@ -1,0 +1,207 @@
+"""Encode at dataset scale on a fabricated UCF101-shaped feature cache.
+
+The cache is built through the real store API (``ShardWriter`` / ``write_index``) by
+:func:`build_ucf101_like_cache`: 13,320 videos, 101 classes, an official-like
+9,583 / 3,737 split, li3d ``pool`` features of 8 steps × 1024 float16. Each class draws
+its steps around a few modes in a 64-d subspace plus isotropic noise, so the codebook
+and the baseline see structure, not white noise. Smaller sizes reuse the same features
+through a manifest holding the first N videos of each split (a symlinked features
+directory), so every size reads the same shards.
+
+Each (videos, K) point runs the real :func:`vpipe.stages.encode.run_encode` in a fresh
+subprocess (its own peak RSS, nothing cached from the previous point) and reports wall
+time per part, peak RSS and bytes on disk per artifact. Times are fitted as
+``t = a · n^b`` over the sizes of each K, and projected to Kinetics-400 (240k videos).
+
+    python bench/scale.py --root /tmp/scale --sizes 1000 3000 13320 --clusters 64 128 256
+
+Training and report timing reuse :func:`build_ucf101_like_cache` and are measured elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import cpu_model, load_average  # noqa: E402
+from vpipe.pipeline.workspace import DatasetWorkspace  # noqa: E402
+from vpipe.store import ShardWriter, shard_name, write_index  # noqa: E402
+
+FEATURES = "li3d-rgb"
+UCF101_VIDEOS, UCF101_TRAIN, CLASSES = 13_320, 9_583, 101
+KINETICS_400 = 240_000
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def build_ucf101_like_cache(
+    root: Path,
+    *,
+    videos: int = UCF101_VIDEOS,
+    train: int = UCF101_TRAIN,
+    classes: int = CLASSES,
+    steps: int = 8,
+    dim: int = 1024,
+    videos_per_shard: int = 64,
+    seed: int = 0,
+    dataset: str = "ucf101like",
+) -> DatasetWorkspace:
+    """A workspace with a manifest and a ``li3d-rgb`` feature set shaped like UCF101 split 1.
+
+    Labels cycle through the classes so every split holds every class; the first
+    ``train`` videos are train, the rest test. Reusable by any benchmark that needs a
+    large cache (training, report): pass ``steps=40`` for the long-clip variant.
+    """
+    rng = np.random.default_rng(seed)
+    ws = DatasetWorkspace(Path(root), dataset)
+    directory = ws.features_dir(FEATURES)
+    basis = np.linalg.qr(rng.normal(size=(dim, 64)))[0].T
+    modes = rng.normal(scale=3.0, size=(classes, 4, 64)) @ basis
+    rows, manifest = [], []
+    for first in range(0, videos, videos_per_shard):
+        ids = range(first, min(first + videos_per_shard, videos))
+        with ShardWriter(directory / shard_name("extract", f"v{first:06d}"), attrs={"backbone": "li3d"}) as writer:
+            for i in ids:
+                label = i % classes
+                which = rng.integers(0, 4, size=steps)
+                pool = np.maximum(modes[label, which] + rng.normal(size=(steps, dim)), 0.0)
+                writer.add(f"v{i:06d}", 0, 0, {"pool": pool.astype(np.float16)})
+        rows += writer.rows
+        for i in ids:
+            split = "train" if i < train else "test"
+            manifest.append(
+                {"video_id": f"v{i:06d}", "label": i % classes, "label_name": f"class{i % classes:03d}",
+                 "split": split, "status": "ok"}
+            )  # fmt: skip
+    write_index(directory, rows)
+    pd.DataFrame(manifest).to_parquet(ws.manifest_path)
+    return ws
+
+
+def subset_workspace(full: DatasetWorkspace, videos: int) -> DatasetWorkspace:
+    """The first videos of each split of ``full`` in UCF101's train/test proportion, same shards."""
+    ws = DatasetWorkspace(full.root, f"{full.dataset}-{videos}")
+    manifest = pd.read_parquet(full.manifest_path)
+    train = round(videos * UCF101_TRAIN / UCF101_VIDEOS)
+    part = pd.concat([manifest[manifest["split"] == "train"][:train], manifest[manifest["split"] == "test"][: videos - train]])
+    ws.dir.mkdir(parents=True, exist_ok=True)
+    part.to_parquet(ws.manifest_path)
+    link = ws.dir / "features"
+    if not link.exists():
+        link.symlink_to(full.dir / "features")
+    return ws
+
+
+def run_point(root: Path, dataset: str, clusters: int, options: dict[str, Any]) -> dict[str, Any]:
+    """One encode in this process (called in a fresh subprocess by :func:`measure`)."""
+    import torch
+
+    from vpipe.stages.encode import run_encode
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ws = DatasetWorkspace(root, dataset)
+    started = time.perf_counter()
+    summary = run_encode(ws, FEATURES, clusters, **options)
+    wall = time.perf_counter() - started
+    disk = {"codebook": Path(summary["codebook"]["path"]).stat().st_size}
+    disk.update({m: Path(e["path"]).stat().st_size for m, e in summary["encodings"].items()})
+    baseline = summary["baseline"] or {"methods": {}}
+    return {
+        "videos": summary["videos"],
+        "clusters": clusters,
+        "options": options,
+        "wall_seconds": round(wall, 2),
+        "seconds": summary["seconds"],
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "bytes_on_disk": disk,
+        "dims": {m: e["dim"] for m, e in summary["encodings"].items()},
+        "codebook": {k: summary["codebook"][k] for k in ("sample_size", "descriptors_per_centroid", "pca", "device")},
+        "baseline": {
+            m: {k: r[k] for k in ("accuracy", "top5", "C", "seconds", "evaluations")}
+            for m, r in baseline["methods"].items()
+        },
+    }
+
+
+def measure(root: Path, dataset: str, clusters: int, options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_point` in a fresh interpreter, so peak RSS is this point's alone."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from bench.scale import run_point; "
+        "print(json.dumps(run_point(__import__('pathlib').Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), "
+        "json.loads(sys.argv[5]))))"
+    )
+    repo = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code, repo, str(root), dataset, str(clusters), json.dumps(options)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def scaling(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Exponent b of ``t = a·n^b`` per K (least squares in log space) and the 240k projection."""
+    fits = {}
+    for k in sorted({p["clusters"] for p in points}):
+        mine = sorted((p for p in points if p["clusters"] == k), key=lambda p: p["videos"])
+        if len(mine) < 2:
+            continue
+        n = np.log([p["videos"] for p in mine])
+        t = np.log([p["wall_seconds"] for p in mine])
+        b, a = np.polyfit(n, t, 1)
+        fits[str(k)] = {
+            "exponent": round(float(b), 3),
+            "kinetics400_projected_seconds": round(float(np.exp(a) * KINETICS_400**b), 1),
+            "kinetics400_linear_disk_bytes": {
+                m: int(size / mine[-1]["videos"] * KINETICS_400) for m, size in mine[-1]["bytes_on_disk"].items()
+            },
+        }
+    return fits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("/tmp/vpipe-scale"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, UCF101_VIDEOS])
+    parser.add_argument("--clusters", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--methods", default="bof,vlad,fv")
+    parser.add_argument("--no-baseline", action="store_true", help="Time codebook + encodings only.")
+    parser.add_argument("--pca", default="auto")
+    parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
+    args = parser.parse_args()
+    full = DatasetWorkspace(args.root, "ucf101like")
+    if not full.manifest_path.exists():
+        started = time.perf_counter()
+        build_ucf101_like_cache(args.root)
+        print(f"built the cache in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    options = {
+        "methods": args.methods.split(","),
+        "pca": args.pca if args.pca == "auto" else int(args.pca),
+        "baseline": not args.no_baseline,
+    }
+    points = []
+    for k in args.clusters:
+        for size in args.sizes:
+            ws = full if size >= UCF101_VIDEOS else subset_workspace(full, size)
+            point = measure(args.root, ws.dataset, k, options)
+            print(json.dumps(point), file=sys.stderr)
+            points.append(point)
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_at_end": load_average()}
+    result = {"machine": machine, "points": points, "scaling": scaling(points)}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["scaling"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
