@@ -6,12 +6,13 @@ Three measurements (two-stream-deep-fusion-ln-lstm §3.6 sizes: T = 17 frames of
 - ``params``: parameters per block beside the sizes the paper states (the fusion filter
   3 × 3 × 3 × 1024 × 512, Fc6 on a 512-channel 7 × 7 pool5);
 - ``speed``: forward time per test video (batch of one, eval mode) on native 14 × 14 maps
-  and on the pooled 7 × 7 variant;
+  and on the pooled 7 × 7 variant, beside the multiply-accumulates it takes (a figure
+  that does not depend on how busy the machine is);
 - ``rss``: peak resident memory of one training epoch run by ``vpipe.train.train`` over a
   fabricated cache of ``--videos`` videos of 14 × 14 maps in float16 shards, in a child
-  process so that the figure is the epoch's alone (``--head small`` keeps the input
-  pipeline at full size but shrinks the head so the epoch fits a busy CPU; ``--head full``
-  is the paper's head).
+  process so that the figure is the epoch's alone (``--rss-head small`` keeps the input
+  pipeline at full size but shrinks the head so the epoch fits a busy CPU; ``--rss-head
+  full`` is the paper's head).
 
     python bench/deepfusion.py [--videos 303] [--rss-head small] [--out bench/results/deepfusion.json]
 """
@@ -78,6 +79,19 @@ def ms_per_video(grid: int, videos: int) -> float:
     for _ in range(videos):
         head(batch)
     return 1000 * (time.perf_counter() - start) / videos
+
+
+def macs_per_video(grid: int) -> dict[str, float]:
+    """Multiply-accumulates (GMAC) of one video's forward pass, per block, at the paper's sizes."""
+    hidden, fused, cells = 101, 512, grid * grid
+    lstm = lambda inputs: FRAMES * 4 * hidden * (inputs + hidden)
+    blocks = {
+        "fusion conv": FRAMES * cells * fused * 27 * 2 * CHANNELS,
+        "Fc6": FRAMES * fused * 49 * 4096,
+        "LSTMs + attention": lstm(4096) + lstm(fused) + lstm(hidden)
+        + FRAMES * cells * (fused * hidden + hidden) + FRAMES * (2 * hidden) * hidden,
+    }  # fmt: skip
+    return {name: round(value / 1e9, 3) for name, value in {**blocks, "total": sum(blocks.values())}.items()}
 
 
 def make_cache(root: Path, videos: int, grid: int = 14, per_shard: int = 25) -> None:
@@ -148,14 +162,15 @@ def main() -> None:
         print(json.dumps(result["parameters"], indent=2))
     if "speed" not in args.skip:
         result["ms_per_video"] = {f"{g}x{g}": round(ms_per_video(g, args.speed_videos), 1) for g in (14, 7)}
-        print("ms per video:", result["ms_per_video"])
+        result["gmac_per_video"] = {f"{g}x{g}": macs_per_video(g) for g in (14, 7)}
+        print("ms per video:", result["ms_per_video"], "GMAC per video:", result["gmac_per_video"])
     if "rss" not in args.skip:
         with tempfile.TemporaryDirectory() as tmp:
             make_cache(Path(tmp), args.videos)
             size = sum(p.stat().st_size for p in Path(tmp).rglob("*.h5"))
             command = [sys.executable, __file__, "--child", tmp, "--rss-head", args.rss_head,
                        "--batch-size", str(args.batch_size), "--threads", str(args.threads)]  # fmt: skip
-            child = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+            child = subprocess.run(command, capture_output=True, text=True, env=os.environ, check=False)
             if child.returncode:
                 sys.exit(f"training epoch failed:\n{child.stderr[-3000:]}")
             epoch = json.loads(child.stdout.strip().splitlines()[-1])

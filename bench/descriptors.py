@@ -14,7 +14,7 @@ once on the concatenated per-step ``pool`` vectors (temporal order kept) and onc
 their mean, so the descriptors and the random LI3D features meet the same classifier.
 
     python bench/descriptors.py --clips 4 --out bench/results/descriptors.json
-    python bench/descriptors.py --workspace /tmp/ws --dataset synthetic --out bench/results/descriptors.json
+    python bench/descriptors.py --clips 0 --workspace /tmp/ws --out bench/results/descriptors-accuracy.json
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from machine import cpu_model, load_average  # bench/machine.py, beside this script
+
 from vpipe.extract.features import run_model
 from vpipe.extract.inputs import LoadedClip
 from vpipe.flow.compute import CPU_BATCH_PIXELS
@@ -137,15 +137,15 @@ def accuracy(workspace: Path, dataset: str, feature_sets: list[str]) -> list[dic
         matrices = {split: video_matrix(directory, ids[split]) for split in ids}
         steps = min(m.shape[1] for m in matrices.values())
         for pooling in ("steps", "mean"):
-            def design(split: str) -> np.ndarray:
-                m = matrices[split][:, :steps]
-                return m.reshape(len(m), -1) if pooling == "steps" else m.mean(1)
-
+            design = {
+                split: m[:, :steps].reshape(len(m), -1) if pooling == "steps" else m[:, :steps].mean(1)
+                for split, m in matrices.items()
+            }
             classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-            classifier.fit(design("train"), labels["train"])
-            score = float((classifier.predict(design("test")) == labels["test"]).mean())
+            classifier.fit(design["train"], labels["train"])
+            score = float((classifier.predict(design["test"]) == labels["test"]).mean())
             rows.append({"features": name, "pooling": pooling, "steps": steps,
-                         "dim": int(design("test").shape[1]), "test_accuracy": score,
+                         "dim": int(design["test"].shape[1]), "test_accuracy": score,
                          "train": len(ids["train"]), "test": len(ids["test"])})
             print(f"{name:<14} {pooling:<5} ({steps} steps, {rows[-1]['dim']:>5}-d): test accuracy {score:.3f}")
     return rows
@@ -153,7 +153,7 @@ def accuracy(workspace: Path, dataset: str, feature_sets: list[str]) -> list[dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--clips", type=int, default=4, help="clips timed for the cost; 0 skips it")
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8, help="clips per descriptor forward (the extract default)")
@@ -162,10 +162,9 @@ def main() -> None:
     parser.add_argument("--features", nargs="+", default=["hoghofmbh", "li3d-rgb", "li3d-flow"])
     parser.add_argument("--out", type=Path, default=Path("bench/results/descriptors.json"))
     args = parser.parse_args()
-    result = {
-        "machine": {"cpu": cpu_model(), "load_average_before": load_average()},
-        "cost": cost(args.clips, args.threads, args.repeats, args.batch),
-    }
+    result: dict = {"machine": {"cpu": cpu_model(), "load_average_before": load_average()}}
+    if args.clips:
+        result["cost"] = cost(args.clips, args.threads, args.repeats, args.batch)
     if args.workspace:
         result["accuracy"] = accuracy(args.workspace, args.dataset, args.features)
     result["machine"]["load_average_after"] = load_average()

@@ -35,9 +35,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_model, load_average  # noqa: E402
-from vpipe.pipeline.workspace import DatasetWorkspace  # noqa: E402
-from vpipe.store import ShardWriter, shard_name, write_index  # noqa: E402
+from bench.machine import cpu_model, load_average
+from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.store import ShardWriter, shard_name, write_index
 
 FEATURES = "li3d-rgb"
 UCF101_VIDEOS, UCF101_TRAIN, CLASSES = 13_320, 9_583, 101
@@ -114,6 +114,7 @@ def run_point(root: Path, dataset: str, clusters: int, options: dict[str, Any]) 
     started = time.perf_counter()
     summary = run_encode(ws, FEATURES, clusters, **options)
     wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     disk = {"codebook": Path(summary["codebook"]["path"]).stat().st_size}
     disk.update({m: Path(e["path"]).stat().st_size for m, e in summary["encodings"].items()})
     baseline = summary["baseline"] or {"methods": {}}
@@ -123,7 +124,8 @@ def run_point(root: Path, dataset: str, clusters: int, options: dict[str, Any]) 
         "options": options,
         "wall_seconds": round(wall, 2),
         "seconds": summary["seconds"],
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_bytes": usage.ru_maxrss * 1024,
         "bytes_on_disk": disk,
         "dims": {m: e["dim"] for m, e in summary["encodings"].items()},
         "codebook": {k: summary["codebook"][k] for k in ("sample_size", "descriptors_per_centroid", "pca", "device")},
@@ -190,16 +192,15 @@ def main() -> None:
         "baseline": not args.no_baseline,
     }
     points = []
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     for k in args.clusters:
         for size in args.sizes:
             ws = full if size >= UCF101_VIDEOS else subset_workspace(full, size)
-            point = measure(args.root, ws.dataset, k, options)
-            print(json.dumps(point), file=sys.stderr)
-            points.append(point)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_at_end": load_average()}
-    result = {"machine": machine, "points": points, "scaling": scaling(points)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2))
+            points.append(measure(args.root, ws.dataset, k, options))
+            print(json.dumps(points[-1]), file=sys.stderr)
+            machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": load_average()}
+            result = {"machine": machine, "points": points, "scaling": scaling(points)}
+            args.output.write_text(json.dumps(result, indent=2))
     print(json.dumps(result["scaling"], indent=2))
 
 

@@ -20,14 +20,14 @@ Four figures, at the paper's input (32 frames of 112², st-manet §4.1):
 Weights stay random (speed does not depend on them). Writes JSON to ``--out`` with the
 machine and load average; on a shared machine rates are lower and noisier.
 
-    python -m bench.stmanet [--threads 1] [--repeats 3] [--batch 4] [--out PATH]
+    python bench/stmanet.py [--threads 1] [--repeats 3] [--batch 4] [--out PATH]
 
 With ``--ablation-workspace ROOT`` it runs Table 4 instead: the rows of :data:`ROWS`
 trained on the dataset's cached ``r3d50-rgb`` stage maps for each ``--seeds`` seed,
 test accuracy mean ± sample std per row (``--out`` defaults to
 bench/results/stmanet-ablation.json):
 
-    python -m bench.stmanet --ablation-workspace /tmp/ws --dataset synthetic --seeds 0 1 2
+    python bench/stmanet.py --ablation-workspace /tmp/ws --dataset synthetic --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.machine import cpu_model, load_average
+from machine import cpu_model, load_average  # bench/machine.py, beside this script
 from vpipe.models import backbone
 from vpipe.models.backbones.resnet3d import GRID, STAGES, stage_shapes
 from vpipe.models.heads import create_head
@@ -184,11 +184,11 @@ def extract_rates(directory: Path, batch: int, repeats: int) -> dict[str, object
 
 #: Table 4 of the paper as head options: baseline, + TDA, + SDA, + both, + MF, + diversity.
 ROWS: tuple[tuple[str, dict[str, object]], ...] = (
-    ("3D ResNet-50 pooled + linear", {"tda": False, "sda": False, "fusion": "last", "lambda_s": 0.0, "lambda_t": 0.0}),
-    ("+ TDA", {"tda": True, "sda": False, "fusion": "last", "lambda_s": 0.0, "lambda_t": 0.0}),
-    ("+ SDA", {"tda": False, "sda": True, "fusion": "last", "lambda_s": 0.0, "lambda_t": 0.0}),
-    ("+ TDA + SDA", {"tda": True, "sda": True, "fusion": "last", "lambda_s": 0.0, "lambda_t": 0.0}),
-    ("+ TDA + SDA + MF", {"fusion": "multi", "lambda_s": 0.0, "lambda_t": 0.0}),
+    ("3D ResNet-50 pooled + linear", {"tda": False, "sda": False, "multilevel": False, "lambda_s": 0.0, "lambda_t": 0.0}),
+    ("+ TDA", {"tda": True, "sda": False, "multilevel": False, "lambda_s": 0.0, "lambda_t": 0.0}),
+    ("+ SDA", {"tda": False, "sda": True, "multilevel": False, "lambda_s": 0.0, "lambda_t": 0.0}),
+    ("+ TDA + SDA", {"tda": True, "sda": True, "multilevel": False, "lambda_s": 0.0, "lambda_t": 0.0}),
+    ("+ TDA + SDA + MF", {"multilevel": True, "lambda_s": 0.0, "lambda_t": 0.0}),
     ("+ diversity loss (ST-MANet)", {}),
 )
 
@@ -200,6 +200,8 @@ def ablation(args: argparse.Namespace) -> dict[str, object]:
     ws = DatasetWorkspace(Path(args.ablation_workspace), args.dataset)
     rows = []
     for index, (label, options) in enumerate(ROWS):
+        if index not in args.rows:
+            continue
         head_options = {"reduction": args.reduction, **options}
         scores = []
         for seed in args.seeds:
@@ -239,6 +241,7 @@ def main() -> None:
     parser.add_argument("--ablation-workspace", default=None, help="run Table 4 on this workspace instead")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(len(ROWS))), help="indices into ROWS")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)

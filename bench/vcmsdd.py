@@ -176,18 +176,18 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2))
         return
     input_mb = {n: 2 * n * FRAMES * torch.Size(GRID).numel() * 4 / 2**20 for n in args.segments}
-    result = {
-        "machine": {"cpu": cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": args.threads, "load_before": load_average()},
-        "grid": GRID, "frames_per_segment": FRAMES, "classes": CLASSES,
-        "parameters": parameters(),
-        "ms_per_video": {n: ms_per_video(n, args.repeats) for n in (8, 16)},
-        "peak_mb": {
-            n: {"input_mb": input_mb[n], "inference_added_mb": peak_mb(n, False, args.threads),
-                "training_added_mb": peak_mb(n, True, args.threads)}
-            for n in args.segments
-        },
-    }
+    machine = {"cpu": cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
+               "threads": args.threads, "load_before": load_average()}
+    result = {"machine": machine, "grid": GRID, "frames_per_segment": FRAMES, "classes": CLASSES}
+    result["parameters"] = parameters()
+    print(json.dumps(result["parameters"]), flush=True)
+    result["ms_per_video"] = {n: ms_per_video(n, args.repeats) for n in (8, 16)}
+    print(json.dumps(result["ms_per_video"]), flush=True)
+    result["peak_mb"] = {}
+    for n in args.segments:
+        result["peak_mb"][n] = {"input_mb": input_mb[n], "inference_added_mb": peak_mb(n, False, args.threads),
+                                "training_added_mb": peak_mb(n, True, args.threads)}
+        print(n, json.dumps(result["peak_mb"][n]), flush=True)
     result["machine"]["load_after"] = load_average()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,18 @@ def test_kinetics_clips_missing_from_disk_are_recorded_and_the_rest_finishes(tmp
     manifest = pd.read_parquet(tmp_path / "ws" / "kinetics" / "manifest.parquet").set_index("video_id")
     assert manifest.loc["bbbbbbbbbbb_000005_000015", "num_frames"] == 14
     assert manifest.loc["never_downl_000000_000010", "status"] == "failed"
+
+
+def test_a_log_file_gets_progress_lines_and_quiet_gets_none(folder_tree, tmp_path):
+    """What `vpipe probe ... > log 2>&1` shows; stdout stays clean JSON either way."""
+    args = ["probe", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree, "--workers", "0", "--json"]
+    logged = invoke(*args, "--workspace", tmp_path / "a", "--log-every", "0.1")
+    assert logged.exit_code == 0
+    assert json.loads(logged.stdout)["stages"][0]["done"] == 10
+    lines = logged.stderr.splitlines()
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d probe: finished 13/13, 3 failed in \d+s \(", lines[-1]), lines
+    assert sum("probe: run/truncated:" in line for line in lines) == 1, "each failure named once"
+    quiet = invoke(*args, "--workspace", tmp_path / "b", "--quiet")
+    assert json.loads(quiet.stdout)["stages"][0]["failed"] == 3
+    assert "finished" not in quiet.stderr and "ETA" not in quiet.stderr
+    assert len(quiet.stderr.splitlines()) == 3, "only the three failures"

@@ -115,7 +115,6 @@ def test_queued_jobs_size_the_task_window():
 
     executor._client = NoWorkers()
     assert executor._threads(None) == 20
-    assert DaskExecutor()._threads.__doc__
 
 
 def test_cheap_items_are_packed_and_batches_kept():

@@ -432,7 +432,9 @@ def make_map_workspace(root: Path, *, classes: int = 3, videos: int = 8, test: i
     return ws
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluate_reproduces_the_metrics(tmp_path: Path):
+    """Seconds of training; most of the time is torch's optimiser import on first use."""
     ws = make_map_workspace(tmp_path)
     app = typer.Typer()
     register(app)

@@ -20,12 +20,6 @@ import pandas as pd
 import pytest
 import torch
 
-from vpipe.errors import ConfigError, StageError
-from vpipe.models import backbone, list_backbones
-from vpipe.pipeline.executor import InProcessExecutor
-from vpipe.pipeline.runner import run_stage
-from vpipe.stages.extract import ExtractStage
-from vpipe.stages.flow import FlowStage
 from tests.test_extract_stage import read_row, reference_pixels
 from tests.test_flow_stage import (
     FAST_TVL1,
@@ -38,6 +32,12 @@ from tests.test_flow_stage import (
     plan_rows,
     planned_keys,
 )
+from vpipe.errors import ConfigError, StageError
+from vpipe.models import backbone, list_backbones
+from vpipe.pipeline.executor import InProcessExecutor
+from vpipe.pipeline.runner import run_stage
+from vpipe.stages.extract import ExtractStage
+from vpipe.stages.flow import FlowStage
 
 NAME = "hoghofmbh"
 BINS = {"hog": 8, "hof": 9, "mbhx": 8, "mbhy": 8}

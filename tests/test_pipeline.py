@@ -139,3 +139,83 @@ def test_nothing_to_do_never_starts_a_cluster(ws):
     report = run_stage(SquareStage(ws, range(3)), executor, progress=False)
     assert report.computed == 0
     assert executor._client is None
+
+
+def test_journal_flushes_by_record_count_and_loads_only_new_parts(tmp_path, monkeypatch):
+    from vpipe.pipeline import journal as journal_module
+    from vpipe.pipeline.journal import Record
+
+    journal = Journal(tmp_path / "j", flush_every=3, flush_seconds=1e9)
+    for n in range(7):
+        journal.append(Record(f"k{n}", "fp", True, [{"n": n}]))
+    assert len(journal.parts()) == 2, "7 records at 3 per flush: two parts, one record pending"
+    reads = []
+    real = journal_module._read_part
+    monkeypatch.setattr(journal_module, "_read_part", lambda part: reads.append(part.name) or real(part))
+    journal_module._loaded.clear()
+    assert len(Journal(tmp_path / "j").load()) == 6
+    assert len(reads) == 2
+    journal.flush()
+    assert len(reads) == 2, "a flush by this process feeds the loaded records directly"
+    other = Journal(tmp_path / "j")
+    other.append(Record("k0", "fp2", False, error="late"))
+    other.flush()
+    journal_module._loaded.clear()
+    Journal(tmp_path / "j").load()
+    reads.clear()
+    Journal(tmp_path / "j", flush_every=1).append(Record("k9", "fp", True))
+    records = Journal(tmp_path / "j").load()
+    assert len(reads) == 0, "the part this process wrote is not read back"
+    assert (len(records), records["k0"].fingerprint, records["k0"].error) == (8, "fp2", "late")
+    assert records["k6"].rows == [{"n": 6}]
+
+
+def test_a_resumed_run_merges_the_parts_of_a_killed_one(ws):
+    from vpipe.pipeline.journal import Record
+
+    stage = SquareStage(ws, range(6))
+    run_stage(stage, InProcessExecutor(), progress=False)
+    journal = Journal(stage.journal_dir, flush_every=1)
+    done = journal.load()
+    for key in ("v0001", "v0002", "v0003"):
+        journal.append(Record(**{**done[key].__dict__, "seconds": 9.0}))
+    assert len(journal.parts()) == 4
+    report = run_stage(SquareStage(ws, range(6)), InProcessExecutor(), progress=False)
+    assert report.computed == 0
+    assert len(journal.parts()) == 1
+    merged = Journal(stage.journal_dir).load()
+    assert len(merged) == 6 and merged["v0002"].seconds == 9.0, "the latest record of a key wins"
+
+
+def test_dask_executor_keeps_a_bounded_window_and_packs_cheap_items():
+    """The driver holds a few tasks per worker thread, however many items there are."""
+    from functools import partial
+
+    from distributed import LocalCluster
+
+    from tests.toy_stage import square
+    from vpipe.pipeline.executor import TASKS_PER_THREAD, WorkItem
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None)
+    executor = DaskExecutor(scheduler=cluster.scheduler_address)
+    submitted = []
+    try:
+        real_submit = executor.client.submit
+
+        def counting_submit(fn, fn_arg, payloads, *args, **kwargs):
+            submitted.append(len(payloads))
+            return real_submit(fn, fn_arg, payloads, *args, **kwargs)
+
+        executor.client.submit = counting_submit
+        items = [WorkItem(f"k{i:04d}", "fp", i) for i in range(400)]
+        held, values = [], []
+        for outcome in executor.map(partial(square, 0.0, frozenset({7}), None), items, stage="square"):
+            held.append(len(executor.client.futures))
+            values.append(outcome.rows[0]["square"] if outcome.ok else None)
+    finally:
+        executor.close()
+        cluster.close()
+    assert sorted(v for v in values if v is not None) == sorted(i * i for i in range(400) if i != 7)
+    assert values.count(None) == 1, "a failure stays per item inside a packed task"
+    assert max(held) <= TASKS_PER_THREAD * 2 + 1, "the window, plus the finished task being read"
+    assert submitted == [25] * 16, "400 cheap items over 2 threads: 25 per task, 16 tasks"

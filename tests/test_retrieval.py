@@ -164,11 +164,11 @@ def test_index_kind_follows_size_and_exact_forces_flat() -> None:
 def test_approximate_index_records_the_recall_it_measured(tmp_path, monkeypatch, kind, limits) -> None:
     for attribute, value in limits.items():
         monkeypatch.setattr(faiss_index, attribute, value)
-    videos = clustered_videos(3000, 32, seed=2)
+    videos = clustered_videos(2000, 32, seed=2)
     ws = fake_workspace(tmp_path, videos)
     summary = build_index(ws, "encodings:toy-k1-vlad")
     assert summary["kind"] == kind
-    assert 1 <= summary["params"]["nprobe"] <= summary["params"]["nlist"] == int(2 * np.sqrt(3000))
+    assert 1 <= summary["params"]["nprobe"] <= summary["params"]["nlist"] == int(2 * np.sqrt(2000))
     assert summary["recall_queries"] == faiss_index.RECALL_QUERIES
     index = Index.open(tmp_path, "fake", "toy-k1-vlad")
     rng = np.random.default_rng(3)

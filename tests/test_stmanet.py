@@ -265,23 +265,23 @@ def test_training_reads_one_valid_window_per_video():
 
 def test_ablation_switches_remove_their_blocks_and_the_baseline_is_a_pooled_linear_probe():
     base = create_head(
-        "st-manet", SHAPES, 3, tda=False, sda=False, fusion="last", lambda_s=0.0, lambda_t=0.0, dropout=0.0
+        "st-manet", SHAPES, 3, tda=False, sda=False, multilevel=False, lambda_s=0.0, lambda_t=0.0, dropout=0.0
     )
     assert {name for name, _ in base.named_parameters()} == {"classifier.weight", "classifier.bias"}
     maps = {r: m.float() for r, m in random_maps(2).items()}
     np.testing.assert_allclose(_np(base.clip_features(maps)[0]), _np(maps["stage5"]).mean(axis=(2, 3, 4)), atol=TOL)
     assert STMANet.tag(STMANet.validate_options({})) == "st-manet-tda-sda-mf-div"
-    assert STMANet.tag(STMANet.validate_options({"sda": False, "fusion": "last", "lambda_s": 0})) == "st-manet-tda-div"
+    assert STMANet.tag(STMANet.validate_options({"sda": False, "multilevel": False, "lambda_s": 0})) == "st-manet-tda-div"
 
 
 @pytest.mark.parametrize(
     "options, message",
     [
         ({"sda": False}, "pass -O lambda_s=0"),
-        ({"fusion": "last"}, "pass -O lambda_s=0"),
+        ({"multilevel": False}, "pass -O lambda_s=0"),
         ({"tda": False}, "pass -O lambda_t=0"),
         ({"dropout": 1.0}, "dropout"),
-        ({"fusion": "early"}, "fusion='early' is not one of"),
+        ({"multilevel": "maybe"}, "multilevel='maybe' is not a valid bool"),
     ],
 )
 def test_bad_options_are_config_errors(options, message):

@@ -10,6 +10,7 @@ import typer
 
 from vpipe.cli.options import (
     Dataset,
+    Device,
     Json,
     Verbose,
     Workspace,
@@ -27,12 +28,13 @@ Embedding = Annotated[
         help="What to index: encodings:<features>-k<K>-<method>, features:<set>[:<layer>] or run:<run_id>.",
     ),
 ]  # fmt: skip
-Name = Annotated[str | None, typer.Option("--name", help="Index name [default: from the embedding].")]
+Name = Annotated[
+    str | None, typer.Option("--name", help="Index name; left out, one derived from the embedding (li3d-rgb-k128-vlad).")
+]
 Exact = Annotated[bool, typer.Option("--exact", help="Always build an exact (flat) index, whatever the size.")]
 Clips = Annotated[
     bool, typer.Option("--clips", help="One vector per clip (features: embeddings) / clip hits with time spans.")
 ]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA / GPU FAISS when present), cpu or cuda.")]
 IndexName = Annotated[str, typer.Option("--index", "-i", help="Index name under index/, as `vpipe index` printed it.")]
 VideoId = Annotated[str | None, typer.Option("--id", help="Query with this dataset video (its manifest video_id).")]
 VideoFile = Annotated[

@@ -29,8 +29,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from vpipe.encode.codebook_io import temp_path
 from vpipe.encode.budget import check_budget
+from vpipe.encode.codebook_io import temp_path
 from vpipe.errors import StageError
 
 ENCODING_FORMAT = "vpipe.encoding/1"

@@ -171,7 +171,7 @@ def fit_codebook(
             "input_dim": input_dim,
             "pca": pca_record,
             "layer": layer,
-            "sample_size": int(len(sample)),
+            "sample_size": len(sample),
             "descriptors_per_centroid": round(len(sample) / clusters, 1),
             "seed": seed,
             "niter": niter,

@@ -55,7 +55,7 @@ def variance_floor(x: np.ndarray) -> float:
 
 def partition_gmm(x: np.ndarray, assignment: np.ndarray, centroids: np.ndarray) -> DiagonalGmm:
     """Per-cell weight, mean and floored diagonal variance (ML, ddof=0) of ``x``."""
-    clusters, dim = centroids.shape
+    clusters = centroids.shape[0]
     spread = column_variance(x)
     floor = max(VARIANCE_FLOOR * float(spread.mean()), np.finfo(np.float32).tiny)
     global_var = np.maximum(spread, floor)

@@ -238,11 +238,11 @@ class FeaturesEmbedding(Embedding):
     kind = "features"
 
     def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.features, _, layer = name.partition(":")
-        self.layer = layer or "pool"
-        if not self.features:
+        features, _, layer = name.partition(":")
+        if not features:
             raise ConfigError(f"features embedding {name!r} names no feature set; e.g. features:li3d-rgb")
+        self.features, self.layer = features, layer or "pool"
+        super().__init__(features if self.layer == "pool" else f"{features}:{self.layer}")
 
     @property
     def default_index_name(self) -> str:

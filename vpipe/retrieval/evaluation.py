@@ -78,10 +78,11 @@ def evaluate_index(index: Index, *, ks: Sequence[int] = DEFAULT_KS, device: str 
         )
     depth = min(len(train), FULL_RANKING_MAX)
     queries = index.vectors_of(test["video_id"].tolist(), device=device)
+    labels = index.rows["label"].to_numpy(np.int64)
     ranked = np.full((len(test), depth), -1, dtype=np.int64)
     for begin in range(0, len(test), 256):
-        for row, hits in enumerate(index.search_vectors(queries[begin : begin + 256], depth, split="train")):
-            ranked[begin + row, : len(hits)] = [hit.label for hit in hits]
+        for row, (positions, _) in enumerate(index.ranked(queries[begin : begin + 256], depth, split="train")):
+            ranked[begin + row, : len(positions)] = labels[positions]
     names = dict(zip(videos["label"].astype(int), videos["label_name"].astype(str)))
     result = {
         "index": index.name,

@@ -108,7 +108,7 @@ def build(vectors: np.ndarray, plan: IndexPlan, *, gpu: bool, seed: int = 0) -> 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     start = time.perf_counter()
     index = faiss.index_factory(x.shape[1], plan.factory(x.shape[1]), faiss.METRIC_INNER_PRODUCT)
-    report: dict[str, Any] = {"device": "cpu"}
+    report: dict[str, Any] = {"device": "cpu", "faiss_version": faiss.__version__}
     if plan.kind != "flat":
         ivf = faiss.extract_index_ivf(index)
         if plan.kind == "ivf-pq":

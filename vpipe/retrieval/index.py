@@ -50,6 +50,7 @@ def build_index(
     overwritten: that is a :class:`ConfigError` asking for another ``--name``.
     """
     source = parse_embedding(embedding)
+    gpu = faiss_index.use_gpu(device)
     name = store.check_name(name or source.default_index_name + ("-clips" if clips else ""))
     stored = store.read_metadata(ws, name)
     if stored is not None and stored["embedding"] != source.text:
@@ -66,10 +67,8 @@ def build_index(
         raise StageError(f"{source.text} of dataset {ws.dataset!r} has no usable videos to index")
     count, dim = gallery.vectors.shape
     plan = faiss_index.plan_index(count, dim, exact=exact)
-    index, report = faiss_index.build(gallery.vectors, plan, gpu=faiss_index.use_gpu(device))
+    index, report = faiss_index.build(gallery.vectors, plan, gpu=gpu)
     recall = faiss_index.tune_search(index, gallery.vectors, plan)
-    import faiss
-
     metadata = {
         "index_version": INDEX_VERSION,
         "name": name,
@@ -85,7 +84,6 @@ def build_index(
         "params": plan.params,
         **recall,
         **report,
-        "faiss_version": faiss.__version__,
     }
     store.write_index_files(ws, name, index, gallery.rows, metadata, fp)
     return {"name": name, "path": str(store.faiss_path(ws, name)), "written": True, **store.read_metadata(ws, name)}
@@ -190,6 +188,20 @@ class Index:
         exclude: list[str] | None = None,
     ) -> list[list[Hit]]:
         """Hits for each row of ``queries`` (unit vectors); ``exclude[i]`` is a video left out of row i's."""
+        return [
+            [self._hit(rank, float(score), int(position), clips) for rank, (position, score) in enumerate(zip(*row), 1)]
+            for row in self.ranked(queries, k, split=split, clips=clips, exclude=exclude)
+        ]
+
+    def ranked(
+        self, queries: np.ndarray, k: int, *, split: str | None = None, clips: bool = False,
+        exclude: list[str] | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query, the id-map rows of its k best hits and their scores, best first.
+
+        Video hits from a clip-level index keep each video's best clip: asking FAISS for
+        k × (most clips of any video) rows always leaves k distinct videos when there are.
+        """
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         if clips and not self.clip_level:
@@ -205,8 +217,10 @@ class Index:
         if split is not None:
             allowed = np.flatnonzero(self._split == split)
             if not len(allowed):
-                raise ConfigError(f"index {self.name!r} holds no {split!r} videos; splits present: "
-                                  f"{', '.join(sorted(set(self._split)))}")
+                raise ConfigError(
+                    f"index {self.name!r} holds no {split!r} videos; splits present: "
+                    f"{', '.join(sorted(set(self._split)))}"
+                )
         per_hit = 1 if clips else self._per_video
         fetch = (k + (1 if exclude else 0)) * per_hit
         scores, ids = faiss_index.search(
@@ -214,20 +228,14 @@ class Index:
         )
         results = []
         for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):
-            skip = exclude[row] if exclude else None
-            hits: list[Hit] = []
-            seen: set[str] = set()
-            for score, position in zip(row_scores, row_ids):
-                if position < 0 or self._video[position] == skip:
-                    continue
-                if not clips:
-                    if self._video[position] in seen:
-                        continue
-                    seen.add(self._video[position])
-                hits.append(self._hit(len(hits) + 1, float(score), int(position), clips))
-                if len(hits) == k:
-                    break
-            results.append(hits)
+            keep = row_ids >= 0
+            if exclude:
+                keep &= self._video[np.maximum(row_ids, 0)] != exclude[row]
+            row_ids, row_scores = row_ids[keep], row_scores[keep]
+            if per_hit > 1:
+                first = np.sort(np.unique(self._video[row_ids], return_index=True)[1])
+                row_ids, row_scores = row_ids[first], row_scores[first]
+            results.append((row_ids[:k], row_scores[:k]))
         return results
 
     def _hit(self, rank: int, score: float, position: int, clips: bool) -> Hit:

@@ -24,6 +24,7 @@ MBHy), each type as (t-cell, y-cell, x-cell, bin).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -31,7 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
-from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
+from vpipe.models.backbones.registry import (
+    BackboneSpec,
+    check_input,
+    finalize_spec,
+    register_backbone,
+)
 
 ORIENTATIONS = 8
 #: Flow slower than this (pixels per frame) votes for HOF's no-motion bin: a little
@@ -101,7 +107,7 @@ def orientation_histograms(
 
 def segment_means(x: Tensor, dim: int, bounds: list[int]) -> Tensor:
     """Means of ``x`` over the half-open segments ``bounds[i]:bounds[i+1]`` along ``dim``."""
-    return torch.stack([x.narrow(dim, a, b - a).mean(dim) for a, b in zip(bounds[:-1], bounds[1:])], dim)
+    return torch.stack([x.narrow(dim, a, b - a).mean(dim) for a, b in itertools.pairwise(bounds)], dim)
 
 
 def split_bounds(length: int, parts: int) -> list[int]:

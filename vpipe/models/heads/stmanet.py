@@ -56,9 +56,9 @@ Choices where the paper is ambiguous or silent:
 * Inputs are standardised per channel with train statistics (:meth:`prepare`); the
   cached maps of different stages differ in scale.
 
-Ablation switches (Table 4): ``tda``, ``sda`` and ``fusion=last`` (stage 5 only, no MF);
-``tda=false sda=false fusion=last lambda_s=0 lambda_t=0`` is the pooled 3D ResNet-50 +
-linear baseline.
+Ablation switches (Table 4): ``tda``, ``sda`` and ``multilevel=false`` (stage 5 only, no
+MF); ``tda=false sda=false multilevel=false lambda_s=0 lambda_t=0`` is the pooled 3D
+ResNet-50 + linear baseline.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class STMANet(Head):
     options = (
         HeadOption("tda", True, "Temporal deep aggregation (eq. 1-3)."),
         HeadOption("sda", True, "Spatial deep aggregation (eq. 4-5)."),
-        HeadOption("fusion", "multi", "multi: concatenate stages 2-5 (eq. 8); last: stage 5 only.", choices=("multi", "last")),
+        HeadOption("multilevel", True, "Multi-level fusion: concatenate stages 2-5 (eq. 8); false: stage 5 only."),
         HeadOption("lambda_s", 0.01, "λ1, weight of the spatial diversity L_s (eq. 9; §4.5).", minimum=0.0),
         HeadOption("lambda_t", 0.001, "λ2, weight of the temporal diversity L_t (eq. 9; §4.5).", minimum=0.0),
         HeadOption("reduction", 1, "Divide the query/key widths of TDA and SDA by this (1: the paper's).", minimum=1),
@@ -209,10 +209,10 @@ class STMANet(Head):
     def check_options(cls, options: dict[str, Any]) -> None:
         if not 0.0 <= options["dropout"] < 1.0:
             raise ConfigError(f"head option dropout must lie in [0, 1), got {options['dropout']}")
-        if options["lambda_s"] > 0 and not (options["sda"] and options["fusion"] == "multi"):
+        if options["lambda_s"] > 0 and not (options["sda"] and options["multilevel"]):
             raise ConfigError(
                 "lambda_s weighs the diversity between SDA maps of different stages, which needs sda=true and "
-                "fusion=multi: pass -O lambda_s=0"
+                "multilevel=true: pass -O lambda_s=0"
             )
         if options["lambda_t"] > 0 and not options["tda"]:
             raise ConfigError("lambda_t weighs the diversity between TDA maps, which needs tda=true: pass -O lambda_t=0")
@@ -222,7 +222,7 @@ class STMANet(Head):
         """``st-manet[-tda][-sda][-mf][-div]``: the rows of Table 4."""
         parts = [cls.name]
         parts += [name for name in ("tda", "sda") if options[name]]
-        if options["fusion"] == "multi":
+        if options["multilevel"]:
             parts.append("mf")
         if options["lambda_s"] > 0 or options["lambda_t"] > 0:
             parts.append("div")
@@ -239,7 +239,7 @@ class STMANet(Head):
                     "(`vpipe extract --backbone r3d50`)"
                 )
         self.config = options
-        self.fused = ROLES if options["fusion"] == "multi" else ROLES[-1:]
+        self.fused = ROLES if options["multilevel"] else ROLES[-1:]
         channels = [shapes[role][0] for role in ROLES]
         for role, c in zip(ROLES, channels):
             self.register_buffer(f"{role}_mean", torch.zeros(c))
