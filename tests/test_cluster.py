@@ -105,7 +105,7 @@ def test_scheduler_and_cluster_together_is_an_error(tmp_path):
     assert "--scheduler and --cluster" in result.output
 
 
-def test_queued_jobs_size_the_task_window():
+def test_queued_jobs_size_the_task_window_and_promise_their_gpus():
     """Before any job starts, the window is sized for every planned thread, so dask asks for all jobs."""
     executor = DaskExecutor(cluster=ClusterSpec("slurm", jobs=5, cores=4))
 
@@ -115,6 +115,10 @@ def test_queued_jobs_size_the_task_window():
 
     executor._client = NoWorkers()
     assert executor._threads(None) == 20
+    assert executor._supported({"GPU": 1}) is None, "CPU jobs never offer a GPU: do not wait for one"
+    gpu_jobs = DaskExecutor(cluster=ClusterSpec("slurm", jobs=5, gpus_per_job=1))
+    gpu_jobs._client = NoWorkers()
+    assert gpu_jobs._supported({"GPU": 1}) == {"GPU": 1}, "GPU tasks wait for the GPU jobs, one per GPU"
 
 
 def test_cheap_items_are_packed_and_batches_kept():
@@ -136,10 +140,9 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def vpipe(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "vpipe.cli.app", *map(str, args)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
+def invoke(*args: object):
+    """In this process, whose one torch thread (tests/conftest.py) matches the workers' one thread."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 TINY = ["-o", "need=8", "-o", "size=32", "-o", "short_side=48", "-o", "clips=1"]
@@ -147,11 +150,15 @@ TINY = ["-o", "need=8", "-o", "size=32", "-o", "short_side=48", "-o", "clips=1"]
 
 @pytest.mark.slow
 def test_worker_killed_mid_extract_loses_and_duplicates_nothing(tmp_path):
-    """A real scheduler and two workers on loopback; one worker is SIGKILLed mid-extract."""
+    """A real scheduler and two workers on loopback; one worker is SIGKILLed mid-extract.
+
+    Workers and the driver are processes of their own; probe, plan and the in-process
+    reference run here, which saves three interpreter start-ups.
+    """
     ws = tmp_path / "ws"
-    probe = vpipe("probe", "--dataset", "synthetic", "--workspace", ws, "--videos-per-class", "2", "--workers", "0")
-    plan = vpipe("plan", "--dataset", "synthetic", "--workspace", ws, *TINY)
-    assert probe.returncode == plan.returncode == 0, probe.stderr + plan.stderr
+    probe = invoke("probe", "--dataset", "synthetic", "--workspace", ws, "--videos-per-class", "2", "--workers", "0")
+    plan = invoke("plan", "--dataset", "synthetic", "--workspace", ws, *TINY)
+    assert probe.exit_code == plan.exit_code == 0, probe.output + plan.output
     reference = tmp_path / "ref"
     shutil.copytree(ws, reference)
     features = ws / "synthetic" / "features" / "li3d-rgb"
@@ -195,8 +202,8 @@ def test_worker_killed_mid_extract_loses_and_duplicates_nothing(tmp_path):
     assert on_disk == set(index["shard"]), "no orphan shard left behind"
     assert not list(features.glob(".*.tmp")), "no temporary shard left behind"
 
-    assert vpipe("extract", "--dataset", "synthetic", "--workspace", reference, "--workers", "0",
-                 "--quiet").returncode == 0  # fmt: skip
+    in_process = invoke("extract", "--dataset", "synthetic", "--workspace", reference, "--workers", "0", "--quiet")
+    assert in_process.exit_code == 0, in_process.output
     from vpipe.store.reader import FeatureSet
 
     with FeatureSet.open(features) as got, FeatureSet.open(reference / "synthetic" / "features" / "li3d-rgb") as ref:

@@ -35,6 +35,7 @@ from vpipe.retrieval import (
 )
 from vpipe.stages.dataset import configure_dataset
 from vpipe.stages.extract import ExtractStage
+from vpipe.stages.flow import FlowStage
 from vpipe.stages.plan import PlanStage
 from vpipe.stages.probe import ProbeStage
 from vpipe.store import FeatureSet, ShardWriter, shard_name, write_index
@@ -428,6 +429,21 @@ def test_clip_hits_carry_their_time_span(cache, tmp_path) -> None:
     assert hits[0].video_id == "c0/v4"
     videos = index.search_video(copy, k=3, device="cpu")
     assert len({h.video_id for h in videos}) == 3 and videos[0].video_id == "c0/v4" and videos[0].clip == -1
+
+
+@pytest.mark.slow
+def test_a_flow_stream_query_computes_its_flow_with_the_recorded_settings(cache, tmp_path) -> None:
+    fast = {"nscales": 1, "warps": 1, "inner_iterations": 5, "outer_iterations": 1}
+    executor = InProcessExecutor()
+    assert run_stage(FlowStage(cache, plan="li3d", tvl1_params=fast, device="cpu"), executor, progress=False).failed == 0
+    extract = ExtractStage(cache, backbone="li3d", stream="flow", plan="li3d", device="cpu")
+    assert run_stage(extract, executor, progress=False).failed == 0
+    summary = build_index(cache, "features:li3d-flow")
+    assert summary["provenance"]["features"]["flow"]["tvl1_params"] == fast
+    copy = tmp_path / "copy.avi"
+    shutil.copy(cache.read_manifest().set_index("video_id").loc["c0/v3", "path"], copy)
+    hits = Index.open(cache.root, "clips", summary["name"]).search_video(copy, k=2, device="cpu")
+    assert hits[0].video_id == "c0/v3" and hits[0].score == pytest.approx(1.0, abs=1e-5)
 
 
 # --- run: embeddings ------------------------------------------------------------------------

@@ -5,7 +5,15 @@ from __future__ import annotations
 import typer
 
 from vpipe import __version__
-from vpipe.cli import datasets_cmd, encode_cmd, extract_cmd, flow_cmd, pipeline_cmds, retrieval_cmd, train_cmd
+from vpipe.cli import (
+    datasets_cmd,
+    encode_cmd,
+    extract_cmd,
+    flow_cmd,
+    pipeline_cmds,
+    retrieval_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="vpipe",

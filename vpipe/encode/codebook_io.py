@@ -112,7 +112,11 @@ def load_codebook(path: Path) -> Codebook:
         if handle.attrs.get("format") not in _READABLE:
             raise StageError(f"{path} is not a {CODEBOOK_FORMAT} file; delete it and rerun `vpipe encode`")
         arrays = {name: handle[name][()] for name in _ARRAYS}
-        pca = Pca(**{name: handle[f"pca/{name}"][()] for name in _PCA_ARRAYS}) if "pca" in handle else None
+        pca = (
+            Pca(**{name: handle[f"pca/{name}"][()].astype(np.float64) for name in _PCA_ARRAYS})
+            if "pca" in handle
+            else None
+        )
         provenance = json.loads(handle.attrs["provenance"])
     return Codebook(**arrays, provenance=provenance, pca=pca)
 

@@ -48,8 +48,7 @@ class Pca:
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Rows of ``x`` (N, input_dim) in the principal subspace (N, dim), float64."""
-        x = np.asarray(x, dtype=np.float64)
-        return ((x - self.mean) @ self.components.T.astype(np.float64)) * self.scale
+        return ((np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T) * self.scale
 
 
 def fit_pca(x: np.ndarray, dim: int, *, whiten: bool = False) -> Pca:

@@ -229,10 +229,13 @@ class DaskExecutor:
         return Client(self._cluster)
 
     def _supported(self, resources: dict[str, float] | None) -> dict[str, float] | None:
-        """Ask for a resource only if some worker has it; otherwise tasks would wait forever."""
+        """Ask for a resource only if some worker has it, or a queued batch job will offer it;
+        otherwise tasks would wait forever."""
         if not resources:
             return None
         offered = [w.get("resources", {}) for w in self.client.scheduler_info()["workers"].values()]
+        if self.cluster is not None and self.cluster.gpus_per_job:
+            offered.append({"GPU": self.cluster.gpus_per_job})
         wanted = {name: amount for name, amount in resources.items() if any(name in o for o in offered)}
         return wanted or None
 

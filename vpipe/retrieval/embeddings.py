@@ -86,9 +86,9 @@ def _manifest_rows(ws: DatasetWorkspace, indexes: Sequence[pd.DataFrame]) -> pd.
 
 
 def _feature_provenance(ws: DatasetWorkspace, features: FeatureSet) -> dict[str, Any]:
-    """A feature set's provenance, plus its flow cache's when it is a flow stream."""
+    """A feature set's provenance, plus its flow cache's when the backbone reads flow."""
     provenance = dict(features.provenance)
-    if provenance.get("stream") == "flow":
+    if "flow" in (provenance.get("inputs") or [provenance.get("stream")]):
         with FeatureSet.open(ws.flow_dir(str(provenance["plan"]))) as flow:
             provenance["flow"] = flow.provenance
     return provenance

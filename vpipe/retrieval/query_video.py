@@ -129,7 +129,8 @@ class QueryVideo:
 
         if name not in self._features:
             directory = self.scratch / "features" / name
-            flow_dir = self._flow(provenance) if provenance["stream"] == "flow" else None
+            inputs = tuple(provenance.get("inputs") or [provenance["stream"]])
+            flow_dir = self._flow(provenance) if "flow" in inputs else None
             config = ExtractConfig(
                 backbone=str(provenance["backbone"]),
                 stream=str(provenance["stream"]),
@@ -139,6 +140,7 @@ class QueryVideo:
                 device=self.device,
                 decoder=str(provenance.get("decoder", "auto")),
                 flow_dir=str(flow_dir) if flow_dir else None,
+                inputs=inputs,
                 weights_sha256=str(provenance.get("weights_sha256", "random")),
             )
             (result,) = extract_videos(config, [self.job(provenance)])

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from vpipe.encode.baseline import required_bytes, run_baseline_file
 from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, check_budget
@@ -180,7 +181,12 @@ def _encode(
     *,
     layer: str,
 ) -> dict[str, dict[str, Any]]:
-    """Write every stale method's encodings in one pass over the videos, a batch at a time."""
+    """Write every stale method's encodings in one pass over the videos, a batch at a time.
+
+    BLAS runs on one thread here: a video's products are a few MFLOP, far below what
+    pays for waking a thread pool, and on a loaded machine the pool's spinning threads
+    made each video 10× slower.
+    """
     videos = plan.videos
     info: dict[str, dict[str, Any]] = {}
     stale: dict[str, tuple[Path, str]] = {}
@@ -218,8 +224,10 @@ def _encode(
         ids = videos["video_id"].tolist()
         for start in range(0, len(ids), batch):
             chunk = [features.sequence(v, layer=layer, view=0) for v in ids[start : start + batch]]
+            with threadpool_limits(1):
+                encoded = {method: np.stack([ENCODERS[method](d, codebook) for d in chunk]) for method in writers}
             for method, writer in writers.items():
-                writer.write_rows(start, np.stack([ENCODERS[method](d, codebook) for d in chunk]))
+                writer.write_rows(start, encoded[method])
             log.info("encoded %d/%d videos", min(start + batch, len(ids)), len(ids))
     for method in stale:
         info[method]["written"] = True

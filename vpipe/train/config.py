@@ -74,6 +74,13 @@ class TrainConfig:
                 f"head {self.head!r} reads {cls.streams} streams (rgb, then flow): pass --features {cls.streams} times, "
                 f"got {list(features)}"
             )
+        if cls.streams == 1 and len(features) > 1 and self.fusion == "early":
+            kept_apart = [s.role for s in cls.input_spec(features, self.head_options) if s.layout == "clips"]
+            if kept_apart:
+                raise ConfigError(
+                    f"head {self.head!r} reads whole clips ({', '.join(kept_apart)}), which early fusion cannot "
+                    "concatenate: use --fusion late"
+                )
         for name in ("batch_size", "max_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

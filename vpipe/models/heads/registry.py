@@ -16,6 +16,7 @@ the logits, :meth:`Head.forward` both in sequence.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,7 +241,13 @@ class Head(nn.Module):
     def hooks(cls) -> list[str]:
         """The optional hooks this head overrides, for ``vpipe heads``."""
         names = ("prepare", "external_files", "training_loss")
-        return [name for name in names if getattr(cls, name) is not getattr(Head, name)]
+        return [name for name in names if _implementation(cls, name) is not _implementation(Head, name)]
+
+
+def _implementation(owner: type, name: str) -> Any:
+    """The function behind ``owner.name`` (bound classmethods are new objects on each access)."""
+    attr = inspect.getattr_static(owner, name)
+    return attr.__func__ if isinstance(attr, classmethod) else attr
 
 
 _REGISTRY: dict[str, type[Head]] = {}
@@ -302,7 +309,8 @@ def describe_head(name: str, num_classes: int = 101) -> HeadInfo:
     inputs = [spec.to_dict() for spec in cls.input_spec(streams, options)]
     parameters = None
     if cls.example_shapes:
-        model = cls(dict(cls.example_shapes), num_classes, **options)
+        with torch.device("meta"):  # sizes only: no memory, no initialisation time
+            model = cls(dict(cls.example_shapes), num_classes, **options)
         parameters = int(sum(p.numel() for p in model.parameters()))
     return HeadInfo(
         name=name,

@@ -76,7 +76,7 @@ __all__ = ["RADIUS", "VCMSDD", "CrossAttention", "SpatioTemporalConsistency", "g
 #: Neighbourhood half-width on each axis (the paper's "less than or equal to 2").
 RADIUS = 2
 
-#: Cached frames standardisation statistics are taken from (they settle long before).
+#: Train frames per stream the standardisation statistics come from (they settle long before).
 SAMPLE_FRAMES = 64
 
 
