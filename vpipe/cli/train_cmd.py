@@ -8,7 +8,9 @@ import typer
 
 from vpipe.cli.options import (
     Dataset,
+    Device,
     Json,
+    Seed,
     Verbose,
     Workspace,
     dataset_workspace,
@@ -31,7 +33,8 @@ Features = Annotated[
     typer.Option(
         "--features",
         "-f",
-        help="Feature set under features/, repeatable (rgb then flow for two-stream heads) [default: li3d-rgb].",
+        help="Feature set under features/, repeatable (rgb then flow for two-stream heads).",
+        show_default="li3d-rgb",
     ),
 ]
 Head = Annotated[str, typer.Option("--head", help=f"Registered head: {', '.join(list_heads())} (see `vpipe heads`).")]
@@ -66,16 +69,14 @@ Schedule = Annotated[
         "epochs, then --lr/10 from the best checkpoint).",
     ),
 ]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the split, initialisation, shuffling and k-means.")]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
 Amp = Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA (ignored on CPU).")]
 RunId = Annotated[
     Optional[str],
-    typer.Option("--run-id", help="Name of the run [default: <features>-<head settings>-s<seed>]."),
+    typer.Option("--run-id", help="Name of the run.", show_default="<features>-<head settings>-s<seed>"),
 ]
 Threads = Annotated[
     Optional[int],
-    typer.Option("--threads", min=1, help="torch CPU threads; 1 suits small heads on busy cores [default: torch's]."),
+    typer.Option("--threads", min=1, help="torch CPU threads; 1 suits small heads on busy cores.", show_default="torch's"),
 ]
 
 
@@ -206,7 +207,9 @@ def evaluate(
         typer.echo("equal to the run's metrics.json")
 
 
-Runs = Annotated[Optional[str], typer.Option("--runs", help="Comma-separated run ids [default: every completed run].")]
+Runs = Annotated[
+    Optional[str], typer.Option("--runs", help="Comma-separated run ids.", show_default="every completed run")
+]
 Tsne = Annotated[
     bool, typer.Option("--tsne/--no-tsne", help="Draw the t-SNE figure (needs the features and a forward pass).")
 ]
