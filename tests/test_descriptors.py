@@ -332,3 +332,20 @@ def test_orientation_bins_follow_image_axes() -> None:
     assert np.argmax(np_votes(np.array([[0.0]]), np.array([[1.0]]))[:, 0, 0]) == 2
     assert math.isclose(np_votes(np.array([[1.0]]), np.array([[math.tan(math.radians(22.5))]]))[0, 0, 0],
                         np_votes(np.array([[1.0]]), np.array([[math.tan(math.radians(22.5))]]))[1, 0, 0])
+
+
+def test_median_camera_compensation_keeps_only_relative_motion() -> None:
+    """A pan of (1.5, 0) px everywhere and a block moving (1.5, 3): with ``camera=median``
+    the background votes no-motion and the block votes straight down (bin 2)."""
+    flow = uniform(1.5, 0.0, (8, 32, 32))
+    flow[:, 1, 4:12, 4:12] = 3.0
+    rgb = texture(8, 32, 32, 6)
+    hof = block(forward(rgb, flow, camera="median")["pool"][0], "hof").reshape(3, 2, 2, 9)
+    assert (hof[..., [0, 1, 3, 4, 5, 6, 7]] == 0).all()
+    assert (hof[:, 0, 0, 2] > 0).all() and (hof[:, 1:, :, 2] == 0).all() and (hof[:, :, 1, 2] == 0).all()
+    plain = block(forward(rgb, flow)["pool"][0], "hof")
+    assert plain[:, 0].sum() > plain[:, 2].sum(), "without compensation the pan dominates"
+    np.testing.assert_allclose(block(forward(rgb, flow, camera="median")["pool"], "mbhx"),
+                               block(forward(rgb, flow)["pool"], "mbhx"), atol=1e-6)
+    with pytest.raises(ConfigError, match="camera='affine'"):
+        backbone(NAME, camera="affine")

@@ -9,7 +9,7 @@ Why not liblinear: at UCF101 scale (9.5k train videos × 65k–131k dimensions �
 classes) its dual coordinate descent needs hundreds of passes per class and C, and
 scikit-learn copies the matrix to float64 first. Here the objective, per class c,
 
-    1/(2·C·n) ‖w_c‖² + 1/n Σ_i max(0, 1 − y_ic (w_c·z_i + b_c))²     (b unpenalised)
+    1/(2·C·n) (‖w_c‖² + b_c²) + 1/n Σ_i max(0, 1 − y_ic (w_c·z_i + b_c))²
 
 is minimised in the primal for all classes at once by L-BFGS in torch: every function
 evaluation is two float32 matrix products over the standardised train matrix, so the
@@ -18,13 +18,16 @@ cost is bounded and stated up front:
     evaluations ≤ (len(C_GRID) · folds + 1) · MAX_ITERATIONS · 1.25
     each evaluation ≈ 4 · n · dim · classes flops
 
-C is selected along a warm-started path (ascending C, each fit starting from the
-previous solution, which is close), with 3 stratified folds up to
-:data:`FEW_FOLDS_ABOVE` train videos and one stratified 20 % hold-out above it.
-Standardisation statistics come from the whole train split (one streaming pass, float64
-accumulators), also inside the selection folds: they never see test data.
+which is LinearSVC's (liblinear penalises the intercept too, ``intercept_scaling=1``)
+divided by C·n. C is selected along a warm-started path (ascending C, each fit starting
+from the previous solution, which is close), with 3 stratified folds up to
+:data:`FEW_FOLDS_ABOVE` train videos and one stratified 20 % hold-out above it; each
+fold is re-standardised with its own fit-part statistics, as a scikit-learn pipeline
+would. Standardisation statistics come from one streaming pass with float64
+accumulators; nothing of the test split enters them or the choice of C.
 
-Memory: the standardised train matrix (float32) and the L-BFGS state are held and
+Memory: the standardised train matrix (float32), during selection a re-standardised
+copy of it split into fit and held-out parts, and the L-BFGS state are held and
 checked against the budget; the test split is read, standardised and scored a block at
 a time. Statistics are float64 because Fisher-vector columns of nearly empty cells have
 standard deviations near 1e-40, which float32 would flush to zero.
@@ -102,9 +105,9 @@ def _objective_and_gradient(
     no autograd graph (whose bookkeeping costs more than the products on small problems)."""
     n = z.shape[0]
     slack = torch.clamp(1.0 - targets * (z @ weights + bias), min=0.0)
-    loss = (slack * slack).sum() / n + (weights * weights).sum() / (2.0 * c * n)
+    loss = (slack * slack).sum() / n + ((weights * weights).sum() + (bias * bias).sum()) / (2.0 * c * n)
     residual = targets * slack * (-2.0 / n)
-    return loss, z.T @ residual + weights / (c * n), residual.sum(dim=0)
+    return loss, z.T @ residual + weights / (c * n), residual.sum(dim=0) + bias / (c * n)
 
 
 def fit_svm(
@@ -153,8 +156,7 @@ def select_c(z: torch.Tensor, y: np.ndarray, classes: np.ndarray, seed: int) -> 
     accuracy = np.zeros(len(C_GRID))
     evaluations = 0
     for fit_rows, held_rows in splits:
-        fit_t, held_t = torch.from_numpy(fit_rows), torch.from_numpy(held_rows)
-        z_fit, z_held = z[fit_t], z[held_t]
+        z_fit, z_held = _restandardised(z, fit_rows, held_rows)
         solution = None
         for i, c in enumerate(C_GRID):
             weights, bias, used = fit_svm(z_fit, y[fit_rows], classes, c, init=solution)
@@ -170,6 +172,15 @@ def select_c(z: torch.Tensor, y: np.ndarray, classes: np.ndarray, seed: int) -> 
     }
 
 
+def _restandardised(z: torch.Tensor, fit_rows: np.ndarray, held_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of the fit and held-out rows, both standardised with the fit rows' statistics."""
+    z_fit, z_held = z[torch.from_numpy(fit_rows)], z[torch.from_numpy(held_rows)]
+    mean, std = train_statistics(array_blocks(z_fit.numpy()), np.arange(len(fit_rows)), z.shape[1])
+    for part in (z_fit, z_held):
+        part.sub_(torch.from_numpy(mean.astype(np.float32))).div_(torch.from_numpy(std.astype(np.float32)))
+    return z_fit, z_held
+
+
 def top_k_accuracy(scores: np.ndarray, classes: np.ndarray, y: np.ndarray, k: int) -> float:
     """Fraction of rows whose true label is among the ``k`` highest-scoring classes."""
     if scores.ndim == 1:
@@ -179,8 +190,8 @@ def top_k_accuracy(scores: np.ndarray, classes: np.ndarray, y: np.ndarray, k: in
 
 
 def required_bytes(n_train: int, dim: int, classes: int) -> int:
-    """What the baseline holds: the standardised train matrix and the L-BFGS state."""
-    return 4 * n_train * dim + 4 * (dim + 1) * classes * _STATE_COPIES
+    """What the baseline holds: the standardised train matrix, its per-fold copy and the L-BFGS state."""
+    return 2 * 4 * n_train * dim + 4 * (dim + 1) * classes * _STATE_COPIES
 
 
 def fit_and_evaluate(

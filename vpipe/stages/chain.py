@@ -22,6 +22,11 @@ from vpipe.video.plan import SamplerConfig, sampler_config
 SYNTHETIC_SAMPLER = {"need": 16, "clips": 2, "size": 112, "short_side": 128}
 #: ~100 train videos x 4 steps is too few descriptors for the paper's K = 128.
 SYNTHETIC_CLUSTERS = 16
+#: The weight-free motion descriptors the main job computes beside the CNN features.
+DESCRIPTORS = "hoghofmbh"
+#: The synthetic backgrounds pan and jitter: removing each frame's median flow before
+#: the HOF histogram lets it describe the actors instead of the camera.
+SYNTHETIC_DESCRIPTORS = {"camera": "median"}
 
 
 @dataclass
@@ -41,6 +46,8 @@ class ChainOptions:
     videos_per_task: int | None = None
     #: None: the paper's 128, or SYNTHETIC_CLUSTERS on the synthetic dataset; 0 skips encoding.
     clusters: int | None = None
+    #: Also extract :data:`DESCRIPTORS` from the frames and the flow (needs the flow stream).
+    descriptors: bool = True
 
     def sampler_config(self, adapter: str) -> SamplerConfig:
         defaults = SYNTHETIC_SAMPLER if adapter == "synthetic" and self.sampler == "li3d" else {}
@@ -90,14 +97,32 @@ def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: Ch
         if "flow" in options.streams
         else []
     )
+    descriptors = (
+        [
+            ExtractStage(
+                workspace,
+                backbone=DESCRIPTORS,
+                plan=plan.plan_name,
+                options=SYNTHETIC_DESCRIPTORS if config["adapter"] == "synthetic" else {},
+                device=options.device,
+                batch_size=options.batch_size,
+                decode_workers=options.decode_workers,
+                videos_per_task=options.videos_per_task,
+                decoder=options.decoder,
+            )
+        ]
+        if options.descriptors and flows
+        else []
+    )
     clusters = options.clusters
     if clusters is None:
         clusters = SYNTHETIC_CLUSTERS if config["adapter"] == "synthetic" else 128
     features = {stage.stream: stage.set_name for stage in extracts}
     encodes = [EncodeStep(workspace, extracts[0].set_name, clusters)] if clusters else []
     runs = main_job_runs(features, clusters or SYNTHETIC_CLUSTERS)
+    runs += [pipeline_config(stage.set_name, clusters=clusters or SYNTHETIC_CLUSTERS) for stage in descriptors]
     heads = [*(TrainStep(workspace, run) for run in runs), ReportStep(workspace, runs)]
-    return [ProbeStage(workspace, config, decoder=options.decoder), plan, *flows, *extracts, *encodes, *heads]
+    return [ProbeStage(workspace, config, decoder=options.decoder), plan, *flows, *extracts, *descriptors, *encodes, *heads]
 
 
 Step = Stage | DatasetStep

@@ -48,6 +48,10 @@ NT, NY, NX = 3, 2, 2
 DESCRIPTORS = (("hog", ORIENTATIONS), ("hof", ORIENTATIONS + 1), ("mbhx", ORIENTATIONS), ("mbhy", ORIENTATIONS))
 CELLS = NT * NY * NX
 DIM = CELLS * sum(bins for _, bins in DESCRIPTORS)
+#: Camera-motion handling for HOF: ``median`` subtracts each frame's median flow (a
+#: translation-only stand-in for improved trajectories' homography), so a panning
+#: background stops drowning the actors' motion; MBH needs none.
+CAMERA = ("none", "median")
 #: ITU-R BT.601 luma, the grey level OpenCV (and so the dense-trajectory code) uses.
 LUMA = (0.299, 0.587, 0.114)
 #: Flow codes q in 0..255 map to q * 40 / 255 - 20 pixels (bound 20) through the spec's
@@ -141,13 +145,15 @@ def root_normalise(x: Tensor) -> Tensor:
 class DenseDescriptors(nn.Module):
     """HOG / HOF / MBHx / MBHy of a (N, 5, T, H, W) clip of frames and flow; no parameters."""
 
-    def __init__(self, *, step: int = 8, cell: int = 16):
+    def __init__(self, *, step: int = 8, cell: int = 16, camera: str = "none"):
         super().__init__()
+        if camera not in CAMERA:
+            raise ConfigError(f"hoghofmbh camera={camera!r}: use one of {', '.join(CAMERA)}")
         if step < NT:
             raise ConfigError(f"hoghofmbh step={step}: a step needs at least {NT} frames, one per temporal cell")
         if cell < 1:
             raise ConfigError(f"hoghofmbh cell={cell}: cells need at least one pixel")
-        self.step, self.cell = step, cell
+        self.step, self.cell, self.camera = step, cell, camera
         self.num_features = DIM
         self.spec = finalize_spec(
             BackboneSpec(
@@ -207,7 +213,10 @@ class DenseDescriptors(nn.Module):
         luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
         grey = (x[:, :3] * luma).sum(1)
         u, v = x[:, 3], x[:, 4]
-        return [(*gradients(grey), None), (u, v, NO_MOTION), (*gradients(u), None), (*gradients(v), None)]
+        moving = (u, v)
+        if self.camera == "median":
+            moving = tuple(c - c.flatten(-2).median(-1).values[..., None, None] for c in (u, v))
+        return [(*gradients(grey), None), (*moving, NO_MOTION), (*gradients(u), None), (*gradients(v), None)]
 
 
 def _patch_descriptors(cells: Tensor, steps: int) -> Tensor:
@@ -220,11 +229,11 @@ def _patch_descriptors(cells: Tensor, steps: int) -> Tensor:
 
 
 @register_backbone("hoghofmbh", inputs=("rgb", "flow"), weightless=True)
-def hoghofmbh(*, stream: str = "rgb", step: int = 8, cell: int = 16) -> DenseDescriptors:
+def hoghofmbh(*, stream: str = "rgb", step: int = 8, cell: int = 16, camera: str = "none") -> DenseDescriptors:
     """Dense HOG/HOF/MBH of the frames and their cached flow: one feature set, no streams."""
     if stream != "rgb":
         raise ConfigError(
             "backbone hoghofmbh reads the frames and their flow together as one input: "
             "leave --stream at rgb (its features land in features/hoghofmbh)"
         )
-    return DenseDescriptors(step=step, cell=cell)
+    return DenseDescriptors(step=step, cell=cell, camera=camera)
