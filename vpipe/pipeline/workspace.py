@@ -97,6 +97,11 @@ class DatasetWorkspace:
         return self.runs_dir / run_id
 
     @property
+    def index_dir(self) -> Path:
+        """Retrieval indexes: ``<name>.faiss``, its id map ``<name>.parquet``, evaluations."""
+        return self.dir / "index"
+
+    @property
     def report_path(self) -> Path:
         return self.dir / "report.md"
 

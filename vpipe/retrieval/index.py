@@ -55,7 +55,7 @@ def build_index(
     stored = store.read_metadata(ws, name)
     if stored is not None and stored["embedding"] != source.text:
         raise ConfigError(
-            f"index {name!r} in {store.index_dir(ws)} was built from {stored['embedding']}, not {source.text}; "
+            f"index {name!r} in {ws.index_dir} was built from {stored['embedding']}, not {source.text}; "
             f"choose another --name (nothing was rewritten)"
         )
     embedding_fp = source.fingerprint(ws)
@@ -131,9 +131,9 @@ class Index:
         )
         metadata = store.read_metadata(ws, name)
         if metadata is None:
-            present = sorted(p.stem for p in store.index_dir(ws).glob("*.parquet"))
+            present = sorted(p.stem for p in ws.index_dir.glob("*.parquet"))
             raise StageError(
-                f"no index {name!r} in {store.index_dir(ws)}: build it with `vpipe index --dataset {ws.dataset} "
+                f"no index {name!r} in {ws.index_dir}: build it with `vpipe index --dataset {ws.dataset} "
                 f"--embedding KIND:NAME`" + (f"; indexes present: {', '.join(present)}" if present else "")
             )
         if embedding is not None and parse_embedding(embedding).text != metadata["embedding"]:

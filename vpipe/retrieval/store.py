@@ -28,10 +28,6 @@ from vpipe.pipeline.workspace import DatasetWorkspace
 METADATA_KEY = "index"
 
 
-def index_dir(ws: DatasetWorkspace) -> Path:
-    return ws.dir / "index"
-
-
 def check_name(name: str) -> str:
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ConfigError(f"invalid index name {name!r}: use a plain name like 'li3d-rgb-k128-vlad'")
@@ -39,15 +35,15 @@ def check_name(name: str) -> str:
 
 
 def faiss_path(ws: DatasetWorkspace, name: str) -> Path:
-    return index_dir(ws) / f"{check_name(name)}.faiss"
+    return ws.index_dir / f"{check_name(name)}.faiss"
 
 
 def idmap_path(ws: DatasetWorkspace, name: str) -> Path:
-    return index_dir(ws) / f"{check_name(name)}.parquet"
+    return ws.index_dir / f"{check_name(name)}.parquet"
 
 
 def evaluation_path(ws: DatasetWorkspace, name: str) -> Path:
-    return index_dir(ws) / f"{check_name(name)}-evaluation.json"
+    return ws.index_dir / f"{check_name(name)}-evaluation.json"
 
 
 def sha256(path: Path) -> str:
