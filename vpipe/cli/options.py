@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from vpipe.errors import ConfigError, VpipeError
@@ -263,7 +264,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except VpipeError as error:
-            err.print(f"[red]error:[/] {error}")
+            err.print(f"[red]error:[/] {escape(str(error))}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted: finished items are kept; rerun the same command to resume[/]")
