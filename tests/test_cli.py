@@ -169,17 +169,20 @@ def test_synthetic_main_job_runs_every_stage_then_does_nothing(tmp_path):
     assert first.exit_code == 0, first.output
     stages = {s["stage"]: s for s in json.loads(first.stdout)["stages"]}
     names = list(stages)
-    assert names[:6] == ["probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "encode li3d-rgb"]
-    trains = names[6:-1]
-    assert names[-1] == "evaluate" and len(trains) == 3 and all(name.startswith("train ") for name in trains)
-    assert "train li3d-rgb+li3d-flow-late" in trains, "rgb, flow and their late fusion"
+    assert names[:7] == [
+        "probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "extract:hoghofmbh", "encode li3d-rgb"
+    ]  # fmt: skip
+    trains = names[7:-1]
+    assert names[-1] == "evaluate" and all(name.startswith("train ") for name in trains)
+    assert trains == ["train li3d-rgb", "train li3d-flow", "train li3d-rgb+li3d-flow-late", "train hoghofmbh"]
     manifest = pd.read_parquet(tmp_path / "synthetic" / "manifest.parquet")
     assert (manifest.status == "ok").all() and len(manifest) == 14 * 4
     assert manifest.label.min() == 0 and manifest.label.nunique() == manifest.label_name.nunique() == 14
     assert (manifest.num_frames < 16).any(), "some synthetic videos are shorter than a clip"
     assert stages["probe"]["done"] == 56 and stages["extract:li3d-flow"]["done"] == 56
     accuracies = stages["evaluate"]["details"]["accuracy"]
-    assert len(accuracies) == 3 and all(0.0 <= value <= 1.0 for value in accuracies.values())
+    assert len(accuracies) == 4 and all(0.0 <= value <= 1.0 for value in accuracies.values())
+    assert stages["extract:hoghofmbh"]["done"] == 56
     for train in trains:
         run_dir = Path(stages[train]["artifact"])
         for name in ("config.json", "checkpoint.pt", "history.csv", "metrics.json"):

@@ -69,7 +69,7 @@ def _scores(metrics: dict) -> dict:
 
 def test_bilstm_learns_temporal_order_and_writes_every_artifact(ws):
     result = train(ws, cfg(temporal="bilstm", aggregation="concat"))
-    assert result.run_id == "li3d-rgb-bilstm-concat-k4-two-phase-s0"
+    assert result.run_id == "li3d-rgb-bilstm-concat-k4-s0"
     assert result.directory == ws.dir / "runs" / result.run_id
     assert result.metrics["accuracy"] >= 0.9
 

@@ -30,14 +30,18 @@ from vpipe.stages.encode import DEFAULT_PCA, run_encode
 Clusters = Annotated[int, typer.Option("--clusters", "-k", min=1, help="Codebook size K (the paper uses 128).")]
 SampleSize = Annotated[
     int | None,
-    typer.Option("--sample-size", min=1, help="Train descriptors k-means is fitted on [default: min(all, 100000)]."),
+    typer.Option(
+        "--sample-size", min=1, help="Train descriptors k-means is fitted on.", show_default="min(all, 100000)"
+    ),
 ]
 Niter = Annotated[int, typer.Option("--niter", min=1, help="k-means iterations.")]
 Methods = Annotated[str, typer.Option("--methods", help="Comma-separated encodings: bof, vlad, fv.")]
 Layer = Annotated[str, typer.Option("--layer", help="Cached layer holding per-step descriptors.")]
 SvmC = Annotated[
     float | None,
-    typer.Option("--svm-c", min=0.0, help="Fixed C of the linear SVM [default: chosen by CV on train]."),
+    typer.Option(
+        "--svm-c", min=0.0, help="Fixed C of the linear SVM.", show_default="chosen on train data only"
+    ),
 ]
 Pca = Annotated[
     str,
