@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -75,6 +76,7 @@ def train_once(root: Path, mode: str, head_options: dict) -> dict:
     config = TrainConfig(
         features=STREAMS, head_options=head_options, batch_size=64, max_epochs=2, patience=2, lr=1e-3
     )
+    shutil.rmtree(ws.run_dir(f"bench-{mode}"), ignore_errors=True)
     started = time.perf_counter()
     result = train(ws, config, run_id=f"bench-{mode}", cache_bytes=0 if mode == "streamed" else 2 * 1024**3)
     history = result.history

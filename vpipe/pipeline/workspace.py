@@ -69,7 +69,7 @@ class DatasetWorkspace:
     def features_dir(self, name: str) -> Path:
         return self.dir / "features" / name
 
-    def open_features(self, name: str) -> FeatureSet:
+    def open_features(self, name: str, *, max_open_files: int = 16) -> FeatureSet:
         """The feature set ``features/<name>``; a :class:`StageError` naming ``vpipe extract`` if absent."""
         directory = self.features_dir(name)
         if not (directory / INDEX_FILE).is_file():
@@ -79,7 +79,7 @@ class DatasetWorkspace:
                 f"run `vpipe extract --dataset {self.dataset}` first"
                 + (f"; extracted feature sets: {', '.join(available)}" if available else "")
             )
-        return FeatureSet.open(directory)
+        return FeatureSet.open(directory, max_open_files=max_open_files)
 
     def codebook_path(self, features: str, clusters: int) -> Path:
         return self.dir / "codebooks" / f"{features}-k{clusters}.h5"

@@ -11,7 +11,7 @@ Training reads every cached view of a fit video (augmented crops and flips act a
 augmentation); validation and test read view 0, the centre view, as at test time.
 
 What stays in memory: each feature set's index (a few hundred bytes per clip), at most
-16 open HDF5 shards per set, and an LRU of decoded videos bounded by ``cache_bytes``
+512 open HDF5 shards per set, and an LRU of decoded videos bounded by ``cache_bytes``
 (float16, as stored). A cache that fits the bound is read from disk once, in the first
 epoch; a larger one (VGG conv5_3 grids of UCF101 are tens of GB) streams from the
 shards every epoch, one row read per clip, with memory flat in the dataset size.
@@ -37,6 +37,10 @@ from vpipe.store import FeatureSet
 
 #: Decoded videos kept between epochs; the synthetic and UCF101 pooled caches fit.
 DEFAULT_CACHE_BYTES = 2 * 1024**3
+#: Shards kept open per feature set. Training reads videos in shuffled order, so a small
+#: LRU reopens an HDF5 file for nearly every clip (half of a streamed epoch's time at
+#: UCF101 size with 16); a handle costs a few hundred KB.
+OPEN_SHARDS = 512
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class InputReader:
         self.sets: dict[str, FeatureSet] = {}
         try:
             for name in names:
-                self.sets[name] = ws.open_features(name)
+                self.sets[name] = ws.open_features(name, max_open_files=OPEN_SHARDS)
         except Exception:
             self.close()
             raise
