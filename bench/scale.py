@@ -15,7 +15,13 @@ time per part, peak RSS and bytes on disk per artifact. Times are fitted as
 
     python bench/scale.py --root /tmp/scale --sizes 1000 3000 13320 --clusters 64 128 256
 
-Training and report timing reuse :func:`build_ucf101_like_cache` and are measured elsewhere.
+``--stages train report`` measures the later stages on the same sizes, each in a fresh
+subprocess: :func:`vpipe.train.train` with the default head and options for ``--epochs``
+epochs (seconds per epoch, peak RSS, run bytes on disk), then
+:func:`vpipe.report.build_report` of that run (curves, 101-class confusion matrix, t-SNE
+of its stated subsample), fitted and projected the same way:
+
+    python bench/scale.py --root /tmp/scale --stages train report --epochs 5 --output bench/results/scale-train.json
 """
 
 from __future__ import annotations
@@ -136,32 +142,106 @@ def run_point(root: Path, dataset: str, clusters: int, options: dict[str, Any]) 
     }
 
 
-def measure(root: Path, dataset: str, clusters: int, options: dict[str, Any]) -> dict[str, Any]:
-    """:func:`run_point` in a fresh interpreter, so peak RSS is this point's alone."""
+def _usage() -> dict[str, Any]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+def _bytes_under(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def train_point(root: Path, dataset: str, epochs: int, options: dict[str, Any]) -> dict[str, Any]:
+    """One training run with the default head and options (called in a fresh subprocess)."""
+    import shutil
+
+    import torch
+
+    from vpipe.train import TrainConfig, train
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ws = DatasetWorkspace(root, dataset)
+    run_id = f"scale-e{epochs}"
+    shutil.rmtree(ws.run_dir(run_id), ignore_errors=True)
+    config = TrainConfig(features=(FEATURES,), max_epochs=epochs, patience=epochs, seed=0, device="cpu")
+    started = time.perf_counter()
+    result = train(ws, config, run_id=run_id)
+    wall = time.perf_counter() - started
+    seconds = result.history["seconds"].astype(float).tolist()
+    return {
+        "stage": "train",
+        "videos": len(pd.read_parquet(ws.manifest_path)),
+        "epochs": epochs,
+        "head": config.head,
+        "wall_seconds": round(wall, 2),
+        "epoch_seconds": [round(s, 2) for s in seconds],
+        "median_epoch_seconds": round(float(np.median(seconds)), 2),
+        "parameters": result.metrics["parameters"],
+        "test_accuracy": result.metrics["accuracy"],
+        "bytes_on_disk": {"run": _bytes_under(ws.run_dir(run_id))},
+        **_usage(),
+    }
+
+
+def report_point(root: Path, dataset: str, epochs: int, options: dict[str, Any]) -> dict[str, Any]:
+    """The report of :func:`train_point`'s run: plots, confusion matrix, t-SNE subsample, report.md."""
+    import torch
+
+    from vpipe.report import build_report
+    from vpipe.report.build import MAX_TSNE_VIDEOS
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ws = DatasetWorkspace(root, dataset)
+    run_id = f"scale-e{epochs}"
+    started = time.perf_counter()
+    build_report(ws, [run_id], device="cpu")
+    wall = time.perf_counter() - started
+    return {
+        "stage": "report",
+        "videos": len(pd.read_parquet(ws.manifest_path)),
+        "wall_seconds": round(wall, 2),
+        "tsne_videos": min(MAX_TSNE_VIDEOS, len(json.loads((ws.run_dir(run_id) / "config.json").read_text())["data"]["test"])),
+        "bytes_on_disk": {"plots": _bytes_under(ws.run_dir(run_id) / "plots")},
+        **_usage(),
+    }
+
+
+POINTS = {"encode": "run_point", "train": "train_point", "report": "report_point"}
+
+
+def measure(root: Path, dataset: str, number: int, options: dict[str, Any], stage: str = "encode") -> dict[str, Any]:
+    """One stage's point (``number`` is K for encode, epochs otherwise) in a fresh interpreter.
+
+    A fresh process per point, so peak RSS is this point's alone.
+    """
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); from bench.scale import run_point; "
-        "print(json.dumps(run_point(__import__('pathlib').Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), "
+        f"import json, sys; sys.path.insert(0, sys.argv[1]); from bench.scale import {POINTS[stage]} as point; "
+        "print(json.dumps(point(__import__('pathlib').Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), "
         "json.loads(sys.argv[5]))))"
     )
     repo = str(Path(__file__).resolve().parent.parent)
     out = subprocess.run(
-        [sys.executable, "-c", code, repo, str(root), dataset, str(clusters), json.dumps(options)],
+        [sys.executable, "-c", code, repo, str(root), dataset, str(number), json.dumps(options)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _group(point: dict[str, Any]) -> str:
+    return str(point["clusters"]) if "clusters" in point else point["stage"]
+
+
 def scaling(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """Exponent b of ``t = a·n^b`` per K (least squares in log space) and the 240k projection."""
+    """Exponent b of ``t = a·n^b`` per K or stage (least squares in log space) and the 240k projection."""
     fits = {}
-    for k in sorted({p["clusters"] for p in points}):
-        mine = sorted((p for p in points if p["clusters"] == k), key=lambda p: p["videos"])
+    for k in sorted({_group(p) for p in points}):
+        mine = sorted((p for p in points if _group(p) == k), key=lambda p: p["videos"])
         if len(mine) < 2:
             continue
         n = np.log([p["videos"] for p in mine])
         t = np.log([p["wall_seconds"] for p in mine])
         b, a = np.polyfit(n, t, 1)
-        fits[str(k)] = {
+        fits[k] = {
             "exponent": round(float(b), 3),
             "kinetics400_projected_seconds": round(float(np.exp(a) * KINETICS_400**b), 1),
             "kinetics400_linear_disk_bytes": {
@@ -179,6 +259,8 @@ def main() -> None:
     parser.add_argument("--methods", default="bof,vlad,fv")
     parser.add_argument("--no-baseline", action="store_true", help="Time codebook + encodings only.")
     parser.add_argument("--pca", default="auto")
+    parser.add_argument("--stages", nargs="+", choices=tuple(POINTS), default=["encode"])
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs per train point")
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
     args = parser.parse_args()
     full = DatasetWorkspace(args.root, "ucf101like")
@@ -191,16 +273,17 @@ def main() -> None:
         "pca": args.pca if args.pca == "auto" else int(args.pca),
         "baseline": not args.no_baseline,
     }
+    work = [("encode", k, size) for k in args.clusters for size in args.sizes if "encode" in args.stages]
+    work += [(stage, args.epochs, size) for size in args.sizes for stage in ("train", "report") if stage in args.stages]
     points = []
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    for k in args.clusters:
-        for size in args.sizes:
-            ws = full if size >= UCF101_VIDEOS else subset_workspace(full, size)
-            points.append(measure(args.root, ws.dataset, k, options))
-            print(json.dumps(points[-1]), file=sys.stderr)
-            machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": load_average()}
-            result = {"machine": machine, "points": points, "scaling": scaling(points)}
-            args.output.write_text(json.dumps(result, indent=2))
+    for stage, number, size in work:
+        ws = full if size >= UCF101_VIDEOS else subset_workspace(full, size)
+        points.append(measure(args.root, ws.dataset, number, options, stage))
+        print(json.dumps(points[-1]), file=sys.stderr)
+        machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": load_average()}
+        result = {"machine": machine, "points": points, "scaling": scaling(points)}
+        args.output.write_text(json.dumps(result, indent=2))
     print(json.dumps(result["scaling"], indent=2))
 
 

@@ -215,7 +215,7 @@ def ablation(args: argparse.Namespace) -> dict[str, object]:
                 seed=seed,
                 device="cpu",
             )
-            result = train(ws, config, run_id=f"stmanet-ablation-{index}-s{seed}", reuse=True, threads=args.threads)
+            result = train(ws, config, run_id=f"stmanet-ablation-{index}-e{args.epochs}-lr{args.lr:g}-s{seed}", reuse=True, threads=args.threads)
             scores.append(float(result.metrics["accuracy"]))
         rows.append(
             {

@@ -258,7 +258,7 @@ def test_requested_sample_size_is_used_and_reported(fake) -> None:
 
 def test_run_encode_writes_codebook_encodings_and_a_baseline(fake) -> None:
     ws, sequences = fake
-    summary = run_encode(ws, FEATURES, 4, seed=0, niter=20)
+    summary = run_encode(ws, FEATURES, 4, seed=0, niter=20, pca=D // 2)
     book = load_codebook(Path(summary["codebook"]["path"]))
     assert book.centroids.shape == (4, D // 2) and book.centroids.dtype == np.float32
     assert book.input_dim == D and summary["codebook"]["pca"]["dim"] == D // 2

@@ -22,6 +22,7 @@ from vpipe.encode import EncodingReader, encode_bof, encode_fisher, encode_vlad,
 from vpipe.encode import baseline as baseline_module
 from vpipe.encode.baseline import array_blocks, fit_and_evaluate, fit_svm, run_baseline, train_statistics
 from vpipe.encode.budget import MemoryBudgetError, parse_bytes
+from vpipe.encode.fit import resolve_pca
 from vpipe.encode.pca import fit_pca
 from vpipe.errors import ConfigError
 from vpipe.stages import encode as encode_stage
@@ -101,6 +102,17 @@ def test_pca_is_fitted_on_train_descriptors_only(tmp_path) -> None:
     np.testing.assert_array_equal(books[0].centroids, books[1].centroids)
 
 
+def test_auto_pca_needs_ten_descriptors_per_dimension(tmp_path) -> None:
+    assert resolve_pca("auto", 1024, 10_239) is None
+    assert resolve_pca("auto", 1024, 10_240) == 512
+    assert resolve_pca("auto", 1024) == 512 and resolve_pca(0, 1024, 10**6) is None
+    assert resolve_pca(16, 32, 5) == 16
+    ws, _ = make_workspace(tmp_path)  # 15 train videos: far fewer descriptors than 10 per dimension
+    summary = run_encode(ws, FEATURES, 4, niter=5, baseline=False)
+    assert summary["codebook"]["pca"] is None
+    assert run_encode(ws, FEATURES, 4, niter=5, baseline=False, pca=16)["codebook"]["pca"]["dim"] == 16
+
+
 def test_codebook_round_trips_its_pca(tmp_path) -> None:
     ws, sequences = make_workspace(tmp_path)
     summary = run_encode(ws, FEATURES, 4, niter=5, methods=["bof"], pca=6, whiten=True, svm_c=1.0)
@@ -174,15 +186,34 @@ def test_a_budget_too_small_is_one_clear_error(tmp_path) -> None:
     with pytest.raises(MemoryBudgetError, match=r"k-means sample .* --memory-budget of 1 KiB: lower --sample-size"):
         run_encode(ws, FEATURES, 4, memory_budget=1024, baseline=False)
     with pytest.raises(MemoryBudgetError, match=r"the fv linear baseline \(15 train videos × 128\).*--no-baseline"):
-        run_encode(ws, FEATURES, 4, memory_budget=40_000)
+        run_encode(ws, FEATURES, 4, memory_budget=40_000, pca=16)
     assert not ws.codebook_path(FEATURES, 4).exists()
-    assert run_encode(ws, FEATURES, 4, niter=5, memory_budget=40_000, baseline=False)["baseline"] is None
+    assert run_encode(ws, FEATURES, 4, niter=5, memory_budget=40_000, baseline=False, pca=16)["baseline"] is None
     x = np.zeros((20, 100), dtype=np.float32)
     with pytest.raises(MemoryBudgetError, match=r"linear baseline on encodings \(10 train videos × 100\)"):
         fit_and_evaluate(array_blocks(x), 100, np.arange(20) % 2, np.array(["train", "test"] * 10), memory_budget=8000)
     assert parse_bytes("1.5G") == 3 << 29 and parse_bytes("512M") == 1 << 29
     with pytest.raises(ConfigError, match="--memory-budget expects"):
         parse_bytes("lots")
+
+
+def test_within_budget_leaves_out_only_the_baselines_that_do_not_fit(tmp_path, caplog) -> None:
+    ws, _ = make_workspace(tmp_path)
+    options = {"niter": 5, "svm_c": 1.0, "memory_budget": 40_000, "baseline": "within-budget", "pca": 16}
+    with caplog.at_level("WARNING", logger="vpipe.stages.encode"):
+        summary = run_encode(ws, FEATURES, 4, **options)
+    assert set(summary["encodings"]) == {"bof", "vlad", "fv"}
+    assert all(Path(e["path"]).is_file() for e in summary["encodings"].values())
+    assert set(summary["baseline"]["methods"]) == {"bof", "vlad"}
+    assert list(summary["baseline_skipped"]) == ["fv"]
+    assert "fv linear baseline needs" in summary["baseline_skipped"]["fv"]
+    assert "--methods fv --memory-budget" in caplog.text
+    assert all(encode_status(ws, FEATURES, 4, **options).values())
+    # A run with every baseline that fits reuses the same artifacts as an explicit one.
+    explicit = run_encode(ws, FEATURES, 4, **{**options, "baseline": True, "methods": ["bof", "vlad"]})
+    assert not explicit["codebook"]["fitted"]
+    with pytest.raises(ConfigError, match="baseline must be"):
+        run_encode(ws, FEATURES, 4, **{**options, "baseline": "sometimes"})
 
 
 # --- status ------------------------------------------------------------------------------

@@ -295,3 +295,47 @@ def test_flow_stream_reads_the_cached_flow(tmp_path: Path) -> None:
         arrays, provenance = read_row(ws.features_dir("li3d-flow"), row.video_id, row.clip, row.view)
         assert_features_close(arrays["pool"], expected[0], control[0])
     assert provenance["stream"] == "flow"
+
+
+def test_clip_signature_is_the_fingerprinted_form_of_each_clip() -> None:
+    """Item fingerprints must not change with how the signature is computed (a change
+    would make every stored feature look stale)."""
+    from dataclasses import asdict
+
+    from vpipe.pipeline.fingerprint import fingerprint
+    from vpipe.stages.extract import clip_signature
+    from vpipe.video.jobs import ClipSpec, VideoJob
+    from vpipe.video.views import Crop
+
+    crops = [Crop(128, 170, 8, 29, 112, 112), Crop(128, 170, 8, 29, 112, 112, flip=True)]
+    clips = tuple(ClipSpec(clip, view, tuple(range(clip, clip + 4)), crops[view]) for clip in range(3) for view in range(2))
+    job = VideoJob("a/b", "/x/a/b.mp4", 40, clips)
+    expected = [(c.clip, c.view, c.frames, asdict(c.crop)) for c in clips]
+    assert clip_signature(job) == expected
+    assert fingerprint("m", clip_signature(job)) == fingerprint("m", expected)
+    assert clip_signature(job)[1][3] is not clip_signature(job)[0][3]
+
+
+def test_plan_jobs_are_built_once_until_the_plan_or_manifest_changes(tmp_path) -> None:
+    import os
+
+    from vpipe.errors import StageError
+    from vpipe.stages.extract import plan_jobs
+
+    ws = DatasetWorkspace(tmp_path, "tiny")
+    with pytest.raises(StageError, match="no plan 'li3d'"):
+        plan_jobs(ws, "li3d")
+    ws.plan_path("li3d").parent.mkdir(parents=True)
+    box = {"resize_h": 128, "resize_w": 170, "crop_y": 8, "crop_x": 29, "crop_h": 112, "crop_w": 112, "flip": False}
+    rows = [{"video_id": f"v{i}", "clip": 0, "view": 0, "frames": [0, 1, 2, 3], **box} for i in range(3)]
+    pd.DataFrame(rows).to_parquet(ws.plan_path("li3d"))
+    manifest = pd.DataFrame({"video_id": ["v0", "v1", "v2"], "path": ["/a", "/b", "/c"], "num_frames": [8, 8, 8]})
+    manifest.to_parquet(ws.manifest_path)
+    first = plan_jobs(ws, "li3d")
+    assert sorted(first) == ["v0", "v1", "v2"] and plan_jobs(ws, "li3d") is first
+    manifest.assign(num_frames=[9, 9, 9]).to_parquet(ws.manifest_path)
+    os.utime(ws.manifest_path, ns=(1, 1))  # a rewrite within the same mtime tick still changes the key: size or mtime
+    second = plan_jobs(ws, "li3d")
+    assert second is not first and second["v0"].num_frames == 9
+    pd.DataFrame(rows[:2]).to_parquet(ws.plan_path("li3d"))
+    assert sorted(plan_jobs(ws, "li3d")) == ["v0", "v1"]

@@ -48,7 +48,8 @@ Pca = Annotated[
     typer.Option(
         "--pca",
         help="Descriptor dimension after a train-only PCA, fitted with the codebook: auto = D/2 "
-        "(as in the improved-trajectory Fisher-vector papers), 0 = no PCA, or a number.",
+        "(as in the improved-trajectory Fisher-vector papers) when the codebook sample holds at least "
+        "10 descriptors per dimension, else none; 0 = no PCA, or a number.",
     ),
 ]
 Whiten = Annotated[bool, typer.Option("--whiten", help="Whiten the PCA components (divide by their deviation).")]

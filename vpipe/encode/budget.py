@@ -35,6 +35,12 @@ def parse_bytes(text: str) -> int:
 
 DEFAULT_MEMORY_BUDGET = parse_bytes(DEFAULT_MEMORY_BUDGET_TEXT)
 
+#: ``baseline=`` value of the encode stage: run the linear baseline for the methods whose
+#: train matrix fits the budget and leave the others out with a warning, so that a
+#: dataset-scale ``vpipe run`` finishes its encodings instead of stopping (an explicit
+#: ``vpipe encode`` keeps the up-front refusal).
+WITHIN_BUDGET = "within-budget"
+
 
 def format_bytes(size: float) -> str:
     """Bytes in the largest binary unit that keeps the number at least 1."""

@@ -9,6 +9,7 @@ from vpipe.pipeline.executor import Executor
 from vpipe.pipeline.runner import run_stage, stage_status
 from vpipe.pipeline.stage import Stage, StageReport
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.encode.budget import WITHIN_BUDGET
 from vpipe.stages.dataset_steps import DatasetStep, EncodeStep, ReportStep, TrainStep
 from vpipe.stages.extract import ExtractStage
 from vpipe.stages.flow import FlowStage
@@ -118,7 +119,7 @@ def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: Ch
     if clusters is None:
         clusters = SYNTHETIC_CLUSTERS if config["adapter"] == "synthetic" else 128
     features = {stage.stream: stage.set_name for stage in extracts}
-    encodes = [EncodeStep(workspace, extracts[0].set_name, clusters)] if clusters else []
+    encodes = [EncodeStep(workspace, extracts[0].set_name, clusters, baseline=WITHIN_BUDGET)] if clusters else []
     runs = main_job_runs(features, clusters or SYNTHETIC_CLUSTERS)
     runs += [pipeline_config(stage.set_name, clusters=clusters or SYNTHETIC_CLUSTERS) for stage in descriptors]
     heads = [*(TrainStep(workspace, run) for run in runs), ReportStep(workspace, runs)]

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,17 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from vpipe.encode.baseline import required_bytes, run_baseline_file
-from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, check_budget
+from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, WITHIN_BUDGET, check_budget, format_bytes
 from vpipe.encode.classic import ENCODERS, METHODS, encoding_dim, method_dim
 from vpipe.encode.codebook_io import Codebook, load_codebook, save_codebook, stored_fingerprint
 from vpipe.encode.encoding_io import EncodingReader, EncodingWriter
-from vpipe.encode.fit import descriptor_dim, fit_codebook, resolve_pca
+from vpipe.encode.fit import (
+    codebook_sample_size,
+    descriptor_dim,
+    fit_codebook,
+    resolve_pca,
+    train_descriptor_total,
+)
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
@@ -53,7 +59,7 @@ log = logging.getLogger(__name__)
 CODEBOOK_METHOD = "pca+faiss-kmeans+partition-gmm/2"
 ENCODING_VERSION = "classic/1"
 BASELINE_METHOD = "standardize+ovr-l2svm-lbfgs/2"
-#: Default ``--pca``: D/2, see :mod:`vpipe.encode.pca`.
+#: Default ``--pca``: D/2 when the codebook sample allows it, see :func:`vpipe.encode.fit.resolve_pca`.
 DEFAULT_PCA = "auto"
 #: Bytes of encoded vectors held before a batch is written.
 BATCH_BYTES = 64 << 20
@@ -79,6 +85,10 @@ class EncodePlan:
     codebook_fingerprint: str
     encoding_fingerprints: dict[str, str]
     baseline_fingerprint: str | None
+    #: Methods the linear baseline evaluates (all encoded ones unless some exceed the budget).
+    baseline_methods: list[str] = field(default_factory=list)
+    #: Method -> one line saying why its baseline is left out (``baseline="within-budget"``).
+    baseline_skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _plan(
@@ -95,7 +105,8 @@ def _plan(
     svm_c: float | None,
     pca: int | str | None,
     whiten: bool,
-    run_baseline: bool = True,
+    run_baseline: bool | str = True,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> EncodePlan:
     """Fingerprints from the manifest, the features index and the options: nothing is fitted."""
     methods = _parse_methods(methods)
@@ -109,7 +120,8 @@ def _plan(
             f"the train split only; check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
         )
     input_dim = descriptor_dim(features, layer)
-    reduced = resolve_pca(pca, input_dim)
+    samples = codebook_sample_size(train_descriptor_total(features, train_ids, layer), sample_size)
+    reduced = resolve_pca(pca, input_dim, samples)
     index_sha256 = features.index_sha256
     book = fingerprint(
         CODEBOOK_METHOD, features_name, index_sha256, layer, clusters, sample_size, seed, niter, train_ids,
@@ -117,19 +129,45 @@ def _plan(
     )  # fmt: skip
     listing = videos[["video_id", "label", "split"]].values.tolist()
     encodings = {m: fingerprint(ENCODING_VERSION, m, book, index_sha256, layer, listing) for m in methods}
-    has_test = bool((videos["split"] == "test").any())
-    baseline = fingerprint(BASELINE_METHOD, encodings, svm_c, seed) if has_test and run_baseline else None
-    return EncodePlan(videos, missing, train_ids, index_sha256, reduced, reduced or input_dim, book, encodings, baseline)
+    if run_baseline not in (True, False, WITHIN_BUDGET):
+        raise ConfigError(f"baseline must be true, false or {WITHIN_BUDGET!r}, got {run_baseline!r}")
+    plan = EncodePlan(videos, missing, train_ids, index_sha256, reduced, reduced or input_dim, book, encodings, None)
+    if not run_baseline or not (videos["split"] == "test").any():
+        return plan
+    plan.baseline_methods = list(methods)
+    if run_baseline == WITHIN_BUDGET:
+        for method, needed in _baseline_bytes(plan, clusters).items():
+            if needed > memory_budget:
+                plan.baseline_methods.remove(method)
+                plan.baseline_skipped[method] = (
+                    f"the {method} linear baseline needs {format_bytes(needed)} in memory, more than the "
+                    f"--memory-budget of {format_bytes(memory_budget)}: left out (`vpipe encode --dataset "
+                    f"{ws.dataset} --features {features_name} --clusters {clusters} --methods {method} "
+                    f"--memory-budget ...` runs it)"
+                )
+    if plan.baseline_methods:
+        chosen = {m: encodings[m] for m in plan.baseline_methods}
+        plan.baseline_fingerprint = fingerprint(BASELINE_METHOD, chosen, svm_c, seed)
+    return plan
+
+
+def _baseline_bytes(plan: EncodePlan, clusters: int) -> dict[str, int]:
+    """Method -> bytes its baseline holds (train matrix, its per-fold copy, solver state)."""
+    classes = plan.videos.loc[plan.videos["split"] == "train", "label"].nunique()
+    return {
+        method: required_bytes(len(plan.train_ids), method_dim(method, clusters, plan.code_dim), classes)
+        for method in plan.encoding_fingerprints
+    }
 
 
 def _check_baseline_budget(plan: EncodePlan, clusters: int, memory_budget: int) -> None:
     """Refuse up front, before any fitting, a baseline whose train matrix would not fit."""
-    classes = plan.videos.loc[plan.videos["split"] == "train", "label"].nunique()
-    for method in plan.encoding_fingerprints:
+    needed = _baseline_bytes(plan, clusters)
+    for method in plan.baseline_methods:
         dim = method_dim(method, clusters, plan.code_dim)
         check_budget(
             f"the {method} linear baseline ({len(plan.train_ids)} train videos × {dim})",
-            required_bytes(len(plan.train_ids), dim, classes),
+            needed[method],
             memory_budget,
             "raise --memory-budget, lower --clusters or --pca, leave the method out with --methods, "
             "or skip the baseline with --no-baseline",
@@ -248,7 +286,8 @@ def _baseline(
     if _stored_json_fingerprint(path) == plan.baseline_fingerprint:
         return json.loads(path.read_text()), False
     results: dict[str, Any] = {}
-    for method, entry in encodings.items():
+    for method in plan.baseline_methods:
+        entry = encodings[method]
         with EncodingReader(Path(entry["path"])) as reader:
             log.info("baseline %s: %d × %d", method, *reader.shape)
             started = time.perf_counter()
@@ -288,18 +327,19 @@ def encode_status(
     pca: int | str | None = DEFAULT_PCA,
     whiten: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    baseline: bool = True,
+    baseline: bool | str = True,
 ) -> dict[str, bool]:
     """Artifact name (``codebook``, each method, ``baseline`` when there is a test split) ->
     whether :func:`run_encode` with the same options would leave it as it is.
 
-    Reads the manifest and the features index only; ``use_gpu`` and ``memory_budget``
-    do not enter any fingerprint and are accepted so callers can pass one option set.
+    Reads the manifest and the features index only; ``use_gpu`` does not enter any
+    fingerprint and is accepted so callers can pass one option set.
     """
     with ws.open_features(features_name) as features:
         plan = _plan(
             ws, features, features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
             methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten, run_baseline=baseline,
+            memory_budget=memory_budget,
         )  # fmt: skip
     status = {"codebook": stored_fingerprint(ws.codebook_path(features_name, clusters)) == plan.codebook_fingerprint}
     for method, fp in plan.encoding_fingerprints.items():
@@ -325,14 +365,16 @@ def run_encode(
     pca: int | str | None = DEFAULT_PCA,
     whiten: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    baseline: bool = True,
+    baseline: bool | str = True,
 ) -> dict[str, Any]:
     """Fit (or reuse) the codebook, encode every video, run the linear baseline; return a summary.
 
     ``pca`` is the descriptor dimension after PCA: ``"auto"`` (D/2), an integer, or 0/None
     for none. The baseline trains on the train split and reports on the test split; it
     is skipped (``baseline`` is None) when either split is empty or ``baseline`` is
-    False, and refused before any work when its train matrix exceeds ``memory_budget``.
+    False, and refused before any work when its train matrix exceeds ``memory_budget``;
+    with ``baseline="within-budget"`` such methods are left out instead, each with its
+    reason in ``baseline_skipped`` and a warning in the log.
     ``seconds`` holds the wall time of each part.
     """
     seconds: dict[str, float] = {}
@@ -340,10 +382,13 @@ def run_encode(
         plan = _plan(
             ws, features, features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
             methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten, run_baseline=baseline,
+            memory_budget=memory_budget,
         )  # fmt: skip
         baseline_path = ws.encoding_path(features_name, clusters, "baseline")
         if plan.baseline_fingerprint is not None and _stored_json_fingerprint(baseline_path) != plan.baseline_fingerprint:
             _check_baseline_budget(plan, clusters, memory_budget)
+        for reason in plan.baseline_skipped.values():
+            log.warning(reason)
         started = time.perf_counter()
         codebook, fitted = _codebook(
             ws, features, features_name, plan, clusters=clusters, sample_size=sample_size, seed=seed,
@@ -371,6 +416,7 @@ def run_encode(
         },
         "encodings": encodings,
         "baseline": None,
+        "baseline_skipped": plan.baseline_skipped,
         "seconds": seconds,
     }
     if plan.baseline_fingerprint is not None:

@@ -8,8 +8,8 @@ clips across videos and one shard holds a task's output.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-from functools import partial
+from dataclasses import fields
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from vpipe.device import default_videos_per_task
 from vpipe.errors import StageError
 from vpipe.extract.features import ExtractConfig, extract_videos
 from vpipe.video.jobs import VideoJob, jobs_from_plan
+from vpipe.video.views import Crop
 from vpipe.models import sha256_file
 from vpipe.models.backbones.registry import backbone_inputs, is_weightless
 from vpipe.pipeline.executor import WorkItem
@@ -41,8 +42,45 @@ def read_plan(workspace: DatasetWorkspace, plan: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+#: (plan path, its stat, the manifest's stat) -> the plan's jobs; see :func:`plan_jobs`.
+_JOBS_CACHE: dict[str, tuple[tuple, dict[str, VideoJob]]] = {}
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def plan_jobs(workspace: DatasetWorkspace, plan: str) -> dict[str, VideoJob]:
+    """The plan's :class:`VideoJob` per video, built once per process while neither the
+    plan nor the manifest changes on disk.
+
+    The flow stage and every extract stage of a plan list the same jobs; at Kinetics
+    size each build is a 240k-row sort and grouping, which ``vpipe run`` and
+    ``vpipe status`` would otherwise repeat once per stage. Both files are replaced by
+    atomic renames, so a rewrite always changes the key.
+    """
+    path, manifest_path = workspace.plan_path(plan), workspace.manifest_path
+    key = (_stat_key(path), _stat_key(manifest_path)) if path.exists() and manifest_path.exists() else None
+    cached = _JOBS_CACHE.get(str(path))
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    jobs = jobs_from_plan(read_plan(workspace, plan), workspace.read_manifest())  # or their clear errors
+    _JOBS_CACHE[str(path)] = (key, jobs)
+    return jobs
+
+
+@lru_cache(maxsize=4096)
+def _crop_fields(crop: Crop) -> dict[str, Any]:
+    """``dataclasses.asdict(crop)``, once per distinct crop: plans share a few crop boxes
+    across all their videos, and ``asdict`` was the largest per-video cost of listing a
+    stage's items (``vpipe status`` at Kinetics size)."""
+    return {f.name: getattr(crop, f.name) for f in fields(crop)}
+
+
 def clip_signature(job: VideoJob) -> list:
-    return [(c.clip, c.view, c.frames, asdict(c.crop)) for c in job.clips]
+    """What a video's planned clips are, as fingerprinted: (clip, view, frames, crop fields)."""
+    return [(c.clip, c.view, c.frames, _crop_fields(c.crop)) for c in job.clips]
 
 
 class ExtractStage(Stage):
@@ -109,9 +147,7 @@ class ExtractStage(Stage):
         return fingerprint(EXTRACT_FORMAT, self.backbone, self.stream, self.weights_sha256, self.options)
 
     def items(self) -> list[WorkItem]:
-        plan = read_plan(self.workspace, self.plan)
-        manifest = self.workspace.read_manifest()
-        jobs = jobs_from_plan(plan, manifest)
+        jobs = plan_jobs(self.workspace, self.plan)
         inputs = self._input_fingerprints(jobs)
         model_fp = self.model_fingerprint()
         return [

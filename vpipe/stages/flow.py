@@ -13,14 +13,13 @@ from typing import Any
 from vpipe import __version__
 from vpipe.device import default_videos_per_task
 from vpipe.flow.compute import FlowConfig, flow_videos
-from vpipe.video.jobs import jobs_from_plan
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import table_fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.extract import clip_signature, read_plan, remove_orphans
+from vpipe.stages.extract import clip_signature, plan_jobs, remove_orphans
 from vpipe.store.index import write_index
 
 #: Bumped when the same configuration would store different flow.
@@ -61,7 +60,7 @@ class FlowStage(Stage):
         return self.workspace.flow_dir(self.plan)
 
     def items(self) -> list[WorkItem]:
-        jobs = jobs_from_plan(read_plan(self.workspace, self.plan), self.workspace.read_manifest())
+        jobs = plan_jobs(self.workspace, self.plan)
         config_fp = fingerprint(FLOW_FORMAT, self.stack, self.encoding, self.bound, self.tvl1_params, self.decoder)
         return [
             WorkItem(
