@@ -339,3 +339,27 @@ def test_plan_jobs_are_built_once_until_the_plan_or_manifest_changes(tmp_path) -
     assert second is not first and second["v0"].num_frames == 9
     pd.DataFrame(rows[:2]).to_parquet(ws.plan_path("li3d"))
     assert sorted(plan_jobs(ws, "li3d")) == ["v0", "v1"]
+
+
+def test_item_fingerprints_equal_the_plain_fingerprint_of_their_parts(rgb_workspace: DatasetWorkspace) -> None:
+    """Flow and extract items hash shared JSON pieces; the result must be exactly
+    ``fingerprint(config, input, clip_signature(job))`` so stored work stays current."""
+    from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
+    from vpipe.stages.extract import clip_signature, plan_jobs
+    from vpipe.stages.flow import FLOW_FORMAT
+
+    parts = ("abc", {"b": [1, 2.5, None], "a": True}, [(0, 1, (2, 3), {"y": 1, "x": "z"})])
+    assert fingerprint_of_parts_json(*map(canonical_json, parts)) == fingerprint(*parts)
+    ws = rgb_workspace
+    flow = FlowStage(ws, plan="li3d")
+    jobs = plan_jobs(ws, "li3d")
+    assert len(jobs) == 2
+    config_fp = fingerprint(FLOW_FORMAT, flow.stack, flow.encoding, flow.bound, flow.tvl1_params, flow.decoder)
+    for item in flow.items():
+        job = jobs[item.key]
+        assert item.fingerprint == fingerprint(config_fp, file_fingerprint(job.path), clip_signature(job))
+    extract = ExtractStage(ws, backbone="li3d", plan="li3d")
+    for item in extract.items():
+        job = jobs[item.key]
+        inputs = fingerprint(extract.decoder, file_fingerprint(job.path))
+        assert item.fingerprint == fingerprint(extract.model_fingerprint(), inputs, clip_signature(job))

@@ -15,7 +15,7 @@ import pytest
 
 from tests.toy_stage import SquareStage
 from vpipe.pipeline.executor import DaskExecutor, InProcessExecutor
-from vpipe.pipeline.journal import Journal
+from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.runner import run_stage, stage_status
 from vpipe.pipeline.workspace import DatasetWorkspace
 
@@ -219,3 +219,33 @@ def test_dask_executor_keeps_a_bounded_window_and_packs_cheap_items():
     assert values.count(None) == 1, "a failure stays per item inside a packed task"
     assert max(held) <= TASKS_PER_THREAD * 2 + 1, "the window, plus the finished task being read"
     assert submitted == [25] * 16, "400 cheap items over 2 threads: 25 per task, 16 tasks"
+
+
+def test_records_read_back_parse_their_rows_only_when_used(tmp_path) -> None:
+    from vpipe.pipeline import journal as journal_module
+
+    written = [Record(f"k{n}", "fp", n % 2 == 0, [{"n": n, "shard": f"s{n}.h5"}], path=f"/v{n}") for n in range(4)]
+    journal = Journal(tmp_path / "j", flush_every=2)
+    for record in written:
+        journal.append(record)
+    journal.flush()
+    journal_module._loaded.clear()  # read the parts back from disk, as another process would
+    loaded = Journal(tmp_path / "j").load()
+    assert all("_rows" not in vars(r) or vars(r)["_rows"] is None for r in loaded.values())
+    assert [loaded[r.key] for r in written] == written and written[1] == loaded["k1"]
+    assert loaded["k3"].rows == [{"n": 3, "shard": "s3.h5"}]
+    Journal(tmp_path / "j").compact(loaded)  # rewrites the text as read, parsed or not
+    journal_module._loaded.clear()
+    assert Journal(tmp_path / "j").load() == {r.key: r for r in written}
+
+
+def test_a_status_snapshot_stats_each_file_once(tmp_path) -> None:
+    from vpipe.pipeline.fingerprint import file_fingerprint, one_stat_per_file
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"a")
+    with one_stat_per_file():
+        first = file_fingerprint(video)
+        video.write_bytes(b"longer")
+        assert file_fingerprint(str(video)) == first  # the snapshot's view
+    assert file_fingerprint(video) != first  # outside it, every call stats

@@ -10,6 +10,7 @@ from vpipe.pipeline.runner import run_stage, stage_status
 from vpipe.pipeline.stage import Stage, StageReport
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.encode.budget import WITHIN_BUDGET
+from vpipe.pipeline.fingerprint import one_stat_per_file
 from vpipe.stages.dataset_steps import DatasetStep, EncodeStep, ReportStep, TrainStep
 from vpipe.stages.extract import ExtractStage
 from vpipe.stages.flow import FlowStage
@@ -150,4 +151,6 @@ def run_chain(
 
 
 def chain_status(steps: list[Step]) -> list[StageReport]:
-    return [step.status() if isinstance(step, DatasetStep) else stage_status(step) for step in steps]
+    """Every step's report, from one snapshot of the source files (see :func:`one_stat_per_file`)."""
+    with one_stat_per_file():
+        return [step.status() if isinstance(step, DatasetStep) else stage_status(step) for step in steps]

@@ -24,7 +24,7 @@ from vpipe.video.views import Crop
 from vpipe.models import sha256_file
 from vpipe.models.backbones.registry import backbone_inputs, is_weightless
 from vpipe.pipeline.executor import WorkItem
-from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
+from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
@@ -42,8 +42,9 @@ def read_plan(workspace: DatasetWorkspace, plan: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-#: (plan path, its stat, the manifest's stat) -> the plan's jobs; see :func:`plan_jobs`.
-_JOBS_CACHE: dict[str, tuple[tuple, dict[str, VideoJob]]] = {}
+#: plan path -> ((its stat, the manifest's stat), the plan's jobs, their signatures' JSON);
+#: see :func:`plan_jobs`.
+_JOBS_CACHE: dict[str, tuple[tuple | None, dict[str, VideoJob], dict[str, str]]] = {}
 
 
 def _stat_key(path: Path) -> tuple[int, int]:
@@ -60,14 +61,28 @@ def plan_jobs(workspace: DatasetWorkspace, plan: str) -> dict[str, VideoJob]:
     ``vpipe status`` would otherwise repeat once per stage. Both files are replaced by
     atomic renames, so a rewrite always changes the key.
     """
+    return _plan_cache(workspace, plan)[1]
+
+
+def plan_signatures(workspace: DatasetWorkspace, plan: str) -> dict[str, str]:
+    """Per video, the :func:`canonical_json` of its :func:`clip_signature`, cached like
+    :func:`plan_jobs`: the part of every flow and extract item fingerprint that is the
+    same for all stages of a plan."""
+    _, jobs, signatures = _plan_cache(workspace, plan)
+    if len(signatures) != len(jobs):
+        signatures.update((video_id, canonical_json(clip_signature(job))) for video_id, job in jobs.items())
+    return signatures
+
+
+def _plan_cache(workspace: DatasetWorkspace, plan: str) -> tuple[tuple | None, dict[str, VideoJob], dict[str, str]]:
     path, manifest_path = workspace.plan_path(plan), workspace.manifest_path
     key = (_stat_key(path), _stat_key(manifest_path)) if path.exists() and manifest_path.exists() else None
     cached = _JOBS_CACHE.get(str(path))
     if key is not None and cached is not None and cached[0] == key:
-        return cached[1]
+        return cached
     jobs = jobs_from_plan(read_plan(workspace, plan), workspace.read_manifest())  # or their clear errors
-    _JOBS_CACHE[str(path)] = (key, jobs)
-    return jobs
+    _JOBS_CACHE[str(path)] = entry = (key, jobs, {})
+    return entry
 
 
 @lru_cache(maxsize=4096)
@@ -148,12 +163,14 @@ class ExtractStage(Stage):
 
     def items(self) -> list[WorkItem]:
         jobs = plan_jobs(self.workspace, self.plan)
+        signatures = plan_signatures(self.workspace, self.plan)
         inputs = self._input_fingerprints(jobs)
-        model_fp = self.model_fingerprint()
+        model_json = canonical_json(self.model_fingerprint())
         return [
             WorkItem(
                 key=video_id,
-                fingerprint=fingerprint(model_fp, inputs[video_id], clip_signature(job)),
+                # = fingerprint(model fingerprint, inputs[video_id], clip_signature(job))
+                fingerprint=fingerprint_of_parts_json(model_json, canonical_json(inputs[video_id]), signatures[video_id]),
                 payload=job,
                 path=job.path,
             )

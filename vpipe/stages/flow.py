@@ -14,12 +14,12 @@ from vpipe import __version__
 from vpipe.device import default_videos_per_task
 from vpipe.flow.compute import FlowConfig, flow_videos
 from vpipe.pipeline.executor import WorkItem
-from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
+from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import table_fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.extract import clip_signature, plan_jobs, remove_orphans
+from vpipe.stages.extract import plan_jobs, plan_signatures, remove_orphans
 from vpipe.store.index import write_index
 
 #: Bumped when the same configuration would store different flow.
@@ -61,11 +61,16 @@ class FlowStage(Stage):
 
     def items(self) -> list[WorkItem]:
         jobs = plan_jobs(self.workspace, self.plan)
+        signatures = plan_signatures(self.workspace, self.plan)
         config_fp = fingerprint(FLOW_FORMAT, self.stack, self.encoding, self.bound, self.tvl1_params, self.decoder)
+        config_json = canonical_json(config_fp)
         return [
             WorkItem(
                 key=video_id,
-                fingerprint=fingerprint(config_fp, file_fingerprint(job.path), clip_signature(job)),
+                # = fingerprint(config_fp, file_fingerprint(job.path), clip_signature(job))
+                fingerprint=fingerprint_of_parts_json(
+                    config_json, canonical_json(file_fingerprint(job.path)), signatures[video_id]
+                ),
                 payload=job,
                 path=job.path,
             )
