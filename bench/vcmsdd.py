@@ -122,7 +122,9 @@ def ablation(args: argparse.Namespace) -> dict:
     ws = DatasetWorkspace(args.ablation, "synthetic")
     family_of = {name: family for family, names in FAMILIES.items() for name in names}
     result = {}
-    for row, (stc, mff) in ROWS.items():
+    for index, (row, (stc, mff)) in enumerate(ROWS.items()):
+        if index not in args.rows:
+            continue
         runs = []
         for seed in args.seeds:
             options = dict(stc=stc, mff=mff, frames=args.frames, dim=args.dim, heads=args.heads)
@@ -162,6 +164,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(len(ROWS))), help="indices into ROWS")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,7 +174,7 @@ def main() -> None:
         return
     if args.ablation is not None:
         result = ablation(args)
-        out = args.out.with_name("vcmsdd_ablation.json")
+        out = args.out if args.out.name != "vcmsdd.json" else args.out.with_name("vcmsdd_ablation.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         return
