@@ -11,8 +11,8 @@ holds what a finished extraction of that size holds, minus the HDF5 payload, whi
 ``status`` never opens.
 
 Then ``vpipe status`` (a fresh process, as a user runs it, imports included) and the
-engine's nothing-to-do pass over every per-video stage are timed. The goal (issue:
-"an engine that stays lean at Kinetics size") is status under 5 s at 240k videos.
+engine's nothing-to-do pass over every per-video stage are timed. The goal is status
+under 5 s at 240k videos.
 
     python bench/status.py --root /tmp/vpipe-status --videos 240000 --out bench/results/status.json
 """
