@@ -165,7 +165,8 @@ def fit_codebook(
     faiss = import_faiss()
     train_ids = list(train_ids)
     input_dim = descriptor_dim(features, layer)
-    samples = codebook_sample_size(train_descriptor_total(features, train_ids, layer), sample_size) if train_ids else None
+    auto = pca == "auto" and train_ids  # only the automatic choice depends on the sample size
+    samples = codebook_sample_size(train_descriptor_total(features, train_ids, layer), sample_size) if auto else None
     reduced = resolve_pca(pca, input_dim, samples)
     sample = sample_descriptors(
         features, train_ids, sample_size=sample_size, seed=seed, layer=layer, memory_budget=memory_budget,
