@@ -88,11 +88,16 @@ def geometry(offsets: Tensor, frames: int) -> Tensor:
     """``geom_all`` of eq. 6 for integer offsets ``(..., 3)`` ordered (Δt, Δx, Δy).
 
     Returns ``(..., 3)`` ordered (x, y, t) as in eq. 6: ``1 / ln(|Δx| + e)``,
-    ``1 / ln(|Δy| + e)``, ``1 / ln(|Δt| / frames + e)``.
+    ``1 / ln(|Δy| + e)``, ``1 / ln(|Δt| / frames + e)``, each in (0, 1].
+
+    Computed in float64 and rounded once to float32: ``e`` rounded to float32 lies
+    below ``e``, so a float32 ``1 / ln(0 + e)`` is 1.0000001 with some CPUs' vectorised
+    ``log`` and 1.0 with others. In float64 the error is far below float32's spacing,
+    so every machine gets the same float32 values, and the zero offset exactly 1.
     """
-    dt, dx, dy = offsets.abs().to(torch.float32).unbind(-1)
+    dt, dx, dy = offsets.abs().to(torch.float64).unbind(-1)
     scaled = torch.stack([dx, dy, dt / frames], dim=-1)
-    return 1.0 / torch.log(scaled + math.e)
+    return (1.0 / torch.log(scaled + math.e)).to(torch.float32)
 
 
 class SpatioTemporalConsistency(nn.Module):
