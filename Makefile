@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup setup-test run test bench clean
+.PHONY: setup setup-test run test test-portability bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: setup
 
 test: setup-test
 	$(BIN)/python -m pytest -q
+
+# The suite again under other vector units and thread counts (see docs/testing.md).
+test-portability: setup-test
+	PYTHON=$(BIN)/python tests/portability/run.sh both
 
 bench: setup-test
 	$(BIN)/python bench/decode.py

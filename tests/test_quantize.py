@@ -34,7 +34,9 @@ def test_out_of_bound_values_saturate() -> None:
 
 
 def test_encode_decode_both_dtypes() -> None:
-    flow = torch.randn(3, 2, 8, 8) * 5
+    # Seeded and inside the bound: an unseeded 4-sigma draw beyond +-20 saturates and
+    # breaks the round-trip bound in about one run in forty.
+    flow = (torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0)) * 5).clamp(-20, 20)
     packed = encode_flow(flow, "uint8", bound=20.0)
     assert torch.equal(packed, quantize_flow(flow))
     assert (decode_flow(packed) - flow).abs().max() <= 20 / 255 + 1e-5
