@@ -277,6 +277,7 @@ def test_codebook_shape_is_checked():
         ("concat", None, K * (3 * D + 1)),
         ("concat", 7, 7),
         ("mean", 7, 7),
+        ("mean", None, K),
         ("softvlad", 7, 7),
         ("avg", None, D),
     ],
@@ -307,6 +308,23 @@ def test_mean_averages_one_projection_per_encoding():
     np.testing.assert_allclose(out, expected, rtol=1e-10)
 
 
+def test_mean_without_out_dim_averages_the_encodings_projected_to_k():
+    """§4.1 / eq. 4 with no extra option: every encoding brought to K values, then averaged."""
+    m = randomize(SoftAggregation("mean", K, D).double())
+    assert m.out_dim == K
+    x, mask = padded_batch()
+    out = m(x, mask).detach().numpy()
+    refs = {"softbof": np_bof, "softfv": np_fv, "softvlad": np_vlad}
+    for i, n in enumerate(LENGTHS):
+        steps = x[i, :n].numpy()
+        expected = np.zeros(K)
+        for name, ref in refs.items():
+            lin = m.proj[name]
+            code = ref(steps, *params(m.encoders[name]))
+            expected += (lin.weight.detach().numpy() @ code + lin.bias.detach().numpy()) / 3
+        np.testing.assert_allclose(out[i], expected, rtol=1e-7, atol=1e-10)
+
+
 def test_fusion_init_reaches_every_encoding(blobs):
     x, km = blobs
     m = SoftAggregation("concat", K, D).double()
@@ -322,8 +340,6 @@ def test_bad_options_name_the_allowed_values():
         make_aggregation("bogus", K, D)
     with pytest.raises(ConfigError, match="out_dim"):
         make_aggregation("avg", K, D, out_dim=3)
-    with pytest.raises(ConfigError, match="'mean'.*out_dim"):
-        make_aggregation("mean", K, D)
     with pytest.raises(ConfigError, match="num_clusters"):
         SoftVLAD(0, D)
     with pytest.raises(ConfigError, match="ratio"):

@@ -114,13 +114,13 @@ def test_two_heads_with_equal_settings_get_different_run_ids():
     toy = TrainConfig(head="test-mean-mlp")
     bilstm = TrainConfig()
     assert toy.default_run_id() != bilstm.default_run_id()
-    assert bilstm.default_run_id() == "li3d-rgb-bilstm-concat-k128-s0"
+    assert bilstm.default_run_id() == "li3d-rgb-bilstm-mean-k128-s0"
 
 
 def test_late_fusion_averages_the_probabilities_of_one_head_per_stream(ws):
     config = TrainConfig(features=(FEATURES, FLOW), head="bilstm-softagg", head_options=SMALL, **QUICK)
     result = train(ws, config)
-    assert result.run_id == "li3d-rgb+li3d-flow-late-bilstm-concat-k4-s0"
+    assert result.run_id == "li3d-rgb+li3d-flow-late-bilstm-mean-k4-s0"
     stored = json.loads((result.directory / "config.json").read_text())
     assert [spec["role"] for spec in stored["inputs"]] == ["0/x", "1/x"]
     assert stored["model"]["shapes"] == {"0/x": [D], "1/x": [D]}
@@ -144,7 +144,7 @@ def test_late_fusion_averages_the_probabilities_of_one_head_per_stream(ws):
 def test_early_fusion_concatenates_the_streams_step_by_step(ws):
     config = TrainConfig(features=(FEATURES, FLOW), fusion="early", head_options=SMALL, **QUICK)
     result = train(ws, config)
-    assert result.run_id == "li3d-rgb+li3d-flow-early-bilstm-concat-k4-s0"
+    assert result.run_id == "li3d-rgb+li3d-flow-early-bilstm-mean-k4-s0"
     stored = json.loads((result.directory / "config.json").read_text())
     assert stored["model"]["shapes"] == {"x": [2 * D]}
     spec = HeadInput("x", (FEATURES, FLOW), "pool")

@@ -171,3 +171,14 @@ def test_input_statistics_standardise_what_the_head_sees() -> None:
     lengths = torch.tensor([5, 3])
     assert torch.allclose(head(x, lengths), reference((x - mean) / std, lengths), atol=1e-5)
     assert torch.equal(head.state_dict()["input_std"], std), "statistics travel with the checkpoint"
+
+
+def test_one_hidden_size_and_the_papers_aggregation_by_default():
+    import inspect
+
+    from vpipe.models.heads.registry import head_class
+
+    options = head_class("bilstm-softagg").validate_options({})
+    signature = inspect.signature(BiLSTMSoftAggHead).parameters
+    assert options["hidden"] == signature["hidden"].default
+    assert options["aggregation"] == signature["aggregation"].default == "mean"

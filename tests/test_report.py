@@ -53,7 +53,7 @@ def test_report_draws_every_figure_and_one_row_per_run(ws):
     assert "| Run | Head | Inputs | Settings | Accuracy | Precision | Recall | Top-5 | Params |" in text
     assert "![tsne](runs/bilstm-concat/plots/tsne.png)" in text
     assert [row["run"] for row in result["runs"]] == list(RUNS)
-    assert result["runs"][0]["settings"] == "clusters=4 hidden=16 dropout=0.1"
+    assert result["runs"][0]["settings"] == "aggregation=concat clusters=4 hidden=16 dropout=0.1"
     assert result["runs"][1]["settings"] == "temporal=none aggregation=avg clusters=4 hidden=16 dropout=0.1"
 
 

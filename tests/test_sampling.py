@@ -87,24 +87,52 @@ def test_uniform_indices(num_frames, count, expected):
 # TSN-style segments (vcm-sdd)
 
 
-def test_tsn_test_mode_takes_segment_centres():
+def test_tsn_even_spacing_by_hand():
+    # vcm-sdd §4.1: 6 frames evenly over each segment. 96 frames, 2 segments of 48:
+    # parts of 8 frames, middle of part j at 8j + 4.
+    assert tsn_indices(96, 2, 6, None).tolist() == [4, 12, 20, 28, 36, 44, 52, 60, 68, 76, 84, 92]
+    # segments [0,10) [10,20) [20,31); floor((j + 0.5) * len / 2): 2, 7 | 2, 7 | 2, 8
+    assert tsn_indices(31, 3, 2, None).tolist() == [2, 7, 12, 17, 22, 28]
+    # a segment shorter than k repeats its frames and never reaches into the next one
+    assert tsn_indices(6, 2, 6, None).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_tsn_even_train_mode_draws_one_frame_per_part():
+    seen = set()
+    for seed in range(200):
+        out = tsn_indices(60, 2, 3, rng(seed)).reshape(2, 3)
+        for i, row in enumerate(out.tolist()):
+            for j, frame in enumerate(row):
+                assert 30 * i + 10 * j <= frame < 30 * i + 10 * (j + 1)
+                seen.add(frame)
+    assert seen == set(range(60))
+
+
+def test_tsn_consecutive_test_mode_takes_segment_centres():
     # segments [0,10) [10,20) [20,30): start + (10 - 2) // 2
-    assert tsn_indices(30, 3, 2, None).tolist() == [4, 5, 14, 15, 24, 25]
+    assert tsn_indices(30, 3, 2, None, "consecutive").tolist() == [4, 5, 14, 15, 24, 25]
     # segments [0,10) [10,20) [20,31): slack 8, 8, 9 -> offsets 4, 4, 4
-    assert tsn_indices(31, 3, 2, None).tolist() == [4, 5, 14, 15, 24, 25]
-    assert tsn_indices(16, 8, 1, None).tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert tsn_indices(31, 3, 2, None, "consecutive").tolist() == [4, 5, 14, 15, 24, 25]
+    assert tsn_indices(16, 8, 1, None, "consecutive").tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
 
 
-def test_tsn_short_video_runs_on_and_clips_at_the_end():
+def test_tsn_consecutive_short_video_runs_on_and_clips_at_the_end():
     # segments [0,1) [1,2) [2,4); snippets of 3 start at 0, 1, 2
-    assert tsn_indices(4, 3, 3, None).tolist() == [0, 1, 2, 1, 2, 3, 2, 3, 3]
-    assert tsn_indices(2, 4, 1, None).tolist() == [0, 0, 1, 1]
+    assert tsn_indices(4, 3, 3, None, "consecutive").tolist() == [0, 1, 2, 1, 2, 3, 2, 3, 3]
+    assert tsn_indices(2, 4, 1, None, "consecutive").tolist() == [0, 0, 1, 1]
 
 
-def test_tsn_train_mode_random_offsets_stay_in_segment():
+def test_tsn_spacing_is_a_plan_option_and_changes_the_fingerprint():
+    even, consecutive = sampler_config("tsn"), sampler_config("tsn", spacing="consecutive")
+    assert even.spacing == "even" and even.fingerprint() != consecutive.fingerprint()
+    with pytest.raises(ConfigError, match="spacing"):
+        sampler_config("tsn", spacing="random")
+
+
+def test_tsn_consecutive_train_mode_random_offsets_stay_in_segment():
     seen = [set(), set(), set()]
     for seed in range(300):
-        out = tsn_indices(30, 3, 2, rng(seed)).reshape(3, 2)
+        out = tsn_indices(30, 3, 2, rng(seed), "consecutive").reshape(3, 2)
         for i, (a, b) in enumerate(out.tolist()):
             assert b == a + 1
             assert 10 * i <= a <= 10 * i + 8

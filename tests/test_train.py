@@ -28,7 +28,7 @@ from vpipe.train import TrainConfig, evaluate, existing_run, pipeline_config, tr
 from vpipe.train.data import carve_validation
 from vpipe.train.metrics import TIMING_KEYS
 
-#: Small and quick, still a BiLSTM with the concatenated soft encodings.
+#: Small and quick, still a BiLSTM with the three soft encodings averaged (the default).
 FAST_HEAD = dict(hidden=16, clusters=4, dropout=0.1)
 FAST = dict(batch_size=8, max_epochs=25, patience=25, lr=1e-2)
 _HEAD_KEYS = {"layer", "temporal", "aggregation", "clusters", "out_dim", "hidden", "dropout", "codebook"}
@@ -68,8 +68,8 @@ def _scores(metrics: dict) -> dict:
 
 
 def test_bilstm_learns_temporal_order_and_writes_every_artifact(ws):
-    result = train(ws, cfg(temporal="bilstm", aggregation="concat"))
-    assert result.run_id == "li3d-rgb-bilstm-concat-k4-s0"
+    result = train(ws, cfg(temporal="bilstm"))
+    assert result.run_id == "li3d-rgb-bilstm-mean-k4-s0"
     assert result.directory == ws.dir / "runs" / result.run_id
     assert result.metrics["accuracy"] >= 0.9
 
@@ -148,7 +148,7 @@ def test_reuse_returns_the_finished_identical_run(ws):
 def test_pipeline_entry_trains_once_then_reuses(ws):
     assert existing_run(ws, pipeline_config(FEATURES, max_epochs=2)) is None
     first = train_for_pipeline(ws, FEATURES, max_epochs=2)
-    assert not first.reused and first.run_id == "li3d-rgb-bilstm-concat-k16-s0"
+    assert not first.reused and first.run_id == "li3d-rgb-bilstm-mean-k16-s0"
     assert existing_run(ws, pipeline_config(FEATURES, max_epochs=2)).run_id == first.run_id
     again = train_for_pipeline(ws, FEATURES, max_epochs=2)
     assert again.reused and again.run_id == first.run_id
@@ -335,4 +335,18 @@ def test_every_command_has_a_summary_and_an_example(cli, command):
 def test_two_phase_schedule_drops_the_rate_tenfold_from_the_first_phase_best(ws):
     result = train(ws, cfg(max_epochs=4, schedule="two-phase"))
     assert result.history["lr"].tolist() == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])
-    assert result.run_id == "li3d-rgb-bilstm-concat-k4-two-phase-s0"
+    assert result.run_id == "li3d-rgb-bilstm-mean-k4-two-phase-s0"
+
+
+def test_cli_mean_aggregation_trains_with_no_other_option(cli, ws):
+    """§4.1's average of the three encodings needs no projection size from the user."""
+    runner = CliRunner()
+    common = ["--dataset", "fake", "--workspace", str(ws.root)]
+    args = ["train", *common, "-O", "aggregation=mean", "--epochs", "1", "--threads", "1", "--json"]
+    trained = runner.invoke(cli, args)
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.stdout)
+    assert summary["run_id"] == "li3d-rgb-bilstm-mean-k128-s0"
+    config = json.loads((ws.dir / "runs" / summary["run_id"] / "config.json").read_text())
+    assert config["train"]["head_options"]["aggregation"] == "mean"
+    assert config["train"]["head_options"]["hidden"] == 256

@@ -189,7 +189,7 @@ def evaluate(
 ) -> None:
     """Rebuild a run's model from its directory and re-score its test split: writes evaluation.json.
 
-    Example: vpipe evaluate --dataset ucf101 --run li3d-rgb-bilstm-concat-k128-s0
+    Example: vpipe evaluate --dataset ucf101 --run li3d-rgb-bilstm-mean-k128-s0
     """
     setup_logging(verbose)
     ws = dataset_workspace(dataset, workspace)
@@ -227,7 +227,7 @@ def report(
 ) -> None:
     """Plot training curves, confusion matrices and t-SNE per run; compare runs in report.md.
 
-    Example: vpipe report --dataset ucf101 --runs li3d-rgb-lstm-concat-k128-s0,li3d-rgb-bilstm-concat-k128-s0
+    Example: vpipe report --dataset ucf101 --runs li3d-rgb-lstm-mean-k128-s0,li3d-rgb-bilstm-mean-k128-s0
     """
     setup_logging(verbose)
     chosen = [r.strip() for r in runs.split(",") if r.strip()] if runs else None

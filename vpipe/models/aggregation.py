@@ -423,13 +423,16 @@ class SoftAggregation(nn.Module):
       a linear projection (the paper's per-encoding ``output_dim``, §4.1 step 1).
     * ``"concat"`` – ``[BoF, FV, VLAD]`` concatenated, K·(3D + 1) values, each part keeping
       its own normalisation; with ``out_dim``, followed by one linear projection.
-    * ``"mean"`` – §4.1 steps 1–4: each encoding projected by its own linear layer to
-      ``out_dim`` (required: the paper does not give its ``output_dim``, and the
-      projections hold about 3·K·D·out_dim parameters, 400M for K = 128, D = out_dim =
-      1024, so the size has to be a deliberate choice), stacked to (B, 3, out_dim) and
-      averaged over the encodings. Averaging three linear maps is itself a linear map of
-      the concatenation, so this is the function class of ``"concat"`` with a projection;
-      it differs in parametrisation and initialisation only.
+    * ``"mean"`` – §4.1 steps 1–4 and eq. 4: each encoding projected by its own linear
+      layer to ``out_dim`` (the paper's ``output_dim``, the size every encoding is brought
+      to before "the fusion operation"), stacked to (B, 3, out_dim) and averaged over the
+      encodings. The paper does not give ``output_dim``; with ``out_dim=None`` it is K,
+      the one size the paper fixes for all three (soft-BoF's own output), which keeps
+      the projections at K·(1 + 3D)·K parameters (25 M for K = 128 and a 2×256 BiLSTM)
+      instead of the 3·K·D·D' a step-sized output would need. Averaging three linear maps
+      is itself a linear map of the concatenation, so this is the function class of
+      ``"concat"`` with a projection; it differs in parametrisation, initialisation and
+      a classifier K·(3D + 1)/K times smaller.
 
     Each encoding has its own assignment and centres: the paper initialises the centres of
     the three differently (§4, "frequency distribution", "mean and variance", "residuals").
@@ -444,9 +447,7 @@ class SoftAggregation(nn.Module):
         if out_dim is not None and out_dim < 1:
             raise ConfigError(f"out_dim must be a positive integer or None, got {out_dim}")
         if kind == "mean" and out_dim is None:
-            raise ConfigError(
-                "soft aggregation 'mean' projects every encoding to out_dim; pass out_dim"
-            )
+            out_dim = num_clusters
         self.kind = kind
         names = ENCODINGS if kind in FUSIONS else (kind,)
         self.encoders = nn.ModuleDict({n: _ENCODERS[n](num_clusters, dim) for n in names})

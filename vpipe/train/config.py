@@ -108,7 +108,7 @@ class TrainConfig:
         return f"{joined}-{self.fusion}" if self.head_cls.streams == 1 and len(self.features) > 1 else joined
 
     def default_run_id(self) -> str:
-        """``<inputs>-<head tag>-s<seed>``, readable in a listing (e.g. ``li3d-rgb-bilstm-concat-k128-s0``)."""
+        """``<inputs>-<head tag>-s<seed>``, readable in a listing (e.g. ``li3d-rgb-bilstm-mean-k128-s0``)."""
         schedule = "" if self.schedule == SCHEDULES[0] else f"-{self.schedule}"
         return f"{self.inputs_name()}-{self.head_cls.tag(self.head_options)}{schedule}-s{self.seed}"
 

@@ -39,7 +39,7 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
 def check_run_id(run_id: str) -> None:
     """A run id is a directory name: no separators, no leading dot."""
     if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
-        raise ConfigError(f"invalid run id {run_id!r}: use a plain name like 'li3d-rgb-bilstm-concat-k128-s0'")
+        raise ConfigError(f"invalid run id {run_id!r}: use a plain name like 'li3d-rgb-bilstm-mean-k128-s0'")
 
 
 def reserve(ws: DatasetWorkspace, run_id: str, *, explicit: bool) -> tuple[str, Path]:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from vpipe.errors import ConfigError
 from vpipe.splits import SPLITS
-from vpipe.video.sampling import dense_windows, li3d_clips, tsn_indices, uniform_indices
+from vpipe.video.sampling import TSN_SPACINGS, dense_windows, li3d_clips, tsn_indices, uniform_indices
 from vpipe.video.views import Crop, center_view, random_view, scale_view
 
 #: Temporal samplers, named after the papers' protocols (see ``vpipe.video.sampling``).
@@ -29,7 +29,7 @@ SAMPLERS = ("li3d", "uniform", "tsn", "dense")
 SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
     "li3d": ("need", "clips"),
     "uniform": ("count",),
-    "tsn": ("segments", "frames_per_segment"),
+    "tsn": ("segments", "frames_per_segment", "spacing"),
     "dense": ("length", "stride", "step"),
 }
 
@@ -40,7 +40,7 @@ SHARED_PARAMS = ("size", "short_side", "view0", "train_views", "test_views", "fl
 VIEW0_KINDS = ("center", "scale")
 
 _COUNT_PARAMS = (
-    *(param for params in SAMPLER_PARAMS.values() for param in params),
+    *(param for params in SAMPLER_PARAMS.values() for param in params if param != "spacing"),
     "size",
     "short_side",
     "train_views",
@@ -48,6 +48,7 @@ _COUNT_PARAMS = (
 )
 
 #: Bumped whenever the same config would plan different rows, so fingerprints change.
+#: (tsn's ``spacing`` entered as a parameter, which changed tsn fingerprints alone.)
 _PLAN_FORMAT = 1
 
 #: Column types of ``plans/<sampler>.parquet``, one row per (video, clip, view).
@@ -77,7 +78,8 @@ class SamplerConfig:
       spaced windows, see :func:`vpipe.video.sampling.li3d_clips`);
     - uniform: ``count`` = 17 frames, the T of two-stream-deep-fusion-ln-lstm §4;
     - tsn: ``segments`` = 8 × ``frames_per_segment`` = 6 (vcm-sdd §4; 16 segments
-      score higher but double the cache);
+      score higher but double the cache), ``spacing`` = ``"even"`` (frames spread over
+      each segment, §4.1) or ``"consecutive"`` (see :func:`vpipe.video.sampling.tsn_indices`);
     - dense: windows of ``length`` = 64 frames every ``stride`` = 64, subsampled by
       ``step`` = 2 (ST-MANet §4.1).
 
@@ -94,6 +96,7 @@ class SamplerConfig:
     count: int = 17
     segments: int = 8
     frames_per_segment: int = 6
+    spacing: str = "even"
     length: int = 64
     stride: int = 64
     step: int = 2
@@ -122,6 +125,11 @@ class SamplerConfig:
             raise ConfigError(
                 f"sampler parameter short_side ({self.short_side}) is smaller than size ({self.size}); "
                 f"set short_side >= size"
+            )
+        if self.spacing not in TSN_SPACINGS:
+            raise ConfigError(
+                f"sampler parameter spacing must be one of {', '.join(TSN_SPACINGS)}, got {self.spacing!r}"
+                f"{_suggest(self.spacing, TSN_SPACINGS)}"
             )
         if self.view0 not in VIEW0_KINDS:
             raise ConfigError(
@@ -196,7 +204,7 @@ def _clips(num_frames: int, split: str, config: SamplerConfig, rng: np.random.Ge
         return [uniform_indices(num_frames, config.count)]
     if config.name == "tsn":
         segment_rng = rng if split == "train" else None
-        return [tsn_indices(num_frames, config.segments, config.frames_per_segment, segment_rng)]
+        return [tsn_indices(num_frames, config.segments, config.frames_per_segment, segment_rng, config.spacing)]
     return dense_windows(num_frames, config.length, config.stride, config.step)
 
 

@@ -92,39 +92,58 @@ def uniform_indices(num_frames: int, count: int) -> np.ndarray:
     return (k * num_frames + count - 1) // count - 1
 
 
+#: How a segment's ``k`` frames are placed: spread over the segment (vcm-sdd §4.1) or
+#: one snippet of consecutive frames (TSN's snippet, the earlier default).
+TSN_SPACINGS = ("even", "consecutive")
+
+
 def tsn_indices(
     num_frames: int,
     segments: int,
     frames_per_segment: int,
     rng: np.random.Generator | None,
+    spacing: str = "even",
 ) -> np.ndarray:
     """TSN-style sampling: ``segments`` equal segments, ``frames_per_segment`` frames each.
 
     vcm-sdd (§3.1, §4.1) decomposes a video into ``n`` segments along the time axis and
-    extracts ``k`` frames per segment (8 or 16 segments × 6 frames). Segment ``i`` covers
-    frames ``[i·N // n, (i+1)·N // n)``. Inside it a snippet of ``k`` consecutive frames
-    starts at
+    "evenly extracts" ``k`` frames per segment (8 or 16 segments × 6 frames). Segment
+    ``i`` covers frames ``[s_i, s_i + len_i)`` with ``s_i = i·N // n``.
 
-    - test mode (``rng is None``): the snippet centred in the segment,
-      ``start_i + (len_i − k) // 2``;
-    - training mode: a uniformly random position at which the snippet fits in the
-      segment, as TSN draws one snippet per segment.
+    ``spacing="even"`` (the paper's reading, and what gives eq. 6's Δt/T its meaning: the
+    frames of a segment span the whole segment) splits the segment into ``k`` equal parts
+    and takes one frame from each: frame ``j`` is ``s_i + ⌊(j + u)·len_i / k⌋`` with
+    ``u = ½`` in test mode (the middle of each part) and ``u`` drawn uniformly from
+    [0, 1) per frame in training, as TSN draws its snippets. A segment shorter than
+    ``k`` repeats frames instead of reaching into the next one.
 
-    When a segment is shorter than ``k`` the snippet starts at the segment's first frame
-    and runs on into the next segment; indices past the last frame are clipped to it.
+    ``spacing="consecutive"``: a snippet of ``k`` consecutive frames starting at
+    ``s_i + (len_i − k) // 2`` (test) or at a uniformly random position where it fits
+    (training); when a segment is shorter than ``k`` the snippet starts at the segment's
+    first frame and runs on into the next segment, indices past the last frame clipped.
+
     A video with fewer frames than segments therefore repeats frames rather than failing.
     Result: ``n·k`` indices, segment-major.
     """
     _require_positive(num_frames=num_frames, segments=segments, frames_per_segment=frames_per_segment)
+    if spacing not in TSN_SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(TSN_SPACINGS)}, got {spacing!r}")
     bounds = np.arange(segments + 1, dtype=np.int64) * num_frames // segments
     starts, lengths = bounds[:-1], np.diff(bounds)
-    slack = np.maximum(lengths - frames_per_segment, 0)
+    k = frames_per_segment
+    if spacing == "even":
+        parts = np.arange(k, dtype=np.float64)[None, :]
+        offset = np.full((segments, k), 0.5) if rng is None else rng.random((segments, k))
+        inside = np.floor((parts + offset) * lengths[:, None] / k).astype(np.int64)
+        inside = np.minimum(inside, np.maximum(lengths[:, None] - 1, 0))
+        return np.minimum(starts[:, None] + inside, num_frames - 1).reshape(-1)
+    slack = np.maximum(lengths - k, 0)
     if rng is None:
         offsets = slack // 2
     else:
         offsets = rng.integers(0, slack, endpoint=True)
     first = starts + offsets
-    indices = first[:, None] + np.arange(frames_per_segment, dtype=np.int64)
+    indices = first[:, None] + np.arange(k, dtype=np.int64)
     return np.minimum(indices, num_frames - 1).reshape(-1)
 
 

@@ -23,6 +23,18 @@ aggregation is not moved in front of the LSTM to make them agree, since that is 
 papers' order; instead :func:`init_aggregation_from_features` fits k-means on the outputs
 of the still-untrained temporal layer for the training videos. Those outputs move as the
 LSTM learns, and the centres, being trainable, move with them.
+
+Defaults and the readings behind them:
+
+* ``aggregation="mean"``: §4.1 (steps 1–4) and eq. 4 of the aggregation paper average the
+  three soft encodings after bringing each to one ``output_dim``; the concatenation
+  (``"concat"``, the earlier default) stays available. The projection size the paper
+  leaves open is K (see :class:`vpipe.models.aggregation.SoftAggregation`).
+* ``hidden=256`` (:data:`HIDDEN`) per direction: neither paper gives the BiLSTM's size.
+  256 per direction gives 512-d steps, half the 1024-d LI3D input, which keeps the
+  averaged encoding's projections (3·K·K·512 values) and an epoch at UCF101 size within
+  the CPU budget; one constant serves the module and the registered head.
+* ``clusters=128``: the paper's Table 2 choice.
 """
 
 from __future__ import annotations
@@ -53,6 +65,12 @@ __all__ = ["TEMPORAL", "BiLSTMSoftAgg", "BiLSTMSoftAggHead", "init_aggregation_f
 
 TEMPORAL = ("none", "lstm", "bilstm")
 
+#: LSTM hidden size per direction when none is given (the papers give none; see above).
+HIDDEN = 256
+
+#: The aggregation the papers' full model uses: the average of the three soft encodings.
+AGGREGATION = "mean"
+
 
 class BiLSTMSoftAggHead(nn.Module):
     """Classify a padded batch of clip-feature sequences ``x`` (B, T, input_dim).
@@ -66,8 +84,8 @@ class BiLSTMSoftAggHead(nn.Module):
         hidden: LSTM hidden size per direction.
         aggregation: one of :data:`vpipe.models.aggregation.AGGREGATIONS`.
         num_clusters: K of the soft aggregations (the paper settles on 128, its Table 2).
-        out_dim: projection size after the soft aggregation (None: no projection; required
-            for ``"mean"``).
+        out_dim: projection size after the soft aggregation (None: no projection, or K for
+            ``"mean"``, which projects every encoding to one size).
         dropout: dropout on the video embedding before the classifier.
 
     The timm-style split is kept: :meth:`forward_features` gives the video embedding
@@ -80,8 +98,8 @@ class BiLSTMSoftAggHead(nn.Module):
         num_classes: int,
         *,
         temporal: str = "bilstm",
-        hidden: int = 512,
-        aggregation: str = "softvlad",
+        hidden: int = HIDDEN,
+        aggregation: str = AGGREGATION,
         num_clusters: int = 128,
         out_dim: int | None = None,
         dropout: float = 0.5,
@@ -236,10 +254,14 @@ class BiLSTMSoftAgg(Head):
     options = (
         HeadOption("layer", "pool", "Cached layer with per-step vectors (τ, D)."),
         HeadOption("temporal", "bilstm", "Temporal re-encoding of the steps.", choices=TEMPORAL),
-        HeadOption("aggregation", "concat", "avg, a soft encoding, or concat/mean of all three.", choices=AGGREGATIONS),
+        HeadOption(
+            "aggregation", AGGREGATION, "avg, a soft encoding, or mean/concat of all three (§4.1: mean).", choices=AGGREGATIONS
+        ),
         HeadOption("clusters", 128, "Soft-aggregation centres K (the paper settles on 128).", minimum=1),
-        HeadOption("out_dim", None, "Project the aggregated vector to this size (None: no projection).", kind=int, minimum=1),
-        HeadOption("hidden", 256, "LSTM hidden size per direction.", minimum=1),
+        HeadOption(
+            "out_dim", None, "Projection size (None: K for mean, no projection otherwise).", kind=int, minimum=1
+        ),
+        HeadOption("hidden", HIDDEN, "LSTM hidden size per direction.", minimum=1),
         HeadOption("dropout", 0.5, "Dropout on the video embedding before the classifier.", minimum=0.0),
         HeadOption("codebook", None, "Codebook .h5 for temporal=none (None: the workspace's, if fitted).", kind=str),
     )

@@ -45,6 +45,12 @@ Choices where the paper is ambiguous or silent:
   (C → C/reduction), as in position self-attention; η stays a reshape.
 * ⊕ in eq. 8 is the element-wise sum (the terms have equal shapes); the last TDA's
   unpooled branch output ``X^5`` joins the stage-5 sum ("for subsequent feature fusion").
+  Eq. 8 is kept as written although it counts ``Z^i`` twice: eq. 3's main branch is
+  already the residual ``Z_t^i = Z^i + ε_m(·)``, so with TDA on
+  ``F^i = 2·Z^i + ε_m(A_t · σ(Z^i)) + Z_s^i``. After global pooling the factor 2 only
+  scales the backbone's share of the embedding against the attention terms, which the
+  classifier can undo; dropping one ``Z^i`` would depart from the formula for no
+  measured gain. With TDA off the sum is ``Z^i + Z_s^i``.
 * Pooling in ε_b is average pooling. Diversity downsampling S (eq. 6) is average
   pooling of each map to the smallest stage's size; with the cached grid equal at every
   stage the spatial maps already agree. θ holds ordered pairs, so identical maps at the
@@ -58,7 +64,9 @@ Choices where the paper is ambiguous or silent:
 
 Ablation switches (Table 4): ``tda``, ``sda`` and ``multilevel=false`` (stage 5 only, no
 MF); ``tda=false sda=false multilevel=false lambda_s=0 lambda_t=0`` is the pooled 3D
-ResNet-50 + linear baseline.
+ResNet-50 + linear baseline, and ``tda=false sda=false lambda_s=0 lambda_t=0`` its
+"R50 + MF" row (the four pooled stages concatenated). The paper's rows, in its order:
+R50, + TDA, + SDA, + TDA + SDA, + MF, and all of them (``bench/stmanet.py`` ROWS).
 """
 
 from __future__ import annotations

@@ -40,7 +40,10 @@ Choices where the paper is silent or ambiguous:
   only reading that is finite at ``d = 0`` (the paper's stated reason for ``e``),
   positive, and decreasing with distance as the text says (1 at ``d = 0``, 0.76 at one
   cell, 0.65 at two). ``d`` is ``|Δx| / w`` (cell centres are whole cells apart),
-  ``|Δy| / h`` and ``|Δt| / T`` with ``T = k``, the frames of the segment.
+  ``|Δy| / h`` and ``|Δt| / T`` with ``T = k``, the frames of the segment. With the
+  ``tsn`` plan's default ``spacing="even"`` (§4.1: frames "evenly extracted" over each
+  segment) one step of Δt is ``len/k`` video frames and Δt/T the fraction of the
+  segment between two frames; ``spacing="consecutive"`` makes Δt one video frame.
 * "distance ≤ 2" is per axis (``|Δt|, |Δx|, |Δy| ≤ 2``), and a node is its own
   neighbour (zero distance is ≤ 2, and eq. 6's offset exists for that case).
 * ``W_p`` and ``W_q`` are matrices without bias, as written. The graph stays inside a
