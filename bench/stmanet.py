@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=list(range(len(ROWS))), help="indices into ROWS")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-4, help="the head's declared default")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.ablation_workspace:

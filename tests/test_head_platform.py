@@ -19,7 +19,15 @@ from typer.testing import CliRunner
 from tests.fake_cache import D, FEATURES, make_workspace
 from vpipe.cli.train_cmd import register
 from vpipe.errors import ConfigError, StageError
-from vpipe.models.heads import Head, HeadBatch, HeadOption, create_head, describe_head, register_head
+from vpipe.models.heads import (
+    Head,
+    HeadBatch,
+    HeadOption,
+    TrainingDefaults,
+    create_head,
+    describe_head,
+    register_head,
+)
 from vpipe.models.heads.fusion import LateFusion
 from vpipe.models.heads.registry import HeadInput, unregister_head
 from vpipe.stages.dataset_steps import ReportStep, TrainStep
@@ -43,6 +51,7 @@ class MeanMLP(Head):
         HeadOption("width", 16, "Hidden units.", minimum=1),
     )
     example_shapes = {"x": (1024,)}
+    training = TrainingDefaults(lr=0.02, max_epochs=3, schedule="two-phase", reason="a quick toy")
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, *, layer: str, width: int) -> None:
         super().__init__()
@@ -108,6 +117,40 @@ def test_a_head_registered_in_a_test_file_trains_evaluates_and_reports_through_t
 
     bad = runner.invoke(app, ["train", *common, "--head", "test-mean-mlp", "-O", "width=wide"])
     assert bad.exit_code == 1 and "width='wide' is not a valid int" in bad.stderr
+
+
+def test_a_heads_training_defaults_apply_when_no_flag_names_them(ws):
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    listed = {row["name"]: row for row in json.loads(runner.invoke(app, ["heads", "--json"]).stdout)}
+    assert listed["test-mean-mlp"]["training"] == {
+        "lr": 0.02, "max_epochs": 3, "schedule": "two-phase", "reason": "a quick toy",
+    }  # fmt: skip
+    assert "training: --lr 0.02 --epochs 3 --schedule two-phase" in runner.invoke(app, ["heads"]).stdout
+
+    common = ["train", "--dataset", "fake", "--workspace", str(ws.root), "--head", "test-mean-mlp", "--json"]
+    trained = runner.invoke(app, common)
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.stdout)
+    assert summary["epochs"] <= 3 and not summary["run_id"].endswith("two-phase-s0")
+    config = json.loads((Path(summary["directory"]) / "config.json").read_text())["train"]
+    assert (config["lr"], config["max_epochs"], config["schedule"]) == (0.02, 3, "two-phase")
+
+    flagged = runner.invoke(app, [*common, "--lr", "0.005", "--epochs", "2", "--schedule", "warmup-cosine"])
+    assert flagged.exit_code == 0, flagged.output
+    config = json.loads((Path(json.loads(flagged.stdout)["directory"]) / "config.json").read_text())["train"]
+    assert (config["lr"], config["max_epochs"], config["schedule"]) == (0.005, 2, "warmup-cosine")
+
+
+def test_naming_a_heads_training_default_equals_leaving_it_out():
+    implicit = TrainConfig(head="st-manet", features=("r3d50-rgb",))
+    explicit = TrainConfig(head="st-manet", features=("r3d50-rgb",), lr=1e-4, max_epochs=90, schedule="warmup-cosine")
+    assert implicit == explicit and implicit.to_dict() == explicit.to_dict()
+    assert (implicit.lr, implicit.max_epochs) == (1e-4, 90)
+    deep = TrainConfig(head="deep-fusion", features=("vgg16-rgb", "vgg16-flow"))
+    assert (deep.lr, deep.schedule) == (1e-5, "two-phase") and not deep.default_run_id().endswith("two-phase-s0")
+    assert TrainConfig(head="st-manet", features=("r3d50-rgb",), lr=1e-3).lr == 1e-3
 
 
 def test_two_heads_with_equal_settings_get_different_run_ids():

@@ -54,19 +54,24 @@ ValFraction = Annotated[
     float, typer.Option("--val-fraction", help="Share of each class's train videos held out for validation.")
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Videos per batch.")]
-Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")]
+Epochs = Annotated[
+    Optional[int], typer.Option("--epochs", min=1, help="Maximum epochs.", show_default="the head's (vpipe heads)")
+]
 Patience = Annotated[
     int, typer.Option("--patience", min=1, help="Stop after this many epochs without a better validation accuracy.")
 ]
-Lr = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")]
+Lr = Annotated[
+    Optional[float], typer.Option("--lr", help="Peak AdamW learning rate.", show_default="the head's (vpipe heads)")
+]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
 Warmup = Annotated[float, typer.Option("--warmup-epochs", help="Epochs of linear learning-rate warm-up.")]
 Schedule = Annotated[
-    str,
+    Optional[str],
     typer.Option(
         "--schedule",
         help=f"Learning-rate schedule: {' or '.join(SCHEDULES)} (two-phase: --lr for the first half of the "
         "epochs, then --lr/10 from the best checkpoint).",
+        show_default="the head's (vpipe heads)",
     ),
 ]
 Amp = Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA (ignored on CPU).")]
@@ -90,7 +95,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def heads(json_output: Json = False) -> None:
-    """List every registered head: its inputs, options with defaults, hooks and size.
+    """List every registered head: its inputs, options with defaults, training defaults, hooks and size.
 
     Parameters are counted at each head's example input size (the paper's) for 101 classes.
 
@@ -110,6 +115,11 @@ def heads(json_output: Json = False) -> None:
         for option in row.options:
             choices = f" [{'|'.join(map(str, option['choices']))}]" if option["choices"] else ""
             typer.echo(f"  -O {option['name']}={option['default']}{choices}  {option['help']}")
+        training = row.training
+        typer.echo(
+            f"  training: --lr {training['lr']:g} --epochs {training['max_epochs']} --schedule {training['schedule']}"
+            f"  ({training['reason']})"
+        )
         if row.hooks:
             typer.echo(f"  hooks: {', '.join(row.hooks)}")
 
@@ -123,12 +133,12 @@ def train(
     fusion: Fusion = _DEFAULTS.fusion,
     val_fraction: ValFraction = _DEFAULTS.val_fraction,
     batch_size: BatchSize = _DEFAULTS.batch_size,
-    epochs: Epochs = _DEFAULTS.max_epochs,
+    epochs: Epochs = None,
     patience: Patience = _DEFAULTS.patience,
-    lr: Lr = _DEFAULTS.lr,
+    lr: Lr = None,
     weight_decay: WeightDecay = _DEFAULTS.weight_decay,
     warmup_epochs: Warmup = _DEFAULTS.warmup_epochs,
-    schedule: Schedule = _DEFAULTS.schedule,
+    schedule: Schedule = None,
     seed: Seed = _DEFAULTS.seed,
     device: Device = _DEFAULTS.device,
     amp: Amp = _DEFAULTS.amp,

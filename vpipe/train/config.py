@@ -38,6 +38,10 @@ class TrainConfig:
     (see ``vpipe heads``). ``max_epochs`` bounds training; early stopping ends it after
     ``patience`` epochs without a better validation accuracy. ``amp`` uses bf16 (fp16
     where bf16 is missing) autocast on CUDA and is ignored on CPU.
+
+    ``lr``, ``max_epochs`` and ``schedule`` left at None take the head's declared
+    :class:`~vpipe.models.heads.registry.TrainingDefaults` (``vpipe heads`` lists them);
+    the config stores the resolved values, so naming a head's default equals leaving it out.
     """
 
     features: tuple[str, ...] = ("li3d-rgb",)
@@ -46,12 +50,12 @@ class TrainConfig:
     fusion: str = "late"
     val_fraction: float = 0.15
     batch_size: int = 32
-    max_epochs: int = 50
+    max_epochs: int | None = None
     patience: int = 10
-    lr: float = 1e-3
+    lr: float | None = None
     weight_decay: float = 1e-2
     warmup_epochs: float = 1.0
-    schedule: str = "warmup-cosine"
+    schedule: str | None = None
     grad_clip: float = 5.0
     seed: int = 0
     device: str = "auto"
@@ -62,6 +66,9 @@ class TrainConfig:
         object.__setattr__(self, "features", features)
         cls = head_class(self.head)
         object.__setattr__(self, "head_options", cls.validate_options(dict(self.head_options)))
+        for name in ("lr", "max_epochs", "schedule"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(cls.training, name))
         _choice("fusion", self.fusion, FUSIONS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
@@ -109,7 +116,7 @@ class TrainConfig:
 
     def default_run_id(self) -> str:
         """``<inputs>-<head tag>-s<seed>``, readable in a listing (e.g. ``li3d-rgb-bilstm-mean-k128-s0``)."""
-        schedule = "" if self.schedule == SCHEDULES[0] else f"-{self.schedule}"
+        schedule = "" if self.schedule == self.head_cls.training.schedule else f"-{self.schedule}"
         return f"{self.inputs_name()}-{self.head_cls.tag(self.head_options)}{schedule}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:

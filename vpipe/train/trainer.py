@@ -377,7 +377,7 @@ def _fit(
 def train_for_pipeline(
     ws: DatasetWorkspace, features: str | tuple[str, ...] = "li3d-rgb", *, progress: bool = False, **overrides: Any
 ) -> RunResult:
-    """A training step of ``vpipe run``: a BiLSTM with concat aggregation, sized by
+    """A training step of ``vpipe run``: a BiLSTM with the head's default aggregation, sized by
     :data:`vpipe.train.config.QUICK` for the built-in synthetic dataset on a laptop CPU.
 
     It reuses an identical finished run, so rerunning the pipeline does not retrain.

@@ -59,7 +59,7 @@ from vpipe.models.aggregation import (
     make_aggregation,
 )
 
-from vpipe.models.heads.registry import Head, HeadBatch, HeadOption, PrepareData, register_head
+from vpipe.models.heads.registry import Head, HeadBatch, HeadOption, PrepareData, TrainingDefaults, register_head
 
 __all__ = ["TEMPORAL", "BiLSTMSoftAgg", "BiLSTMSoftAggHead", "init_aggregation_from_features"]
 
@@ -266,6 +266,11 @@ class BiLSTMSoftAgg(Head):
         HeadOption("codebook", None, "Codebook .h5 for temporal=none (None: the workspace's, if fitted).", kind=str),
     )
     example_shapes = {"x": (1024,)}
+    training = TrainingDefaults(
+        lr=1e-3,
+        max_epochs=50,
+        reason="epochs: the 50 iterations of the aggregation paper's Fig. 4-5; lr: chosen, the papers give none",
+    )
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
         super().__init__()

@@ -73,7 +73,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError, StageError, WeightsError
-from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, HeadOption, PrepareData, register_head
+from vpipe.models.heads.registry import (
+    Head,
+    HeadBatch,
+    HeadInput,
+    HeadOption,
+    PrepareData,
+    TrainingDefaults,
+    register_head,
+)
 from vpipe.models.weights import read_state_dict
 
 #: The torchvision VGG-16 keys of fc6, the layer ``fc6_weights`` loads.
@@ -228,6 +236,12 @@ class DeepFusion(Head):
         HeadOption("fc6_weights", None, "torchvision VGG-16 checkpoint to start Fc6 from (None: random).", kind=str),
     )
     example_shapes = {"rgb": (512, 14, 14), "flow": (512, 14, 14)}
+    training = TrainingDefaults(
+        lr=1e-5,
+        max_epochs=186,
+        schedule="two-phase",
+        reason="§4: 1e-5 until converged (140 epochs), then 1e-6 from that result (46 epochs); above 1e-5 it diverges",
+    )
     streams = 2
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:

@@ -100,6 +100,24 @@ class HeadOption:
         return converted
 
 
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """The optimiser settings a head trains with when the command line names none.
+
+    The trainer's optimiser is AdamW; ``schedule`` is one of the trainer's schedules
+    (``warmup-cosine`` or ``two-phase``). ``reason`` says where the values come from (the
+    paper, or why they were chosen) and is shown by ``vpipe heads``.
+    """
+
+    lr: float = 1e-3
+    max_epochs: int = 50
+    schedule: str = "warmup-cosine"
+    reason: str = "the trainer's AdamW settings"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "max_epochs": self.max_epochs, "schedule": self.schedule, "reason": self.reason}
+
+
 @dataclass
 class HeadBatch:
     """A padded batch of videos (or views): every declared input under its role.
@@ -159,7 +177,8 @@ class Head(nn.Module):
 
     Subclasses set ``name`` (via :func:`register_head`), ``summary`` (one line for
     ``vpipe heads``), ``options``, ``example_shapes`` (the paper's input size per role,
-    for parameter counts) and implement ``__init__(shapes, num_classes, **options)``,
+    for parameter counts), ``training`` (the optimiser settings a run uses unless the
+    command line overrides them) and implement ``__init__(shapes, num_classes, **options)``,
     :meth:`forward_features` and :meth:`forward_head`; they set ``num_features``.
     ``streams`` is how many feature sets the head reads natively: a head of one stream
     given several feature sets is fused by the trainer (late: one head per stream, or
@@ -171,6 +190,7 @@ class Head(nn.Module):
     options: ClassVar[tuple[HeadOption, ...]] = ()
     example_shapes: ClassVar[dict[str, tuple[int, ...]]] = {}
     streams: ClassVar[int] = 1
+    training: ClassVar[TrainingDefaults] = TrainingDefaults()
     num_features: int
 
     @classmethod
@@ -299,10 +319,11 @@ class HeadInfo:
     hooks: list[str]
     parameters: int | None
     example_shapes: dict[str, list[int]] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 def describe_head(name: str, num_classes: int = 101) -> HeadInfo:
-    """Inputs, options, hooks and the parameter count at ``example_shapes``."""
+    """Inputs, options, hooks, training defaults and the parameter count at ``example_shapes``."""
     cls = head_class(name)
     options = cls.validate_options({})
     streams = tuple(f"<features{i + 1}>" for i in range(cls.streams))
@@ -323,4 +344,5 @@ def describe_head(name: str, num_classes: int = 101) -> HeadInfo:
         hooks=cls.hooks(),
         parameters=parameters,
         example_shapes={role: list(shape) for role, shape in cls.example_shapes.items()},
+        training=cls.training.to_dict(),
     )

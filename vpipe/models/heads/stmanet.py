@@ -80,7 +80,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
-from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, HeadOption, PrepareData, register_head
+from vpipe.models.heads.registry import (
+    Head,
+    HeadBatch,
+    HeadInput,
+    HeadOption,
+    PrepareData,
+    TrainingDefaults,
+    register_head,
+)
 
 __all__ = ["ROLES", "STMANet", "SpatialAttention", "TemporalAttention", "diversity"]
 
@@ -207,6 +215,14 @@ class STMANet(Head):
         "stage4": (1024, 4, 4, 4),
         "stage5": (2048, 2, 4, 4),
     }
+    training = TrainingDefaults(
+        lr=1e-4,
+        max_epochs=90,
+        reason=(
+            "epochs: the paper's 90 (§4.1); lr: its 0.01 is for SGD through the whole network, "
+            "AdamW on the attention branches diverges at 1e-3 and trains at 1e-4"
+        ),
+    )
 
     @classmethod
     def input_spec(cls, features: tuple[str, ...], options: dict[str, Any]) -> list[HeadInput]:

@@ -76,7 +76,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
-from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, HeadOption, PrepareData, register_head
+from vpipe.models.heads.registry import (
+    Head,
+    HeadBatch,
+    HeadInput,
+    HeadOption,
+    PrepareData,
+    TrainingDefaults,
+    register_head,
+)
 
 __all__ = ["RADIUS", "VCMSDD", "CrossAttention", "SpatioTemporalConsistency", "geometry"]
 
@@ -193,6 +201,11 @@ class VCMSDD(Head):
         HeadOption("dropout", 0.5, "Dropout on the video embedding before the classifier.", minimum=0.0),
     )
     example_shapes = {"rgb": (2048, 7, 7), "flow": (2048, 7, 7)}
+    training = TrainingDefaults(
+        lr=2e-3,
+        max_epochs=100,
+        reason="Table 1: AdamW, 100 epochs, lr 0.008 at batch 128, scaled linearly to the trainer's batch of 32",
+    )
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
         super().__init__()
