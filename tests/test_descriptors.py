@@ -82,15 +82,24 @@ def np_votes(dx: np.ndarray, dy: np.ndarray, no_motion: float | None = None) -> 
     return votes
 
 
-def np_frame_votes(rgb: np.ndarray, flow: np.ndarray) -> dict[str, np.ndarray]:
-    """Per descriptor type, (T, bins, H, W) from uint8 frames (T, H, W, 3) and flow codes (T, 2, H, W)."""
+def lower_median(a: np.ndarray) -> float:
+    """The lower of the two middle values for an even count (torch.median's convention)."""
+    return float(np.sort(a, axis=None)[(a.size - 1) // 2])
+
+
+def np_frame_votes(rgb: np.ndarray, flow: np.ndarray, camera: str = "median") -> dict[str, np.ndarray]:
+    """Per descriptor type, (T, bins, H, W) from uint8 frames (T, H, W, 3) and flow codes (T, 2, H, W);
+    with ``camera="median"`` HOF reads the flow less each frame's median flow."""
     grey = rgb.astype(np.float64) / 255.0 @ LUMA
     uv = flow.astype(np.float64) * 40.0 / 255.0 - 20.0
     out = {name: [] for name in BINS}
     for t in range(len(rgb)):
         u, v = uv[t]
         out["hog"].append(np_votes(*np_gradients(grey[t])))
-        out["hof"].append(np_votes(u, v, NO_MOTION))
+        if camera == "median":
+            out["hof"].append(np_votes(u - lower_median(u), v - lower_median(v), NO_MOTION))
+        else:
+            out["hof"].append(np_votes(u, v, NO_MOTION))
         out["mbhx"].append(np_votes(*np_gradients(u)))
         out["mbhy"].append(np_votes(*np_gradients(v)))
     return {name: np.stack(v) for name, v in out.items()}
@@ -112,22 +121,27 @@ def np_descriptor(votes: dict[str, np.ndarray], frames: list[list[int]], ys: lis
     return np.concatenate(parts)
 
 
-def np_layers(rgb: np.ndarray, flow: np.ndarray, step: int = 8, cell: int = 16) -> dict[str, np.ndarray]:
-    """``pool`` and ``local`` of one clip with explicit loops over steps, cells and patches."""
-    votes = np_frame_votes(rgb, flow)
+def np_layers(rgb: np.ndarray, flow: np.ndarray, step: int = 3, stride: int = 1, cell: int = 16,
+              camera: str = "median") -> dict[str, np.ndarray]:
+    """``pool`` and ``local`` of one clip with explicit loops over windows, cells and patches:
+    ``pool`` windows start every ``stride`` frames, ``local`` ones every ``step``."""
+    votes = np_frame_votes(rgb, flow, camera)
     frames_, height, width = len(rgb), rgb.shape[1], rgb.shape[2]
-    pool, local = [], []
-    for s in range(frames_ // step):
-        cuts = [s * step + round(k * step / 3) for k in range(4)]
-        groups = [list(range(cuts[k], cuts[k + 1])) for k in range(3)]
-        halves_y = [(0, round(height / 2)), (round(height / 2), height)]
-        halves_x = [(0, round(width / 2)), (round(width / 2), width)]
-        pool.append(np_descriptor(votes, groups, halves_y, halves_x))
+
+    def groups(first: int) -> list[list[int]]:
+        cuts = [first + round(k * step / 3) for k in range(4)]
+        return [list(range(cuts[k], cuts[k + 1])) for k in range(3)]
+
+    halves_y = [(0, round(height / 2)), (round(height / 2), height)]
+    halves_x = [(0, round(width / 2)), (round(width / 2), width)]
+    pool = [np_descriptor(votes, groups(first), halves_y, halves_x) for first in range(0, frames_ - step + 1, stride)]
+    local = []
+    for first in range(0, frames_ - step + 1, step):
         for py in range(height // cell - 1):
             for px in range(width // cell - 1):
                 ys = [(py * cell, (py + 1) * cell), ((py + 1) * cell, (py + 2) * cell)]
                 xs = [(px * cell, (px + 1) * cell), ((px + 1) * cell, (px + 2) * cell)]
-                local.append(np_descriptor(votes, groups, ys, xs))
+                local.append(np_descriptor(votes, groups(first), ys, xs))
     return {"pool": np.stack(pool), "local": np.stack(local)}
 
 
@@ -161,8 +175,13 @@ def texture(frames: int, height: int, width: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("frames", "height", "width", "options"),
-    [(16, 48, 64, {}), (17, 40, 56, {}), (10, 48, 48, {"step": 5, "cell": 12})],
-    ids=["two-steps", "odd-sizes", "options"],
+    [
+        (16, 48, 64, {}),
+        (17, 40, 56, {}),
+        (16, 48, 64, {"step": 8, "stride": 8, "camera": "none"}),
+        (13, 48, 48, {"step": 5, "stride": 2, "cell": 12}),
+    ],
+    ids=["frame-pairs", "odd-sizes", "disjoint-8", "options"],
 )
 def test_layers_equal_the_loop_reference(frames: int, height: int, width: int, options: dict) -> None:
     rng = np.random.default_rng(frames)
@@ -186,7 +205,7 @@ def test_each_type_is_root_l1_normalised() -> None:
 @pytest.mark.parametrize(("u", "v", "bin_"), [(2.0, 0.0, 0), (1.5, 1.5, 1), (0.0, -3.0, 6), (-2.0, 0.0, 4)])
 def test_pure_translation_puts_hof_in_one_bin(u: float, v: float, bin_: int) -> None:
     """Every pixel moving by (u, v): HOF is the bin of that direction (y points down)."""
-    got = forward(texture(8, 32, 32, 2), uniform(u, v, (8, 32, 32)))
+    got = forward(texture(8, 32, 32, 2), uniform(u, v, (8, 32, 32)), camera="none")
     hof = block(got["pool"][0], "hof")
     expected = np.zeros((12, 9))
     expected[:, bin_] = np.sqrt(1 / 12)
@@ -226,8 +245,8 @@ def test_translating_the_clip_by_one_cell_moves_local_descriptors_by_one_patch()
     rng = np.random.default_rng(4)
     rgb = texture(8, 6, 14, 4).repeat(8, 1).repeat(8, 2)
     flow = rng.integers(60, 196, (8, 2, 6, 14), dtype=np.uint8).repeat(8, 2).repeat(8, 3)
-    first = forward(rgb[:, :, :96], flow[..., :96])["local"].reshape(2, 5, -1)
-    moved = forward(rgb[:, :, 16:], flow[..., 16:])["local"].reshape(2, 5, -1)
+    first = forward(rgb[:, :, :96], flow[..., :96], step=8, camera="none")["local"].reshape(2, 5, -1)
+    moved = forward(rgb[:, :, 16:], flow[..., 16:], step=8, camera="none")["local"].reshape(2, 5, -1)
     np.testing.assert_allclose(moved[:, 1:3], first[:, 2:4], atol=1e-5)
     assert np.abs(moved[:, 1:3] - first[:, 1:3]).max() > 0.05, "shifted patches must differ from unshifted ones"
 
@@ -238,23 +257,28 @@ def test_camera_translation_leaves_mbh_and_hog_unchanged() -> None:
     flow = np.random.default_rng(5).integers(100, 150, (8, 2, 32, 48), dtype=np.uint8)
     panned = flow.copy()
     panned[:, 0] += 25
-    a, b = forward(rgb, flow)["pool"], forward(rgb, panned)["pool"]
+    a, b = forward(rgb, flow, camera="none")["pool"], forward(rgb, panned, camera="none")["pool"]
     for name in ("hog", "mbhx", "mbhy"):
         np.testing.assert_allclose(block(b, name), block(a, name), atol=1e-6)
     assert np.abs(block(b, "hof") - block(a, "hof")).max() > 0.05
+    # the default median compensation removes the pan from HOF as well
+    np.testing.assert_allclose(block(forward(rgb, panned)["pool"], "hof"), block(forward(rgb, flow)["pool"], "hof"), atol=1e-5)
 
 
 def test_registry_lists_it_without_weights_or_warning() -> None:
     assert NAME in list_backbones()
     built = model()
     assert built.weights_info.sha256 == "none" and built.spec.num_params == 0 and not built.training
-    assert built.spec.layer_shapes() == {"pool": (2, 396), "local": (72, 396)}
+    # 16 frames of 112 x 112: 14 frame-pair windows, 5 disjoint ones x 36 patches
+    assert built.spec.layer_shapes() == {"pool": (14, 396), "local": (180, 396)}
     with pytest.raises(ConfigError, match="no weights to load"):
         backbone(NAME, weights="x.pt")
     with pytest.raises(ConfigError, match="leave --stream at rgb"):
         backbone(NAME, stream="flow")
-    with pytest.raises(ConfigError, match="at least step=8 frames"):
-        built.forward_features(torch.zeros(1, 5, 4, 64, 64))
+    with pytest.raises(ConfigError, match="at least step=3 frames"):
+        built.forward_features(torch.zeros(1, 5, 2, 64, 64))
+    with pytest.raises(ConfigError, match="stride=0"):
+        backbone(NAME, stride=0)
     with pytest.raises(ConfigError, match="C=5"):
         built.forward_features(torch.zeros(1, 3, 8, 64, 64))
 
@@ -268,8 +292,12 @@ def flow_workspace(tmp_path: Path, videos: dict[str, np.ndarray], **plan: object
     return ws
 
 
+#: Disjoint 8-frame steps on raw flow: one pool step per 8-frame clip, checked against the loop reference.
+STAGE_OPTIONS = {"cell": 8, "step": 8, "stride": 8, "camera": "none"}
+
+
 def stage(ws, **kwargs) -> ExtractStage:
-    return ExtractStage(ws, backbone=NAME, options={"cell": 8}, batch_size=3, **kwargs)
+    return ExtractStage(ws, backbone=NAME, options=STAGE_OPTIONS, batch_size=3, **kwargs)
 
 
 @pytest.mark.slow
@@ -289,7 +317,7 @@ def test_stage_caches_the_descriptors_of_frames_and_cached_flow(tmp_path: Path) 
         frames = decode_all(info.loc[row.video_id, "path"])[list(row.frames)]
         rgb = reference_pixels(frames, row).round().astype(np.uint8)
         flow, _ = read_row(ws.flow_dir("li3d"), row.video_id, row.clip, row.view)
-        expected = np_layers(rgb, flow["flow"], cell=8)
+        expected = np_layers(rgb, flow["flow"], **STAGE_OPTIONS)
         arrays, provenance = read_row(ws.features_dir(NAME), row.video_id, row.clip, row.view)
         assert {k: (v.shape, v.dtype) for k, v in arrays.items()} == {
             "pool": ((1, 396), np.float16), "local": ((9, 396), np.float16)}
@@ -298,6 +326,7 @@ def test_stage_caches_the_descriptors_of_frames_and_cached_flow(tmp_path: Path) 
         hof = block(arrays["pool"].astype(np.float32)[0], "hof").sum(0)
         assert np.argmax(hof) == (4 if row.flip else 0), "a rightward texture moves left once flipped"
     assert provenance["inputs"] == ["rgb", "flow"] and provenance["weights_sha256"] == "none"
+    assert provenance["resolved_options"] == {**STAGE_OPTIONS, "stride": 8} and provenance["backbone_version"] == 2
 
 
 @pytest.mark.slow
@@ -343,9 +372,26 @@ def test_median_camera_compensation_keeps_only_relative_motion() -> None:
     hof = block(forward(rgb, flow, camera="median")["pool"][0], "hof").reshape(3, 2, 2, 9)
     assert (hof[..., [0, 1, 3, 4, 5, 6, 7]] == 0).all()
     assert (hof[:, 0, 0, 2] > 0).all() and (hof[:, 1:, :, 2] == 0).all() and (hof[:, :, 1, 2] == 0).all()
-    plain = block(forward(rgb, flow)["pool"][0], "hof")
+    plain = block(forward(rgb, flow, camera="none")["pool"][0], "hof")
     assert plain[:, 0].sum() > plain[:, 2].sum(), "without compensation the pan dominates"
     np.testing.assert_allclose(block(forward(rgb, flow, camera="median")["pool"], "mbhx"),
                                block(forward(rgb, flow)["pool"], "mbhx"), atol=1e-6)
     with pytest.raises(ConfigError, match="camera='affine'"):
         backbone(NAME, camera="affine")
+
+
+def test_a_bumped_backbone_version_makes_cached_features_stale(tmp_path: Path, monkeypatch) -> None:
+    """Code that changes what the same options give bumps the registered version, which
+    enters the extract fingerprint: features cached before go stale, and with them the
+    codebooks and encodings fitted on their index. Unbumped backbones keep their caches."""
+    from vpipe.models.backbones import registry
+    from vpipe.pipeline.workspace import DatasetWorkspace
+
+    ws = DatasetWorkspace(tmp_path, "clips")
+    assert registry.backbone_version(NAME) == 2 and registry.backbone_version("li3d") == 1
+    now = ExtractStage(ws, backbone=NAME).model_fingerprint()
+    li3d = ExtractStage(ws, backbone="li3d").model_fingerprint()
+    monkeypatch.setitem(registry._VERSIONS, NAME, 3)
+    monkeypatch.setitem(registry._VERSIONS, "li3d", 1)
+    assert ExtractStage(ws, backbone=NAME).model_fingerprint() != now
+    assert ExtractStage(ws, backbone="li3d").model_fingerprint() == li3d

@@ -166,21 +166,31 @@ def test_explicit_run_id_is_used_and_never_overwritten(ws):
 # --- codebook initialisation --------------------------------------------------------------
 
 
-def _save_codebook(path: Path, centroids: np.ndarray) -> None:
+def _save_codebook(path: Path, centroids: np.ndarray, index_sha256: str | None = None) -> None:
     k, d = centroids.shape
-    save_codebook(
-        path,
-        Codebook(centroids, np.full(k, 1 / k), centroids, np.ones((k, d)), provenance={"fingerprint": "test"}),
-    )
+    provenance = {"fingerprint": "test", "features_index_sha256": index_sha256}
+    save_codebook(path, Codebook(centroids, np.full(k, 1 / k), centroids, np.ones((k, d)), provenance=provenance))
 
 
 def test_temporal_none_starts_from_the_workspace_codebook(ws):
     centroids = np.random.default_rng(0).normal(scale=2.0, size=(4, D)).astype(np.float32)
-    _save_codebook(ws.dir / "codebooks" / f"{FEATURES}-k4.h5", centroids)
+    with ws.open_features(FEATURES) as features:
+        current = features.index_sha256
+    _save_codebook(ws.dir / "codebooks" / f"{FEATURES}-k4.h5", centroids, current)
     config = cfg(temporal="none", aggregation="softvlad", max_epochs=1)
     result = train(ws, config)
     record = json.loads((result.directory / "config.json").read_text())["prepared"]
     assert record["source"] == "file" and record["path"].endswith(f"{FEATURES}-k4.h5") and record["alpha"] > 0
+
+
+def test_a_codebook_fitted_on_earlier_features_is_not_used(ws):
+    """Features re-extracted with another layout leave the old codebook behind: its
+    centres have another size, so a run must fit its own instead of failing on them."""
+    stale = np.random.default_rng(0).normal(size=(4, 36)).astype(np.float32)
+    _save_codebook(ws.dir / "codebooks" / f"{FEATURES}-k4.h5", stale, "index-of-earlier-features")
+    result = train(ws, cfg(temporal="none", aggregation="softvlad", max_epochs=1))
+    record = json.loads((result.directory / "config.json").read_text())["prepared"]
+    assert record["source"].startswith("k-means on backbone features")
 
 
 def test_codebook_ties_the_soft_assignment_to_its_centres(ws):

@@ -26,9 +26,6 @@ SYNTHETIC_SAMPLER = {"need": 16, "clips": 2, "size": 112, "short_side": 128}
 SYNTHETIC_CLUSTERS = 16
 #: The weight-free motion descriptors the main job computes beside the CNN features.
 DESCRIPTORS = "hoghofmbh"
-#: The synthetic backgrounds pan and jitter: removing each frame's median flow before
-#: the HOF histogram lets it describe the actors instead of the camera.
-SYNTHETIC_DESCRIPTORS = {"camera": "median"}
 
 
 @dataclass
@@ -105,7 +102,6 @@ def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: Ch
                 workspace,
                 backbone=DESCRIPTORS,
                 plan=plan.plan_name,
-                options=SYNTHETIC_DESCRIPTORS if config["adapter"] == "synthetic" else {},
                 device=options.device,
                 batch_size=options.batch_size,
                 decode_workers=options.decode_workers,

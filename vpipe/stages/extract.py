@@ -22,7 +22,7 @@ from vpipe.extract.features import ExtractConfig, extract_videos
 from vpipe.video.jobs import VideoJob, jobs_from_plan
 from vpipe.video.views import Crop
 from vpipe.models import sha256_file
-from vpipe.models.backbones.registry import backbone_inputs, is_weightless
+from vpipe.models.backbones.registry import backbone_defaults, backbone_inputs, backbone_version, is_weightless
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
 from vpipe.pipeline.journal import Journal, Record
@@ -159,7 +159,13 @@ class ExtractStage(Stage):
         return self._weights_sha
 
     def model_fingerprint(self) -> str:
-        return fingerprint(EXTRACT_FORMAT, self.backbone, self.stream, self.weights_sha256, self.options)
+        """The backbone, stream, weights, options and the backbone's output version.
+
+        Version 1 adds nothing, so caches of backbones that were never bumped stay valid.
+        """
+        version = backbone_version(self.backbone)
+        bumped = () if version == 1 else (version,)
+        return fingerprint(EXTRACT_FORMAT, self.backbone, self.stream, self.weights_sha256, self.options, *bumped)
 
     def items(self) -> list[WorkItem]:
         jobs = plan_jobs(self.workspace, self.plan)
@@ -203,6 +209,8 @@ class ExtractStage(Stage):
             "backbone": self.backbone,
             "stream": self.stream,
             "options": self.options,
+            "resolved_options": {**backbone_defaults(self.backbone), **self.options},
+            "backbone_version": backbone_version(self.backbone),
             "inputs": list(self.inputs),
             "weights": self.weights or self.weights_sha256,
             "weights_sha256": self.weights_sha256,

@@ -12,11 +12,27 @@ constant flow, so camera translation does not reach it.
 The input is a clip of the frames and their cached TV-L1 flow stacked as five
 channels (r, g, b in [0, 1]; u, v in pixels). Two layers are cached:
 
-- ``pool`` (tau, D): one descriptor per temporal step of ``step`` frames, its cells
-  tiling the whole frame; the per-step sequence the temporal heads read.
-- ``local`` (tau * P, D): the same descriptor for every patch of 2 x 2 cells of
-  ``cell`` pixels on a grid of stride ``cell`` (P patches per step, in step, row,
-  column order); the bag of local descriptors that BoF / VLAD / Fisher encode.
+- ``pool`` (tau, D): one descriptor per window of ``step`` frames, windows starting
+  every ``stride`` frames, its cells tiling the whole frame; the per-step sequence the
+  temporal heads read. With the defaults (``step`` = 3, ``stride`` = 1) a window's
+  three temporal cells are three consecutive frame pairs (a frame and its flow to the
+  next), so a clip of T frames gives T - 2 steps and the sequence keeps the order and
+  the rhythm of the motion at the flow's own resolution: a temporal head sees every
+  frame-pair transition, where 8-frame steps gave it two per 16-frame clip.
+- ``local`` (tau' * P, D): the same descriptor for every patch of 2 x 2 cells of
+  ``cell`` pixels on a grid of stride ``cell`` (P patches per window, in window, row,
+  column order), over disjoint windows (stride ``step``): the bag of local descriptors
+  that BoF / VLAD / Fisher encode, which overlapping windows would only repeat.
+
+Camera motion (``camera``): ``median`` (the default, on every dataset) subtracts each
+frame's median flow from the flow before HOF. The rule: the median of the flow field is
+the motion of whatever covers most of the frame, which in action footage is the
+background, so it is the camera's translation; on a still camera it is zero (up to the
+flow cache's quantisation, under HOF's no-motion threshold) and changes nothing. It
+fails only when the actor fills more than half the frame, where it removes part of the
+actor's own motion; ``none`` keeps the raw flow. MBH needs no compensation: it is the
+gradient of the flow, which a translation does not change. The option is part of the
+extract fingerprint and of the feature set's provenance.
 
 D = 12 cells x (8 + 9 + 8 + 8) bins = 396, laid out type by type (HOG, HOF, MBHx,
 MBHy), each type as (t-cell, y-cell, x-cell, bin).
@@ -24,7 +40,6 @@ MBHy), each type as (t-cell, y-cell, x-cell, bin).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -50,8 +65,11 @@ CELLS = NT * NY * NX
 DIM = CELLS * sum(bins for _, bins in DESCRIPTORS)
 #: Camera-motion handling for HOF: ``median`` subtracts each frame's median flow (a
 #: translation-only stand-in for improved trajectories' homography), so a panning
-#: background stops drowning the actors' motion; MBH needs none.
+#: background stops drowning the actors' motion; MBH needs none. See the module docstring.
 CAMERA = ("none", "median")
+CAMERA_DEFAULT = "median"
+#: Frames per window (one per temporal cell) and frames between window starts.
+STEP, STRIDE = NT, 1
 #: ITU-R BT.601 luma, the grey level OpenCV (and so the dense-trajectory code) uses.
 LUMA = (0.299, 0.587, 0.114)
 #: Flow codes q in 0..255 map to q * 40 / 255 - 20 pixels (bound 20) through the spec's
@@ -109,14 +127,37 @@ def orientation_histograms(
     return torch.cat([circle, mass[..., ORIENTATIONS:]], -1)
 
 
-def segment_means(x: Tensor, dim: int, bounds: list[int]) -> Tensor:
-    """Means of ``x`` over the half-open segments ``bounds[i]:bounds[i+1]`` along ``dim``."""
-    return torch.stack([x.narrow(dim, a, b - a).mean(dim) for a, b in itertools.pairwise(bounds)], dim)
-
-
 def split_bounds(length: int, parts: int) -> list[int]:
     """Boundaries of ``parts`` near-equal consecutive segments of ``0..length``."""
     return [int(b) for b in np.linspace(0, length, parts + 1).round()]
+
+
+def window_count(frames: int, step: int, stride: int) -> int:
+    """Windows of ``step`` frames starting every ``stride`` frames that fit in ``frames``."""
+    return 0 if frames < step else (frames - step) // stride + 1
+
+
+def window_bounds(frames: int, step: int, stride: int) -> tuple[list[int], list[int]]:
+    """Start and end frame of each temporal cell of each window, window-major (NT per window)."""
+    inner = split_bounds(step, NT)
+    starts, ends = [], []
+    for w in range(window_count(frames, step, stride)):
+        first = w * stride
+        starts += [first + b for b in inner[:-1]]
+        ends += [first + b for b in inner[1:]]
+    return starts, ends
+
+
+def window_means(x: Tensor, bounds: tuple[list[int], list[int]]) -> Tensor:
+    """Means of (N, T, ...) over the frame ranges ``bounds`` along T: (N, len(bounds[0]), ...).
+
+    One cumulative sum serves every window, so overlapping windows cost no more than
+    disjoint ones.
+    """
+    starts, ends = (torch.tensor(b, device=x.device) for b in bounds)
+    total = torch.cat([torch.zeros_like(x[:, :1]), x.double().cumsum(1)], 1)
+    span = (ends - starts).to(total.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+    return ((total[:, ends] - total[:, starts]) / span).to(x.dtype)
 
 
 def block_index(length: int, bounds: list[int], device: torch.device) -> tuple[Tensor, list[int]]:
@@ -145,7 +186,7 @@ def root_normalise(x: Tensor) -> Tensor:
 class DenseDescriptors(nn.Module):
     """HOG / HOF / MBHx / MBHy of a (N, 5, T, H, W) clip of frames and flow; no parameters."""
 
-    def __init__(self, *, step: int = 8, cell: int = 16, camera: str = "none"):
+    def __init__(self, *, step: int = STEP, stride: int = STRIDE, cell: int = 16, camera: str = CAMERA_DEFAULT):
         super().__init__()
         if camera not in CAMERA:
             raise ConfigError(f"hoghofmbh camera={camera!r}: use one of {', '.join(CAMERA)}")
@@ -153,7 +194,9 @@ class DenseDescriptors(nn.Module):
             raise ConfigError(f"hoghofmbh step={step}: a step needs at least {NT} frames, one per temporal cell")
         if cell < 1:
             raise ConfigError(f"hoghofmbh cell={cell}: cells need at least one pixel")
-        self.step, self.cell, self.camera = step, cell, camera
+        if stride < 1:
+            raise ConfigError(f"hoghofmbh stride={stride}: windows must start at least one frame apart")
+        self.step, self.stride, self.cell, self.camera = step, stride, cell, camera
         self.num_features = DIM
         self.spec = finalize_spec(
             BackboneSpec(
@@ -175,9 +218,9 @@ class DenseDescriptors(nn.Module):
 
     def layer_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         _, frames, height, width = input_shape
-        steps = frames // self.step
         patches = (height // self.cell - 1) * (width // self.cell - 1)
-        return {"pool": (steps, DIM), "local": (steps * patches, DIM)}
+        local = window_count(frames, self.step, self.step) * patches
+        return {"pool": (window_count(frames, self.step, self.stride), DIM), "local": (local, DIM)}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.forward_features(x)
@@ -190,10 +233,9 @@ class DenseDescriptors(nn.Module):
                 f"hoghofmbh needs clips of at least step={self.step} frames and 2 x cell={self.cell} pixels a side, "
                 f"got {frames} frames of {height}x{width}: plan longer or larger clips, or pass smaller -o step / -o cell"
             )
-        steps = frames // self.step
-        x = x[:, :, : steps * self.step].float()
-        times = [s * self.step + b for s in range(steps) for b in split_bounds(self.step, NT)[:-1]]
-        times.append(steps * self.step)
+        pool_windows = window_bounds(frames, self.step, self.stride)
+        local_windows = window_bounds(frames, self.step, self.step)
+        x = x.float()
         whole_y, whole_x = split_bounds(height, NY), split_bounds(width, NX)
         grid_y = list(range(0, (height // self.cell) * self.cell + 1, self.cell))
         grid_x = list(range(0, (width // self.cell) * self.cell + 1, self.cell))
@@ -202,10 +244,10 @@ class DenseDescriptors(nn.Module):
         pooled, local = [], []
         for dx, dy, no_motion in self._vectors(x):
             blocks = orientation_histograms(dx, dy, rows, cols, (len(cuts_y) - 1, len(cuts_x) - 1), no_motion)
-            whole = segment_means(cell_means(blocks, cuts_y, cuts_x, whole_y, whole_x), 1, times)
-            pooled.append(root_normalise(whole.reshape(n, steps, -1)))
-            grid = segment_means(cell_means(blocks, cuts_y, cuts_x, grid_y, grid_x), 1, times)
-            local.append(root_normalise(_patch_descriptors(grid, steps)))
+            whole = window_means(cell_means(blocks, cuts_y, cuts_x, whole_y, whole_x), pool_windows)
+            pooled.append(root_normalise(whole.reshape(n, len(pool_windows[0]) // NT, -1)))
+            grid = window_means(cell_means(blocks, cuts_y, cuts_x, grid_y, grid_x), local_windows)
+            local.append(root_normalise(_patch_descriptors(grid, len(local_windows[0]) // NT)))
         return {"pool": torch.cat(pooled, -1), "local": torch.cat(local, -1).reshape(n, -1, DIM)}
 
     def _vectors(self, x: Tensor) -> list[tuple[Tensor, Tensor, float | None]]:
@@ -228,12 +270,14 @@ def _patch_descriptors(cells: Tensor, steps: int) -> Tensor:
     return grouped.reshape(n, steps, rows * cols, CELLS * bins)
 
 
-@register_backbone("hoghofmbh", inputs=("rgb", "flow"), weightless=True)
-def hoghofmbh(*, stream: str = "rgb", step: int = 8, cell: int = 16, camera: str = "none") -> DenseDescriptors:
+@register_backbone("hoghofmbh", inputs=("rgb", "flow"), weightless=True, version=2)
+def hoghofmbh(
+    *, stream: str = "rgb", step: int = STEP, stride: int = STRIDE, cell: int = 16, camera: str = CAMERA_DEFAULT
+) -> DenseDescriptors:
     """Dense HOG/HOF/MBH of the frames and their cached flow: one feature set, no streams."""
     if stream != "rgb":
         raise ConfigError(
             "backbone hoghofmbh reads the frames and their flow together as one input: "
             "leave --stream at rgb (its features land in features/hoghofmbh)"
         )
-    return DenseDescriptors(step=step, cell=cell, camera=camera)
+    return DenseDescriptors(step=step, stride=stride, cell=cell, camera=camera)

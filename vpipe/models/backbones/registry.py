@@ -87,10 +87,11 @@ Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
 _INPUTS: dict[str, tuple[str, ...]] = {}
 _WEIGHTLESS: set[str] = set()
+_VERSIONS: dict[str, int] = {}
 
 
 def register_backbone(
-    name: str, *, inputs: tuple[str, ...] = (), weightless: bool = False
+    name: str, *, inputs: tuple[str, ...] = (), weightless: bool = False, version: int = 1
 ) -> Callable[[Builder], Builder]:
     """Register a builder ``fn(*, stream, **options) -> module`` under ``name``.
 
@@ -98,7 +99,12 @@ def register_backbone(
     (``("rgb", "flow")``: the frames and their cached flow, stacked as channels); the
     extract stage reads it before building anything. ``weightless`` backbones compute
     their features by formula: there is nothing to load and nothing random to warn about.
+    ``version`` is bumped whenever the code changes what the same options produce
+    (defaults included): it enters the extract fingerprint, so cached features and
+    everything fitted on them go stale.
     """
+    if version < 1:
+        raise ValueError(f"backbone {name!r}: version must be a positive integer, got {version}")
 
     def decorator(fn: Builder) -> Builder:
         if name in _REGISTRY:
@@ -108,6 +114,7 @@ def register_backbone(
             _INPUTS[name] = tuple(inputs)
         if weightless:
             _WEIGHTLESS.add(name)
+        _VERSIONS[name] = version
         return fn
 
     return decorator
@@ -116,6 +123,23 @@ def register_backbone(
 def backbone_inputs(name: str, stream: str) -> tuple[str, ...]:
     """The cached inputs each clip of backbone ``name`` on ``stream`` is built from."""
     return _INPUTS.get(name, (stream,))
+
+
+def backbone_defaults(name: str) -> dict[str, object]:
+    """The keyword defaults of backbone ``name``'s builder (``stream`` aside): what an
+    option left out means, for provenance."""
+    import inspect
+
+    builder = _REGISTRY.get(name)
+    if builder is None:
+        return {}
+    parameters = inspect.signature(builder).parameters.values()
+    return {p.name: p.default for p in parameters if p.name != "stream" and p.default is not inspect.Parameter.empty}
+
+
+def backbone_version(name: str) -> int:
+    """The registered output version of backbone ``name`` (1 unless its code was bumped)."""
+    return _VERSIONS.get(name, 1)
 
 
 def is_weightless(name: str) -> bool:

@@ -313,10 +313,11 @@ class BiLSTMSoftAgg(Head):
 
     @classmethod
     def external_files(
-        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path]
+        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path | None]
     ) -> dict[str, Path]:
         """The codebook of a ``temporal=none`` soft aggregation: the explicit one (which must
-        exist) or the workspace's ``codebooks/<features>-k<K>.h5`` when present."""
+        exist) or the workspace's ``codebooks/<features>-k<K>.h5`` when it was fitted on the
+        features as they are now (one fitted before they were re-extracted is ignored)."""
         if options["temporal"] != "none" or options["aggregation"] == "avg":
             return {}
         if options["codebook"] is not None:
@@ -328,7 +329,7 @@ class BiLSTMSoftAgg(Head):
                 )
             return {"codebook": path}
         default = codebook_path("+".join(features), options["clusters"])
-        if not default.is_file():
+        if default is None:
             return {}
         from vpipe.encode import load_codebook
 

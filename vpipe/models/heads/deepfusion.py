@@ -290,7 +290,7 @@ class DeepFusion(Head):
 
     @classmethod
     def external_files(
-        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path]
+        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path | None]
     ) -> dict[str, Path]:
         """The VGG-16 checkpoint Fc6 starts from, when one is given (it must exist)."""
         if options["fc6_weights"] is None:

@@ -228,11 +228,13 @@ class Head(nn.Module):
 
     @classmethod
     def external_files(
-        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path]
+        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path | None]
     ) -> dict[str, Path]:
         """Files outside the feature cache a run reads (e.g. a codebook); their content is
         part of the run's fingerprint and they reach :meth:`prepare` as ``data.files``.
-        ``codebook_path(features, K)`` is where ``vpipe encode`` puts codebooks."""
+        ``codebook_path(features, K)`` is the codebook ``vpipe encode`` fitted on ``features``
+        as they are now, or None when there is none or it was fitted on an earlier
+        extraction of them (its recorded features index differs from the current one)."""
         return {}
 
     def prepare(self, data: PrepareData) -> dict[str, Any] | None:
