@@ -376,18 +376,77 @@ def _pm(cell: dict[str, Any], fmt: str, scale: float = 1.0) -> str:
     return f"{format(cell['mean'] * scale, fmt)} ± {format(cell['std'] * scale, fmt)}"
 
 
+#: The papers' claims as (claim, better row, worse row): li3d-bilstm Table 3 (LSTM over
+#: pooling, BiLSTM over LSTM) and the aggregation paper's Table 1 and §4.1 (each soft
+#: encoding after the BiLSTM over its plain average; their mean over the best single one).
+CLAIMS = (
+    ("LSTM beats pooling (li3d-bilstm Table 3)", "LSTM + avg pool", "features + avg pool"),
+    ("BiLSTM beats LSTM (li3d-bilstm Table 3)", "BiLSTM + avg pool", "LSTM + avg pool"),
+    *((f"soft {a[4:].upper()} beats the plain average (Table 1)", f"BiLSTM + {a}", "BiLSTM + avg pool")
+      for a in ("softbof", "softfv", "softvlad")),
+    ("the mean of the three beats the plain average (§4.1)", "BiLSTM + mean", "BiLSTM + avg pool"),
+    ("the mean of the three beats concatenation (§4.1)", "BiLSTM + mean", "BiLSTM + concat"),
+)
+
+
+def verdict(better: dict[str, Any], worse: dict[str, Any]) -> dict[str, Any]:
+    """Whether the test accuracies of two rows support "``better`` beats ``worse``".
+
+    The gap's standard error is ``√(s₁²/n₁ + s₂²/n₂)`` over seeds. A gap above two
+    standard errors in the claimed direction reproduces the claim, one below minus two
+    refutes it; anything in between is "not reproduced": the seeds cannot tell the rows
+    apart, which says nothing against the paper.
+    """
+    a, b = better["summary"]["accuracy"], worse["summary"]["accuracy"]
+    gap = a["mean"] - b["mean"]
+    se = (a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]) ** 0.5
+    if gap > 2 * se:
+        word = "reproduced"
+    elif gap < -2 * se:
+        word = "refuted"
+    else:
+        word = "not reproduced (gap under 2 standard errors)"
+    return {"gap": gap, "standard_error": se, "verdict": word}
+
+
+def claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every claim of :data:`CLAIMS` whose two rows were trained, with its verdict."""
+    by_label = {(r["label"], r["clusters"]): r for r in rows if r["summary"] is not None and r["kind"] == "head"}
+    first = {label: row for (label, _), row in reversed(list(by_label.items()))}
+    out = []
+    for claim, better, worse in CLAIMS:
+        if better in first and worse in first:
+            out.append({"claim": claim, "better": better, "worse": worse, **verdict(first[better], first[worse])})
+    soft = sorted({r["clusters"] for r in rows if r["kind"] == "head" and r["clusters"]})
+    if {64, 128} <= set(soft):
+        label = next(r["label"] for r in rows if r["kind"] == "head" and r["clusters"] == 128)
+        pair = by_label.get((label, 128)), by_label.get((label, 64))
+        if all(pair):
+            out.append({"claim": f"K = 128 beats K = 64 ({label}; aggregation paper Table 2)", "better": f"{label} K=128",
+                        "worse": f"{label} K=64", **verdict(*pair)})  # fmt: skip
+    return out
+
+
+def markdown_claims(found: list[dict[str, Any]], chance: float) -> str:
+    lines = [f"Chance: {100 * chance:.1f} %.", "", "| claim | gap (points) | 2 × s.e. | verdict |", "|---|---|---|---|"]
+    for c in found:
+        lines.append(f"| {c['claim']} | {100 * c['gap']:+.1f} | {200 * c['standard_error']:.1f} | {c['verdict']} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """Two tables: overall metrics, then accuracy per class family (percent, mean ± std)."""
-    head = "| configuration | K | accuracy % | macro P % | macro R % | top-5 % | parameters | test ms/video |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| configuration | K | accuracy % | per seed | macro P % | macro R % | top-5 % | parameters | test ms/video |"
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         s = r["summary"]
         if s is None:
-            lines.append(f"| {r['label']} | {r['clusters']} | failed: {r['error'][:80]} |" + " |" * 5)
+            lines.append(f"| {r['label']} | {r['clusters']} | failed: {r['error'][:80]} |" + " |" * 6)
             continue
         params = s["parameters"]["mean"]
+        per_seed = ", ".join(f"{100 * run['accuracy']:.0f}" for run in r.get("runs", []))
         lines.append(
-            f"| {r['label']} | {r['clusters'] or '–'} | {_pm(s['accuracy'], '.1f', 100)} | "
+            f"| {r['label']} | {r['clusters'] or '–'} | {_pm(s['accuracy'], '.1f', 100)} | {per_seed or '–'} | "
             f"{_pm(s['macro_precision'], '.1f', 100)} | {_pm(s['macro_recall'], '.1f', 100)} | "
             f"{_pm(s['top5'], '.1f', 100)} | {int(params):,} | {_pm(s['test_ms_per_video'], '.3f')} |"
         )
@@ -423,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clusters", type=parse_ints, default=[64, 128], help="K sweep for the best soft variant")
     parser.add_argument("--k-variant", choices=SOFT, default=None,
                         help="soft variant of the K sweep (default: best mean validation accuracy)")  # fmt: skip
-    parser.add_argument("--out-dim", type=int, default=256, help="projection size of the 'mean' fusion")
+    parser.add_argument("--out-dim", type=int, default=None,
+                        help="projection size of the 'mean' fusion (default: the head's, K)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch (and BLAS) threads per run")
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
@@ -450,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"soft aggregations after the BiLSTM (K={args.pipeline_clusters}):")
         for aggregation in SOFT:
             config = {**base, "temporal": "bilstm", "aggregation": aggregation}
-            if aggregation == "mean":
+            if aggregation == "mean" and args.out_dim is not None:
                 config["out_dim"] = args.out_dim
             rows.append(train_group(ws, f"BiLSTM + {aggregation}", config, args.seeds, args.threads, log))
         chosen = next(r for r in rows if r["aggregation"] == args.k_variant) if args.k_variant else best_soft(rows)
@@ -479,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": facts,
         "std": "sample standard deviation over seeds (ddof=1); baselines are deterministic, one value",
         "rows": rows,
+        "chance": 1 / facts["classes"],
+        "claims": claims(rows),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -486,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Test metrics, mean ± std over seeds {seeds} ({facts['videos']['test']} test videos); "
           f"K sweep on BiLSTM + {chosen['aggregation']} ({chosen_by}).\n")  # fmt: skip
     print(markdown(rows))
+    print()
+    print(markdown_claims(report["claims"], report["chance"]))
     print(f"\nDescriptors per centroid (encode codebook / head codebook): "
           + ", ".join(f"K={k}: {v['encode_codebook']:.1f} / {v['head_codebook']:.1f}"
                       for k, v in facts["descriptors_per_centroid"].items()))  # fmt: skip
