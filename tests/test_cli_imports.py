@@ -70,11 +70,12 @@ def test_catalog_equals_the_registries():
     from vpipe.stages.encode import DEFAULT_PCA
     from vpipe.video.plan import SAMPLERS
 
-    assert catalog.DATASETS == tuple(sorted(DATASETS))
-    assert catalog.BACKBONES == tuple(list_backbones())
-    assert catalog.HEADS == tuple(list_heads())
-    assert catalog.SAMPLERS == tuple(SAMPLERS)
-    assert catalog.ENCODE_METHODS == tuple(METHODS)
+    fix = "update the table in vpipe/catalog.py"
+    assert catalog.DATASETS == tuple(sorted(DATASETS)), fix
+    assert catalog.BACKBONES == tuple(list_backbones()), fix
+    assert catalog.HEADS == tuple(list_heads()), fix
+    assert catalog.SAMPLERS == tuple(SAMPLERS), fix
+    assert catalog.ENCODE_METHODS == tuple(METHODS), fix
     assert catalog.ENCODE_MEMORY_BUDGET == DEFAULT_MEMORY_BUDGET_TEXT
     assert catalog.DEFAULT_PCA == DEFAULT_PCA
     assert catalog.SYNTHETIC_VIDEOS_PER_CLASS == DEFAULT_VIDEOS_PER_CLASS
