@@ -25,6 +25,7 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.executor import InProcessExecutor
 from vpipe.pipeline.runner import run_stage
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.retrieval.query_video import query_video
 from vpipe.retrieval import (
     Index,
     build_index,
@@ -358,7 +359,18 @@ def cache(tmp_path_factory) -> DatasetWorkspace:
     """Ten videos of two classes, probed, planned (li3d, two clips each) and LI3D-extracted,
     plus a K=2 codebook and the VLAD encodings it gives (written here, the encode stage's job
     being tested elsewhere)."""
-    tmp = tmp_path_factory.mktemp("retrieval")
+    return build_cache(tmp_path_factory.mktemp("retrieval"), sampler_config("li3d", need=NEED, clips=2, size=32, short_side=48))
+
+
+@pytest.fixture(scope="module")
+def random_cache(tmp_path_factory) -> DatasetWorkspace:
+    """The same videos under non-default sampler options whose plan is random per video: one
+    li3d window (its start drawn from the video's id), key-frame scaling, another seed."""
+    plan = sampler_config("li3d", need=NEED, clips=1, size=32, short_side=40, view0="scale", seed=5)
+    return build_cache(tmp_path_factory.mktemp("random-plan"), plan)
+
+
+def build_cache(tmp: Path, plan) -> DatasetWorkspace:
     root = tmp / "clips"
     for label in range(2):
         for k in range(5):
@@ -367,7 +379,6 @@ def cache(tmp_path_factory) -> DatasetWorkspace:
     config = configure_dataset(ws, adapter="folder", root=root)
     executor = InProcessExecutor()
     run_stage(ProbeStage(ws, config), executor, progress=False)
-    plan = sampler_config("li3d", need=NEED, clips=2, size=32, short_side=48)
     run_stage(PlanStage(ws, plan), executor, progress=False)
     extract = ExtractStage(ws, backbone="li3d", stream="rgb", plan="li3d", device="cpu")
     report = run_stage(extract, executor, progress=False)
@@ -483,3 +494,57 @@ def test_a_trained_runs_embedding_finds_the_original_of_a_copy(cache, tmp_path) 
     shutil.copy(cache.read_manifest().set_index("video_id").loc["c1/v1", "path"], copy)
     hits = index.search_video(copy, k=3, device="cpu")
     assert hits[0].video_id == "c1/v1" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("embedding", ["features:li3d-rgb", "encodings:li3d-rgb-k2-vlad", "run"])
+def test_an_identical_file_under_another_name_reproduces_its_stored_vector(random_cache, tmp_path, embedding) -> None:
+    ws = random_cache
+    if embedding == "run":
+        if not _run_api_available():
+            pytest.skip("vpipe.train has no embed_videos / embed_clip_arrays yet")
+        from vpipe.train import TrainConfig, train
+
+        config = TrainConfig(
+            features=("li3d-rgb",), head_options={"temporal": "none", "aggregation": "avg"}, max_epochs=1,
+            batch_size=4, val_fraction=0.25, device="cpu",
+        )  # fmt: skip
+        embedding = f"run:{train(ws, config).run_id}"
+    summary = build_index(ws, embedding)
+    index = Index.open(ws.root, "clips", summary["name"])
+    manifest = ws.read_manifest().set_index("video_id")
+    windows = {}
+    for video_id in ["c0/v4", "c1/v2"]:
+        copy = tmp_path / f"query of {video_id.replace('/', '-')}.avi"
+        shutil.copy(manifest.loc[video_id, "path"], copy)
+        stored = index.vectors_of([video_id], device="cpu")[0].astype(np.float64)
+        with query_video(copy, device="cpu") as query, ws.open_features("li3d-rgb") as features:
+            windows[video_id] = query.job(features.provenance).clips[0].frames  # planned under its file name
+        hits = index.search_video(copy, k=len(index.rows), device="cpu")
+        assert hits[0].video_id == video_id, [(h.video_id, h.score) for h in hits[:3]]
+        vector = next(h for h in hits if h.video_id == video_id)
+        assert vector.score >= 0.9999
+        assert all(h.score < vector.score for h in hits[1:])
+        assert stored @ stored == pytest.approx(1.0, abs=1e-5)
+    plans = pd.read_parquet(ws.plan_path("li3d"))
+    # what makes the case hard: planned under its own file name, a copy gets another window
+    assert any(
+        tuple(plans[(plans.video_id == v) & (plans.view == 0)].frames.iloc[0]) != tuple(w) for v, w in windows.items()
+    )
+
+
+def test_a_gallery_twin_is_the_video_with_the_same_bytes_not_the_same_size(tmp_path: Path) -> None:
+    from vpipe.retrieval.query_video import gallery_twin
+
+    files = {name: tmp_path / f"{name}.avi" for name in ("a", "b", "c")}
+    files["a"].write_bytes(b"x" * 100)
+    files["b"].write_bytes(b"y" * 100)  # same size, other bytes
+    files["c"].write_bytes(b"x" * 100)
+    rows = pd.DataFrame({"video_id": ["a", "b"], "split": ["train", "test"], "path": [str(files["a"]), str(files["b"])],
+                         "width": [64, 64], "height": [48, 48]})  # fmt: skip
+    query = tmp_path / "renamed.avi"
+    shutil.copy(files["b"], query)
+    assert gallery_twin(rows, query, (64, 48)) == ("b", "test")
+    assert gallery_twin(rows, query, (32, 48)) is None  # another frame size is never hashed
+    assert gallery_twin(rows.iloc[:1], query) is None
+    assert gallery_twin(rows.assign(path=str(tmp_path / "gone.avi")), query) is None

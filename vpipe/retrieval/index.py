@@ -24,7 +24,7 @@ from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
 from vpipe.retrieval import faiss_index, store
 from vpipe.retrieval.embeddings import Embedding, parse_embedding
-from vpipe.retrieval.query_video import query_video
+from vpipe.retrieval.query_video import gallery_twin, probe_query, query_video
 
 #: Bumped when the same embedding would give a different index.
 INDEX_VERSION = "vpipe.index/1"
@@ -178,8 +178,15 @@ class Index:
     def search_video(
         self, path: str | Path, k: int = 10, *, split: str | None = None, clips: bool = False, device: str = "auto"
     ) -> list[Hit]:
-        """Embed a new video file with the index's recorded configuration, then search."""
-        with query_video(path, device=device) as query:
+        """Embed a new video file with the index's recorded configuration, then search.
+
+        A file with the bytes of a gallery video is planned as that video was (see
+        :mod:`vpipe.retrieval.query_video`), so it finds its own stored vector.
+        """
+        info = probe_query(path)
+        sizes = self.ws.read_manifest()[["video_id", "width", "height"]]
+        twin = gallery_twin(self.rows.merge(sizes, on="video_id", how="left"), Path(path).expanduser(), (info.width, info.height))
+        with query_video(path, device=device, twin=twin, info=info) as query:
             vector = self.embedding.embed_file(self.ws, query, self.metadata["provenance"])
         return self.search_vectors(np.atleast_2d(vector), k, split=split, clips=clips)[0]
 
