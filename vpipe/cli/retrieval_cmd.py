@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,7 +19,9 @@ from vpipe.cli.options import (
     setup_logging,
     user_errors,
 )
-from vpipe.retrieval import Hit, Index, build_index, evaluate_index
+
+if TYPE_CHECKING:
+    from vpipe.retrieval import Hit
 
 Embedding = Annotated[
     str,
@@ -82,6 +84,8 @@ def index(
 
     Example: vpipe index --dataset ucf101 --embedding encodings:li3d-rgb-k128-vlad
     """
+    from vpipe.retrieval import build_index
+
     setup_logging(verbose)
     summary = build_index(
         dataset_workspace(dataset, workspace), embedding, name=name, exact=exact, clips=clips, centre=centre,
@@ -158,6 +162,8 @@ def search(
 
     Example: vpipe search --dataset ucf101 --index li3d-rgb-k128-vlad --id ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01 -k 5
     """
+    from vpipe.retrieval import Index, evaluate_index
+
     setup_logging(verbose)
     if sum([video_id is not None, video is not None, evaluate]) != 1:
         raise typer.BadParameter("give exactly one of --id VIDEO_ID, --video FILE or --evaluate")
