@@ -112,11 +112,21 @@ def clustered_videos(n: int, dim: int, seed: int = 0) -> dict[str, tuple[int, st
     return {f"v{i:05d}": (int(labels[i]), "test" if i % 4 == 3 else "train", x[i]) for i in range(n)}
 
 
-def numpy_ranking(videos: dict[str, tuple[int, str, np.ndarray]], query: np.ndarray, split: str | None = None):
-    """Ids and cosines of ``videos`` by decreasing cosine with ``query``: the reference."""
+def numpy_ranking(
+    videos: dict[str, tuple[int, str, np.ndarray]], query: np.ndarray, split: str | None = None, centre: bool = True
+):
+    """Ids and cosines of ``videos`` by decreasing cosine with ``query``: the reference.
+
+    With ``centre``, the mean of every video's unit vector is subtracted from the unit
+    gallery vectors and the unit query before the cosine (what ``vpipe index`` does).
+    """
+    every = np.stack([videos[v][2] for v in videos]).astype(np.float64)
+    every /= np.linalg.norm(every, axis=1, keepdims=True)
+    mean = every.mean(axis=0) if centre else np.zeros(every.shape[1])
     ids = [v for v, (_, s, _) in videos.items() if split is None or s == split]
-    x = np.stack([videos[v][2] for v in ids]).astype(np.float64)
-    cos = x @ query / (np.linalg.norm(x, axis=1) * np.linalg.norm(query))
+    x = every[[list(videos).index(v) for v in ids]] - mean
+    q = np.asarray(query, np.float64) / np.linalg.norm(query) - mean
+    cos = x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
     order = np.argsort(-cos, kind="stable")
     return [ids[i] for i in order], cos[order]
 
@@ -147,6 +157,44 @@ def test_exact_search_matches_a_numpy_cosine_ranking(tmp_path: Path) -> None:
     hits = index.search("v00007", k=10)
     assert [h.video_id for h in hits] == ids[1:11]
     assert hits[0].label == videos[ids[1]][0] and hits[0].path == f"/videos/{ids[1]}.avi"
+
+
+def test_centring_and_whitening_match_a_numpy_reference(tmp_path: Path) -> None:
+    # a large shared component: raw cosines bunch near 1, centred ones spread out
+    videos = {v: (label, split, x + 40.0) for v, (label, split, x) in clustered_videos(200, 16, seed=4).items()}
+    ws = fake_workspace(tmp_path, videos)
+    raw = build_index(ws, "encodings:toy-k1-vlad", centre=False, name="raw")
+    centred = build_index(ws, "encodings:toy-k1-vlad", name="centred")
+    assert (raw["centred"], centred["centred"], centred["whitened"]) == (False, True, False)
+    assert raw["score_spread"]["indexed"]["p1"] > 0.99
+    assert centred["score_spread"]["indexed"]["p1"] < 0.5
+    assert centred["score_spread"]["raw"] == pytest.approx(raw["score_spread"]["indexed"])
+    index = Index.open(tmp_path, "fake", "centred")
+    query = np.random.default_rng(5).normal(size=16) + 40.0
+    ids, cos = numpy_ranking(videos, query)
+    hits = index.search(query, k=10)
+    assert [h.video_id for h in hits] == ids[:10]
+    np.testing.assert_allclose([h.score for h in hits], cos[:10], atol=1e-5)
+
+    whitened = build_index(ws, "encodings:toy-k1-vlad", whiten=True, name="white")
+    assert whitened["whitened"] and whitened["dim"] == 16
+    x = np.stack([v[2] for v in videos.values()])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    mean = x.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov(x - mean, rowvar=False))  # independent of the SVD route
+    white = (x - mean) @ vectors / np.sqrt(values)
+    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(16), atol=1e-6)
+    q = query / np.linalg.norm(query) - mean
+    qw = q @ vectors / np.sqrt(values)
+    cos = white @ qw / np.linalg.norm(white, axis=1) / np.linalg.norm(qw)
+    order = np.argsort(-cos)[:10]
+    hits = Index.open(tmp_path, "fake", "white").search(query, k=10)
+    assert [h.video_id for h in hits] == [list(videos)[i] for i in order]
+    np.testing.assert_allclose([h.score for h in hits], cos[order], atol=1e-4)
+
+    result = invoke("index", "--dataset", "fake", "--workspace", tmp_path, "--embedding", "encodings:toy-k1-vlad",
+                    "--whiten", "--name", "white")  # fmt: skip
+    assert result.exit_code == 0 and "up to date" in result.output and "whitened" in result.output, result.output
 
 
 def test_index_kind_follows_size_and_exact_forces_flat() -> None:
@@ -206,7 +254,7 @@ def test_recall_and_map_match_hand_computed_values(tmp_path: Path) -> None:
     # qa ranks t0(A) t2(B) t1(A) t3(B): AP = (1/1 + 2/3) / 2 = 5/6, hit at 1.
     # qb ranks t1(A) t2(B) t0(A) t3(B): AP = (1/2 + 2/4) / 2 = 1/2, first hit at 2.
     ws = fake_workspace(tmp_path, TINY_GALLERY)
-    build_index(ws, "encodings:toy-k1-vlad")
+    build_index(ws, "encodings:toy-k1-vlad", centre=False)  # the angles above are the raw ones
     result = evaluate_index(Index.open(tmp_path, "fake", "toy-k1-vlad"))
     assert (result["queries"], result["gallery_videos"], result["ranking_depth"]) == (2, 4, 4)
     assert result["R@1"] == 0.5 and result["R@5"] == 1.0 and result["R@50"] == 1.0
@@ -420,7 +468,7 @@ def test_a_copy_of_a_dataset_video_finds_the_original_first(cache, tmp_path, emb
 
 @pytest.mark.slow
 def test_clip_hits_carry_their_time_span(cache, tmp_path) -> None:
-    summary = build_index(cache, "features:li3d-rgb", clips=True)
+    summary = build_index(cache, "features:li3d-rgb", clips=True, centre=False)
     assert (summary["name"], summary["level"], summary["count"]) == ("li3d-rgb-pool-mean-clips", "clip", 20)
     index = Index.open(cache.root, "clips", summary["name"])
     manifest = cache.read_manifest().set_index("video_id")

@@ -94,6 +94,12 @@ def finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:
         for report in reports:
             typer.echo(report.summary())
         for report in reports:
+            retrieval = report.details.get("retrieval")
+            if retrieval:
+                figures = "  ".join(f"{k} {retrieval[k]:.3f}" for k in ("R@1", "R@5", "mAP") if retrieval.get(k) is not None)
+                typer.echo(f"retrieval ({retrieval['embedding']}, test queries against train videos): "
+                           f"{figures or retrieval.get('skipped', 'not evaluated')}")  # fmt: skip
+        for report in reports:
             if "table" in report.details:
                 typer.echo("\n" + report.details["table"].strip() + "\n")
                 typer.echo(f"report: {report.details['report']}")

@@ -33,6 +33,13 @@ Embedding = Annotated[
 Name = Annotated[
     str | None, typer.Option("--name", help="Index name; left out, one derived from the embedding (li3d-rgb-k128-vlad).")
 ]
+Centre = Annotated[
+    bool,
+    typer.Option("--centre/--no-centre", help="Subtract the gallery mean from every vector and query (default)."),
+]
+Whiten = Annotated[
+    bool, typer.Option("--whiten", help="Also PCA-whiten vectors and queries on the gallery's principal axes.")
+]
 Exact = Annotated[bool, typer.Option("--exact", help="Always build an exact (flat) index, whatever the size.")]
 Clips = Annotated[
     bool, typer.Option("--clips", help="One vector per clip (features: embeddings) / clip hits with time spans.")
@@ -61,6 +68,8 @@ def index(
     name: Name = None,
     exact: Exact = False,
     clips: Clips = False,
+    centre: Centre = True,
+    whiten: Whiten = False,
     device: Device = "auto",
     workspace: Workspace = None,
     json_output: Json = False,
@@ -69,7 +78,9 @@ def index(
     """Build a cosine-similarity FAISS index over an embedding of every usable video.
 
     Flat (exact) below 50k vectors or with --exact, IVF above; the choice, its parameters
-    and the measured recall are recorded. A rerun with an unchanged embedding does nothing.
+    and the measured recall are recorded. Vectors are centred on the gallery mean (and
+    PCA-whitened with --whiten); queries get the same transform. A rerun with an
+    unchanged embedding does nothing.
 
     Example: vpipe index --dataset ucf101 --embedding encodings:li3d-rgb-k128-vlad
     """
@@ -77,8 +88,9 @@ def index(
 
     setup_logging(verbose)
     summary = build_index(
-        dataset_workspace(dataset, workspace), embedding, name=name, exact=exact, clips=clips, device=device
-    )
+        dataset_workspace(dataset, workspace), embedding, name=name, exact=exact, clips=clips, centre=centre,
+        whiten=whiten, device=device,
+    )  # fmt: skip
     if json_output:
         emit_json(summary)
         return
@@ -89,6 +101,17 @@ def index(
         f"from {summary['embedding']}, {summary['kind']}{f' ({params})' if params else ''}, "
         f"expected recall@10 {summary['expected_recall_at_10']:.3f} -> {summary['path']}"
     )
+    spread = summary.get("score_spread", {})
+    if spread.get("indexed"):
+        transform = "whitened" if summary["whitened"] else "centred" if summary["centred"] else "raw"
+        typer.echo(
+            f"scores between gallery videos, 1st-99th percentile: raw {_range(spread['raw'])}, "
+            f"{transform} {_range(spread['indexed'])}"
+        )
+
+
+def _range(spread: dict[str, float]) -> str:
+    return f"{spread['p1']:.4f} to {spread['p99']:.4f}"
 
 
 def _span(hit: Hit) -> str:
