@@ -29,7 +29,7 @@ from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.pipeline.tables import table_fingerprint, table_metadata
-from vpipe.store.index import orphan_shards, write_index
+from vpipe.store.index import damaged_videos, orphan_shards, write_index
 
 #: Bumped when the same configuration would store different features.
 EXTRACT_FORMAT = 1
@@ -238,6 +238,9 @@ class ExtractStage(Stage):
 
     def item_fn(self):
         return partial(extract_videos, self.config())
+
+    def damaged_items(self) -> dict[str, str]:
+        return damaged_videos(self.artifact)
 
     def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
         rows = [row for item in items if item.key in records for row in records[item.key].rows]
