@@ -169,10 +169,16 @@ def test_synthetic_main_job_runs_every_stage_then_does_nothing(tmp_path):
     assert first.exit_code == 0, first.output
     stages = {s["stage"]: s for s in json.loads(first.stdout)["stages"]}
     names = list(stages)
-    assert names[:7] == [
-        "probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "extract:hoghofmbh", "encode li3d-rgb"
+    assert names[:8] == [
+        "probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "extract:hoghofmbh", "encode li3d-rgb",
+        "retrieval",
     ]  # fmt: skip
-    trains = names[7:-1]
+    retrieval = stages["retrieval"]["details"]["retrieval"]
+    assert retrieval["embedding"] == "encodings:li3d-rgb-k16-vlad" and retrieval["index"] == "li3d-rgb-k16-vlad"
+    assert all(0.0 <= retrieval[key] <= 1.0 for key in ("R@1", "R@5", "mAP")) and retrieval["R@1"] <= retrieval["R@5"]
+    evaluation = json.loads((tmp_path / "synthetic" / "index" / "li3d-rgb-k16-vlad-evaluation.json").read_text())
+    assert evaluation["R@1"] == retrieval["R@1"] and evaluation["gallery"] == "train"
+    trains = names[8:-1]
     assert names[-1] == "evaluate" and all(name.startswith("train ") for name in trains)
     assert trains == ["train li3d-rgb", "train li3d-flow", "train li3d-rgb+li3d-flow-late", "train hoghofmbh"]
     manifest = pd.read_parquet(tmp_path / "synthetic" / "manifest.parquet")
@@ -190,6 +196,8 @@ def test_synthetic_main_job_runs_every_stage_then_does_nothing(tmp_path):
     assert (tmp_path / "synthetic" / "report.md").exists()
     second = json.loads(invoke(*args).stdout)
     assert sum(s["computed"] for s in second["stages"]) == 0
+    text = invoke(*args[:-1]).output
+    assert f"retrieval (encodings:li3d-rgb-k16-vlad, test queries against train videos): R@1 {retrieval['R@1']:.3f}" in text
 
 
 def test_kinetics_clips_missing_from_disk_are_recorded_and_the_rest_finishes(tmp_path):

@@ -168,7 +168,7 @@ def test_late_fusion_averages_the_probabilities_of_one_head_per_stream(ws):
     assert [spec["role"] for spec in stored["inputs"]] == ["0/x", "1/x"]
     assert stored["model"]["shapes"] == {"0/x": [D], "1/x": [D]}
 
-    from vpipe.train.evaluate import load
+    from vpipe.train.evaluation import load
 
     loaded = load(ws, result.run_id, device="cpu")
     try:

@@ -25,6 +25,7 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.executor import InProcessExecutor
 from vpipe.pipeline.runner import run_stage
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.retrieval.query_video import query_video
 from vpipe.retrieval import (
     Index,
     build_index,
@@ -111,11 +112,21 @@ def clustered_videos(n: int, dim: int, seed: int = 0) -> dict[str, tuple[int, st
     return {f"v{i:05d}": (int(labels[i]), "test" if i % 4 == 3 else "train", x[i]) for i in range(n)}
 
 
-def numpy_ranking(videos: dict[str, tuple[int, str, np.ndarray]], query: np.ndarray, split: str | None = None):
-    """Ids and cosines of ``videos`` by decreasing cosine with ``query``: the reference."""
+def numpy_ranking(
+    videos: dict[str, tuple[int, str, np.ndarray]], query: np.ndarray, split: str | None = None, centre: bool = True
+):
+    """Ids and cosines of ``videos`` by decreasing cosine with ``query``: the reference.
+
+    With ``centre``, the mean of every video's unit vector is subtracted from the unit
+    gallery vectors and the unit query before the cosine (what ``vpipe index`` does).
+    """
+    every = np.stack([videos[v][2] for v in videos]).astype(np.float64)
+    every /= np.linalg.norm(every, axis=1, keepdims=True)
+    mean = every.mean(axis=0) if centre else np.zeros(every.shape[1])
     ids = [v for v, (_, s, _) in videos.items() if split is None or s == split]
-    x = np.stack([videos[v][2] for v in ids]).astype(np.float64)
-    cos = x @ query / (np.linalg.norm(x, axis=1) * np.linalg.norm(query))
+    x = every[[list(videos).index(v) for v in ids]] - mean
+    q = np.asarray(query, np.float64) / np.linalg.norm(query) - mean
+    cos = x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
     order = np.argsort(-cos, kind="stable")
     return [ids[i] for i in order], cos[order]
 
@@ -146,6 +157,44 @@ def test_exact_search_matches_a_numpy_cosine_ranking(tmp_path: Path) -> None:
     hits = index.search("v00007", k=10)
     assert [h.video_id for h in hits] == ids[1:11]
     assert hits[0].label == videos[ids[1]][0] and hits[0].path == f"/videos/{ids[1]}.avi"
+
+
+def test_centring_and_whitening_match_a_numpy_reference(tmp_path: Path) -> None:
+    # a large shared component: raw cosines bunch near 1, centred ones spread out
+    videos = {v: (label, split, x + 40.0) for v, (label, split, x) in clustered_videos(200, 16, seed=4).items()}
+    ws = fake_workspace(tmp_path, videos)
+    raw = build_index(ws, "encodings:toy-k1-vlad", centre=False, name="raw")
+    centred = build_index(ws, "encodings:toy-k1-vlad", name="centred")
+    assert (raw["centred"], centred["centred"], centred["whitened"]) == (False, True, False)
+    assert raw["score_spread"]["indexed"]["p1"] > 0.99
+    assert centred["score_spread"]["indexed"]["p1"] < 0.5
+    assert centred["score_spread"]["raw"] == pytest.approx(raw["score_spread"]["indexed"])
+    index = Index.open(tmp_path, "fake", "centred")
+    query = np.random.default_rng(5).normal(size=16) + 40.0
+    ids, cos = numpy_ranking(videos, query)
+    hits = index.search(query, k=10)
+    assert [h.video_id for h in hits] == ids[:10]
+    np.testing.assert_allclose([h.score for h in hits], cos[:10], atol=1e-5)
+
+    whitened = build_index(ws, "encodings:toy-k1-vlad", whiten=True, name="white")
+    assert whitened["whitened"] and whitened["dim"] == 16
+    x = np.stack([v[2] for v in videos.values()])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    mean = x.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov(x - mean, rowvar=False))  # independent of the SVD route
+    white = (x - mean) @ vectors / np.sqrt(values)
+    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(16), atol=1e-6)
+    q = query / np.linalg.norm(query) - mean
+    qw = q @ vectors / np.sqrt(values)
+    cos = white @ qw / np.linalg.norm(white, axis=1) / np.linalg.norm(qw)
+    order = np.argsort(-cos)[:10]
+    hits = Index.open(tmp_path, "fake", "white").search(query, k=10)
+    assert [h.video_id for h in hits] == [list(videos)[i] for i in order]
+    np.testing.assert_allclose([h.score for h in hits], cos[order], atol=1e-4)
+
+    result = invoke("index", "--dataset", "fake", "--workspace", tmp_path, "--embedding", "encodings:toy-k1-vlad",
+                    "--whiten", "--name", "white")  # fmt: skip
+    assert result.exit_code == 0 and "up to date" in result.output and "whitened" in result.output, result.output
 
 
 def test_index_kind_follows_size_and_exact_forces_flat() -> None:
@@ -205,7 +254,7 @@ def test_recall_and_map_match_hand_computed_values(tmp_path: Path) -> None:
     # qa ranks t0(A) t2(B) t1(A) t3(B): AP = (1/1 + 2/3) / 2 = 5/6, hit at 1.
     # qb ranks t1(A) t2(B) t0(A) t3(B): AP = (1/2 + 2/4) / 2 = 1/2, first hit at 2.
     ws = fake_workspace(tmp_path, TINY_GALLERY)
-    build_index(ws, "encodings:toy-k1-vlad")
+    build_index(ws, "encodings:toy-k1-vlad", centre=False)  # the angles above are the raw ones
     result = evaluate_index(Index.open(tmp_path, "fake", "toy-k1-vlad"))
     assert (result["queries"], result["gallery_videos"], result["ranking_depth"]) == (2, 4, 4)
     assert result["R@1"] == 0.5 and result["R@5"] == 1.0 and result["R@50"] == 1.0
@@ -358,7 +407,18 @@ def cache(tmp_path_factory) -> DatasetWorkspace:
     """Ten videos of two classes, probed, planned (li3d, two clips each) and LI3D-extracted,
     plus a K=2 codebook and the VLAD encodings it gives (written here, the encode stage's job
     being tested elsewhere)."""
-    tmp = tmp_path_factory.mktemp("retrieval")
+    return build_cache(tmp_path_factory.mktemp("retrieval"), sampler_config("li3d", need=NEED, clips=2, size=32, short_side=48))
+
+
+@pytest.fixture(scope="module")
+def random_cache(tmp_path_factory) -> DatasetWorkspace:
+    """The same videos under non-default sampler options whose plan is random per video: one
+    li3d window (its start drawn from the video's id), key-frame scaling, another seed."""
+    plan = sampler_config("li3d", need=NEED, clips=1, size=32, short_side=40, view0="scale", seed=5)
+    return build_cache(tmp_path_factory.mktemp("random-plan"), plan)
+
+
+def build_cache(tmp: Path, plan) -> DatasetWorkspace:
     root = tmp / "clips"
     for label in range(2):
         for k in range(5):
@@ -367,7 +427,6 @@ def cache(tmp_path_factory) -> DatasetWorkspace:
     config = configure_dataset(ws, adapter="folder", root=root)
     executor = InProcessExecutor()
     run_stage(ProbeStage(ws, config), executor, progress=False)
-    plan = sampler_config("li3d", need=NEED, clips=2, size=32, short_side=48)
     run_stage(PlanStage(ws, plan), executor, progress=False)
     extract = ExtractStage(ws, backbone="li3d", stream="rgb", plan="li3d", device="cpu")
     report = run_stage(extract, executor, progress=False)
@@ -409,7 +468,7 @@ def test_a_copy_of_a_dataset_video_finds_the_original_first(cache, tmp_path, emb
 
 @pytest.mark.slow
 def test_clip_hits_carry_their_time_span(cache, tmp_path) -> None:
-    summary = build_index(cache, "features:li3d-rgb", clips=True)
+    summary = build_index(cache, "features:li3d-rgb", clips=True, centre=False)
     assert (summary["name"], summary["level"], summary["count"]) == ("li3d-rgb-pool-mean-clips", "clip", 20)
     index = Index.open(cache.root, "clips", summary["name"])
     manifest = cache.read_manifest().set_index("video_id")
@@ -483,3 +542,57 @@ def test_a_trained_runs_embedding_finds_the_original_of_a_copy(cache, tmp_path) 
     shutil.copy(cache.read_manifest().set_index("video_id").loc["c1/v1", "path"], copy)
     hits = index.search_video(copy, k=3, device="cpu")
     assert hits[0].video_id == "c1/v1" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("embedding", ["features:li3d-rgb", "encodings:li3d-rgb-k2-vlad", "run"])
+def test_an_identical_file_under_another_name_reproduces_its_stored_vector(random_cache, tmp_path, embedding) -> None:
+    ws = random_cache
+    if embedding == "run":
+        if not _run_api_available():
+            pytest.skip("vpipe.train has no embed_videos / embed_clip_arrays yet")
+        from vpipe.train import TrainConfig, train
+
+        config = TrainConfig(
+            features=("li3d-rgb",), head_options={"temporal": "none", "aggregation": "avg"}, max_epochs=1,
+            batch_size=4, val_fraction=0.25, device="cpu",
+        )  # fmt: skip
+        embedding = f"run:{train(ws, config).run_id}"
+    summary = build_index(ws, embedding)
+    index = Index.open(ws.root, "clips", summary["name"])
+    manifest = ws.read_manifest().set_index("video_id")
+    windows = {}
+    for video_id in ["c0/v4", "c1/v2"]:
+        copy = tmp_path / f"query of {video_id.replace('/', '-')}.avi"
+        shutil.copy(manifest.loc[video_id, "path"], copy)
+        stored = index.vectors_of([video_id], device="cpu")[0].astype(np.float64)
+        with query_video(copy, device="cpu") as query, ws.open_features("li3d-rgb") as features:
+            windows[video_id] = query.job(features.provenance).clips[0].frames  # planned under its file name
+        hits = index.search_video(copy, k=len(index.rows), device="cpu")
+        assert hits[0].video_id == video_id, [(h.video_id, h.score) for h in hits[:3]]
+        vector = next(h for h in hits if h.video_id == video_id)
+        assert vector.score >= 0.9999
+        assert all(h.score < vector.score for h in hits[1:])
+        assert stored @ stored == pytest.approx(1.0, abs=1e-5)
+    plans = pd.read_parquet(ws.plan_path("li3d"))
+    # what makes the case hard: planned under its own file name, a copy gets another window
+    assert any(
+        tuple(plans[(plans.video_id == v) & (plans.view == 0)].frames.iloc[0]) != tuple(w) for v, w in windows.items()
+    )
+
+
+def test_a_gallery_twin_is_the_video_with_the_same_bytes_not_the_same_size(tmp_path: Path) -> None:
+    from vpipe.retrieval.query_video import gallery_twin
+
+    files = {name: tmp_path / f"{name}.avi" for name in ("a", "b", "c")}
+    files["a"].write_bytes(b"x" * 100)
+    files["b"].write_bytes(b"y" * 100)  # same size, other bytes
+    files["c"].write_bytes(b"x" * 100)
+    rows = pd.DataFrame({"video_id": ["a", "b"], "split": ["train", "test"], "path": [str(files["a"]), str(files["b"])],
+                         "width": [64, 64], "height": [48, 48]})  # fmt: skip
+    query = tmp_path / "renamed.avi"
+    shutil.copy(files["b"], query)
+    assert gallery_twin(rows, query, (64, 48)) == ("b", "test")
+    assert gallery_twin(rows, query, (32, 48)) is None  # another frame size is never hashed
+    assert gallery_twin(rows.iloc[:1], query) is None
+    assert gallery_twin(rows.assign(path=str(tmp_path / "gone.avi")), query) is None

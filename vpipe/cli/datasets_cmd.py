@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from vpipe.cli.options import Json, emit_json
-from vpipe.data.registry import list_datasets
 
 
 def datasets(json_output: Json = False) -> None:
@@ -13,6 +12,8 @@ def datasets(json_output: Json = False) -> None:
 
     Example: vpipe datasets --json
     """
+    from vpipe.data.registry import list_datasets
+
     rows = [
         {"name": d.name, "splits": list(d.split_numbers), "summary": d.summary} for d in list_datasets()
     ]

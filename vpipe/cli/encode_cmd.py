@@ -7,6 +7,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from vpipe import catalog
+
 from vpipe.cli.options import (
     Dataset,
     Device,
@@ -21,11 +23,7 @@ from vpipe.cli.options import (
     setup_logging,
     user_errors,
 )
-from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET_TEXT, parse_bytes
-from vpipe.encode.classic import METHODS
-from vpipe.encode.kmeans import MissingFaissError, import_faiss
 from vpipe.errors import ConfigError
-from vpipe.stages.encode import DEFAULT_PCA, run_encode
 
 Clusters = Annotated[int, typer.Option("--clusters", "-k", min=1, help="Codebook size K (the paper uses 128).")]
 SampleSize = Annotated[
@@ -111,12 +109,12 @@ def encode(
     sample_size: SampleSize = None,
     seed: Seed = 0,
     niter: Niter = 20,
-    methods: Methods = ",".join(METHODS),
+    methods: Methods = ",".join(catalog.ENCODE_METHODS),
     layer: Layer = "pool",
     svm_c: SvmC = None,
-    pca: Pca = DEFAULT_PCA,
+    pca: Pca = catalog.DEFAULT_PCA,
     whiten: Whiten = False,
-    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET_TEXT,
+    memory_budget: MemoryBudget = catalog.ENCODE_MEMORY_BUDGET,
     baseline: Baseline = True,
     device: Device = "auto",
     workspace: Workspace = None,
@@ -132,6 +130,10 @@ def encode(
 
     Example: vpipe encode --dataset ucf101 --features li3d-rgb --clusters 128
     """
+    from vpipe.encode.budget import parse_bytes
+    from vpipe.encode.kmeans import MissingFaissError, import_faiss
+    from vpipe.stages.encode import run_encode
+
     setup_logging(verbose)
     try:
         import_faiss()

@@ -33,9 +33,6 @@ from vpipe.cli.options import (
     user_errors,
 )
 from vpipe.cli.pipeline_cmds import finish
-from vpipe.models import backbone as build_backbone
-from vpipe.models import list_backbones
-from vpipe.stages.extract import ExtractStage
 
 Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]
 Plan = Annotated[str, typer.Option("--plan", help="Plan whose clips are read (see `vpipe plan`).")]
@@ -62,6 +59,9 @@ def backbones(json_output: Json = False) -> None:
 
     Example: vpipe backbones --json
     """
+    from vpipe.models import backbone as build_backbone
+    from vpipe.models import list_backbones
+
     rows = []
     for name in list_backbones():
         with quiet_random_weights():
@@ -122,6 +122,8 @@ def extract(
 
     Example: vpipe extract --dataset ucf101 --backbone li3d --weights rgb_imagenet.pt --decode-workers 8
     """
+    from vpipe.stages.extract import ExtractStage
+
     setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws = dataset_workspace(dataset, workspace)
     stage = ExtractStage(

@@ -28,7 +28,6 @@ from vpipe.cli.options import (
     user_errors,
 )
 from vpipe.cli.pipeline_cmds import finish
-from vpipe.stages.flow import FlowStage
 
 
 @user_errors
@@ -73,6 +72,8 @@ def flow(
 
     Example: vpipe flow --dataset ucf101 --plan li3d --pairs-per-batch 256
     """
+    from vpipe.stages.flow import FlowStage
+
     setup_logging(verbose, quiet=quiet, log_every=log_every)
     stage = FlowStage(
         dataset_workspace(dataset, workspace),

@@ -10,45 +10,37 @@ import inspect
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.markup import escape
 from rich.console import Console
 
+from vpipe import catalog
 from vpipe.errors import ConfigError, VpipeError
 from vpipe.pipeline.cluster import SYSTEMS, ClusterSpec, load_cluster_file
 from vpipe.pipeline.executor import Executor, InProcessExecutor, make_executor
+from vpipe.pipeline.notices import configure as configure_notices
 from vpipe.pipeline.progress import configure as configure_progress
-from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
+
+if TYPE_CHECKING:
+    from vpipe.pipeline.workspace import DatasetWorkspace
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-#: Devices every command understands; ``auto`` picks CUDA when present.
-DEVICES = ("auto", "cpu", "cuda")
 
 
-def _dataset_help() -> str:
-    from vpipe.data.registry import list_datasets
-
-    names = ", ".join(d.name for d in list_datasets())
-    return f"Dataset name: {names}; or a name of your own with --adapter."
-
-
-def _backbone_names() -> Any:
-    """The registered backbones as a choice type: the help lists them and typos are usage errors."""
-    from vpipe.models import list_backbones
-
-    return Literal[tuple(list_backbones())]
-
-
-Dataset = Annotated[str, typer.Option("--dataset", "-d", help=_dataset_help())]
+Dataset = Annotated[
+    str,
+    typer.Option(
+        "--dataset", "-d", help=f"Dataset name: {', '.join(catalog.DATASETS)}; or a name of your own with --adapter."
+    ),
+]
 Root = Annotated[
     Path | None,
     typer.Option(
@@ -91,8 +83,8 @@ LogEvery = Annotated[
         help="Seconds between progress lines when stderr is not a terminal (batch-job logs).",
     ),
 ]
-Device = Annotated[Literal[DEVICES], typer.Option("--device", help="auto: CUDA when present, else CPU.")]
-Backbone = Annotated[_backbone_names(), typer.Option("--backbone", "-b", help="Feature backbone (see `vpipe backbones`).")]
+Device = Annotated[Literal[catalog.DEVICES], typer.Option("--device", help="auto: CUDA when present, else CPU.")]
+Backbone = Annotated[Literal[catalog.BACKBONES], typer.Option("--backbone", "-b", help="Feature backbone (see `vpipe backbones`).")]
 Features = Annotated[str, typer.Option("--features", "-f", help="Feature set under features/, e.g. li3d-rgb.")]
 Clusters = Annotated[
     int | None,
@@ -114,6 +106,8 @@ Option = Annotated[
 ]
 
 def dataset_workspace(dataset: str, workspace: Path | None) -> DatasetWorkspace:
+    from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
+
     return DatasetWorkspace(resolve_workspace(workspace), dataset)
 
 
@@ -240,20 +234,17 @@ def emit_json(data: Any) -> None:
 def setup_logging(verbose: bool, *, quiet: bool = False, log_every: float | None = None) -> None:
     """Logging, progress defaults and warnings of one command, all on stderr.
 
-    Warnings print as one ``warning: ...`` line (no source path), once per message.
+    Warnings, the workers' included, print once per run as ``time WARNING stage: message``
+    lines, the format of the progress lines (:mod:`vpipe.pipeline.notices`).
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
     configure_progress(quiet=quiet, log_every=log_every)
-    warnings.formatwarning = _one_line_warning
-    warnings.simplefilter("once", UserWarning)
-
-
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {' '.join(str(message).split())}\n"
+    configure_notices()
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+
+from vpipe import catalog
+from vpipe.pipeline.notices import summarise as summarise_notices
 
 from vpipe.cli.options import (
     Adapter,
@@ -35,14 +38,15 @@ from vpipe.cli.options import (
     setup_logging,
     user_errors,
 )
-from vpipe.data.synthetic import DEFAULT_VIDEOS_PER_CLASS
-from vpipe.pipeline.stage import StageReport
-from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain
-from vpipe.stages.dataset import configure_dataset
-from vpipe.video.plan import SAMPLERS
 
-Sampler = Annotated[Literal[SAMPLERS], typer.Option("--sampler", help="Temporal sampler (docs/sampling in DESIGN.md).")]
+if TYPE_CHECKING:
+    from vpipe.pipeline.stage import StageReport
+    from vpipe.pipeline.workspace import DatasetWorkspace
+
+# The stages are imported inside each command: they bring torch, h5py and pandas, which
+# ``--help`` must not wait for.
+
+Sampler = Annotated[Literal[catalog.SAMPLERS], typer.Option("--sampler", help="Temporal sampler (docs/sampling in DESIGN.md).")]
 PlanName = Annotated[str | None, typer.Option("--plan-name", help="Name of the plan.", show_default="the sampler name")]
 VideosPerClass = Annotated[
     int | None,
@@ -50,7 +54,7 @@ VideosPerClass = Annotated[
         "--videos-per-class",
         min=2,
         help="Synthetic dataset size per class (scales it up).",
-        show_default=str(DEFAULT_VIDEOS_PER_CLASS),
+        show_default=str(catalog.SYNTHETIC_VIDEOS_PER_CLASS),
     ),
 ]
 SyntheticSeed = Annotated[
@@ -68,6 +72,8 @@ WeightsOption = Annotated[
 def _configure(
     dataset: str, workspace, root, split, adapter, videos_per_class=None, synthetic_seed=None
 ) -> tuple[DatasetWorkspace, dict]:
+    from vpipe.stages.dataset import configure_dataset
+
     ws = dataset_workspace(dataset, workspace)
     config = configure_dataset(
         ws,
@@ -80,12 +86,19 @@ def _configure(
 
 
 def finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:
+    summarise_notices()
     failed = sum(r.failed for r in reports)
     if json_output:
         emit_json({"stages": [r.to_dict() for r in reports], "failed": failed})
     else:
         for report in reports:
             typer.echo(report.summary())
+        for report in reports:
+            retrieval = report.details.get("retrieval")
+            if retrieval:
+                figures = "  ".join(f"{k} {retrieval[k]:.3f}" for k in ("R@1", "R@5", "mAP") if retrieval.get(k) is not None)
+                typer.echo(f"retrieval ({retrieval['embedding']}, test queries against train videos): "
+                           f"{figures or retrieval.get('skipped', 'not evaluated')}")  # fmt: skip
         for report in reports:
             if "table" in report.details:
                 typer.echo("\n" + report.details["table"].strip() + "\n")
@@ -128,6 +141,8 @@ def probe(
 
     Example: vpipe probe --dataset ucf101 --root /data/ucf101 --split 1
     """
+    from vpipe.stages.chain import ChainOptions, build_chain, run_chain
+
     setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
     stages = build_chain(ws, config, ChainOptions(decoder=decoder))[:1]
@@ -152,6 +167,8 @@ def plan(
 
     Example: vpipe plan --dataset ucf101 --sampler li3d -o need=64 -o train_views=3
     """
+    from vpipe.stages.chain import ChainOptions, build_chain, run_chain
+
     setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws = dataset_workspace(dataset, workspace)
     options = ChainOptions(sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name)
@@ -175,6 +192,8 @@ def status(
 
     Example: vpipe status --dataset synthetic --json
     """
+    from vpipe.stages.chain import ChainOptions, build_chain, chain_status
+
     ws = dataset_workspace(dataset, workspace)
     options = ChainOptions(
         decoder=decoder, sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name
@@ -233,6 +252,8 @@ def run(
 
     Example: vpipe run --dataset synthetic
     """
+    from vpipe.stages.chain import ChainOptions, build_chain, run_chain
+
     setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
     options = ChainOptions(

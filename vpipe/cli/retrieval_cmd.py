@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,7 +19,9 @@ from vpipe.cli.options import (
     setup_logging,
     user_errors,
 )
-from vpipe.retrieval import Hit, Index, build_index, evaluate_index
+
+if TYPE_CHECKING:
+    from vpipe.retrieval import Hit
 
 Embedding = Annotated[
     str,
@@ -30,6 +32,13 @@ Embedding = Annotated[
 ]  # fmt: skip
 Name = Annotated[
     str | None, typer.Option("--name", help="Index name; left out, one derived from the embedding (li3d-rgb-k128-vlad).")
+]
+Centre = Annotated[
+    bool,
+    typer.Option("--centre/--no-centre", help="Subtract the gallery mean from every vector and query (default)."),
+]
+Whiten = Annotated[
+    bool, typer.Option("--whiten", help="Also PCA-whiten vectors and queries on the gallery's principal axes.")
 ]
 Exact = Annotated[bool, typer.Option("--exact", help="Always build an exact (flat) index, whatever the size.")]
 Clips = Annotated[
@@ -59,6 +68,8 @@ def index(
     name: Name = None,
     exact: Exact = False,
     clips: Clips = False,
+    centre: Centre = True,
+    whiten: Whiten = False,
     device: Device = "auto",
     workspace: Workspace = None,
     json_output: Json = False,
@@ -67,14 +78,19 @@ def index(
     """Build a cosine-similarity FAISS index over an embedding of every usable video.
 
     Flat (exact) below 50k vectors or with --exact, IVF above; the choice, its parameters
-    and the measured recall are recorded. A rerun with an unchanged embedding does nothing.
+    and the measured recall are recorded. Vectors are centred on the gallery mean (and
+    PCA-whitened with --whiten); queries get the same transform. A rerun with an
+    unchanged embedding does nothing.
 
     Example: vpipe index --dataset ucf101 --embedding encodings:li3d-rgb-k128-vlad
     """
+    from vpipe.retrieval import build_index
+
     setup_logging(verbose)
     summary = build_index(
-        dataset_workspace(dataset, workspace), embedding, name=name, exact=exact, clips=clips, device=device
-    )
+        dataset_workspace(dataset, workspace), embedding, name=name, exact=exact, clips=clips, centre=centre,
+        whiten=whiten, device=device,
+    )  # fmt: skip
     if json_output:
         emit_json(summary)
         return
@@ -85,6 +101,17 @@ def index(
         f"from {summary['embedding']}, {summary['kind']}{f' ({params})' if params else ''}, "
         f"expected recall@10 {summary['expected_recall_at_10']:.3f} -> {summary['path']}"
     )
+    spread = summary.get("score_spread", {})
+    if spread.get("indexed"):
+        transform = "whitened" if summary["whitened"] else "centred" if summary["centred"] else "raw"
+        typer.echo(
+            f"scores between gallery videos, 1st-99th percentile: raw {_range(spread['raw'])}, "
+            f"{transform} {_range(spread['indexed'])}"
+        )
+
+
+def _range(spread: dict[str, float]) -> str:
+    return f"{spread['p1']:.4f} to {spread['p99']:.4f}"
 
 
 def _span(hit: Hit) -> str:
@@ -135,6 +162,8 @@ def search(
 
     Example: vpipe search --dataset ucf101 --index li3d-rgb-k128-vlad --id ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01 -k 5
     """
+    from vpipe.retrieval import Index, evaluate_index
+
     setup_logging(verbose)
     if sum([video_id is not None, video is not None, evaluate]) != 1:
         raise typer.BadParameter("give exactly one of --id VIDEO_ID, --video FILE or --evaluate")

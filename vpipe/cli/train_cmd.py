@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Annotated, Any, Optional
 
 import typer
+
+from vpipe import catalog
 
 from vpipe.cli.options import (
     Dataset,
@@ -20,13 +23,11 @@ from vpipe.cli.options import (
     setup_logging,
     user_errors,
 )
-from vpipe.models.heads import describe_head, list_heads
-from vpipe.report import build_report
-from vpipe.train import TrainConfig, evaluate as evaluate_run, load_run, train as train_run
-from vpipe.train.config import FUSIONS, SCHEDULES
-from vpipe.train.metrics import TIMING_KEYS
+from vpipe.train.config import FUSIONS, SCHEDULES, TrainConfig
 
-_DEFAULTS = TrainConfig()
+# The dataclass's defaults, read without building one (that would import the heads, and
+# torch with them, before ``--help`` prints).
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 Features = Annotated[
     Optional[list[str]],
@@ -37,7 +38,7 @@ Features = Annotated[
         show_default="li3d-rgb",
     ),
 ]
-Head = Annotated[str, typer.Option("--head", help=f"Registered head: {', '.join(list_heads())} (see `vpipe heads`).")]
+Head = Annotated[str, typer.Option("--head", help=f"Registered head: {', '.join(catalog.HEADS)} (see `vpipe heads`).")]
 HeadOptions = Annotated[
     Optional[list[str]],
     typer.Option("--head-option", "-O", help="Head option KEY=VALUE, repeatable (see `vpipe heads` for each head's)."),
@@ -101,6 +102,8 @@ def heads(json_output: Json = False) -> None:
 
     Example: vpipe heads --json
     """
+    from vpipe.models.heads import describe_head, list_heads
+
     rows = [describe_head(name) for name in list_heads()]
     if json_output:
         emit_json([row.__dict__ for row in rows])
@@ -128,20 +131,20 @@ def heads(json_output: Json = False) -> None:
 def train(
     dataset: Dataset,
     features: Features = None,
-    head: Head = _DEFAULTS.head,
+    head: Head = _DEFAULTS["head"],
     head_option: HeadOptions = None,
-    fusion: Fusion = _DEFAULTS.fusion,
-    val_fraction: ValFraction = _DEFAULTS.val_fraction,
-    batch_size: BatchSize = _DEFAULTS.batch_size,
+    fusion: Fusion = _DEFAULTS["fusion"],
+    val_fraction: ValFraction = _DEFAULTS["val_fraction"],
+    batch_size: BatchSize = _DEFAULTS["batch_size"],
     epochs: Epochs = None,
-    patience: Patience = _DEFAULTS.patience,
+    patience: Patience = _DEFAULTS["patience"],
     lr: Lr = None,
-    weight_decay: WeightDecay = _DEFAULTS.weight_decay,
-    warmup_epochs: Warmup = _DEFAULTS.warmup_epochs,
+    weight_decay: WeightDecay = _DEFAULTS["weight_decay"],
+    warmup_epochs: Warmup = _DEFAULTS["warmup_epochs"],
     schedule: Schedule = None,
-    seed: Seed = _DEFAULTS.seed,
-    device: Device = _DEFAULTS.device,
-    amp: Amp = _DEFAULTS.amp,
+    seed: Seed = _DEFAULTS["seed"],
+    device: Device = _DEFAULTS["device"],
+    amp: Amp = _DEFAULTS["amp"],
     run_id: RunId = None,
     threads: Threads = None,
     workspace: Workspace = None,
@@ -154,9 +157,11 @@ def train(
 
     Example: vpipe train --dataset ucf101 --features li3d-rgb --features li3d-flow --head bilstm-softagg -O clusters=128
     """
+    from vpipe.train import train as train_run
+
     setup_logging(verbose)
     config = TrainConfig(
-        features=tuple(features or _DEFAULTS.features),
+        features=tuple(features or _DEFAULTS["features"]),
         head=head,
         head_options=parse_key_values(head_option, "--head-option"),
         fusion=fusion,
@@ -201,6 +206,9 @@ def evaluate(
 
     Example: vpipe evaluate --dataset ucf101 --run li3d-rgb-bilstm-mean-k128-s0
     """
+    from vpipe.train import evaluate as evaluate_run, load_run
+    from vpipe.train.metrics import TIMING_KEYS
+
     setup_logging(verbose)
     ws = dataset_workspace(dataset, workspace)
     metrics = evaluate_run(ws, run, device=device)
@@ -239,6 +247,8 @@ def report(
 
     Example: vpipe report --dataset ucf101 --runs li3d-rgb-lstm-mean-k128-s0,li3d-rgb-bilstm-mean-k128-s0
     """
+    from vpipe.report import build_report
+
     setup_logging(verbose)
     chosen = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     result = build_report(dataset_workspace(dataset, workspace), chosen, tsne=tsne, device=device)

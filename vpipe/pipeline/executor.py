@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from vpipe.errors import ConfigError, VpipeError
 from vpipe.pipeline.cluster import ClusterSpec, start_cluster
+from vpipe.pipeline.notices import Raised, notice, recording
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,25 @@ def describe_error(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def call_chunk(fn: Callable, payloads: list[Any], batched: bool) -> list[tuple[list[dict] | None, str, float]]:
+ChunkResults = list[tuple[list[dict] | None, str, float]]
+
+
+def call_chunk(fn: Callable, payloads: list[Any], batched: bool) -> tuple[ChunkResults, list[Raised]]:
     """Run a chunk of items in one task; what a dask task executes.
 
     A batched function takes all payloads at once (so a model can batch clips across
     videos) and returns, per payload, its rows or the exception that item raised.
     A whole-chunk exception fails every item of the chunk with the same reason.
+    The warnings the items raised come back with the results, for the driver to show
+    once per run (:mod:`vpipe.pipeline.notices`), instead of printing in the worker.
     """
     _limit_threads_in_worker()
+    with recording() as raised:
+        results = _run_chunk(fn, payloads, batched)
+    return results, raised
+
+
+def _run_chunk(fn: Callable, payloads: list[Any], batched: bool) -> ChunkResults:
     if not batched:
         results = []
         for payload in payloads:
@@ -170,7 +182,9 @@ class InProcessExecutor:
         batched: bool = False,
     ) -> Iterator[Outcome]:
         for chunk in chunked(items, chunk_size):
-            for item, (rows, error, seconds) in zip(chunk, call_chunk(fn, [i.payload for i in chunk], batched)):
+            results, raised = call_chunk(fn, [i.payload for i in chunk], batched)
+            notice(stage, raised)
+            for item, (rows, error, seconds) in zip(chunk, results):
                 yield Outcome(item, rows, error, seconds)
 
     def close(self) -> None:
@@ -285,7 +299,9 @@ class DaskExecutor:
                     threads, checked = self._threads(wanted), time.monotonic()
                 top_up()
                 if future.status == "finished":
-                    for item, (rows, error, seconds) in zip(chunk, future.result()):
+                    results, raised = future.result()
+                    notice(stage, raised)
+                    for item, (rows, error, seconds) in zip(chunk, results):
                         yield Outcome(item, rows, error, seconds)
                 else:
                     reason = describe_error(future.exception())

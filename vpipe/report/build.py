@@ -19,7 +19,7 @@ from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
 from vpipe.report.plots import plot_confusion, plot_history, plot_tsne
 from vpipe.report.tables import markdown_table, run_row
 from vpipe.train import runs
-from vpipe.train.evaluate import LoadedRun, load
+from vpipe.train.evaluation import LoadedRun, load
 from vpipe.train.scoring import predict
 from vpipe.train.trainer import best_epoch
 

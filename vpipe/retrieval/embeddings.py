@@ -334,11 +334,11 @@ class RunEmbedding(Embedding):
     def _api() -> ModuleType:
         """The training package's embedding functions, imported only when a run is indexed."""
         try:
-            module = importlib.import_module("vpipe.train.evaluate")
+            module = importlib.import_module("vpipe.train.evaluation")
         except ImportError as error:
-            raise StageError(f"run: embeddings need vpipe.train.evaluate, which cannot be imported: {error}") from None
+            raise StageError(f"run: embeddings need vpipe.train.evaluation, which cannot be imported: {error}") from None
         if not hasattr(module, "embed_videos") or not hasattr(module, "embed_clip_arrays"):
-            raise StageError("run: embeddings need vpipe.train.evaluate.embed_videos, which this version lacks")
+            raise StageError("run: embeddings need vpipe.train.evaluation.embed_videos, which this version lacks")
         return module
 
     def _rows(self, ws: DatasetWorkspace) -> tuple[pd.DataFrame, list[str]]:

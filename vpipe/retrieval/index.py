@@ -23,16 +23,47 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
 from vpipe.retrieval import faiss_index, store
+from vpipe.retrieval.centring import Centring, score_spread
 from vpipe.retrieval.embeddings import Embedding, parse_embedding
-from vpipe.retrieval.query_video import query_video
+from vpipe.retrieval.query_video import gallery_twin, probe_query, query_video
 
 #: Bumped when the same embedding would give a different index.
-INDEX_VERSION = "vpipe.index/1"
+#: (2: vectors centred on the gallery mean, optionally whitened, before indexing.)
+INDEX_VERSION = "vpipe.index/2"
 
 
-def _index_fingerprint(embedding_fp: str, *, exact: bool, clips: bool) -> str:
+def _index_fingerprint(embedding_fp: str, *, exact: bool, clips: bool, centre: bool, whiten: bool) -> str:
     rules = (faiss_index.FLAT_MAX, faiss_index.FLAT_BYTES_MAX, faiss_index.TARGET_RECALL)
-    return fingerprint(INDEX_VERSION, embedding_fp, exact, clips, rules)
+    return fingerprint(INDEX_VERSION, embedding_fp, exact, clips, rules, centre, whiten)
+
+
+def _state(
+    ws: DatasetWorkspace, source: Embedding, name: str | None, **options: bool
+) -> tuple[str, dict[str, Any] | None, str, str]:
+    """The index name, its stored metadata (None if absent), the embedding's and the index's fingerprints."""
+    name = store.check_name(name or source.default_index_name + ("-clips" if options["clips"] else ""))
+    stored = store.read_metadata(ws, name)
+    if stored is not None and stored["embedding"] != source.text:
+        raise ConfigError(
+            f"index {name!r} in {ws.index_dir} was built from {stored['embedding']}, not {source.text}; "
+            f"choose another --name (nothing was rewritten)"
+        )
+    embedding_fp = source.fingerprint(ws)
+    return name, stored, embedding_fp, _index_fingerprint(embedding_fp, **options)
+
+
+def _intact(ws: DatasetWorkspace, name: str, stored: dict[str, Any] | None, fp: str) -> bool:
+    return stored is not None and stored["fingerprint"] == fp and not store.faiss_file_intact(ws, name, stored)
+
+
+def index_status(
+    ws: DatasetWorkspace, embedding: str, *, name: str | None = None, exact: bool = False, clips: bool = False,
+    centre: bool = True, whiten: bool = False,
+) -> tuple[str, bool]:
+    """The index name and whether :func:`build_index` with these arguments would find nothing to do."""
+    source = parse_embedding(embedding)
+    name, stored, _, fp = _state(ws, source, name, exact=exact, clips=clips, centre=centre, whiten=whiten)
+    return name, _intact(ws, name, stored, fp)
 
 
 def build_index(
@@ -42,33 +73,35 @@ def build_index(
     name: str | None = None,
     exact: bool = False,
     clips: bool = False,
+    centre: bool = True,
+    whiten: bool = False,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Index ``embedding``'s gallery under ``name``; return the metadata and whether it was written.
 
-    An existing index of the same name built from another embedding is never
+    ``centre`` subtracts the gallery mean from every vector (and query), ``whiten``
+    also PCA-whitens them (:mod:`vpipe.retrieval.centring`); the metadata reports the
+    spread of gallery-to-gallery scores before and after. An existing index of the same name built from another embedding is never
     overwritten: that is a :class:`ConfigError` asking for another ``--name``.
     """
     source = parse_embedding(embedding)
     gpu = faiss_index.use_gpu(device)
-    name = store.check_name(name or source.default_index_name + ("-clips" if clips else ""))
-    stored = store.read_metadata(ws, name)
-    if stored is not None and stored["embedding"] != source.text:
-        raise ConfigError(
-            f"index {name!r} in {ws.index_dir} was built from {stored['embedding']}, not {source.text}; "
-            f"choose another --name (nothing was rewritten)"
-        )
-    embedding_fp = source.fingerprint(ws)
-    fp = _index_fingerprint(embedding_fp, exact=exact, clips=clips)
-    if stored is not None and stored["fingerprint"] == fp and not store.faiss_file_intact(ws, name, stored):
+    name, stored, embedding_fp, fp = _state(ws, source, name, exact=exact, clips=clips, centre=centre, whiten=whiten)
+    if _intact(ws, name, stored, fp):
         return {"name": name, "path": str(store.faiss_path(ws, name)), "written": False, **stored}
     gallery = source.gallery(ws, clips=clips, device=device)
     if len(gallery.rows) == 0:
         raise StageError(f"{source.text} of dataset {ws.dataset!r} has no usable videos to index")
-    count, dim = gallery.vectors.shape
+    count, input_dim = gallery.vectors.shape
+    if centre or whiten:
+        centring = Centring.fit(gallery.vectors, whiten=whiten)
+    else:
+        centring = Centring(np.zeros(input_dim, np.float32))
+    vectors = centring.apply(gallery.vectors)
+    dim = vectors.shape[1]
     plan = faiss_index.plan_index(count, dim, exact=exact)
-    index, report = faiss_index.build(gallery.vectors, plan, gpu=gpu)
-    recall = faiss_index.tune_search(index, gallery.vectors, plan)
+    index, report = faiss_index.build(vectors, plan, gpu=gpu)
+    recall = faiss_index.tune_search(index, vectors, plan)
     metadata = {
         "index_version": INDEX_VERSION,
         "name": name,
@@ -78,14 +111,18 @@ def build_index(
         "level": "clip" if clips else "video",
         "metric": "cosine",
         "count": int(count),
+        "input_dim": int(input_dim),
         "dim": int(dim),
+        "centred": bool(centre or whiten),
+        "whitened": centring.whiten,
+        "score_spread": {"raw": score_spread(gallery.vectors), "indexed": score_spread(vectors)},
         "kind": plan.kind,
         "factory": plan.factory(dim),
         "params": plan.params,
         **recall,
         **report,
     }
-    store.write_index_files(ws, name, index, gallery.rows, metadata, fp)
+    store.write_index_files(ws, name, index, gallery.rows, metadata, fp, centring.to_bytes())
     return {"name": name, "path": str(store.faiss_path(ws, name)), "written": True, **store.read_metadata(ws, name)}
 
 
@@ -111,8 +148,13 @@ class Hit:
 class Index:
     """A built index: its FAISS structure, id map and metadata. Open with :meth:`open`."""
 
-    def __init__(self, ws: DatasetWorkspace, name: str, index: Any, rows: pd.DataFrame, metadata: dict[str, Any]):
+    def __init__(
+        self, ws: DatasetWorkspace, name: str, index: Any, rows: pd.DataFrame, metadata: dict[str, Any],
+        centring: Centring,
+    ) -> None:  # fmt: skip
         self.ws, self.name, self.faiss, self.rows, self.metadata = ws, name, index, rows, metadata
+        #: Fitted on the gallery at build time; every query goes through it in :meth:`ranked`.
+        self.centring = centring
         self._split = rows["split"].to_numpy().astype(str)
         self._video = rows["video_id"].to_numpy().astype(str)
         self._per_video = int(rows.groupby("video_id").size().max()) if len(rows) else 1
@@ -141,7 +183,13 @@ class Index:
                 f"index {name!r} was built from {metadata['embedding']}, not {embedding}; "
                 f"open the index built from {embedding} or build one with `vpipe index --embedding {embedding}`"
             )
-        return cls(ws, name, store.read_faiss(ws, name, metadata), store.read_rows(ws, name), metadata)
+        if "centring_sha256" not in metadata:
+            raise StageError(
+                f"index {name!r} was built by an older vpipe without centring; rebuild it: "
+                f"`vpipe index --dataset {ws.dataset} --embedding {metadata['embedding']} --name {name}`"
+            )
+        index = store.read_faiss(ws, name, metadata)
+        return cls(ws, name, index, store.read_rows(ws, name), metadata, store.read_centring(ws, name))
 
     @property
     def embedding(self) -> Embedding:
@@ -178,8 +226,15 @@ class Index:
     def search_video(
         self, path: str | Path, k: int = 10, *, split: str | None = None, clips: bool = False, device: str = "auto"
     ) -> list[Hit]:
-        """Embed a new video file with the index's recorded configuration, then search."""
-        with query_video(path, device=device) as query:
+        """Embed a new video file with the index's recorded configuration, then search.
+
+        A file with the bytes of a gallery video is planned as that video was (see
+        :mod:`vpipe.retrieval.query_video`), so it finds its own stored vector.
+        """
+        info = probe_query(path)
+        sizes = self.ws.read_manifest()[["video_id", "width", "height"]]
+        twin = gallery_twin(self.rows.merge(sizes, on="video_id", how="left"), Path(path).expanduser(), (info.width, info.height))
+        with query_video(path, device=device, twin=twin, info=info) as query:
             vector = self.embedding.embed_file(self.ws, query, self.metadata["provenance"])
         return self.search_vectors(np.atleast_2d(vector), k, split=split, clips=clips)[0]
 
@@ -199,6 +254,8 @@ class Index:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query, the id-map rows of its k best hits and their scores, best first.
 
+        ``queries`` are unit vectors of the embedding; the index's centring is applied here.
+
         Video hits from a clip-level index keep each video's best clip: asking FAISS for
         k × (most clips of any video) rows always leaves k distinct videos when there are.
         """
@@ -209,10 +266,11 @@ class Index:
                 f"index {self.name!r} holds one vector per video; clip hits need a clip-level index: "
                 f"`vpipe index --dataset {self.ws.dataset} --embedding {self.metadata['embedding']} --clips`"
             )
-        if queries.shape[1] != self.metadata["dim"]:
+        if queries.shape[1] != self.metadata["input_dim"]:
             raise ConfigError(
-                f"query vectors have {queries.shape[1]} dimensions, index {self.name!r} has {self.metadata['dim']}"
+                f"query vectors have {queries.shape[1]} dimensions, index {self.name!r} has {self.metadata['input_dim']}"
             )
+        queries = self.centring.apply(queries)
         allowed = None
         if split is not None:
             allowed = np.flatnonzero(self._split == split)

@@ -11,20 +11,32 @@ temporary directory and are read back through the same store, so a query's
 features are stored in float16 and read back exactly as a cached video's are; the
 dataset's artifacts are never touched.
 
-Random choices of a plan (li3d's window for a video longer than ``need``) are
-seeded by the video's id, here the file name; a copy of a dataset video under
-another name can therefore get another window.
+Every option a user can set reaches the query through the recorded provenance, and
+the stage configurations are built from it in one place (:func:`sampler_from`,
+:func:`flow_config`, :func:`extract_config`): the sampler with all its parameters
+(``-o`` options included), the decoder, the backbone with its resolved options and
+output version, the weights and their digest, and the flow cache's TV-L1 settings.
+
+Random choices of a plan (li3d's window for a video longer than ``need``, tsn's
+offsets on the training split) are seeded by the video's id. A query file whose bytes
+are those of a gallery video *is* that video, so it is planned under that video's id
+and split (:func:`gallery_twin`), which makes an identical file reproduce its stored
+vector; any other file is planned under its file name as a test video. The twin is
+found by frame count and size first, so only same-sized files are hashed.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vpipe.errors import DecodeError, VpipeError, WeightsError
+import pandas as pd
+
+from vpipe.errors import DecodeError, StageError, VpipeError, WeightsError
 from vpipe.models import sha256_file
 from vpipe.store import FeatureSet, write_index
 from vpipe.video.decode import VideoInfo, probe_video
@@ -32,11 +44,19 @@ from vpipe.video.jobs import ClipSpec, VideoJob
 from vpipe.video.plan import SamplerConfig, plan_video
 from vpipe.video.views import Crop
 
+if TYPE_CHECKING:
+    from vpipe.extract.features import ExtractConfig
+    from vpipe.flow.compute import FlowConfig
+
+
+#: What ``weights`` records for a backbone without a weights file: random init, or none to load.
+_NO_WEIGHTS = ("random", "none")
+
 
 def check_weights(provenance: dict[str, Any]) -> str | None:
-    """The recorded weights path (None for random init), after checking it is the same file."""
+    """The recorded weights path (None without a file), after checking it is the same file."""
     weights = provenance.get("weights", "random")
-    if weights == "random":
+    if weights in _NO_WEIGHTS:
         return None
     if not Path(weights).is_file() or sha256_file(weights) != provenance.get("weights_sha256"):
         raise WeightsError(
@@ -46,34 +66,135 @@ def check_weights(provenance: dict[str, Any]) -> str | None:
     return str(weights)
 
 
+def check_backbone_version(provenance: dict[str, Any]) -> None:
+    """Refuse a gallery whose backbone computed its output differently from the installed one."""
+    from vpipe.models.backbones.registry import backbone_version
+
+    name = str(provenance["backbone"])
+    recorded, current = int(provenance.get("backbone_version", 1)), backbone_version(name)
+    if recorded != current:
+        raise StageError(
+            f"feature set from {name} version {recorded} cannot be reproduced by the installed {name} "
+            f"(version {current}); re-extract the dataset's features, then rebuild the index"
+        )
+
+
+def sampler_from(provenance: dict[str, Any]) -> SamplerConfig:
+    """The recorded sampler with every parameter the plan was made with (``-o`` options included)."""
+    return SamplerConfig(**provenance["sampler"])
+
+
+def flow_config(flow: dict[str, Any], out_dir: Path, device: str) -> FlowConfig:
+    """The flow stage's configuration as recorded in the flow cache's provenance."""
+    from vpipe.flow.compute import FlowConfig
+
+    return FlowConfig(
+        out_dir=str(out_dir),
+        stack=int(flow.get("stack", 0)),
+        encoding=str(flow.get("encoding", "uint8")),
+        bound=float(flow.get("bound", 20.0)),
+        device=device,
+        decoder=str(flow.get("decoder", "auto")),
+        tvl1_params=tuple(sorted(dict(flow.get("tvl1_params") or {}).items())),
+    )
+
+
+def extract_config(provenance: dict[str, Any], out_dir: Path, device: str, flow_dir: Path | None) -> ExtractConfig:
+    """The extract stage's configuration as recorded in a feature set's provenance.
+
+    The backbone gets its *resolved* options (defaults at extraction time merged with
+    the user's), so a later change of a default does not change the query's model.
+    """
+    from vpipe.extract.features import ExtractConfig
+
+    check_backbone_version(provenance)
+    options = provenance.get("resolved_options") or provenance.get("options") or {}
+    return ExtractConfig(
+        backbone=str(provenance["backbone"]),
+        stream=str(provenance["stream"]),
+        out_dir=str(out_dir),
+        weights=check_weights(provenance),
+        options=tuple(sorted(dict(options).items())),
+        device=device,
+        decoder=str(provenance.get("decoder", "auto")),
+        flow_dir=str(flow_dir) if flow_dir else None,
+        inputs=inputs_of(provenance),
+        weights_sha256=str(provenance.get("weights_sha256", "random")),
+    )
+
+
+def inputs_of(provenance: dict[str, Any]) -> tuple[str, ...]:
+    """What the feature set's clips were built from: rgb, flow or both."""
+    return tuple(provenance.get("inputs") or [provenance["stream"]])
+
+
+def gallery_twin(rows: pd.DataFrame, path: Path, size: tuple[int, int] | None = None) -> tuple[str, str] | None:
+    """(video_id, split) of the gallery video whose file holds the same bytes as ``path``, if any.
+
+    ``rows`` needs ``video_id``, ``split`` and ``path`` (an index's id map); with
+    ``width`` and ``height`` columns and ``size`` = (width, height), only videos of
+    that frame size are looked at. Files of another byte count are skipped on a
+    ``stat``, so only true candidates are hashed.
+    """
+    if size is not None and {"width", "height"} <= set(rows.columns):
+        rows = rows[(rows["width"] == size[0]) & (rows["height"] == size[1])]
+    length = path.stat().st_size
+    digest = None
+    for video_id, split, other in rows[["video_id", "split", "path"]].drop_duplicates("video_id").itertuples(index=False):
+        try:
+            if os.stat(other).st_size != length:
+                continue
+        except OSError:
+            continue
+        digest = digest or sha256_file(path)
+        if sha256_file(other) == digest:
+            return str(video_id), str(split)
+    return None
+
+
 def _raise(error: Exception, path: Path) -> None:
     if isinstance(error, VpipeError):
         raise error
     raise DecodeError(f"query video {path} could not be read: {error}") from error
 
 
-@contextmanager
-def query_video(path: str | Path, *, device: str = "auto") -> Iterator[QueryVideo]:
-    """A :class:`QueryVideo` whose scratch directory is removed on exit.
-
-    The file is probed first, so one that does not decode fails before any other work.
-    """
+def probe_query(path: str | Path) -> VideoInfo:
+    """Probe a query file, so that one that is missing or does not decode fails before any other work."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise DecodeError(f"query video {path} does not exist; give the path of a video file")
-    info = probe_video(path)
+    return probe_video(path)
+
+
+@contextmanager
+def query_video(
+    path: str | Path, *, device: str = "auto", twin: tuple[str, str] | None = None, info: VideoInfo | None = None
+) -> Iterator[QueryVideo]:
+    """A :class:`QueryVideo` whose scratch directory is removed on exit.
+
+    ``info`` is the file's :func:`probe_query` result, probed here when not given.
+    ``twin`` is the (video_id, split) of the gallery video with the same bytes
+    (:func:`gallery_twin`): the query is then planned exactly as that video was.
+    """
+    info = info or probe_query(path)
+    path = Path(path).expanduser().resolve()
     with tempfile.TemporaryDirectory(prefix="vpipe-query-") as scratch:
-        yield QueryVideo(path, Path(scratch), info, device=device)
+        yield QueryVideo(path, Path(scratch), info, device=device, twin=twin)
 
 
 class QueryVideo:
     """One new video and a scratch directory for its flow and features (see :func:`query_video`)."""
 
-    def __init__(self, path: Path, scratch: Path, info: VideoInfo, *, device: str = "auto") -> None:
+    def __init__(
+        self, path: Path, scratch: Path, info: VideoInfo, *, device: str = "auto",
+        twin: tuple[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.path = path
         self.scratch = scratch
-        self.video_id = path.name
+        #: The id its plan is seeded with and its features are stored under.
+        self.video_id, self.split = twin or (path.name, "test")
         self.device = device
+        self.info = info
         self._probes: dict[str, VideoInfo] = {"auto": info}
         self._flows: dict[str, Path] = {}
         self._features: dict[str, Path] = {}
@@ -84,8 +205,7 @@ class QueryVideo:
         if decoder not in self._probes:
             self._probes[decoder] = probe_video(self.path, decoder=decoder)
         info = self._probes[decoder]
-        sampler = SamplerConfig(**provenance["sampler"])
-        rows = plan_video(self.video_id, info.num_frames, info.height, info.width, "test", sampler)
+        rows = plan_video(self.video_id, info.num_frames, info.height, info.width, self.split, sampler_from(provenance))
         clips = tuple(
             ClipSpec(
                 clip=row["clip"],
@@ -96,27 +216,17 @@ class QueryVideo:
             )
             for row in rows
             if row["view"] == 0
-        )
+        )  # fmt: skip
         return VideoJob(self.video_id, str(self.path), info.num_frames, clips)
 
     def _flow(self, provenance: dict[str, Any]) -> Path:
         """TV-L1 flow of the clips, with the flow cache's recorded settings, computed once per plan."""
-        from vpipe.flow.compute import FlowConfig, flow_videos
+        from vpipe.flow.compute import flow_videos
 
-        flow = provenance["flow"]
         key = str(provenance["plan"])
         if key not in self._flows:
             directory = self.scratch / "flow" / key
-            config = FlowConfig(
-                out_dir=str(directory),
-                stack=int(flow.get("stack", 0)),
-                encoding=str(flow.get("encoding", "uint8")),
-                bound=float(flow.get("bound", 20.0)),
-                device=self.device,
-                decoder=str(flow.get("decoder", "auto")),
-                tvl1_params=tuple(sorted(flow.get("tvl1_params", {}).items())),
-            )
-            (result,) = flow_videos(config, [self.job(provenance)])
+            (result,) = flow_videos(flow_config(provenance["flow"], directory, self.device), [self.job(provenance)])
             if isinstance(result, Exception):
                 _raise(result, self.path)
             write_index(directory, result)
@@ -124,25 +234,16 @@ class QueryVideo:
         return self._flows[key]
 
     def features(self, name: str, provenance: dict[str, Any]) -> FeatureSet:
-        """Feature set ``name`` of this video alone, extracted with its recorded provenance."""
-        from vpipe.extract.features import ExtractConfig, extract_videos
+        """Feature set ``name`` of this video alone, extracted with its recorded provenance.
+
+        Flow is computed only when the set was built from flow.
+        """
+        from vpipe.extract.features import extract_videos
 
         if name not in self._features:
             directory = self.scratch / "features" / name
-            inputs = tuple(provenance.get("inputs") or [provenance["stream"]])
-            flow_dir = self._flow(provenance) if "flow" in inputs else None
-            config = ExtractConfig(
-                backbone=str(provenance["backbone"]),
-                stream=str(provenance["stream"]),
-                out_dir=str(directory),
-                weights=check_weights(provenance),
-                options=tuple(sorted(dict(provenance.get("options", {})).items())),
-                device=self.device,
-                decoder=str(provenance.get("decoder", "auto")),
-                flow_dir=str(flow_dir) if flow_dir else None,
-                inputs=inputs,
-                weights_sha256=str(provenance.get("weights_sha256", "random")),
-            )
+            flow_dir = self._flow(provenance) if "flow" in inputs_of(provenance) else None
+            config = extract_config(provenance, directory, self.device, flow_dir)
             (result,) = extract_videos(config, [self.job(provenance)])
             if isinstance(result, Exception):
                 _raise(result, self.path)

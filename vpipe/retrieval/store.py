@@ -1,11 +1,12 @@
 """Where an index lives and how its two files are committed together.
 
 ``index/<name>.faiss`` holds the FAISS index (vector ids are row numbers of the id
-map); ``index/<name>.parquet`` holds the id map (:data:`~vpipe.retrieval.embeddings.ROW_COLUMNS`)
+map); ``index/<name>.centring.npz`` the gallery mean (and whitening projection) that
+every query is transformed with (:mod:`vpipe.retrieval.centring`); ``index/<name>.parquet`` holds the id map (:data:`~vpipe.retrieval.embeddings.ROW_COLUMNS`)
 with the index fingerprint and the metadata (embedding, its fingerprint and
 provenance, index kind and parameters, expected recall, the FAISS file's size and
-SHA-256) in its schema metadata. Both are written under temporary names; the FAISS
-file is renamed first and the id map last, so the id map is the commit point: a run
+SHA-256, and the centring file's) in its schema metadata. All are written under
+temporary names; the centring and FAISS files are renamed first and the id map last, so the id map is the commit point: a run
 killed between the two renames leaves an id map whose recorded SHA-256 no longer
 matches the FAISS file, which every reader checks, and a rerun rebuilds.
 """
@@ -24,6 +25,7 @@ from vpipe.artifacts import atomic_path
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.tables import table_fingerprint, table_metadata, write_table
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.retrieval.centring import Centring
 
 METADATA_KEY = "index"
 
@@ -40,6 +42,10 @@ def faiss_path(ws: DatasetWorkspace, name: str) -> Path:
 
 def idmap_path(ws: DatasetWorkspace, name: str) -> Path:
     return ws.index_dir / f"{check_name(name)}.parquet"
+
+
+def centring_path(ws: DatasetWorkspace, name: str) -> Path:
+    return ws.index_dir / f"{check_name(name)}.centring.npz"
 
 
 def evaluation_path(ws: DatasetWorkspace, name: str) -> Path:
@@ -81,15 +87,23 @@ def faiss_file_intact(ws: DatasetWorkspace, name: str, metadata: dict[str, Any])
         return f"{path} is truncated or replaced ({size} bytes, the id map recorded {metadata['faiss_bytes']})"
     if sha256(path) != metadata["faiss_sha256"]:
         return f"{path} does not match its id map (SHA-256 differs)"
+    centring = centring_path(ws, name)
+    if metadata.get("centring_sha256") and (not centring.is_file() or sha256(centring) != metadata["centring_sha256"]):
+        return f"{centring} is missing or does not match its id map"
     return ""
 
 
 def write_index_files(
-    ws: DatasetWorkspace, name: str, index: Any, rows: pd.DataFrame, metadata: dict[str, Any], fingerprint: str
+    ws: DatasetWorkspace, name: str, index: Any, rows: pd.DataFrame, metadata: dict[str, Any], fingerprint: str,
+    centring: bytes,
 ) -> None:
-    """Commit the FAISS file, then the id map carrying the file's size and SHA-256."""
+    """Commit the centring and FAISS files, then the id map carrying their sizes and SHA-256."""
     import faiss
 
+    centred = centring_path(ws, name)
+    with atomic_path(centred) as tmp:
+        tmp.write_bytes(centring)
+        metadata = {**metadata, "centring_sha256": sha256(tmp)}
     with atomic_path(faiss_path(ws, name)) as tmp:
         faiss.write_index(index, str(tmp))
         metadata = {**metadata, "faiss_bytes": tmp.stat().st_size, "faiss_sha256": sha256(tmp)}
@@ -98,6 +112,11 @@ def write_index_files(
 
 def read_rows(ws: DatasetWorkspace, name: str) -> pd.DataFrame:
     return pq.read_table(idmap_path(ws, name)).to_pandas()
+
+
+def read_centring(ws: DatasetWorkspace, name: str) -> Centring:
+    """The query transform (checked with the FAISS file by :func:`read_faiss`)."""
+    return Centring.load(centring_path(ws, name))
 
 
 def read_faiss(ws: DatasetWorkspace, name: str, metadata: dict[str, Any]) -> Any:

@@ -11,6 +11,7 @@ from vpipe.pipeline.stage import Stage, StageReport
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.encode.budget import WITHIN_BUDGET
 from vpipe.pipeline.fingerprint import one_stat_per_file
+from vpipe.retrieval.step import IndexStep, default_embedding
 from vpipe.stages.dataset_steps import DatasetStep, EncodeStep, ReportStep, TrainStep
 from vpipe.stages.extract import ExtractStage
 from vpipe.stages.flow import FlowStage
@@ -120,7 +121,11 @@ def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: Ch
     runs = main_job_runs(features, clusters or SYNTHETIC_CLUSTERS)
     runs += [pipeline_config(stage.set_name, clusters=clusters or SYNTHETIC_CLUSTERS) for stage in descriptors]
     heads = [*(TrainStep(workspace, run) for run in runs), ReportStep(workspace, runs)]
-    return [ProbeStage(workspace, config, decoder=options.decoder), plan, *flows, *extracts, *descriptors, *encodes, *heads]
+    retrieval = [IndexStep(workspace, default_embedding(extracts[0].set_name, clusters))] if extracts else []
+    return [
+        ProbeStage(workspace, config, decoder=options.decoder), plan, *flows, *extracts, *descriptors, *encodes,
+        *retrieval, *heads,
+    ]  # fmt: skip
 
 
 Step = Stage | DatasetStep

@@ -5,13 +5,12 @@
 ``embed_videos`` gives a run's video embeddings (retrieval, t-SNE);
 ``train_for_pipeline`` is the small default run of ``vpipe run`` (``existing_run`` with
 ``pipeline_config`` tells, without training, whether it is already done).
+
+The names load on first use (:mod:`vpipe.lazy`): the command line reads
+:class:`TrainConfig`'s defaults without importing torch.
 """
 
-from vpipe.train.config import TrainConfig
-from vpipe.train.evaluate import embed_clip_arrays, embed_videos, evaluate
-from vpipe.train.metrics import classification_metrics
-from vpipe.train.runs import completed_runs, load_run
-from vpipe.train.trainer import RunResult, existing_run, pipeline_config, train, train_for_pipeline
+from vpipe.lazy import lazy_exports
 
 __all__ = [
     "RunResult",
@@ -27,3 +26,21 @@ __all__ = [
     "train",
     "train_for_pipeline",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "TrainConfig": "vpipe.train.config",
+        "embed_clip_arrays": "vpipe.train.evaluation",
+        "embed_videos": "vpipe.train.evaluation",
+        "evaluate": "vpipe.train.evaluation",
+        "classification_metrics": "vpipe.train.metrics",
+        "completed_runs": "vpipe.train.runs",
+        "load_run": "vpipe.train.runs",
+        "RunResult": "vpipe.train.trainer",
+        "existing_run": "vpipe.train.trainer",
+        "pipeline_config": "vpipe.train.trainer",
+        "train": "vpipe.train.trainer",
+        "train_for_pipeline": "vpipe.train.trainer",
+    },
+)

@@ -12,12 +12,12 @@ that does not change the result (progress, the run's name) stays out of it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vpipe.device import DEVICES
 from vpipe.errors import ConfigError
-from vpipe.models.heads import head_class
-from vpipe.models.heads.registry import Head
+
+if TYPE_CHECKING:
+    from vpipe.models.heads.registry import Head
 
 #: How a one-stream head reads several feature sets: ``late`` trains one head per set and
 #: averages their class probabilities (the two-stream protocol); ``early`` concatenates
@@ -62,6 +62,11 @@ class TrainConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
+        # Imported here, not at the top: the command line reads this class's defaults
+        # for ``--help`` and must not pay for torch, which the heads import.
+        from vpipe.device import DEVICES
+        from vpipe.models.heads import head_class
+
         features = (self.features,) if isinstance(self.features, str) else tuple(self.features)
         object.__setattr__(self, "features", features)
         cls = head_class(self.head)
@@ -102,6 +107,8 @@ class TrainConfig:
 
     @property
     def head_cls(self) -> type[Head]:
+        from vpipe.models.heads import head_class
+
         return head_class(self.head)
 
     @property

@@ -1,0 +1,101 @@
+"""The command line answers before heavy libraries load, and its static names stay true.
+
+``vpipe --help`` used to import torch, scikit-learn, h5py, pandas and matplotlib
+before printing a word (6 s on a 2-core machine). The guard below runs each help in a
+fresh interpreter and lists what it imported, so a module-level import slipping back
+into the CLI fails here rather than in a user's terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vpipe import catalog
+
+HEAVY = ("torch", "sklearn", "faiss", "dask", "distributed", "h5py", "matplotlib", "pandas", "pyarrow", "numpy", "cv2", "decord")
+
+
+def _imported_by(args: list[str]) -> tuple[int, list[str], str]:
+    """Run ``vpipe ARGS`` in a fresh interpreter: exit code, heavy modules it imported, stdout."""
+    script = (
+        "import json, sys\n"
+        f"sys.argv = ['vpipe', *{args!r}]\n"
+        "from vpipe.cli.app import app\n"
+        "try:\n    app()\n    code = 0\nexcept SystemExit as exit:\n    code = exit.code or 0\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "sys.stderr.write('\\nIMPORTED ' + json.dumps([code, heavy]) + '\\n')\n"
+    )
+    env = os.environ | {"COLUMNS": "1000"}  # one line per option: names are not wrapped apart
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    marker = [line for line in done.stderr.splitlines() if line.startswith("IMPORTED ")]
+    assert marker, done.stderr
+    code, heavy = json.loads(marker[-1].removeprefix("IMPORTED "))
+    return code, heavy, done.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["status", "--help"], ["run", "--help"], ["train", "--help"], ["extract", "--help"],
+     ["encode", "--help"], ["search", "--help"], ["flow", "--help"]],
+    ids=lambda a: " ".join(a),
+)  # fmt: skip
+def test_help_imports_no_heavy_library(args):
+    code, heavy, out = _imported_by(args)
+    assert code == 0
+    assert "Usage" in out
+    assert heavy == [], f"`vpipe {' '.join(args)}` imported {heavy}"
+
+
+def test_status_imports_no_training_or_plotting_library(tmp_path):
+    """``vpipe status`` needs torch (the backbone registry names each stage's fingerprint)
+    but none of the libraries that only fitting, searching or plotting use."""
+    code, heavy, _ = _imported_by(["status", "--dataset", "synthetic", "--workspace", str(tmp_path)])
+    assert code == 1  # nothing probed there: the command still imported its whole path
+    assert not {"sklearn", "faiss", "dask", "distributed", "matplotlib"} & set(heavy), heavy
+
+
+def test_help_lists_the_registered_names():
+    _, _, out = _imported_by(["extract", "--help"])
+    assert all(name in out for name in catalog.BACKBONES)
+    _, _, out = _imported_by(["run", "--help"])
+    assert all(name in out for name in catalog.SAMPLERS + catalog.DATASETS)
+
+
+def test_catalog_equals_the_registries():
+    """Every static name and default equals what its registry or module holds today."""
+    from vpipe.data.registry import DATASETS
+    from vpipe.data.synthetic import DEFAULT_VIDEOS_PER_CLASS
+    from vpipe.device import DEVICES
+    from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET_TEXT
+    from vpipe.encode.classic import METHODS
+    from vpipe.models import list_backbones
+    from vpipe.models.heads import list_heads
+    from vpipe.stages.encode import DEFAULT_PCA
+    from vpipe.video.plan import SAMPLERS
+
+    fix = "update the table in vpipe/catalog.py"
+    assert catalog.DATASETS == tuple(sorted(DATASETS)), fix
+    assert catalog.BACKBONES == tuple(list_backbones()), fix
+    assert catalog.HEADS == tuple(list_heads()), fix
+    assert catalog.SAMPLERS == tuple(SAMPLERS), fix
+    assert catalog.ENCODE_METHODS == tuple(METHODS), fix
+    assert catalog.ENCODE_MEMORY_BUDGET == DEFAULT_MEMORY_BUDGET_TEXT
+    assert catalog.DEFAULT_PCA == DEFAULT_PCA
+    assert catalog.SYNTHETIC_VIDEOS_PER_CLASS == DEFAULT_VIDEOS_PER_CLASS
+    assert catalog.DEVICES == DEVICES
+
+
+def test_lazy_package_names_resolve_to_their_modules():
+    import vpipe.train as train_package
+    from vpipe.train.evaluation import evaluate
+    from vpipe.train.trainer import train
+
+    assert train_package.evaluate is evaluate and train_package.train is train
+    assert set(train_package.__all__) <= set(dir(train_package))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        train_package.nothing  # noqa: B018
