@@ -245,3 +245,57 @@ def test_cli_verify_names_the_file_and_exits_1_then_repair_restores(cache) -> No
     assert Journal(ws.state_dir / "extract-li3d-rgb").load().keys() == {"a/v0", "a/v1", "b/v0", "b/v1"} - videos
     run_stage(extract(ws), InProcessExecutor(), progress=False)
     assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
+
+
+def test_an_explicit_default_option_equals_the_implicit_one_and_a_changed_default_invalidates(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import vpipe.stages.extract as extract_module
+
+    ws = DatasetWorkspace(tmp_path, "d")
+    implicit = ExtractStage(ws, backbone="vgg16").model_fingerprint()
+    assert ExtractStage(ws, backbone="vgg16", options={"flow_stack": 4, "grid": None}).model_fingerprint() == implicit
+    assert ExtractStage(ws, backbone="vgg16", options={"grid": [7, 7]}).model_fingerprint() != implicit
+    defaults = extract_module.backbone_defaults
+    monkeypatch.setattr(extract_module, "backbone_defaults", lambda name: {**defaults(name), "grid": (14, 14)})
+    assert ExtractStage(ws, backbone="vgg16").model_fingerprint() != implicit
+
+
+def _rewrite_records_to_typed_options(ws: DatasetWorkspace, stage: ExtractStage) -> None:
+    """Make the journal look like one written before fingerprints covered resolved options."""
+    from vpipe.pipeline.fingerprint import fingerprint
+    from vpipe.pipeline.journal import Record
+    from vpipe.stages.extract import plan_jobs, clip_signature
+
+    journal = Journal(stage.journal_dir)
+    records = journal.load()
+    typed = stage._typed_options_fingerprint()
+    jobs = plan_jobs(ws, stage.plan)
+    inputs = stage._input_fingerprints(jobs)
+    for key, r in records.items():
+        journal.append(Record(key, fingerprint(typed, inputs[key], clip_signature(jobs[key])), r.ok, r.rows, r.error))
+    journal.flush()
+    assert all(Journal(stage.journal_dir).load()[key].fingerprint != r.fingerprint for key, r in records.items())
+
+
+def test_an_existing_cache_is_carried_over_once_when_its_recorded_options_match(cache, caplog) -> None:
+    ws, _ = cache
+    _rewrite_records_to_typed_options(ws, extract(ws))
+    with caplog.at_level("INFO"):
+        assert stage_status(extract(ws)).done == 4
+    assert "4 cached videos carried over" in caplog.text
+    assert run_stage(extract(ws), InProcessExecutor(), progress=False).computed == 0
+
+
+def test_an_existing_cache_without_recorded_defaults_is_recomputed_with_a_warning(cache, caplog) -> None:
+    ws, _ = cache
+    directory = ws.features_dir("li3d-rgb")
+    for shard in directory.glob("shard-*.h5"):
+        with h5py.File(shard, "r+") as handle:
+            provenance = json.loads(handle.attrs["provenance"])
+            del provenance["resolved_options"]
+            handle.attrs["provenance"] = json.dumps(provenance)
+    _rewrite_records_to_typed_options(ws, extract(ws))
+    with caplog.at_level("INFO"):
+        assert stage_status(extract(ws)).done == 0
+    assert "4 cached videos were extracted before their options were recorded" in caplog.text
