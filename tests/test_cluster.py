@@ -48,10 +48,11 @@ def test_slurm_job_script_asks_for_the_resources_and_runs_a_gpu_worker():
         assert wanted in sbatch, (wanted, sbatch)
     assert any(d.startswith("--mem=") and d.endswith("G") for d in sbatch)
     command = worker_command(script).split()
-    assert command[:3] == [sys.executable, "-m", "distributed.cli.dask_worker"], "the driver's own Python runs workers"
-    assert command[3] == SCHEDULER
+    assert command[:5] == [sys.executable, "-m", "vpipe.pipeline.gpu_workers", "--gpus", "2"], "one worker per GPU"
+    assert command[5:8] == ["--", "-m", "distributed.cli.dask_worker"], "the driver's own Python runs workers"
+    assert command[8] == SCHEDULER
     assert command[command.index("--nthreads") + 1] == "6"
-    assert command[command.index("--resources") + 1] == "GPU=2"
+    assert command[command.index("--resources") + 1] == "GPU=1", "one pinned worker process per GPU"
     body = script.splitlines()
     assert f"cd {os.getcwd()}" in body and "export OMP_NUM_THREADS=1" in body
     assert body.index("export OMP_NUM_THREADS=1") < body.index(worker_command(script)), "environment before the worker"

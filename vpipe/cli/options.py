@@ -147,7 +147,7 @@ _COMPUTE_OPTIONS: list[tuple[str, Any, Any]] = [
         help="Start workers as batch jobs (dask-jobqueue); see docs/cluster.md.", show_default="no batch jobs",
     )),
     ("jobs", int, typer.Option("--jobs", min=1, help="With --cluster: most worker jobs at once (scaled with the work).")),
-    ("gpus_per_job", int, typer.Option("--gpus-per-job", min=0, help="With --cluster: GPUs per job; workers offer GPU=N.")),
+    ("gpus_per_job", int, typer.Option("--gpus-per-job", min=0, help="With --cluster: GPUs per job; one worker process per GPU, each pinned to it.")),
     ("cores", int, typer.Option("--cores", min=1, help="With --cluster: CPU cores (worker threads) per job.")),
     ("memory", str, typer.Option("--memory", help="With --cluster: memory per job, e.g. 64GB.")),
     ("walltime", str, typer.Option("--walltime", help="With --cluster: time limit per job, HH:MM:SS.")),

@@ -1,12 +1,16 @@
 """Dask workers as batch jobs (SLURM, PBS, SGE, LSF) through dask-jobqueue.
 
 The driver (``vpipe run`` on a login or head node) starts a dask scheduler, submits
-up to ``jobs`` batch jobs that each run one ``dask worker`` offering ``GPU=<n>``
-when the job has GPUs, and lets dask scale that number with the queued work: jobs
+up to ``jobs`` batch jobs, and lets dask scale that number with the queued work: jobs
 are submitted when a stage has work and cancelled when they sit idle, so a stage
 that is up to date never waits in a batch queue. Workers need the workspace on a
 shared filesystem and the same Python environment as the driver (the job script
 runs this interpreter).
+
+A job without GPUs runs one worker with the job's cores as threads. A job with N
+GPUs runs N worker processes (:mod:`vpipe.pipeline.gpu_workers`), each pinned to
+one GPU with ``CUDA_VISIBLE_DEVICES``, offering ``GPU=1`` and sharing the job's
+cores and memory: one model, one set of TV-L1 buffers and one DataLoader per GPU.
 """
 
 from __future__ import annotations
@@ -103,7 +107,10 @@ def jobqueue_arguments(spec: ClusterSpec) -> dict[str, Any]:
     """Keyword arguments shared by the dask-jobqueue cluster and job classes."""
     directives, extra = _gpu_directives(spec)
     account = "project" if spec.system in ("sge", "lsf") else "account"
-    workers_args = ["--resources", f"GPU={spec.gpus_per_job}"] if spec.gpus_per_job else []
+    workers_args = ["--resources", "GPU=1"] if spec.gpus_per_job else []
+    python = sys.executable
+    if spec.gpus_per_job > 1:
+        python = f"{sys.executable} -m vpipe.pipeline.gpu_workers --gpus {spec.gpus_per_job} --"
     return {
         "cores": spec.cores,
         "processes": 1,
@@ -115,7 +122,7 @@ def jobqueue_arguments(spec: ClusterSpec) -> dict[str, Any]:
         "job_extra_directives": [*directives, *spec.job_extra],
         "worker_extra_args": workers_args,
         "job_script_prologue": [f"cd {os.getcwd()}", "export OMP_NUM_THREADS=1", *spec.prologue],
-        "python": sys.executable,
+        "python": python,
         **extra,
     }
 
