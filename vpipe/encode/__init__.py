@@ -3,15 +3,12 @@ statistics, BoF / VLAD / Fisher vectors of every video, and a linear baseline.
 
 The stage that runs them over a dataset is :func:`vpipe.stages.encode.run_encode`; these
 are its parts, for notebooks and for heads that start from the codebook.
+
+The names load on first use (:mod:`vpipe.lazy`): reading a codebook or an encoding
+does not import scikit-learn, which only the baseline needs.
 """
 
-from vpipe.encode.baseline import run_baseline
-from vpipe.encode.classic import METHODS, encode_bof, encode_fisher, encode_vlad, encoding_dim
-from vpipe.encode.codebook_io import Codebook, load_codebook, save_codebook
-from vpipe.encode.encoding_io import EncodingReader, Encodings, load_encodings
-from vpipe.encode.fit import fit_codebook, sample_descriptors
-from vpipe.encode.kmeans import fit_kmeans
-from vpipe.encode.pca import Pca, fit_pca
+from vpipe.lazy import lazy_exports
 
 __all__ = [
     "METHODS",
@@ -33,3 +30,26 @@ __all__ = [
     "save_codebook",
 ]
 
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "run_baseline": "vpipe.encode.baseline",
+        "METHODS": "vpipe.encode.classic",
+        "encode_bof": "vpipe.encode.classic",
+        "encode_fisher": "vpipe.encode.classic",
+        "encode_vlad": "vpipe.encode.classic",
+        "encoding_dim": "vpipe.encode.classic",
+        "Codebook": "vpipe.encode.codebook_io",
+        "load_codebook": "vpipe.encode.codebook_io",
+        "save_codebook": "vpipe.encode.codebook_io",
+        "EncodingReader": "vpipe.encode.encoding_io",
+        "Encodings": "vpipe.encode.encoding_io",
+        "load_encodings": "vpipe.encode.encoding_io",
+        "fit_codebook": "vpipe.encode.fit",
+        "sample_descriptors": "vpipe.encode.fit",
+        "fit_kmeans": "vpipe.encode.kmeans",
+        "Pca": "vpipe.encode.pca",
+        "fit_pca": "vpipe.encode.pca",
+    },
+)
