@@ -51,6 +51,14 @@ def test_help_imports_no_heavy_library(args):
     assert heavy == [], f"`vpipe {' '.join(args)}` imported {heavy}"
 
 
+def test_status_imports_no_training_or_plotting_library(tmp_path):
+    """``vpipe status`` needs torch (the backbone registry names each stage's fingerprint)
+    but none of the libraries that only fitting, searching or plotting use."""
+    code, heavy, _ = _imported_by(["status", "--dataset", "synthetic", "--workspace", str(tmp_path)])
+    assert code == 1  # nothing probed there: the command still imported its whole path
+    assert not {"sklearn", "faiss", "dask", "distributed", "matplotlib"} & set(heavy), heavy
+
+
 def test_help_lists_the_registered_names():
     _, _, out = _imported_by(["extract", "--help"])
     assert all(name in out for name in catalog.BACKBONES)

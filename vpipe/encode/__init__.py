@@ -4,8 +4,8 @@ statistics, BoF / VLAD / Fisher vectors of every video, and a linear baseline.
 The stage that runs them over a dataset is :func:`vpipe.stages.encode.run_encode`; these
 are its parts, for notebooks and for heads that start from the codebook.
 
-The names load on first use (:mod:`vpipe.lazy`): reading a codebook or an encoding
-does not import scikit-learn, which only the baseline needs.
+The names load on first use (:mod:`vpipe.lazy`): the stage chain reads the memory
+budget's constants without importing scikit-learn and FAISS.
 """
 
 from vpipe.lazy import lazy_exports
@@ -29,7 +29,6 @@ __all__ = [
     "sample_descriptors",
     "save_codebook",
 ]
-
 
 __getattr__, __dir__ = lazy_exports(
     __name__,

@@ -40,8 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score
-from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
 from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, check_budget
 from vpipe.encode.encoding_io import EncodingReader
@@ -138,6 +136,8 @@ def fit_svm(
 
 def selection_splits(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Train-only (fit, held-out) index pairs: 3 stratified folds, or one hold-out at scale."""
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit  # here: keeps `vpipe status` light
+
     smallest = int(np.unique(y, return_counts=True)[1].min())
     if len(y) > FEW_FOLDS_ABOVE and smallest >= 2:
         holdout = StratifiedShuffleSplit(1, test_size=HOLDOUT_FRACTION, random_state=seed)
@@ -207,6 +207,8 @@ def fit_and_evaluate(
 ) -> dict[str, Any]:
     """Fit on the ``train`` rows, report metrics on the ``test`` rows (confusion rows/columns:
     sorted labels of both splits)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score  # as above
+
     train_rows, test_rows = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     y_train, y_test = y[train_rows], y[test_rows]
     classes = np.unique(y_train)

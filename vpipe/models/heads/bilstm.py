@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -227,6 +226,8 @@ def init_aggregation_from_features(
     rng = np.random.default_rng(seed)
     if len(points) > max_points:
         points = points[rng.choice(len(points), max_points, replace=False)]
+    from sklearn.cluster import KMeans  # here: importing it costs a second to every command listing heads
+
     centers = KMeans(head.num_clusters, n_init=1, random_state=seed).fit(points).cluster_centers_
     alpha = alpha_from_data(points, centers, ratio)
     variances, weights = codebook_statistics(points, centers)
