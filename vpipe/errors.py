@@ -29,3 +29,11 @@ class WeightsError(VpipeError):
 
 class StageError(VpipeError):
     """A stage that cannot run at all (missing inputs, nothing to do it with)."""
+
+
+class CorruptArtifactError(StageError):
+    """A stored file that fails its checks (digest, HDF5 checksum, non-finite values)."""
+
+
+class NonFiniteError(VpipeError):
+    """A model produced NaN or infinite values; they are never stored."""

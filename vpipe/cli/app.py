@@ -13,6 +13,7 @@ from vpipe.cli import (
     pipeline_cmds,
     retrieval_cmd,
     train_cmd,
+    verify_cmd,
 )
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ extract_cmd.register(app)
 encode_cmd.register(app)
 train_cmd.register(app)
 retrieval_cmd.register(app)
+verify_cmd.register(app)
 
 
 def main() -> None:

@@ -204,6 +204,7 @@ def status(
             {
                 r.stage: {"done": r.done, "failed": r.failed, "total": r.total, "ready": r.ready, "artifact": r.artifact}
                 | ({"reason": r.reason} if not r.ready else {})
+                | ({"damaged": r.damaged} if r.damaged else {})
                 for r in reports
             }
         )
@@ -211,6 +212,7 @@ def status(
     for report in reports:
         typer.echo(
             report.summary() if not report.ready else f"{report.stage}: {report.done} done, {report.failed} failed, {report.total} total"
+            + (f", {report.damaged} damaged: run `vpipe verify --dataset {dataset} --repair`" if report.damaged else "")
         )
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vpipe.artifacts import atomic_write_text
 from vpipe.data.base import VideoEntry
 from vpipe.errors import ConfigError, DatasetError
 from vpipe.video.write import write_video
@@ -348,8 +349,8 @@ def generate_synthetic(
             write_video(root / relative, frames, fps=FPS, codec="mpeg4")
             split = "test" if k >= videos_per_class - num_test else "train"
             rows.append((relative, label, split))
-    _write_atomic(root / "splits.csv", "path,label,split\n" + "".join(f"{p},{l},{s}\n" for p, l, s in rows))
-    _write_atomic(root / "synthetic.json", json.dumps(params, indent=2) + "\n")
+    atomic_write_text(root / "splits.csv", "path,label,split\n" + "".join(f"{p},{l},{s}\n" for p, l, s in rows))
+    atomic_write_text(root / "synthetic.json", json.dumps(params, indent=2) + "\n")
     return root
 
 
@@ -387,13 +388,6 @@ def _foreign_paths(videos: Path) -> Iterator[Path]:
         parts = path.relative_to(videos).parts
         if parts[0] not in CLASS_NAMES or len(parts) > 2 or (len(parts) == 2 and path.suffix != ".avi"):
             yield path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _read_splits(root: Path) -> list[VideoEntry]:

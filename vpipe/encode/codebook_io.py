@@ -23,7 +23,6 @@ previous codebook or the new one, never a half-written file.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from vpipe.artifacts import atomic_path, write_digest_file
 from vpipe.encode.pca import Pca
 from vpipe.errors import StageError
 
@@ -79,17 +79,9 @@ class Codebook:
         return str(self.provenance.get("fingerprint", ""))
 
 
-def temp_path(path: Path) -> Path:
-    """The name an artifact is written under before its atomic rename."""
-    return path.with_name(f".{path.name}.tmp")
-
-
 def save_codebook(path: Path, codebook: Codebook) -> None:
     """Write ``codebook`` to ``path`` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    with h5py.File(tmp, "w") as handle:
+    with atomic_path(Path(path)) as tmp, h5py.File(tmp, "w") as handle:
         for name in _ARRAYS:
             handle.create_dataset(name, data=np.asarray(getattr(codebook, name), dtype=np.float32))
         if codebook.pca is not None:
@@ -98,9 +90,7 @@ def save_codebook(path: Path, codebook: Codebook) -> None:
         handle.attrs["format"] = CODEBOOK_FORMAT
         handle.attrs["fingerprint"] = codebook.fingerprint
         handle.attrs["provenance"] = json.dumps(codebook.provenance, sort_keys=True, default=str)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_digest_file(path)
 
 
 def load_codebook(path: Path) -> Codebook:

@@ -18,7 +18,6 @@ and is for small files (tests, notebooks) or callers that checked a memory budge
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from vpipe.artifacts import commit, discard, temp_path, write_digest_file
 from vpipe.encode.budget import check_budget
-from vpipe.encode.codebook_io import temp_path
 from vpipe.errors import StageError
 
 ENCODING_FORMAT = "vpipe.encoding/1"
@@ -64,11 +63,10 @@ class EncodingWriter:
     ) -> None:
         self._file.close()
         if exc_type is not None:
-            self._tmp.unlink(missing_ok=True)
+            discard(self._tmp)
             return
-        with open(self._tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self._tmp, self.path)
+        commit(self._tmp, self.path)
+        write_digest_file(self.path)
 
     def write(self, row: int, vector: np.ndarray) -> None:
         self._x[row] = vector

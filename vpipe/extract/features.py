@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vpipe.device import autocast, resolve_device
-from vpipe.errors import ConfigError
+from vpipe.errors import ConfigError, NonFiniteError
 from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips, stack_rgb_and_flow
 from vpipe.video.jobs import VideoJob
 from vpipe.flow.quantize import quantize_flow
@@ -171,19 +171,28 @@ def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dic
         prefetch_factor=4 if config.decode_workers else None,
         persistent_workers=False,
     )
-    pending: list[tuple[str, LoadedClip]] = []
+    pending: list[tuple[int, LoadedClip]] = []
 
     def flush(writer: ShardWriter, count: int) -> None:
         batch, pending[:] = pending[:count], pending[count:]
-        for (video_id, clip), arrays in zip(batch, run_model(model, [c for _, c in batch], device)):
-            writer.add(video_id, clip.clip, clip.view, arrays)
+        for (index, clip), arrays in zip(batch, run_model(model, [c for _, c in batch], device)):
+            if isinstance(outcome[index], Exception):
+                continue
+            non_finite = sorted(name for name, array in arrays.items() if not np.isfinite(array).all())
+            if non_finite:
+                outcome[index] = NonFiniteError(
+                    f"{config.backbone} gave non-finite values in {', '.join(non_finite)} for clip "
+                    f"{clip.clip} view {clip.view} of {jobs[index].video_id}; its features are not stored"
+                )
+                continue
+            writer.add(jobs[index].video_id, clip.clip, clip.view, arrays)
 
     with ShardWriter(path, attrs=config.provenance) as writer:
         for index, loaded in loader:
             if isinstance(loaded, Exception):
                 outcome[index] = loaded
                 continue
-            pending.extend((jobs[index].video_id, clip) for clip in loaded)
+            pending.extend((index, clip) for clip in loaded)
             outcome[index] = []
             while len(pending) >= config.batch_size:
                 flush(writer, config.batch_size)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from vpipe.artifacts import atomic_path
+
 COLUMNS = ["stage", "video_id", "path", "error", "time"]
 
 
@@ -26,8 +28,6 @@ def replace_stage_failures(path: Path, stage: str, failures: list[dict]) -> pd.D
     new = pd.DataFrame(failures, columns=COLUMNS)
     table = new if table.empty else pd.concat([table, new], ignore_index=True)
     table = table.astype({"stage": str, "video_id": str, "path": str, "error": str, "time": float})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
     return table

@@ -26,6 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vpipe.artifacts import atomic_path
+
 RECORD_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -188,9 +190,10 @@ class Journal:
             schema=RECORD_SCHEMA,
         )
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.directory / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        return tmp.replace(self.directory / name)
+        path = self.directory / name
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
 
 
 def _read_part(part: Path) -> dict[str, Record]:

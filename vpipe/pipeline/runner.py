@@ -38,12 +38,16 @@ def stage_status(stage: Stage) -> StageReport:
     except StageError as error:
         return StageReport(stage=stage.label, ready=False, reason=str(error), artifact=str(stage.artifact))
     current = valid_records(items, Journal(stage.journal_dir).load())
+    damaged = [key for key in stage.damaged_items() if key in current and current[key].ok]
+    for key in damaged:
+        del current[key]
     failed = sum(not r.ok for r in current.values())
     return StageReport(
         stage=stage.label,
         total=len(items),
         done=len(current) - failed,
         failed=failed,
+        damaged=len(damaged),
         artifact=str(stage.artifact),
     )
 
@@ -66,6 +70,10 @@ def run_stage(
     journal.merge()
     records = journal.load()
     current = valid_records(items, records)
+    for key, reason in stage.damaged_items().items():
+        if key in current and current[key].ok:
+            log.warning("%s: recomputing %s: its stored output is damaged (%s)", stage.label, key, reason)
+            del current[key]
     todo = [item for item in items if item.key not in current or (retry_failed and not current[item.key].ok)]
     if todo:
         runner = InProcessExecutor() if stage.in_process else executor

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vpipe.artifacts import atomic_write_text
 from vpipe.pipeline.executor import ItemFn, WorkItem
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.journal import Record
-from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.pipeline.workspace import DatasetWorkspace
 
 
 @dataclass
@@ -35,6 +36,8 @@ class StageReport:
     artifact: str = ""
     ready: bool = True
     reason: str = ""
+    #: Items recorded as done whose stored output is missing or damaged (see ``damaged_items``).
+    damaged: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,7 +50,8 @@ class StageReport:
             work = "nothing to do, all up to date"
         else:
             work = f"computed {self.computed} in {self.seconds:.1f}s, {self.up_to_date} already up to date"
-        return f"{self.stage}: {self.done}/{self.total} done, {self.failed} failed ({work})"
+        damaged = f", {self.damaged} damaged (run `vpipe verify`)" if self.damaged else ""
+        return f"{self.stage}: {self.done}/{self.total} done, {self.failed} failed{damaged} ({work})"
 
 
 class Stage(ABC):
@@ -100,6 +104,14 @@ class Stage(ABC):
     @abstractmethod
     def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
         """Build the artifact from the valid records of ``items`` (failed ones included)."""
+
+    def damaged_items(self) -> dict[str, str]:
+        """Keys whose recorded output is visibly gone (a missing or resized file), and why.
+
+        The runner treats them as not done, so ``vpipe status`` does not call a stage
+        with a truncated shard complete and ``vpipe run`` recomputes those items.
+        """
+        return {}
 
     def artifact_fingerprint(self, items: list[WorkItem]) -> str:
         """Changes whenever any item's fingerprint, or the item set, changes."""

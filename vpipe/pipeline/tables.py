@@ -8,6 +8,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vpipe.artifacts import atomic_path
+
 FINGERPRINT_KEY = b"vpipe.fingerprint"
 
 
@@ -28,10 +30,8 @@ def write_table(
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), **extra, FINGERPRINT_KEY: fingerprint.encode()}
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def table_fingerprint(path: Path) -> str:

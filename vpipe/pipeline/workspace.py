@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from vpipe.artifacts import atomic_write_text
 from vpipe.errors import ConfigError, StageError
 from vpipe.store import INDEX_FILE, FeatureSet
 
@@ -139,11 +140,3 @@ class DatasetWorkspace:
     def write_config(self, config: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, json.dumps(config, indent=2, sort_keys=True))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 
+from vpipe.artifacts import atomic_path
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.tables import table_fingerprint, table_metadata, write_table
 from vpipe.pipeline.workspace import DatasetWorkspace
@@ -100,22 +100,13 @@ def write_index_files(
     """Commit the centring and FAISS files, then the id map carrying their sizes and SHA-256."""
     import faiss
 
-    target = faiss_path(ws, name)
-    target.parent.mkdir(parents=True, exist_ok=True)
     centred = centring_path(ws, name)
-    tmp = centred.with_name(f".{centred.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(centring)
-        handle.flush()
-        os.fsync(handle.fileno())
-    metadata = {**metadata, "centring_sha256": sha256(tmp)}
-    os.replace(tmp, centred)
-    tmp = target.with_name(f".{target.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    metadata = {**metadata, "faiss_bytes": tmp.stat().st_size, "faiss_sha256": sha256(tmp)}
-    os.replace(tmp, target)
+    with atomic_path(centred) as tmp:
+        tmp.write_bytes(centring)
+        metadata = {**metadata, "centring_sha256": sha256(tmp)}
+    with atomic_path(faiss_path(ws, name)) as tmp:
+        faiss.write_index(index, str(tmp))
+        metadata = {**metadata, "faiss_bytes": tmp.stat().st_size, "faiss_sha256": sha256(tmp)}
     write_table(rows, idmap_path(ws, name), fingerprint=fingerprint, metadata={METADATA_KEY: json.dumps(metadata)})
 
 

@@ -21,10 +21,11 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from vpipe.artifacts import atomic_write_text
 from vpipe.errors import StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.stage import StageReport
-from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.train import TrainConfig, completed_runs, evaluate, existing_run, load_run, train
 
 #: Bumped when the report's content changes for the same runs.

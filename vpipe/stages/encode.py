@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from vpipe.artifacts import atomic_write_text
 from vpipe.encode.baseline import required_bytes, run_baseline_file
 from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, WITHIN_BUDGET, check_budget, format_bytes
 from vpipe.encode.classic import ENCODERS, METHODS, encoding_dim, method_dim
@@ -50,7 +51,7 @@ from vpipe.encode.fit import (
 )
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
-from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.store import FeatureSet
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,8 @@ clips across videos and one shard holds a task's output.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import fields
 from functools import lru_cache, partial
 from pathlib import Path
@@ -17,7 +19,8 @@ import pandas as pd
 
 from vpipe import __version__
 from vpipe.device import default_videos_per_task
-from vpipe.errors import StageError
+from vpipe.artifacts import atomic_write_text
+from vpipe.errors import StageError, VpipeError
 from vpipe.extract.features import ExtractConfig, extract_videos
 from vpipe.video.jobs import VideoJob, jobs_from_plan
 from vpipe.video.views import Crop
@@ -29,10 +32,15 @@ from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.pipeline.tables import table_fingerprint, table_metadata
-from vpipe.store.index import orphan_shards, write_index
+from vpipe.store import FeatureSet
+from vpipe.store.index import damaged_videos, orphan_shards, write_index
 
 #: Bumped when the same configuration would store different features.
 EXTRACT_FORMAT = 1
+#: 2: the model fingerprint covers the backbone's resolved options and always its version.
+FINGERPRINT_SCHEME = 2
+
+log = logging.getLogger(__name__)
 
 
 def read_plan(workspace: DatasetWorkspace, plan: str) -> pd.DataFrame:
@@ -158,11 +166,22 @@ class ExtractStage(Stage):
                 self._weights_sha = "none" if is_weightless(self.backbone) else "random"
         return self._weights_sha
 
-    def model_fingerprint(self) -> str:
-        """The backbone, stream, weights, options and the backbone's output version.
+    def resolved_options(self) -> dict[str, Any]:
+        """The options the backbone is built with: its builder's defaults, overridden by
+        the given ones. What the fingerprint covers, so ``-o grid=14`` given explicitly
+        equals the default 14, and a changed default changes the fingerprint."""
+        return {**backbone_defaults(self.backbone), **self.options}
 
-        Version 1 adds nothing, so caches of backbones that were never bumped stay valid.
-        """
+    def model_fingerprint(self) -> str:
+        """The backbone, stream, weights, resolved options and the backbone's output version."""
+        return fingerprint(
+            EXTRACT_FORMAT, FINGERPRINT_SCHEME, self.backbone, self.stream, self.weights_sha256,
+            self.resolved_options(), backbone_version(self.backbone),
+        )  # fmt: skip
+
+    def _typed_options_fingerprint(self) -> str:
+        """The model fingerprint before :data:`FINGERPRINT_SCHEME` 2 (typed options only),
+        kept to carry existing caches over (:meth:`_carry_over`)."""
         version = backbone_version(self.backbone)
         bumped = () if version == 1 else (version,)
         return fingerprint(EXTRACT_FORMAT, self.backbone, self.stream, self.weights_sha256, self.options, *bumped)
@@ -171,18 +190,63 @@ class ExtractStage(Stage):
         jobs = plan_jobs(self.workspace, self.plan)
         signatures = plan_signatures(self.workspace, self.plan)
         inputs = self._input_fingerprints(jobs)
+
+        def item_fingerprint(model_json: str, video_id: str) -> str:
+            # = fingerprint(model fingerprint, inputs[video_id], clip_signature(job))
+            return fingerprint_of_parts_json(model_json, canonical_json(inputs[video_id]), signatures[video_id])
+
         model_json = canonical_json(self.model_fingerprint())
-        return [
-            WorkItem(
-                key=video_id,
-                # = fingerprint(model fingerprint, inputs[video_id], clip_signature(job))
-                fingerprint=fingerprint_of_parts_json(model_json, canonical_json(inputs[video_id]), signatures[video_id]),
-                payload=job,
-                path=job.path,
-            )
+        items = [
+            WorkItem(key=video_id, fingerprint=item_fingerprint(model_json, video_id), payload=job, path=job.path)
             for video_id, job in jobs.items()
             if video_id in inputs
         ]
+        self._carry_over(items, lambda video_id: item_fingerprint(canonical_json(self._typed_options_fingerprint()), video_id))
+        return items
+
+    def _carry_over(self, items: list[WorkItem], typed_fingerprint: Callable[[str], str]) -> None:
+        """Once per feature set: records made under the typed-options fingerprint take the
+        resolved one, when the shards' provenance shows they were built with today's
+        resolved options; otherwise they stay stale and a warning says why.
+
+        Never a silent full recompute, never silently stale. A marker in the journal
+        directory makes this a one-time step.
+        """
+        marker = self.journal_dir / "fingerprints.json"
+        journal = Journal(self.journal_dir)
+        if marker.exists() or not journal.parts():
+            return
+        records = journal.load()
+        current = {item.key: item.fingerprint for item in items}
+        old = [key for key, record in records.items() if key in current and record.fingerprint != current[key]]
+        old = [key for key in old if records[key].fingerprint == typed_fingerprint(key)]
+        if old:
+            recorded = self._recorded_resolved_options()
+            if recorded is not None and canonical_json(recorded) == canonical_json(self.resolved_options()):
+                for key in old:
+                    r = records[key]
+                    journal.append(Record(key, current[key], r.ok, r.rows, r.error, r.path, r.seconds, r.time))
+                journal.flush()
+                log.info("%s: %d cached videos carried over to fingerprints over resolved options %s",
+                         self.label, len(old), canonical_json(recorded))  # fmt: skip
+            else:
+                log.warning(
+                    "%s: %d cached videos were extracted before their options were recorded with their "
+                    "defaults, or with other defaults (%s); they will be recomputed",
+                    self.label, len(old), "none recorded" if recorded is None else canonical_json(recorded),
+                )  # fmt: skip
+        atomic_write_text(marker, json.dumps({"scheme": FINGERPRINT_SCHEME}))
+
+    def _recorded_resolved_options(self) -> dict[str, Any] | None:
+        """The resolved options in the feature set's provenance, or None if not recorded."""
+        if not (self.artifact / "index.parquet").is_file():
+            return None
+        try:
+            with FeatureSet.open(self.artifact) as features:
+                provenance = features.provenance
+        except VpipeError:
+            return None
+        return provenance.get("resolved_options")
 
     def _input_fingerprints(self, jobs: dict[str, VideoJob]) -> dict[str, str]:
         """Per video, a fingerprint of what its clips are built from; videos without current flow are left out."""
@@ -209,7 +273,7 @@ class ExtractStage(Stage):
             "backbone": self.backbone,
             "stream": self.stream,
             "options": self.options,
-            "resolved_options": {**backbone_defaults(self.backbone), **self.options},
+            "resolved_options": self.resolved_options(),
             "backbone_version": backbone_version(self.backbone),
             "inputs": list(self.inputs),
             "weights": self.weights or self.weights_sha256,
@@ -238,6 +302,9 @@ class ExtractStage(Stage):
 
     def item_fn(self):
         return partial(extract_videos, self.config())
+
+    def damaged_items(self) -> dict[str, str]:
+        return damaged_videos(self.artifact)
 
     def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
         rows = [row for item in items if item.key in records for row in records[item.key].rows]

@@ -20,7 +20,7 @@ from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import table_fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.extract import plan_jobs, plan_signatures, remove_orphans
-from vpipe.store.index import write_index
+from vpipe.store.index import damaged_videos, write_index
 
 #: Bumped when the same configuration would store different flow.
 FLOW_FORMAT = 1
@@ -100,6 +100,9 @@ class FlowStage(Stage):
             },
         )
         return partial(flow_videos, config)
+
+    def damaged_items(self) -> dict[str, str]:
+        return damaged_videos(self.artifact)
 
     def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
         rows = [row for item in items if item.key in records for row in records[item.key].rows]

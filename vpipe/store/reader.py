@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from vpipe.errors import StageError
-from vpipe.store.index import INDEX_FILE, producing_command, read_index
+from vpipe.errors import CorruptArtifactError, StageError
+from vpipe.store.index import INDEX_FILE, producing_command, read_index, repair_command
 from vpipe.store.shards import SHARD_FORMAT
 
 
@@ -118,7 +118,10 @@ class FeatureSet:
                 f"shard {path} listed in {self.directory / 'index.parquet'} is missing; "
                 f"run `{producing_command(self.directory)}` to rebuild it"
             )
-        handle = h5py.File(path, "r")
+        try:
+            handle = h5py.File(path, "r")
+        except OSError as error:
+            raise self.corrupt(shard, f"cannot be opened ({error})") from error
         if handle.attrs.get("format") != SHARD_FORMAT:
             handle.close()
             raise StageError(f"{path} is not a {SHARD_FORMAT} shard; delete it and rerun the stage")
@@ -138,7 +141,22 @@ class FeatureSet:
                 f"{spec['dtype']}{spec['shape']}; the shard was rewritten after the index: "
                 f"rerun `{producing_command(self.directory)}`"
             )
-        return dset[int(self._row[position])]
+        try:
+            array = dset[int(self._row[position])]
+        except OSError as error:
+            raise self.corrupt(self._shard[position], f"fails its checksum ({error})") from error
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise self.corrupt(self._shard[position], f"holds non-finite values in layer {layer!r}")
+        return array
+
+    def corrupt(self, shard: str, reason: str) -> CorruptArtifactError:
+        """The one error for a damaged shard: which file, which videos, what repairs it."""
+        videos = list(dict.fromkeys(self.index.loc[self.index["shard"] == shard, "video_id"]))
+        shown = ", ".join(videos[:5]) + (f" and {len(videos) - 5} more" if len(videos) > 5 else "")
+        return CorruptArtifactError(
+            f"{self.directory / shard} {reason}; it holds videos {shown or '(none)'}: "
+            f"run `{repair_command(self.directory)}` to recompute them"
+        )
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self.layers:

@@ -18,6 +18,10 @@ On-disk layout of a shard (format ``vpipe.shard/1``)::
 
 The ``rows`` datasets make a shard self-describing, so an index can be rebuilt from
 shards alone. One row per chunk means reading a clip decompresses exactly one chunk.
+Every layer chunk carries HDF5's Fletcher-32 checksum, so a damaged chunk fails its
+read in the library instead of returning garbage; the whole file's size and SHA-256
+are returned with the index rows (``shard_bytes``, ``shard_sha256``) and recorded in
+the index, for ``vpipe verify``.
 
 Compression is decided by dtype, from a measurement with h5py 3.16 (size ratio, and
 time to read 8 rows back):
@@ -37,7 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from types import TracebackType
 
@@ -45,12 +48,19 @@ import h5py
 import numpy as np
 from numpy.typing import DTypeLike
 
+from vpipe.artifacts import commit, discard, file_digest, temp_path
+
 #: Value of the ``format`` file attribute; readers check it before trusting a layout.
 SHARD_FORMAT = "vpipe.shard/1"
 #: Group holding one dataset per layer.
 LAYERS_GROUP = "layers"
 #: Group holding the per-row keys (video_id, clip, view).
 ROWS_GROUP = "rows"
+#: Keys of a shard's size and SHA-256 in each of its index rows as a stage returns them
+#: (and so in the stage's journal); :func:`vpipe.store.index.write_index` moves them to
+#: the index's catalogue of shards.
+SHARD_BYTES = "shard_bytes"
+SHARD_SHA256 = "shard_sha256"
 
 
 def shard_name(stage: str, key: str) -> str:
@@ -62,11 +72,6 @@ def shard_name(stage: str, key: str) -> str:
     """
     digest = hashlib.sha1(f"{stage}\0{key}".encode()).hexdigest()
     return f"shard-{digest[:12]}.h5"
-
-
-def temp_path(path: Path) -> Path:
-    """The temporary name a shard (or index) is written under before the rename."""
-    return path.with_name(f".{path.name}.tmp")
 
 
 def _compression(dtype: np.dtype) -> dict[str, object]:
@@ -156,6 +161,7 @@ class ShardWriter:
                     maxshape=(None, *array.shape),
                     chunks=(1, *array.shape),
                     dtype=array.dtype,
+                    fletcher32=True,
                     **_compression(array.dtype),
                 )
             dset = group[name]
@@ -219,9 +225,8 @@ class ShardWriter:
         self._file.attrs["provenance"] = self._provenance
         self._file.close()
         self._file = None
-        with open(self._tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self._tmp, self.path)
+        digest = file_digest(self._tmp)
+        commit(self._tmp, self.path)
         self.rows = [
             {
                 "video_id": video_id,
@@ -230,6 +235,8 @@ class ShardWriter:
                 "shard": self.path.name,
                 "row": row,
                 "layers": self._layers_json,
+                SHARD_BYTES: digest.bytes,
+                SHARD_SHA256: digest.sha256,
             }
             for row, (video_id, clip, view) in enumerate(self._keys)
         ]
@@ -240,7 +247,7 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._tmp.unlink(missing_ok=True)
+        discard(self._tmp)
 
 
 def rows_per_job(

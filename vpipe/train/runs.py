@@ -23,8 +23,9 @@ from typing import Any
 
 import pandas as pd
 
+from vpipe.artifacts import atomic_write_text
 from vpipe.errors import ConfigError, StageError
-from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.pipeline.workspace import DatasetWorkspace
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"

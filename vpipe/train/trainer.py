@@ -32,12 +32,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from vpipe import __version__
+from vpipe.artifacts import atomic_path, atomic_write_text
 from vpipe.device import autocast, resolve_device
 from vpipe.errors import StageError
 from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, PrepareData
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.progress import progress
-from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.train import runs
 from vpipe.train.config import QUICK, QUICK_HEAD, TrainConfig
 from vpipe.train.data import DEFAULT_CACHE_BYTES, InputReader, Splits, features_record, loader, make_splits
@@ -147,9 +148,8 @@ def _loss_acc(scores: Scores) -> tuple[float, float]:
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, run_config: dict[str, Any], epoch: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"state_dict": model.state_dict(), "config": run_config, "epoch": epoch}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": run_config, "epoch": epoch}, tmp)
 
 
 def _run_config(

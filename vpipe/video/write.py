@@ -13,6 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from vpipe.artifacts import atomic_path
+
 #: codec name -> (PyAV encoder, encoder options). Both use two B-frames and a short GOP
 #: so that seeking has to deal with reordered frames.
 CODECS: dict[str, tuple[str, dict[str, str]]] = {
@@ -38,8 +40,6 @@ def write_video(
         raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
     encoder, options = CODECS[codec]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     frames = iter(frames)
     first = next(frames, None)
     if first is None:
@@ -47,7 +47,7 @@ def write_video(
     height, width = first.shape[:2]
     if height % 2 or width % 2:
         raise ValueError(f"frame size {width}x{height} must be even for yuv420p")
-    with av.open(str(tmp), "w") as container:
+    with atomic_path(path, keep_suffix=True) as tmp, av.open(str(tmp), "w") as container:
         stream = container.add_stream(encoder, rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.options = dict(options)
@@ -57,7 +57,6 @@ def write_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    tmp.replace(path)
     return path
 
 

@@ -1,0 +1,71 @@
+"""``vpipe verify``: check stored artifacts against their checksums, and mark damage stale."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vpipe.cli.options import Dataset, Json, Verbose, Workspace, dataset_workspace, emit_json, setup_logging, user_errors
+
+StageOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--stage",
+        help="Check only this kind of artifact (repeatable): flow, extract, encode or tables.",
+        show_default="all",
+    ),
+]
+Repair = Annotated[
+    bool,
+    typer.Option("--repair", help="Mark the work in damaged files stale, so the next `vpipe run` recomputes it."),
+]
+
+
+@user_errors
+def verify(
+    dataset: Dataset,
+    stage: StageOption = None,
+    repair: Repair = False,
+    workspace: Workspace = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check every shard, codebook, encoding and table against its recorded checksum.
+
+    Prints one line per damaged or missing file with the videos it holds; exits 1 if any.
+
+    Example: vpipe verify --dataset synthetic --repair
+    """
+    from vpipe.errors import ConfigError
+    from vpipe.stages.verify import KINDS, repair as repair_damage, verify as run_verify
+
+    setup_logging(verbose)
+    unknown = sorted(set(stage or ()) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"--stage {unknown[0]!r} is not one of {', '.join(KINDS)}")
+    ws = dataset_workspace(dataset, workspace)
+    report = run_verify(ws, tuple(stage or KINDS))
+    repaired = repair_damage(ws, report.problems) if repair and report.problems else None
+    if json_output:
+        emit_json(report.to_dict() | ({"repaired": repaired} if repaired is not None else {}))
+    else:
+        for problem in report.problems:
+            typer.echo(problem.line())
+        typer.echo(
+            f"verify: {report.files} files, {report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s, "
+            f"{len(report.problems)} damaged or missing"
+        )
+        if repaired is not None:
+            typer.echo(
+                f"repair: {repaired['videos']} videos and {repaired['files']} files marked stale; "
+                f"`vpipe run --dataset {dataset}` recomputes them"
+            )
+        elif report.problems:
+            typer.echo(f"run `vpipe verify --dataset {dataset} --repair` to mark them stale, then `vpipe run`")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
