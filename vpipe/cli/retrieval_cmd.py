@@ -185,6 +185,43 @@ def search(
         _print_hits(hits, clips)
 
 
+Output = Annotated[Path, typer.Option("--output", help="The Parquet file to write, e.g. ucf101-vlad.parquet.")]
+ExportClips = Annotated[bool, typer.Option("--clips", help="One row per clip (features: embeddings), with its time span.")]
+
+
+@user_errors
+def export(
+    dataset: Dataset,
+    embedding: Embedding,
+    output: Output,
+    clips: ExportClips = False,
+    device: Device = "auto",
+    workspace: Workspace = None,
+    json_output: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write an embedding of every usable video (or clip) to Parquet, for a vector database.
+
+    Columns: video_id, clip, label, label_name, split, path, start_s, end_s and vector
+    (unit-length float32, a fixed-size list); provenance in the schema metadata "vpipe".
+    Written a batch at a time: memory stays bounded at any gallery size.
+
+    Example: vpipe export --dataset ucf101 --embedding encodings:li3d-rgb-k128-vlad --output ucf101-vlad.parquet
+    """
+    from vpipe.retrieval.export import export_embedding
+
+    setup_logging(verbose)
+    summary = export_embedding(dataset_workspace(dataset, workspace), embedding, output, clips=clips, device=device)
+    if json_output:
+        emit_json(summary)
+        return
+    typer.echo(
+        f"{summary['rows']} {summary['level']} vectors x {summary['dim']} of {summary['embedding']} "
+        f"in {summary['seconds']:.1f} s -> {summary['path']}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command("index")(index)
     app.command("search")(search)
+    app.command("export")(export)

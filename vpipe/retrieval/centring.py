@@ -9,8 +9,11 @@ With ``whiten``, the centred vectors are also projected onto the gallery's princ
 axes and each axis divided by its standard deviation (PCA-whitening, the standard
 post-processing of NetVLAD-style retrieval vectors: Jégou & Chum, ECCV 2012), so that
 frequent, correlated directions no longer dominate the score. Only axes whose variance
-is above ``1e-6`` of the largest are kept (at most ``min(n - 1, D)``, and at most
-``max_dims``): dividing by the near-zero spread of the others would amplify noise.
+is above ``1e-6`` of the largest are kept, dividing by the near-zero spread of the others
+would amplify noise; and at most ``(n - 1) // 4`` of them (and ``max_dims``): with as many
+axes as the gallery spans, whitening maps the gallery onto a regular simplex, every pair
+scoring ``-1/(n - 1)`` (measured: 112 synthetic videos whitened on 111 axes all scored
+-0.009), so whitening needs far fewer axes than gallery videos.
 The axes come from an SVD of at most ``max_fit_rows`` gallery rows (drawn with a fixed
 seed), which bounds the cost for very wide encodings.
 
@@ -68,7 +71,7 @@ class Centring:
         _, singular, axes = np.linalg.svd(centred, full_matrices=False)
         variance = singular**2 / max(len(rows) - 1, 1)
         keep = variance > VARIANCE_FLOOR * (variance[0] if len(variance) else 0.0)
-        keep[max_dims:] = False
+        keep[min(max_dims, max(1, (len(x) - 1) // 4)) :] = False
         if not keep.any():
             return cls(mean.astype(np.float32))
         projection = axes[keep].T / np.sqrt(variance[keep])

@@ -21,7 +21,7 @@ import importlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -44,6 +44,8 @@ from vpipe.store import FeatureSet
 #: Bumped when the same sources would give different vectors.
 EMBEDDING_VERSION = 1
 KINDS = ("encodings", "features", "run")
+#: Rows per piece of :meth:`Embedding.batches`: 4096 × 32k-dim float32 VLADs = 512 MiB at most.
+BATCH_ROWS = 4096
 #: Columns of an index's id map, one row per indexed vector.
 ROW_COLUMNS = ["video_id", "clip", "split", "label", "label_name", "path", "start_s", "end_s"]
 _ENCODING_NAME = re.compile(r"^(?P<features>.+)-k(?P<clusters>\d+)-(?P<method>[a-z]+)$")
@@ -127,8 +129,17 @@ class Embedding(ABC):
         """Everything :meth:`embed_file` needs to embed a new video like the gallery."""
 
     @abstractmethod
+    def batches(
+        self, ws: DatasetWorkspace, *, clips: bool = False, size: int = BATCH_ROWS, device: str = "auto"
+    ) -> Iterator[Gallery]:
+        """The gallery in pieces of about ``size`` rows, in id-map order: memory bounded by ``size``."""
+
     def gallery(self, ws: DatasetWorkspace, *, clips: bool = False, device: str = "auto") -> Gallery:
         """Every usable video's unit vector (or every clip's, with ``clips``)."""
+        parts = list(self.batches(ws, clips=clips, device=device))
+        if not parts:
+            return Gallery(np.zeros((0, 0), np.float32), pd.DataFrame(columns=ROW_COLUMNS))
+        return Gallery(np.concatenate([p.vectors for p in parts]), pd.concat([p.rows for p in parts], ignore_index=True))
 
     @abstractmethod
     def vectors(self, ws: DatasetWorkspace, video_ids: Sequence[str], *, device: str = "auto") -> np.ndarray:
@@ -196,19 +207,29 @@ class EncodingEmbedding(Embedding):
         with ws.open_features(self.features) as features:
             return {"encoding": encoding, "features": _feature_provenance(ws, features)}
 
-    def gallery(self, ws: DatasetWorkspace, *, clips: bool = False, device: str = "auto") -> Gallery:
+    def batches(
+        self, ws: DatasetWorkspace, *, clips: bool = False, size: int = BATCH_ROWS, device: str = "auto"
+    ) -> Iterator[Gallery]:
         if clips:
             raise self._no_clips()
         reader, rows = self._read(ws)
         with reader:
-            return Gallery(self._rows(reader, np.arange(len(rows))), rows)
+            for start in range(0, len(rows), size):
+                stop = min(start + size, len(rows))
+                # blocks of one batch: a batch reads its own rows only, not a 64 MiB block around them
+                vectors = self._rows(reader, np.arange(start, stop), block_bytes=size * 4 * reader.shape[1])
+                yield Gallery(vectors, rows.iloc[start:stop].reset_index(drop=True))
 
     @staticmethod
-    def _rows(reader: EncodingReader, positions: np.ndarray) -> np.ndarray:
-        """Unit vectors of rows ``positions`` (in that order), read a block at a time."""
+    def _rows(reader: EncodingReader, positions: np.ndarray, block_bytes: int | None = None) -> np.ndarray:
+        """Unit vectors of rows ``positions`` (in that order), read a block at a time.
+
+        ``block_bytes`` bounds the rows read at once (the reader's default otherwise).
+        """
         order = np.argsort(positions, kind="stable")
         vectors = np.zeros((len(positions), reader.shape[1]), dtype=np.float32)
-        for found, block in reader.blocks(positions[order]):
+        blocks = reader.blocks(positions[order], **({"block_bytes": block_bytes} if block_bytes else {}))
+        for found, block in blocks:
             vectors[order[found]] = normalise(block)
         return vectors
 
@@ -267,12 +288,17 @@ class FeaturesEmbedding(Embedding):
         with self._open(ws) as features:
             return {"layer": self.layer, "features": _feature_provenance(ws, features)}
 
-    def gallery(self, ws: DatasetWorkspace, *, clips: bool = False, device: str = "auto") -> Gallery:
+    def batches(
+        self, ws: DatasetWorkspace, *, clips: bool = False, size: int = BATCH_ROWS, device: str = "auto"
+    ) -> Iterator[Gallery]:
         with self._open(ws) as features:
             videos = _manifest_rows(ws, [features.index])
             if not clips:
-                stacked = [video_vector(features.clips(v, view=0, layer=self.layer)) for v in videos["video_id"]]
-                return Gallery(normalise(np.stack(stacked)) if stacked else np.zeros((0, 0), np.float32), videos)
+                for start in range(0, len(videos), size):
+                    part = videos.iloc[start : start + size].reset_index(drop=True)
+                    stacked = [video_vector(features.clips(v, view=0, layer=self.layer)) for v in part["video_id"]]
+                    yield Gallery(normalise(np.stack(stacked)), part)
+                return
             spans = self._spans(ws, str(features.provenance.get("plan", "")))
             vectors, rows = [], []
             for video in videos.to_dict("records"):
@@ -280,8 +306,11 @@ class FeaturesEmbedding(Embedding):
                     start, end = spans.get((video["video_id"], clip), (np.nan, np.nan))
                     rows.append({**video, "clip": clip, "start_s": start, "end_s": end})
                     vectors.append(pooled(row))
-        return Gallery(normalise(np.stack(vectors)) if vectors else np.zeros((0, 0), np.float32),
-                       pd.DataFrame(rows, columns=ROW_COLUMNS))
+                if len(rows) >= size:
+                    yield Gallery(normalise(np.stack(vectors)), pd.DataFrame(rows, columns=ROW_COLUMNS))
+                    vectors, rows = [], []
+            if rows:
+                yield Gallery(normalise(np.stack(vectors)), pd.DataFrame(rows, columns=ROW_COLUMNS))
 
     def _spans(self, ws: DatasetWorkspace, plan: str) -> dict[tuple[str, int], tuple[float, float]]:
         """(video, clip) -> (first frame, last frame + 1) in seconds, from the plan's view 0."""
@@ -363,11 +392,15 @@ class RunEmbedding(Embedding):
                 sets[name] = _feature_provenance(ws, features)
         return {"inputs": self._config(ws)["inputs"], "features": sets}
 
-    def gallery(self, ws: DatasetWorkspace, *, clips: bool = False, device: str = "auto") -> Gallery:
+    def batches(
+        self, ws: DatasetWorkspace, *, clips: bool = False, size: int = BATCH_ROWS, device: str = "auto"
+    ) -> Iterator[Gallery]:
         if clips:
             raise self._no_clips()
         rows, _ = self._rows(ws)
-        return Gallery(self._embed(ws, rows["video_id"].tolist(), device), rows)
+        for start in range(0, len(rows), size):
+            part = rows.iloc[start : start + size].reset_index(drop=True)
+            yield Gallery(self._embed(ws, part["video_id"].tolist(), device), part)
 
     def _embed(self, ws: DatasetWorkspace, video_ids: list[str], device: str) -> np.ndarray:
         return normalise(self._api().embed_videos(ws, self.name, video_ids, device=device))

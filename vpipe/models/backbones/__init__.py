@@ -1,6 +1,6 @@
 """Feature backbones: one family per module, all reachable through the registry."""
 
-from vpipe.models.backbones import hoghofmbh, inception3d, resnet2d, resnet3d, vgg
+from vpipe.models.backbones import hoghofmbh, inception3d, resnet2d, resnet3d, vgg, videomae
 from vpipe.models.backbones.registry import (
     Backbone,
     BackboneSpec,
@@ -20,4 +20,5 @@ __all__ = [
     "resnet2d",
     "resnet3d",
     "vgg",
+    "videomae",
 ]

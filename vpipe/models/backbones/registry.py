@@ -39,6 +39,8 @@ class BackboneSpec:
     covers: T for clip backbones, 1 for an rgb frame and L for a stack of L flow fields.
     ``head_keys`` are checkpoint key prefixes of classifier layers the backbone leaves out
     (their shape depends on the class count); loading drops them even when strict.
+    ``licence`` names the published checkpoints' licence where it restricts use
+    (empty when it does not).
     """
 
     name: str
@@ -56,6 +58,7 @@ class BackboneSpec:
     head_keys: tuple[str, ...] = ()
     checkpoint_filter: CheckpointFilter | None = None
     num_params: int = 0
+    licence: str = ""
 
     @property
     def default_input_shape(self) -> tuple[int, ...]:

@@ -1,0 +1,90 @@
+"""Vision-transformer building blocks shared by the transformer backbones.
+
+One pre-norm block (LayerNorm → multi-head self-attention → residual, LayerNorm → GELU
+MLP → residual), named as the official VideoMAE / timm checkpoints name it
+(``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``) so those
+load without renaming; other layouts are converted to these names by the backbone's
+checkpoint filter. Attention runs through
+:func:`torch.nn.functional.scaled_dot_product_attention`, which picks the fused kernel of
+the device instead of materialising the N × N score matrix in Python.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection.
+
+    ``split_bias`` keeps VideoMAE's ``q_bias``/``v_bias`` parameters (the key projection
+    has no bias there); otherwise the qkv linear carries a full bias, as in timm's ViT.
+    """
+
+    def __init__(self, dim: int, heads: int, *, split_bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=not split_bias)
+        if split_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, dim = x.shape
+        bias = self.qkv.bias
+        if self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(batch, tokens, 3, self.heads, dim // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Mlp(nn.Module):
+    """fc1 → exact GELU → fc2, the ViT feed-forward layer."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``eps`` is the LayerNorm epsilon of the family."""
+
+    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, eps: float = 1e-6, split_bias: bool = False) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads, split_bias=split_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def sinusoid_table(positions: int, dim: int) -> Tensor:
+    """The fixed 1-D sine/cosine position table of "Attention is all you need" (positions, dim).
+
+    Column ``j`` uses frequency ``10000 ** (-2 * (j // 2) / dim)``; even columns take the
+    sine and odd ones the cosine, as VideoMAE's ``get_sinusoid_encoding_table`` does.
+    Computed in float64 and cast, so it equals the reference tables to float32 rounding.
+    """
+    position = torch.arange(positions, dtype=torch.float64)[:, None]
+    exponent = 2 * (torch.arange(dim) // 2).to(torch.float64) / dim
+    angles = position / torch.pow(torch.tensor(10000.0, dtype=torch.float64), exponent)
+    table = torch.empty(positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angles[:, 0::2])
+    table[:, 1::2] = torch.cos(angles[:, 1::2])
+    return table.to(torch.float32)
+
