@@ -38,12 +38,16 @@ def _imported_by(args: list[str]) -> tuple[int, list[str], str]:
     return code, heavy, done.stdout
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["--help"], ["status", "--help"], ["run", "--help"], ["train", "--help"], ["extract", "--help"],
-     ["encode", "--help"], ["search", "--help"], ["flow", "--help"]],
-    ids=lambda a: " ".join(a),
-)  # fmt: skip
+def _every_help() -> list[list[str]]:
+    """``--help`` and each registered command's ``--help``: a command added later is guarded too."""
+    import typer.main
+
+    from vpipe.cli.app import app
+
+    return [["--help"], *([name, "--help"] for name in sorted(typer.main.get_command(app).commands))]
+
+
+@pytest.mark.parametrize("args", _every_help(), ids=lambda a: " ".join(a))
 def test_help_imports_no_heavy_library(args):
     code, heavy, out = _imported_by(args)
     assert code == 0
