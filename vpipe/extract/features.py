@@ -48,6 +48,39 @@ class ExtractConfig:
     weights_sha256: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
+    @classmethod
+    def from_provenance(
+        cls,
+        provenance: dict[str, Any],
+        out_dir: str,
+        *,
+        weights: str | None,
+        inputs: tuple[str, ...],
+        device: str = "auto",
+        flow_dir: str | None = None,
+    ) -> ExtractConfig:
+        """The configuration a feature set was extracted with, from its recorded provenance.
+
+        The backbone gets its *resolved* options (the defaults at extraction time merged
+        with the user's), so a later change of a default does not change the model;
+        provenance from before resolved options were recorded falls back to the typed ones.
+        ``weights`` and ``inputs`` are passed in because resolving them checks files and
+        the registry, which the caller does with its own messages.
+        """
+        options = provenance.get("resolved_options") or provenance.get("options") or {}
+        recorded = {key: provenance[key] for key in ("decoder", "weights_sha256") if key in provenance}
+        return cls(
+            backbone=str(provenance["backbone"]),
+            stream=str(provenance["stream"]),
+            out_dir=str(out_dir),
+            weights=weights,
+            options=tuple(sorted(dict(options).items())),
+            device=device,
+            flow_dir=flow_dir,
+            inputs=inputs,
+            **recorded,
+        )
+
 
 @functools.lru_cache(maxsize=2)
 def load_model(

@@ -44,6 +44,16 @@ class FlowConfig:
     tvl1_params: tuple[tuple[str, Any], ...] = ()
     provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
+    @classmethod
+    def from_provenance(cls, provenance: dict[str, Any], out_dir: str, device: str = "auto") -> FlowConfig:
+        """The configuration a flow cache was computed with, from its recorded provenance.
+
+        Keys the provenance lacks keep this class's defaults: defaults live here only.
+        """
+        recorded = {key: provenance[key] for key in ("stack", "encoding", "bound", "decoder") if key in provenance}
+        params = tuple(sorted(dict(provenance.get("tvl1_params") or {}).items()))
+        return cls(out_dir=str(out_dir), device=device, tvl1_params=params, **recorded)
+
 
 def clip_pairs(spec: ClipSpec, num_frames: int, stack: int) -> np.ndarray:
     """(T, 2) or (T, L, 2) frame pairs whose flows make the clip's flow row."""

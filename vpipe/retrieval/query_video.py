@@ -88,38 +88,22 @@ def flow_config(flow: dict[str, Any], out_dir: Path, device: str) -> FlowConfig:
     """The flow stage's configuration as recorded in the flow cache's provenance."""
     from vpipe.flow.compute import FlowConfig
 
-    return FlowConfig(
-        out_dir=str(out_dir),
-        stack=int(flow.get("stack", 0)),
-        encoding=str(flow.get("encoding", "uint8")),
-        bound=float(flow.get("bound", 20.0)),
-        device=device,
-        decoder=str(flow.get("decoder", "auto")),
-        tvl1_params=tuple(sorted(dict(flow.get("tvl1_params") or {}).items())),
-    )
+    return FlowConfig.from_provenance(flow, str(out_dir), device)
 
 
 def extract_config(provenance: dict[str, Any], out_dir: Path, device: str, flow_dir: Path | None) -> ExtractConfig:
-    """The extract stage's configuration as recorded in a feature set's provenance.
-
-    The backbone gets its *resolved* options (defaults at extraction time merged with
-    the user's), so a later change of a default does not change the query's model.
-    """
+    """The extract stage's configuration as recorded in a feature set's provenance
+    (:meth:`ExtractConfig.from_provenance`), after checking the backbone and weights."""
     from vpipe.extract.features import ExtractConfig
 
     check_backbone_version(provenance)
-    options = provenance.get("resolved_options") or provenance.get("options") or {}
-    return ExtractConfig(
-        backbone=str(provenance["backbone"]),
-        stream=str(provenance["stream"]),
-        out_dir=str(out_dir),
+    return ExtractConfig.from_provenance(
+        provenance,
+        str(out_dir),
         weights=check_weights(provenance),
-        options=tuple(sorted(dict(options).items())),
-        device=device,
-        decoder=str(provenance.get("decoder", "auto")),
-        flow_dir=str(flow_dir) if flow_dir else None,
         inputs=inputs_of(provenance),
-        weights_sha256=str(provenance.get("weights_sha256", "random")),
+        device=device,
+        flow_dir=str(flow_dir) if flow_dir else None,
     )
 
 
