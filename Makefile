@@ -31,6 +31,7 @@ test-portability: setup-test
 bench: setup-test
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/flow.py
+	$(BIN)/python bench/flow_shrink.py
 
 clean:
 	rm -rf $(VENV) workspace/synthetic

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,58 @@ def test_markdown_table_formats_like_the_papers():
     assert lines[1].startswith("|---|---|---|---|---:|")
     assert lines[2] == "| r | bilstm-softagg | li3d-rgb + li3d-flow (late) | clusters=128 | 0.900 | 0.910 | 0.900 | 0.990 | 8.16M | 1.62 |"
     assert [human_count(n) for n in (999, 1_500, 12_280_000)] == ["999", "1.5K", "12.28M"]
+
+
+def _page(path: Path) -> dict[str, list]:
+    from html.parser import HTMLParser
+
+    found: dict[str, list] = {"img": [], "links": [], "rows": [], "script": []}
+
+    class Page(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img":
+                found["img"].append(attrs.get("src", ""))
+            if tag in ("link", "a", "script", "iframe") or "href" in attrs:
+                found["links"].append((tag, attrs))
+            if tag == "tr":
+                found["rows"].append(tag)
+
+    Page().feed(path.read_text())
+    return found
+
+
+def test_html_report_is_one_self_contained_page(ws):
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+
+    result = build_report(ws, device="cpu")
+    path = Path(result["html"])
+    assert path == ws.dir / "report.html"
+    page = _page(path)
+    assert page["links"] == []  # no scripts, style sheets, fonts or links to fetch
+    assert len(page["img"]) == 3 * len(RUNS)
+    for src in page["img"]:
+        assert src.startswith("data:image/png;base64,")
+        image = mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
+        assert image.shape[0] > 100 and image.std() > 0
+    assert len(page["rows"]) == 1 + len(RUNS)
+    text = path.read_text()
+    assert all(run_id in text for run_id in RUNS) and "<!DOCTYPE html>" in text and "@media print" in text
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(name) for name in ("chromium", "chromium-browser")), reason="no Chromium installed"
+)
+def test_html_report_renders_in_a_headless_browser(ws, tmp_path):
+    import matplotlib.image as mpimg
+
+    browser = next(shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n))
+    page = Path(build_report(ws, tsne=False)["html"])
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1280,1600", page.as_uri()], check=True, capture_output=True, timeout=120)  # fmt: skip
+    image = mpimg.imread(shot)
+    assert image.std() > 0.01  # not blank

@@ -77,6 +77,23 @@ def test_batch_equals_pairs_alone() -> None:
         torch.testing.assert_close(batch[i], alone, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("sync_every", [1, 3])
+def test_shrinking_batch_equals_masked_batch(sync_every: int) -> None:
+    """Pairs converging at different iterations leave the batch; flow stays bit-identical.
+
+    A still pair converges at once, a small and a large motion later, so the batch
+    shrinks several times within warps (and, with ``sync_every=3``, is masked
+    between checks as on CUDA).
+    """
+    pairs = [_pair(48, 56, amp, seed) for amp, seed in [(3.0, 6), (0.0, 5), (9.0, 7), (1.0, 8)]]
+    prev = torch.from_numpy(np.stack([p[0] for p in pairs]))
+    nxt = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    shrunk = tvl1(prev, nxt, sync_every=sync_every)
+    masked = tvl1(prev, nxt, sync_every=sync_every, shrink=False)
+    assert torch.equal(shrunk, masked)
+    assert shrunk[2].abs().max() > 1.0
+
+
 def test_shapes_dtypes_and_numpy_input() -> None:
     prev, nxt, _ = _pair(48, 56, 2.0, 8)
     single = tvl1(torch.from_numpy(prev), torch.from_numpy(nxt))

@@ -19,11 +19,13 @@ operations (``tvl1flow.cpp``, CPU path) instead of a textbook TV-L1:
 * flow is bilinearly upsampled to the next level and multiplied by ``1/scale_step``.
 
 Everything runs on the whole batch at once. Each pair keeps its own stopping state:
-a pair that has converged in a warp is frozen by masking (it does not take more
-iterations, including median filters) while the others continue, so a batch gives
-the same flow as its pairs run one by one. On CUDA the "has every pair converged"
-test, which needs a host sync, is only made every ``sync_every`` iterations; frozen
-pairs stay frozen, so this changes speed, never results.
+a pair that has converged in a warp stops (it takes no more iterations, including
+median filters) while the others continue, so a batch gives the same flow as its
+pairs run one by one. Converged pairs leave the working batch at each convergence
+check, so a batch of 256 does not pay 256 pairs' work for its slowest pair; between
+checks they are frozen by masking. On CUDA the check, which needs a host sync, is
+only made every ``sync_every`` iterations; frozen pairs stay frozen, so this changes
+speed, never results.
 
 Deviation: in the thresholding step, pixels whose warped gradient is nearly zero
 (``|grad I1|^2 <= FLT_EPSILON``) get no data-term update, while OpenCV may move them
@@ -62,6 +64,7 @@ def tvl1(
     median_filtering: int = 5,
     channel_order: str = "rgb",
     sync_every: int | None = None,
+    shrink: bool = True,
 ) -> torch.Tensor:
     """Dense TV-L1 flow from ``prev`` to ``next`` with OpenCV's defaults.
 
@@ -79,6 +82,8 @@ def tvl1(
             colour frames are turned to grey with OpenCV's own ``*2GRAY`` formula.
         sync_every: iterations between checks whether the whole batch converged.
             Default 1 on CPU (the check is free) and 10 on other devices.
+        shrink: drop converged pairs from the batch at each check (default), or
+            keep them masked (the reference the benchmark compares against).
 
     Returns:
         float32 flow on the input's device, shape (N, 2, H, W), or (2, H, W) for
@@ -114,6 +119,7 @@ def tvl1(
         outer=outer_iterations,
         median=median_filtering if median_filtering > 1 else 0,
         sync_every=max(1, sync_every),
+        shrink=shrink,
     )
     flow = solver.pyramid(i0, i1, nscales, scale_step)
     return flow if batched else flow[0]
@@ -171,6 +177,7 @@ class _Solver:
         outer: int,
         median: int,
         sync_every: int,
+        shrink: bool,
     ) -> None:
         self.l_t = l_t
         self.theta = theta
@@ -181,6 +188,7 @@ class _Solver:
         self.outer = outer
         self.median = median
         self.sync_every = sync_every
+        self.shrink = shrink
 
     def pyramid(self, i0: torch.Tensor, i1: torch.Tensor, nscales: int, step: float) -> torch.Tensor:
         """Coarse-to-fine solve; images (N, H, W) float32, flow (N, 2, H, W)."""
@@ -206,14 +214,21 @@ class _Solver:
 
         The loop body works in place on buffers allocated once per level: fresh
         tensors of image size cost more than the arithmetic on CPU.
+
+        Each warp starts with the whole batch. With ``shrink`` on, the pairs that
+        converged are dropped from the working tensors at each convergence check
+        (their flow and dual field written back first), so the iterations left
+        cost in proportion to the pairs still moving instead of the batch size.
+        Between checks, and with ``shrink`` off, converged pairs are masked.
+        Every operation is per pair, so both ways give bit-identical flow.
         """
         n, h, w = i0.shape
         threshold = self.epsilon * self.epsilon * h * w
         i1_stack = torch.cat([i1[:, None], _centered_gradient(i1)], dim=1)
         base = _pixel_grid(h, w, u.device)
-        buffers = _Buffers(n, h, w, u.device)
+        full = _Buffers(n, h, w, u.device)
         median = _Median(u.shape, u.device) if self.median else None
-        p = buffers.p.zero_()
+        p_all = full.p.zero_()
         count = 0
         for _ in range(self.warps):
             warped = _warp_bicubic(i1_stack, u, base)
@@ -221,18 +236,21 @@ class _Solver:
             grad = (i1w_grad * i1w_grad).sum(dim=1)
             rho_c = i1w - (i1w_grad * u).sum(dim=1) - i0
             inv_grad = torch.where(grad > _FLT_EPSILON, 1.0 / grad, torch.zeros_like(grad))
+            work = _Working(u, p_all, i1w_grad, rho_c, inv_grad, full)
             active = torch.ones(n, dtype=torch.bool, device=u.device)
             mask = None
             done = False
             for _ in range(self.outer):
                 if median is not None:
-                    filtered = median(u, self.median)
+                    filtered = median(work.u, self.median)
                     if mask is None:
-                        u.copy_(filtered)
+                        work.u.copy_(filtered)
                     else:
-                        torch.where(active.view(n, 1, 1, 1), filtered, u, out=u)
+                        torch.where(active.view(-1, 1, 1, 1), filtered, work.u, out=work.u)
                 for _ in range(self.inner):
-                    error = self.iterate(u, p, i1w_grad, rho_c, inv_grad, buffers, mask)
+                    error = self.iterate(
+                        work.u, work.p, work.i1w_grad, work.rho_c, work.inv_grad, work.buffers, mask
+                    )
                     torch.logical_and(active, error > threshold, out=active)
                     count += 1
                     if count % self.sync_every == 0:
@@ -240,11 +258,19 @@ class _Solver:
                         if remaining == 0:
                             done = True
                             break
-                        mask = None if remaining == n else active.to(u.dtype).view(n, 1, 1, 1)
+                        if remaining == active.shape[0]:
+                            mask = None
+                        elif self.shrink:
+                            work = work.keep(active, u, p_all)
+                            active = torch.ones(remaining, dtype=torch.bool, device=u.device)
+                            mask = None
+                        else:
+                            mask = active.to(u.dtype).view(-1, 1, 1, 1)
                     else:
-                        mask = active.to(u.dtype).view(n, 1, 1, 1)
+                        mask = active.to(u.dtype).view(-1, 1, 1, 1)
                 if done:
                     break
+            work.write_back(u, p_all)
         return u
 
     def iterate(
@@ -309,6 +335,62 @@ class _Buffers:
         self.delta = empty(n, 2, h, w)
         self.norm = empty(n, 2, h, w)
 
+    def head(self, m: int) -> _Buffers:
+        """The first ``m`` pairs' scratch space, as views (no allocation).
+
+        Views of the first rows stay contiguous, and ``g``'s zero borders hold in
+        them because only interiors are ever written.
+        """
+        part = object.__new__(_Buffers)
+        for name in ("p", "g", "pair", "rho", "div", "delta", "norm"):
+            setattr(part, name, getattr(self, name)[:m])
+        return part
+
+
+class _Working:
+    """The pairs of one warp still iterating, and where they sit in the batch.
+
+    Starts as the whole batch (the tensors themselves, no copy); :meth:`keep`
+    writes the current flow and dual field back into the batch tensors and keeps
+    copies of the still-active rows only.
+    """
+
+    def __init__(
+        self,
+        u: torch.Tensor,
+        p: torch.Tensor,
+        i1w_grad: torch.Tensor,
+        rho_c: torch.Tensor,
+        inv_grad: torch.Tensor,
+        buffers: _Buffers,
+        rows: torch.Tensor | None = None,
+    ) -> None:
+        self.u, self.p = u, p
+        self.i1w_grad, self.rho_c, self.inv_grad = i1w_grad, rho_c, inv_grad
+        self.buffers = buffers
+        self.rows = rows
+
+    def write_back(self, u: torch.Tensor, p: torch.Tensor) -> None:
+        """Copy this subset's flow and dual field into the batch tensors."""
+        if self.rows is not None:
+            u[self.rows] = self.u
+            p[self.rows] = self.p
+
+    def keep(self, active: torch.Tensor, u: torch.Tensor, p: torch.Tensor) -> _Working:
+        """The subset of rows where ``active`` holds, after writing all rows back."""
+        self.write_back(u, p)
+        local = active.nonzero().squeeze(1)
+        rows = local if self.rows is None else self.rows[local]
+        return _Working(
+            self.u[local],
+            self.p[local],
+            self.i1w_grad[local],
+            self.rho_c[local],
+            self.inv_grad[local],
+            self.buffers.head(len(local)),
+            rows,
+        )
+
 
 def _centered_gradient(img: torch.Tensor) -> torch.Tensor:
     """(N, 2, H, W) half central differences; at borders the one-sided half difference.
@@ -355,7 +437,8 @@ class _Median:
     through Batcher's odd-even merge sort, pruned to the comparators that decide the
     middle rank. That is ~200 min/max passes for 5x5, all vectorised over the batch
     and several times faster than sorting unfolded windows. Buffers are reused
-    between calls because the filter runs once per outer iteration.
+    between calls because the filter runs once per outer iteration; a batch that
+    shrank uses their first rows.
     """
 
     def __init__(self, shape: torch.Size, device: torch.device) -> None:
@@ -369,20 +452,21 @@ class _Median:
         padded = F.pad(u, (r, r, r, r), mode="replicate")
         slots = [padded[..., dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)]
         owned = [False] * len(slots)
-        free = list(self.pool)
+        n = u.shape[0]
+        free = [buffer[:n] for buffer in self.pool]
         network, middle = _selection_network(k * k)
         for op, a, b in network:
             if op == "min":
-                out = slots[a] if owned[a] else self._take(free)
+                out = slots[a] if owned[a] else self._take(free, n)
                 slots[a] = torch.minimum(slots[a], slots[b], out=out)
                 owned[a] = True
             elif op == "max":
-                out = slots[b] if owned[b] else self._take(free)
+                out = slots[b] if owned[b] else self._take(free, n)
                 slots[b] = torch.maximum(slots[a], slots[b], out=out)
                 owned[b] = True
             else:
-                low = torch.minimum(slots[a], slots[b], out=self._take(free))
-                out = slots[b] if owned[b] else self._take(free)
+                low = torch.minimum(slots[a], slots[b], out=self._take(free, n))
+                out = slots[b] if owned[b] else self._take(free, n)
                 slots[b] = torch.maximum(slots[a], slots[b], out=out)
                 if owned[a]:
                     free.append(slots[a])
@@ -390,12 +474,12 @@ class _Median:
                 owned[a] = owned[b] = True
         return slots[middle]
 
-    def _take(self, free: list[torch.Tensor]) -> torch.Tensor:
+    def _take(self, free: list[torch.Tensor], n: int) -> torch.Tensor:
         if free:
             return free.pop()
         buffer = torch.empty(self.shape, device=self.device)
         self.pool.append(buffer)
-        return buffer
+        return buffer[:n]
 
 
 @functools.cache

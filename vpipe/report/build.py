@@ -16,6 +16,7 @@ import numpy as np
 
 from vpipe.errors import StageError
 from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.report.html import write_html
 from vpipe.report.plots import plot_confusion, plot_history, plot_tsne
 from vpipe.report.tables import markdown_table, run_row
 from vpipe.train import runs
@@ -93,7 +94,7 @@ def _markdown(ws: DatasetWorkspace, table: str, plots: dict[str, list[Path]]) ->
 def build_report(
     ws: DatasetWorkspace, run_ids: list[str] | None = None, *, tsne: bool = True, device: str = "auto"
 ) -> dict[str, Any]:
-    """Plot ``run_ids`` (default: every completed run) and write ``report.md``.
+    """Plot ``run_ids`` (default: every completed run) and write ``report.md`` and ``report.html``.
 
     Returns the table rows, the figure paths per run, the report's path and its text.
     """
@@ -110,8 +111,10 @@ def build_report(
     text = _markdown(ws, table, plots)
     path = ws.report_path
     atomic_write_text(path, text)
+    page = write_html(ws, rows, plots)
     return {
         "report": str(path),
+        "html": str(page),
         "table": table,
         "runs": rows,
         "plots": {run_id: [str(p) for p in paths] for run_id, paths in plots.items()},

@@ -1,0 +1,92 @@
+"""``report.html``: the report as one self-contained page, beside ``report.md``.
+
+Everything the page shows is inside the file: figures are PNG data URIs, the style sheet
+is inline, and there are no scripts, fonts or links to fetch, so it opens offline, can be
+mailed as one attachment and prints as it looks (figures never split across pages, the
+table's header repeats on each printed page). The page holds the results table of every
+reported run, each index's retrieval figures (``index/*-evaluation.json``), and each
+run's figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.report.tables import COLUMNS, _cell
+
+_STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem auto; max-width: 72rem;
+       padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-variant-numeric: tabular-nums; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; }
+thead { display: table-header-group; }
+.scroll { overflow-x: auto; }
+figure { margin: 0.5rem 0 1rem; break-inside: avoid; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+h2 { break-after: avoid; margin-top: 2rem; }
+@media print { body { max-width: none; font-size: 11pt; } .scroll { overflow: visible; } }
+"""
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _results_table(rows: Sequence[dict[str, Any]]) -> str:
+    numeric = {key for key, _ in COLUMNS if any(isinstance(row[key], (int, float)) for row in rows)}
+    head = "".join(f'<th class="{"num" if k in numeric else ""}">{html.escape(t)}</th>' for k, t in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"num" if k in numeric else ""}">{html.escape(_cell(k, row[k]))}</td>'
+                         for k, _ in COLUMNS) + "</tr>"
+        for row in rows
+    )  # fmt: skip
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _retrieval_table(ws: DatasetWorkspace) -> str:
+    evaluations = [json.loads(p.read_text()) for p in sorted(ws.index_dir.glob("*-evaluation.json"))]
+    if not evaluations:
+        return ""
+    keys = [k for k in ("R@1", "R@5", "R@10", "mAP") if any(k in e for e in evaluations)]
+    head = "<th>index</th><th>embedding</th><th class=num>queries</th>" + "".join(f"<th class=num>{k}</th>" for k in keys)
+    body = "".join(
+        f"<tr><td>{html.escape(str(e.get('index')))}</td><td>{html.escape(str(e.get('embedding')))}</td>"
+        f"<td class=num>{e.get('queries')}</td>"
+        + "".join(f"<td class=num>{e[k]:.3f}</td>" if isinstance(e.get(k), float) else "<td></td>" for k in keys)
+        + "</tr>"
+        for e in evaluations
+    )
+    return ("<h2>Retrieval</h2><p>Test videos query the train videos; Recall@K and mAP by label.</p>"
+            f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')  # fmt: skip
+
+
+def write_html(ws: DatasetWorkspace, rows: Sequence[dict[str, Any]], plots: dict[str, list[Path]]) -> Path:
+    """Write ``report.html`` next to ``report.md``; return its path."""
+    title = html.escape(f"{ws.dataset}: trained heads")
+    parts = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<style>{_STYLE}</style></head><body><h1>{title}</h1>",
+        "<p>Test-split metrics of each run (macro precision and recall over classes; parameters of the head; "
+        "model time per test video, cached features given).</p>",
+        _results_table(rows),
+        _retrieval_table(ws),
+    ]
+    for run_id, paths in plots.items():
+        parts.append(f"<h2>{html.escape(run_id)}</h2>")
+        parts += [
+            f'<figure><img src="{data_uri(p)}" alt="{html.escape(p.stem)} of {html.escape(run_id)}">'
+            f"<figcaption>{html.escape(p.stem)}</figcaption></figure>"
+            for p in paths
+        ]
+    parts.append("</body></html>\n")
+    path = ws.report_path.with_suffix(".html")
+    atomic_write_text(path, "\n".join(parts))
+    return path
