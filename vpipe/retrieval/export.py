@@ -17,7 +17,6 @@ file is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vpipe import __version__
+from vpipe.artifacts import atomic_path
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.retrieval.embeddings import BATCH_ROWS, Gallery, parse_embedding
@@ -96,25 +96,20 @@ def export_embedding(
         "dataset": ws.dataset,
         "vpipe_version": __version__,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
     started, count, writer, dim = time.perf_counter(), 0, None, 0
-    try:
-        for part in source.batches(ws, clips=clips, size=batch_rows, device=device):
-            if writer is None:
-                dim = part.vectors.shape[1]
-                writer = pq.ParquetWriter(tmp, export_schema(dim, metadata))
-            writer.write_table(_table(part, writer.schema), row_group_size=len(part.rows))
-            count += len(part.rows)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    if writer is None:
-        raise StageError(f"{source.text} of dataset {ws.dataset!r} has no usable videos to export")
-    writer.close()
-    os.replace(tmp, output)
+    with atomic_path(output) as tmp:
+        try:
+            for part in source.batches(ws, clips=clips, size=batch_rows, device=device):
+                if writer is None:
+                    dim = part.vectors.shape[1]
+                    writer = pq.ParquetWriter(tmp, export_schema(dim, metadata))
+                writer.write_table(_table(part, writer.schema), row_group_size=len(part.rows))
+                count += len(part.rows)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise StageError(f"{source.text} of dataset {ws.dataset!r} has no usable videos to export")
     seconds = time.perf_counter() - started
     return {"path": str(output), "rows": count, "dim": int(dim), "embedding": source.text,
             "level": metadata["level"], "seconds": round(seconds, 3)}  # fmt: skip
