@@ -371,3 +371,57 @@ def test_a_damaged_retrieval_index_is_named_and_rebuilt_identically(tmp_path: Pa
     assert build_index(ws, "encodings:toy-k1-vlad")["written"]
     assert {path: path.read_bytes() for path in originals} == originals
     assert verify(ws).ok
+
+
+#: Each kind of artifact write, run in a child process that is SIGKILLed once the data is
+#: written but before the rename that publishes it: the worst moment to die.
+KILLED_WRITES = {
+    "table": """
+from vpipe.pipeline.tables import write_table
+write_table(pd.DataFrame({"x": range(1000)}), target, fingerprint="f")
+""",
+    "shard": """
+from vpipe.store import ShardWriter
+with ShardWriter(target, attrs={}) as writer:
+    writer.add("v", 0, 0, {"pool": np.ones(64, np.float32)})
+""",
+    "codebook": """
+from vpipe.encode.codebook_io import Codebook, save_codebook
+c = np.ones((4, 8), np.float32)
+save_codebook(target, Codebook(c, np.full(4, 0.25), c, c, {"fingerprint": "f"}))
+""",
+    "checkpoint": """
+import torch
+from vpipe.train.trainer import _save_checkpoint
+_save_checkpoint(target, torch.nn.Linear(4, 2), {}, 1)
+""",
+}
+KILL_BEFORE_RENAME = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+import pandas as pd
+target = Path(sys.argv[1])
+rename = os.replace
+def replace(src, dst, *args, **kwargs):
+    if Path(dst) == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(src, dst, *args, **kwargs)
+os.replace = replace
+"""
+
+
+@pytest.mark.parametrize("kind", sorted(KILLED_WRITES))
+def test_sigkill_during_a_write_leaves_the_old_file_or_none(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / {"table": "t.parquet", "shard": "shard-0.h5", "codebook": "c.h5", "checkpoint": "c.pt"}[kind]
+    script = KILL_BEFORE_RENAME + KILLED_WRITES[kind]
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert not target.exists() and not any(p.name == target.name for p in tmp_path.iterdir())
+    target.write_bytes(b"previous version")
+    subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, timeout=120)
+    assert target.read_bytes() == b"previous version", "a killed rewrite leaves the previous file intact"
+    finished = script.replace("os.replace = replace\n", "")
+    subprocess.run([sys.executable, "-c", finished, str(target)], check=True, capture_output=True, timeout=120)
+    assert target.read_bytes() != b"previous version"
+    assert not list(tmp_path.glob(".*.tmp*")), "a finished rewrite replaces the killed writer's leftover"
