@@ -145,6 +145,19 @@ def test_reuse_returns_the_finished_identical_run(ws):
     assert not changed.reused and changed.run_id == f"{first.run_id}-2"
 
 
+def test_a_bumped_head_version_makes_finished_runs_stale(ws, monkeypatch):
+    """A changed head default or equation is a version bump: old runs are not reused as current."""
+    config = cfg(max_epochs=1)
+    first = train(ws, config, reuse=True)
+    assert first.run_id == config.default_run_id()
+    monkeypatch.setattr(config.head_cls, "version", 2)
+    bumped = train(ws, config, reuse=True)
+    assert not bumped.reused and bumped.run_id == f"{first.run_id}-2"
+    assert train(ws, config, reuse=True).reused, "the new version's run is reused in turn"
+    monkeypatch.undo()
+    assert train(ws, config, reuse=True).run_id == first.run_id, "version 1 keeps the fingerprint it always had"
+
+
 def test_pipeline_entry_trains_once_then_reuses(ws):
     assert existing_run(ws, pipeline_config(FEATURES, max_epochs=2)) is None
     first = train_for_pipeline(ws, FEATURES, max_epochs=2)

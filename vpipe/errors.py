@@ -23,6 +23,10 @@ class DecodeError(VpipeError):
     """A video that cannot be opened or decoded (missing, empty, truncated, not a video)."""
 
 
+class DecodeTimeoutError(DecodeError):
+    """A decode that ran past its time limit: a hang becomes this, not a stuck job."""
+
+
 class WeightsError(VpipeError):
     """A weights file that is missing, unreadable or does not match the model."""
 

@@ -111,7 +111,7 @@ def heads(json_output: Json = False) -> None:
     for row in rows:
         size = "?" if row.parameters is None else f"{row.parameters / 1e6:.2f}M"
         shapes = ", ".join(f"{role} {tuple(shape)}" for role, shape in row.example_shapes.items())
-        typer.echo(f"{row.name}  ({size} parameters at {shapes or 'no example input'})")
+        typer.echo(f"{row.name} v{row.version}  ({size} parameters at {shapes or 'no example input'})")
         typer.echo(f"  {row.summary}")
         for spec in row.inputs:
             typer.echo(f"  input {spec['role']}: layer {spec['layer']} of {' + '.join(spec['features'])} ({spec['layout']})")

@@ -9,7 +9,12 @@ Layout: ``root`` is the CSV file itself, or a directory holding ``videos.csv``::
 The header names ``path`` and ``label`` and optionally ``split``, in any order; any
 other column is an error, so that a misspelt ``split`` column is not silently
 replaced by the default split. Relative paths are resolved against the CSV's own
-directory, absolute paths are taken as they are; every listed file must exist.
+directory, absolute paths are taken as they are; every listed file must exist. A
+relative path that climbs out of the CSV's directory with ``..`` is an error: its
+``video_id`` would become a machine-specific absolute path, and a list that reaches
+outside its tree is more often hostile or mistaken than meant; a file elsewhere is
+listed by its absolute path. Paths are normalised as text, not resolved, so a tree
+whose folders are symbolic links to shared storage keeps working.
 
 ``label`` is either a class name in every row or a non-negative integer in every
 row. Names are sorted and numbered from 0; integers are taken as the 0-based label
@@ -94,6 +99,11 @@ def read_rows(csv_path: Path) -> list[_Row]:
         if split is not None and split not in SPLITS:
             raise DatasetError(f"{csv_path}:{number}: split {split!r} is not one of {', '.join(SPLITS)}")
         path = Path(values["path"]).expanduser()
+        if not path.is_absolute() and Path(os.path.normpath(path)).parts[:1] == ("..",):
+            raise DatasetError(
+                f"{csv_path}:{number}: path {values['path']!r} climbs out of {base} with '..'; "
+                f"list files outside the CSV's folder by absolute path"
+            )
         path = Path(os.path.normpath(path if path.is_absolute() else base / path))
         if not path.is_file():
             raise DatasetError(f"{csv_path}:{number}: listed video {path} does not exist; fix the path")

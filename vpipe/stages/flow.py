@@ -13,6 +13,7 @@ from typing import Any
 from vpipe import __version__
 from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
 from vpipe.flow.compute import FlowConfig, flow_videos
+from vpipe.flow.tvl1 import resolved_tvl1_params, tvl1_params_off_reference
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
 from vpipe.pipeline.journal import Journal, Record
@@ -48,6 +49,7 @@ class FlowStage(Stage):
         super().__init__(workspace)
         self.plan, self.stack, self.encoding, self.bound = plan, stack, encoding, bound
         self.tvl1_params = dict(tvl1_params or {})
+        resolved_tvl1_params(self.tvl1_params)  # an unknown name fails here, not in every task
         self.device, self.pairs_per_batch, self.decoder = device, pairs_per_batch, decoder
         self.chunk_size = videos_per_task or default_videos_per_task(device)
         # TV-L1 runs in fp32 everywhere; the device kind still counts (CUDA sums in another order).
@@ -64,8 +66,10 @@ class FlowStage(Stage):
     def items(self) -> list[WorkItem]:
         jobs = plan_jobs(self.workspace, self.plan)
         signatures = plan_signatures(self.workspace, self.plan)
-        config_fp = fingerprint(FLOW_FORMAT, self.stack, self.encoding, self.bound, self.tvl1_params, self.decoder,
-                                *self.compute.fingerprint_parts())
+        config_fp = fingerprint(
+            FLOW_FORMAT, self.stack, self.encoding, self.bound, tvl1_params_off_reference(self.tvl1_params),
+            self.decoder, *self.compute.fingerprint_parts(),
+        )  # fmt: skip
         config_json = canonical_json(config_fp)
         return [
             WorkItem(
@@ -93,6 +97,7 @@ class FlowStage(Stage):
             provenance={
                 "method": "tvl1",
                 "tvl1_params": self.tvl1_params,
+                "tvl1_resolved": resolved_tvl1_params(self.tvl1_params),
                 "stack": self.stack,
                 "encoding": self.encoding,
                 "bound": self.bound,

@@ -213,7 +213,10 @@ def _inputs(ws: DatasetWorkspace, config: TrainConfig, reader: InputReader) -> _
             f"need them: check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
         )
     files = {key: _file_identity(path) for key, path in run_files(ws, config).items()}
-    fp = fingerprint(TRAINER_VERSION, config.to_dict(), reader.index_sha256(), splits.to_dict(), files)
+    # A head at version 1 adds nothing, so runs from before heads had versions keep their fingerprint.
+    head_version = config.head_cls.version
+    bumped = () if head_version == 1 else ({"head_version": head_version},)
+    fp = fingerprint(TRAINER_VERSION, config.to_dict(), reader.index_sha256(), splits.to_dict(), files, *bumped)
     return _Inputs(reader.inputs, shapes, splits, files, fp)
 
 

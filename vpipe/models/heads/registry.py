@@ -182,7 +182,10 @@ class Head(nn.Module):
     :meth:`forward_features` and :meth:`forward_head`; they set ``num_features``.
     ``streams`` is how many feature sets the head reads natively: a head of one stream
     given several feature sets is fused by the trainer (late: one head per stream, or
-    early: concatenated inputs); a two-stream head (rgb + flow) sets 2.
+    early: concatenated inputs); a two-stream head (rgb + flow) sets 2. ``version`` is
+    bumped whenever the head's code changes what the same options and data train into
+    (a new default, a fixed equation): it enters the run fingerprint, so finished runs
+    of the old code are no longer reused as if they were current.
     """
 
     name: ClassVar[str] = ""
@@ -191,6 +194,7 @@ class Head(nn.Module):
     example_shapes: ClassVar[dict[str, tuple[int, ...]]] = {}
     streams: ClassVar[int] = 1
     training: ClassVar[TrainingDefaults] = TrainingDefaults()
+    version: ClassVar[int] = 1
     num_features: int
 
     @classmethod
@@ -279,6 +283,8 @@ def register_head(cls: type[Head]) -> type[Head]:
     """Class decorator: make ``cls`` available as ``cls.name``; a taken name is an error."""
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} has no name")
+    if not isinstance(cls.version, int) or cls.version < 1:
+        raise ValueError(f"head {cls.name!r}: version must be a positive integer, got {cls.version!r}")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"head {cls.name!r} is already registered by {_REGISTRY[cls.name].__module__}")
     _REGISTRY[cls.name] = cls
@@ -322,6 +328,7 @@ class HeadInfo:
     parameters: int | None
     example_shapes: dict[str, list[int]] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
 
 
 def describe_head(name: str, num_classes: int = 101) -> HeadInfo:
@@ -347,4 +354,5 @@ def describe_head(name: str, num_classes: int = 101) -> HeadInfo:
         parameters=parameters,
         example_shapes={role: list(shape) for role, shape in cls.example_shapes.items()},
         training=cls.training.to_dict(),
+        version=cls.version,
     )
