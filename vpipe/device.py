@@ -12,18 +12,25 @@ from vpipe.errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without it is a user error."""
-    if device not in DEVICES and not device.startswith("cuda:"):
+def check_device_name(device: str) -> str:
+    """``device`` if it is spelled auto, cpu, cuda or cuda:N; whether it exists is
+    :func:`resolve_device`'s question, asked where the work runs."""
+    index = device.removeprefix("cuda:")
+    if device not in DEVICES and not (device.startswith("cuda:") and index.isdigit()):
         raise ConfigError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}")
+    return device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA, or a CUDA index, that is absent is a user error."""
+    check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if cuda_device_count() else "cpu")
     if device.startswith("cuda") and not cuda_device_count():
         raise ConfigError(f"--device {device} asked for, but this machine has no CUDA device; use --device cpu")
     if device.startswith("cuda:"):
-        index = device.removeprefix("cuda:")
         count = cuda_device_count()
-        if not index.isdigit() or int(index) >= count:
+        if int(device.removeprefix("cuda:")) >= count:
             raise ConfigError(f"--device {device}: this machine has CUDA devices cuda:0..cuda:{count - 1}; pick one of them")
     return torch.device(device)
 

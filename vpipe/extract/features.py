@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from vpipe.device import precision_autocast, resolve_device
 from vpipe.errors import ConfigError, NonFiniteError
-from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips, stack_rgb_and_flow
+from vpipe.extract.inputs import LoadedClip, crop_rgb_clips, stack_rgb_and_flow
+from vpipe.video.prefetch import default_loader_workers, prefetched
 from vpipe.video.jobs import VideoJob
 from vpipe.flow.quantize import quantize_flow
 from vpipe.models import backbone
@@ -41,7 +41,9 @@ class ExtractConfig:
     options: tuple[tuple[str, Any], ...] = ()
     device: str = "auto"
     batch_size: int = 8
-    decode_workers: int = 0
+    #: Loader processes decoding ahead of the model (:mod:`vpipe.video.prefetch`);
+    #: None: the device's default (some on CUDA, none on CPU).
+    decode_workers: int | None = None
     decoder: str = "auto"
     flow_dir: str | None = None
     #: What each clip is built from: ("rgb",), ("flow",), or ("rgb", "flow") stacked as channels.
@@ -106,34 +108,31 @@ def load_model(
     return model
 
 
-def flow_loader(flow_dir: str):
-    """Load a video's cached flow rows (the flow stage's output), keyed by (clip, view)."""
-
-    def load(job: VideoJob) -> list[LoadedClip]:
-        features = _open_flow(flow_dir)
-        clips = []
-        for view in sorted({c.view for c in job.clips}):
-            stacked = features.clips(job.video_id, view=view, layer="flow")
-            if stacked.dtype != np.uint8:
-                stacked = quantize_flow(torch.from_numpy(stacked.astype(np.float32))).numpy()
-            wanted = sorted(c.clip for c in job.clips if c.view == view)
-            clips.extend(LoadedClip(clip, view, stacked[i]) for i, clip in enumerate(wanted))
-        return clips
-
-    return load
+def flow_clips(job: VideoJob, flow_dir: str) -> list[LoadedClip]:
+    """A video's cached flow rows (the flow stage's output), keyed by (clip, view)."""
+    features = _open_flow(flow_dir)
+    clips = []
+    for view in sorted({c.view for c in job.clips}):
+        stacked = features.clips(job.video_id, view=view, layer="flow")
+        if stacked.dtype != np.uint8:
+            stacked = quantize_flow(torch.from_numpy(stacked.astype(np.float32))).numpy()
+        wanted = sorted(c.clip for c in job.clips if c.view == view)
+        clips.extend(LoadedClip(clip, view, stacked[i]) for i, clip in enumerate(wanted))
+    return clips
 
 
 def rgb_and_flow(job: VideoJob, flow_dir: str, decoder: str) -> list[LoadedClip]:
     """A video's decoded clips with their cached flow stacked on as two more channels."""
-    return stack_rgb_and_flow(crop_rgb_clips(job, decoder), flow_loader(flow_dir)(job))
+    return stack_rgb_and_flow(crop_rgb_clips(job, decoder), flow_clips(job, flow_dir))
 
 
 def clip_loader(config: ExtractConfig) -> Callable[[VideoJob], list[LoadedClip]]:
-    """The per-video loader for the inputs the backbone is built from."""
+    """The per-video loader for the inputs the backbone is built from; picklable, so
+    that loader processes can run it."""
     if config.inputs == ("rgb",):
         return functools.partial(crop_rgb_clips, decoder=config.decoder)
     if config.inputs == ("flow",):
-        return flow_loader(config.flow_dir)
+        return functools.partial(flow_clips, flow_dir=config.flow_dir)
     if set(config.inputs) == {"rgb", "flow"}:
         return functools.partial(rgb_and_flow, flow_dir=config.flow_dir, decoder=config.decoder)
     raise ConfigError(f"backbone {config.backbone} reads {config.inputs}: only rgb, flow or both can be loaded")
@@ -233,13 +232,7 @@ def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dic
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / shard_name("extract", "\n".join(job.video_id for job in jobs))
-    loader = DataLoader(
-        VideoClips(jobs, load),
-        batch_size=None,
-        num_workers=config.decode_workers,
-        prefetch_factor=4 if config.decode_workers else None,
-        persistent_workers=False,
-    )
+    workers = default_loader_workers(device) if config.decode_workers is None else config.decode_workers
     pending: list[tuple[int, LoadedClip]] = []
 
     def flush(writer: ShardWriter, count: int) -> None:
@@ -259,7 +252,7 @@ def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dic
                 outcome[index] = error
 
     with ShardWriter(path, attrs=config.provenance) as writer:
-        for index, loaded in loader:
+        for index, loaded in prefetched(load, jobs, workers):
             if isinstance(loaded, Exception):
                 outcome[index] = loaded
                 continue

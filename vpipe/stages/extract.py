@@ -123,7 +123,7 @@ class ExtractStage(Stage):
         name: str | None = None,
         device: str = "auto",
         batch_size: int = 8,
-        decode_workers: int = 0,
+        decode_workers: int | None = None,
         videos_per_task: int | None = None,
         decoder: str = "auto",
     ):
