@@ -84,6 +84,8 @@ LogEvery = Annotated[
     ),
 ]
 def _device_name(value: str) -> str:
+    """auto, cpu, cuda, or cuda:N; whether that GPU exists is checked where the work
+    runs (:func:`vpipe.device.resolve_device`)."""
     from vpipe.device import check_device_name
 
     try:
@@ -93,7 +95,10 @@ def _device_name(value: str) -> str:
 
 
 Device = Annotated[
-    str, typer.Option("--device", callback=_device_name, help="auto: CUDA when present, else CPU; cuda:N: GPU N.")
+    Literal[catalog.DEVICES],
+    typer.Option(
+        "--device", parser=_device_name, help="auto: CUDA when present, else CPU; or cuda:N."
+    ),
 ]
 Backbone = Annotated[Literal[catalog.BACKBONES], typer.Option("--backbone", "-b", help="Feature backbone (see `vpipe backbones`).")]
 Features = Annotated[str, typer.Option("--features", "-f", help="Feature set under features/, e.g. li3d-rgb.")]
