@@ -1,7 +1,7 @@
 """Vision-transformer building blocks shared by the transformer backbones.
 
 One pre-norm block (LayerNorm → multi-head self-attention → residual, LayerNorm → GELU
-MLP → residual), named as the official VideoMAE / timm checkpoints name it
+(or CLIP's QuickGELU) MLP → residual), named as the official VideoMAE / timm checkpoints name it
 (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``) so those
 load without renaming; other layouts are converted to these names by the backbone's
 checkpoint filter. Attention runs through
@@ -45,13 +45,27 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
-class Mlp(nn.Module):
-    """fc1 → exact GELU → fc2, the ViT feed-forward layer."""
+class QuickGELU(nn.Module):
+    """``x · sigmoid(1.702 x)``: the GELU approximation OpenAI's CLIP was trained with.
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    Weights trained with it lose accuracy under the exact GELU (and vice versa), so the
+    activation is part of the checkpoint's identity, not an implementation detail.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quickgelu": QuickGELU}
+
+
+class Mlp(nn.Module):
+    """fc1 → activation (exact GELU unless told) → fc2, the ViT feed-forward layer."""
+
+    def __init__(self, dim: int, hidden: int, *, act: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[act]()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -59,14 +73,24 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; ``eps`` is the LayerNorm epsilon of the family."""
+    """Pre-norm transformer block; ``eps`` is the LayerNorm epsilon of the family and
+    ``act`` the MLP activation (a key of :data:`ACTIVATIONS`)."""
 
-    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, eps: float = 1e-6, split_bias: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        eps: float = 1e-6,
+        split_bias: bool = False,
+        act: str = "gelu",
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads, split_bias=split_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act=act)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))

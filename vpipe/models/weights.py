@@ -127,8 +127,9 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     0.4.1 (the released pytorch-i3d ones among them) do not have. Without ``strict`` the
     matching keys load and the rest are reported in the returned :class:`WeightsInfo`.
     """
-    state = read_state_dict(path)
     spec = getattr(model, "spec", None)
+    reader = getattr(spec, "checkpoint_reader", None) or read_state_dict
+    state = reader(Path(path))
     if spec is not None:
         state = {k: v for k, v in state.items() if not k.startswith(tuple(spec.head_keys))}
         if spec.checkpoint_filter is not None:
