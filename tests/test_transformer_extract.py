@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from vpipe.cli.app import app
 from vpipe.models.backbones import clip as cl
 from vpipe.models.backbones import videomae as vm
+from vpipe.models.backbones import vjepa as vj
 
 transformers = pytest.importorskip("transformers")
 runner = CliRunner()
@@ -52,10 +53,21 @@ def _videomae_checkpoint(path: Path) -> None:
     save_file(state, str(path))
 
 
+def _vjepa2_checkpoint(path: Path) -> None:
+    config = transformers.VJEPA2Config(
+        crop_size=32, frames_per_clip=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        pred_hidden_size=32, pred_num_attention_heads=4, pred_num_hidden_layers=1, num_pooler_layers=1,
+    )
+    torch.manual_seed(0)
+    model = transformers.VJEPA2Model(config)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
 CASES = {
     # name: (size table, tiny entry, checkpoint writer, {layer: per-clip shape})
     "clip": (cl.SIZES, (64, 2, 8, 32, 48), _clip_checkpoint, {"pool": (4, 48), "cls": (4, 64)}),
     "videomae": (vm.SIZES, (64, 2, 4), _videomae_checkpoint, {"pool": (64,)}),
+    "vjepa": (vj.SIZES, (64, 2, 4), _vjepa2_checkpoint, {"pool": (64,)}),
 }
 
 
@@ -96,6 +108,7 @@ def test_extract_with_a_tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.Monk
 def test_backbones_lists_the_restrictive_licences() -> None:
     rows = {row["name"]: row for row in json.loads(invoke("backbones", "--json").stdout)}
     assert rows["videomae"]["licence"].startswith("CC-BY-NC-4.0")
+    assert rows["vjepa"]["licence"].startswith("CC-BY-NC-4.0")
     assert rows["clip"]["licence"] == ""
     assert rows["clip"]["layers"] == {"pool": [512], "cls": [768]}
     assert rows["clip"]["input_shape"] == [3, 224, 224]

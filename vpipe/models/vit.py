@@ -6,7 +6,8 @@ One pre-norm block (LayerNorm → multi-head self-attention → residual, LayerN
 load without renaming; other layouts are converted to these names by the backbone's
 checkpoint filter. Attention runs through
 :func:`torch.nn.functional.scaled_dot_product_attention`, which picks the fused kernel of
-the device instead of materialising the N × N score matrix in Python.
+the device instead of materialising the N × N score matrix in Python. Blocks take an
+optional :class:`Rope` for families that encode positions by rotating queries and keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class Rope:
+    """3-D rotary position embedding over a (t, h, w) token grid, as V-JEPA 2 rotates
+    queries and keys.
+
+    Each head's first ``3 · s`` channels (``s = 2 · ⌊⌊head_dim / 3⌋ / 2⌋``) are split into
+    depth, height and width parts; part ``a`` of token ``n`` is rotated by angles
+    ``pos_a(n) · 10000 ** (-j / (s / 2))``. The reference pairs channels ``(2m, 2m+1)`` for
+    the rotation but indexes the angle by ``i mod s/2`` (its sine/cosine tables are tiled,
+    not interleaved); that pairing is kept, since the weights were trained with it.
+    Channels past ``3 · s`` pass through unrotated. Positions are those of the input's
+    own grid, row-major as the patch embedding flattens it.
+    """
+
+    def __init__(self, grid: tuple[int, int, int], head_dim: int, *, device: torch.device | None = None) -> None:
+        depth, height, width = grid
+        self.part = 2 * ((head_dim // 3) // 2)
+        ids = torch.arange(depth * height * width, device=device)
+        positions = (ids // (height * width), (ids % (height * width)) // width, ids % width)
+        half = self.part // 2
+        omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float32, device=device) / half)
+        angles = torch.cat([(p.to(torch.float32)[:, None] * omega).repeat(1, 2) for p in positions], dim=1)
+        self.cos, self.sin = angles.cos(), angles.sin()
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Rotate ``x`` (batch, heads, tokens, head_dim)."""
+        rotated = x[..., : 3 * self.part]
+        pairs = rotated.unflatten(-1, (-1, 2))
+        partner = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        out = rotated * self.cos.to(x.dtype) + partner * self.sin.to(x.dtype)
+        return torch.cat((out, x[..., 3 * self.part :]), dim=-1)
 
 
 class Attention(nn.Module):
@@ -34,13 +67,15 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: Rope | None = None) -> Tensor:
         batch, tokens, dim = x.shape
         bias = self.qkv.bias
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).reshape(batch, tokens, 3, self.heads, dim // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
@@ -92,8 +127,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act=act)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, rope: Rope | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
 

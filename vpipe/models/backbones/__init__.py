@@ -1,6 +1,6 @@
 """Feature backbones: one family per module, all reachable through the registry."""
 
-from vpipe.models.backbones import clip, hoghofmbh, inception3d, resnet2d, resnet3d, vgg, videomae
+from vpipe.models.backbones import clip, hoghofmbh, inception3d, resnet2d, resnet3d, vgg, videomae, vjepa
 from vpipe.models.backbones.registry import (
     Backbone,
     BackboneSpec,
@@ -22,4 +22,5 @@ __all__ = [
     "resnet3d",
     "vgg",
     "videomae",
+    "vjepa",
 ]

@@ -45,6 +45,7 @@ The published OpenAI CLIP weights are MIT-licensed; open_clip's differ per train
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -236,7 +237,10 @@ def read_clip_checkpoint(path: Path, *, torchscript: bool) -> dict[str, Tensor]:
                 "pass -o torchscript=true to allow that, or convert it to a state dict first"
             )
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                # TorchScript is deprecated for new models, but it is how these weights ship.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise WeightsError(f"cannot read TorchScript archive {path}: {exc}") from exc
         return {k: v.detach() for k, v in module.state_dict().items()}
