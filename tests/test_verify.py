@@ -299,3 +299,129 @@ def test_an_existing_cache_without_recorded_defaults_is_recomputed_with_a_warnin
     with caplog.at_level("INFO"):
         assert stage_status(extract(ws)).done == 0
     assert "4 cached videos were extracted before their options were recorded" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_checkpoint_names_its_run_and_repair_retrains_it_identically(tmp_path: Path, damage: str) -> None:
+    from tests.fake_cache import make_workspace
+    from tests.test_train import cfg
+    from vpipe.train import train
+
+    ws = make_workspace(tmp_path)
+    first = train(ws, cfg(max_epochs=2), reuse=True)
+    checkpoint = first.directory / "checkpoint.pt"
+    assert read_digest_file(checkpoint) == sha256_file(checkpoint)
+    assert verify(ws, ("train",)).ok
+    original = checkpoint.read_bytes()
+    if damage == "flip":
+        flip_bytes(checkpoint, 0.5, 256)
+    elif damage == "truncate":
+        checkpoint.write_bytes(original[: len(original) // 3])
+    else:
+        checkpoint.unlink()
+    [problem] = verify(ws, ("train",)).problems
+    assert problem.path == str(checkpoint) and f"run {first.run_id}" in problem.line()
+    assert problem.kind == ("missing" if damage == "delete" else "corrupt")
+    repair(ws, [problem])
+    assert not first.directory.exists()
+    again = train(ws, cfg(max_epochs=2), reuse=True)
+    assert not again.reused and again.run_id == first.run_id and again.metrics["accuracy"] == first.metrics["accuracy"]
+    assert verify(ws, ("train",)).ok
+
+
+def test_a_checkpoint_without_a_digest_is_checked_as_an_archive(tmp_path: Path) -> None:
+    """Runs finished before checkpoints had digests are read member by member (CRC-32)."""
+    from tests.fake_cache import make_workspace
+    from tests.test_train import cfg
+    from vpipe.artifacts import digest_file_path
+    from vpipe.train import train
+
+    ws = make_workspace(tmp_path)
+    checkpoint = train(ws, cfg(max_epochs=1)).directory / "checkpoint.pt"
+    digest_file_path(checkpoint).unlink()
+    assert verify(ws, ("train",)).ok
+    flip_bytes(checkpoint, 0.5, 256)
+    [problem] = verify(ws, ("train",)).problems
+    assert problem.kind == "corrupt" and str(checkpoint) == problem.path
+
+
+@pytest.mark.parametrize("target", ["faiss", "centring", "truncate"])
+def test_a_damaged_retrieval_index_is_named_and_rebuilt_identically(tmp_path: Path, target: str) -> None:
+    from tests.test_retrieval import clustered_videos, fake_workspace
+    from vpipe.retrieval import build_index
+    from vpipe.retrieval.store import centring_path, faiss_path
+
+    ws = fake_workspace(tmp_path, clustered_videos(40, 8))
+    assert build_index(ws, "encodings:toy-k1-vlad")["written"]
+    name = "toy-k1-vlad"
+    faiss_file, centring = faiss_path(ws, name), centring_path(ws, name)
+    originals = {path: path.read_bytes() for path in (faiss_file, centring)}
+    assert verify(ws, ("index",)).ok
+    if target == "faiss":
+        flip_bytes(faiss_file, 0.5, 16)
+    elif target == "centring":
+        flip_bytes(centring, 0.5, 16)
+    else:
+        faiss_file.write_bytes(originals[faiss_file][:100])
+    [problem] = verify(ws, ("index",)).problems
+    assert f"index {name}" in problem.line() and problem.kind == "corrupt"
+    assert problem.path == str(centring if target == "centring" else faiss_file)
+    repair(ws, [problem])
+    assert not faiss_file.exists() and not centring.exists()
+    assert build_index(ws, "encodings:toy-k1-vlad")["written"]
+    assert {path: path.read_bytes() for path in originals} == originals
+    assert verify(ws).ok
+
+
+#: Each kind of artifact write, run in a child process that is SIGKILLed once the data is
+#: written but before the rename that publishes it: the worst moment to die.
+KILLED_WRITES = {
+    "table": """
+from vpipe.pipeline.tables import write_table
+write_table(pd.DataFrame({"x": range(1000)}), target, fingerprint="f")
+""",
+    "shard": """
+from vpipe.store import ShardWriter
+with ShardWriter(target, attrs={}) as writer:
+    writer.add("v", 0, 0, {"pool": np.ones(64, np.float32)})
+""",
+    "codebook": """
+from vpipe.encode.codebook_io import Codebook, save_codebook
+c = np.ones((4, 8), np.float32)
+save_codebook(target, Codebook(c, np.full(4, 0.25), c, c, {"fingerprint": "f"}))
+""",
+    "checkpoint": """
+import torch
+from vpipe.train.trainer import _save_checkpoint
+_save_checkpoint(target, torch.nn.Linear(4, 2), {}, 1)
+""",
+}
+KILL_BEFORE_RENAME = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+import pandas as pd
+target = Path(sys.argv[1])
+rename = os.replace
+def replace(src, dst, *args, **kwargs):
+    if Path(dst) == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(src, dst, *args, **kwargs)
+os.replace = replace
+"""
+
+
+@pytest.mark.parametrize("kind", sorted(KILLED_WRITES))
+def test_sigkill_during_a_write_leaves_the_old_file_or_none(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / {"table": "t.parquet", "shard": "shard-0.h5", "codebook": "c.h5", "checkpoint": "c.pt"}[kind]
+    script = KILL_BEFORE_RENAME + KILLED_WRITES[kind]
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert not target.exists() and not any(p.name == target.name for p in tmp_path.iterdir())
+    target.write_bytes(b"previous version")
+    subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, timeout=120)
+    assert target.read_bytes() == b"previous version", "a killed rewrite leaves the previous file intact"
+    finished = script.replace("os.replace = replace\n", "")
+    subprocess.run([sys.executable, "-c", finished, str(target)], check=True, capture_output=True, timeout=120)
+    assert target.read_bytes() != b"previous version"
+    assert not list(tmp_path.glob(".*.tmp*")), "a finished rewrite replaces the killed writer's leftover"

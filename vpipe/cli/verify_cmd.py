@@ -12,7 +12,7 @@ StageOption = Annotated[
     Optional[list[str]],
     typer.Option(
         "--stage",
-        help="Check only this kind of artifact (repeatable): flow, extract, encode or tables.",
+        help="Check only this kind of artifact (repeatable): flow, extract, encode, train, index or tables.",
         show_default="all",
     ),
 ]
@@ -31,7 +31,7 @@ def verify(
     json_output: Json = False,
     verbose: Verbose = False,
 ) -> None:
-    """Check every shard, codebook, encoding and table against its recorded checksum.
+    """Check every shard, codebook, encoding, checkpoint, retrieval index and table against its checksum.
 
     Prints one line per damaged or missing file with the videos it holds; exits 1 if any.
 

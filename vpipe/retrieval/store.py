@@ -13,7 +13,6 @@ matches the FAISS file, which every reader checks, and a rerun rebuilds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from vpipe.artifacts import atomic_path
+from vpipe.artifacts import atomic_path, sha256_file
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.tables import table_fingerprint, table_metadata, write_table
 from vpipe.pipeline.workspace import DatasetWorkspace
@@ -52,14 +51,6 @@ def evaluation_path(ws: DatasetWorkspace, name: str) -> Path:
     return ws.index_dir / f"{check_name(name)}-evaluation.json"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_metadata(ws: DatasetWorkspace, name: str) -> dict[str, Any] | None:
     """The stored metadata (with ``fingerprint``), or None when no index of that name is committed."""
     path = idmap_path(ws, name)
@@ -77,6 +68,11 @@ def read_metadata(ws: DatasetWorkspace, name: str) -> dict[str, Any] | None:
     return {**json.loads(text), "fingerprint": fp}
 
 
+def index_files(ws: DatasetWorkspace, name: str) -> list[Path]:
+    """Every file of index ``name``: what deleting it must remove."""
+    return [faiss_path(ws, name), idmap_path(ws, name), centring_path(ws, name), evaluation_path(ws, name)]
+
+
 def faiss_file_intact(ws: DatasetWorkspace, name: str, metadata: dict[str, Any]) -> str:
     """"" if the FAISS file is the one the id map recorded, else what is wrong with it."""
     path = faiss_path(ws, name)
@@ -85,10 +81,10 @@ def faiss_file_intact(ws: DatasetWorkspace, name: str, metadata: dict[str, Any])
     size = path.stat().st_size
     if size != metadata["faiss_bytes"]:
         return f"{path} is truncated or replaced ({size} bytes, the id map recorded {metadata['faiss_bytes']})"
-    if sha256(path) != metadata["faiss_sha256"]:
+    if sha256_file(path) != metadata["faiss_sha256"]:
         return f"{path} does not match its id map (SHA-256 differs)"
     centring = centring_path(ws, name)
-    if metadata.get("centring_sha256") and (not centring.is_file() or sha256(centring) != metadata["centring_sha256"]):
+    if metadata.get("centring_sha256") and (not centring.is_file() or sha256_file(centring) != metadata["centring_sha256"]):
         return f"{centring} is missing or does not match its id map"
     return ""
 
@@ -103,10 +99,10 @@ def write_index_files(
     centred = centring_path(ws, name)
     with atomic_path(centred) as tmp:
         tmp.write_bytes(centring)
-        metadata = {**metadata, "centring_sha256": sha256(tmp)}
+        metadata = {**metadata, "centring_sha256": sha256_file(tmp)}
     with atomic_path(faiss_path(ws, name)) as tmp:
         faiss.write_index(index, str(tmp))
-        metadata = {**metadata, "faiss_bytes": tmp.stat().st_size, "faiss_sha256": sha256(tmp)}
+        metadata = {**metadata, "faiss_bytes": tmp.stat().st_size, "faiss_sha256": sha256_file(tmp)}
     write_table(rows, idmap_path(ws, name), fingerprint=fingerprint, metadata={METADATA_KEY: json.dumps(metadata)})
 
 

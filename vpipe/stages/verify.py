@@ -10,6 +10,11 @@ What is checked, per kind of file:
   speed.
 * codebooks and encodings (HDF5): the SHA-256 in their ``.sha256`` file when there is
   one, else a full read with floats required finite.
+* training runs (completed ones): the checkpoint against the ``.sha256`` taken when the
+  run finished; a checkpoint without one (older runs) must be an intact archive (every
+  member's CRC-32, read without torch).
+* retrieval indexes: the FAISS and centring files against the sizes and SHA-256 their
+  id map recorded.
 * Parquet tables (manifest, plans, indexes, journals, failures): fully readable.
 
 Reading is streamed in bounded blocks, so memory stays flat whatever the cache size.
@@ -17,7 +22,10 @@ Reading is streamed in bounded blocks, so memory stays flat whatever the cache s
 ``repair`` makes the next ``vpipe run`` recompute exactly what is damaged: for a shard,
 the journal records of the videos it holds are dropped (so those videos, and only
 those, become work again), its rows leave the index and the file is deleted; a damaged
-codebook or encoding is deleted, which makes its fingerprint stale. What depends on
+codebook or encoding is deleted, which makes its fingerprint stale; a run whose
+checkpoint is damaged is deleted whole, so the next run retrains it under the same id
+(training is deterministic, so the same weights and metrics come back); a damaged
+retrieval index loses all its files and is rebuilt. What depends on
 recomputed work (encodings of changed features, runs on a changed index) follows from
 the fingerprints of the stages after it.
 """
@@ -25,7 +33,9 @@ the fingerprints of the stages after it.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,15 +45,18 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from vpipe.artifacts import FileDigest, read_digest_file, sha256_file
+from vpipe.artifacts import FileDigest, digest_file_path, read_digest_file, sha256_file
+from vpipe.errors import StageError
 from vpipe.pipeline.journal import Journal
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.retrieval.store import faiss_file_intact, index_files, read_metadata
 from vpipe.store.index import INDEX_FILE, SHARD_BYTES, SHARD_SHA256, read_index, read_shard_digests, write_index
+from vpipe.train.runs import CHECKPOINT_FILE, completed_runs
 
 log = logging.getLogger(__name__)
 
 #: What ``--stage`` may narrow verification to.
-KINDS = ("flow", "extract", "encode", "tables")
+KINDS = ("flow", "extract", "encode", "train", "index", "tables")
 
 #: Elements read per block when a dataset is read in full: bounds memory for any layer.
 _BLOCK_ELEMENTS = 1 << 24
@@ -59,6 +72,8 @@ class Problem:
     videos: tuple[str, ...] = ()
     #: Journal directory name (under ``.state``) whose records cover ``videos``.
     journal: str = ""
+    #: Files or folders that repair deletes so that the next run rebuilds them.
+    remove: tuple[str, ...] = ()
 
     def line(self) -> str:
         """One line for the terminal: the file, what is wrong, the videos affected."""
@@ -89,7 +104,7 @@ class VerifyReport:
             "files": self.files,
             "bytes": self.bytes,
             "seconds": self.seconds,
-            "problems": [asdict(p) | {"videos": list(p.videos)} for p in self.problems],
+            "problems": [asdict(p) | {"videos": list(p.videos), "remove": list(p.remove)} for p in self.problems],
         }
 
 
@@ -124,6 +139,12 @@ def _checks(workspace: DatasetWorkspace, kinds: tuple[str, ...]) -> Iterator:
         for folder in ("codebooks", "encodings"):
             for path in sorted((workspace.dir / folder).glob("*.h5")):
                 yield lambda path=path: _check_hdf5_file(path)
+    if "train" in kinds:
+        for run_id in completed_runs(workspace):
+            yield lambda run_id=run_id: _check_run(workspace.runs_dir / run_id)
+    if "index" in kinds and workspace.index_dir.is_dir():
+        for idmap in sorted(workspace.index_dir.glob("*.parquet")):
+            yield lambda name=idmap.stem: _check_index(workspace, name)
     if "tables" in kinds:
         for path in sorted(workspace.dir.rglob("*.parquet")):
             yield lambda path=path: _check_table(path)
@@ -165,13 +186,58 @@ def _check_shard(path: Path, digest: FileDigest | None, videos: tuple[str, ...],
 
 def _check_hdf5_file(path: Path) -> tuple[Problem | None, int]:
     size = path.stat().st_size
+    remove = (str(path), str(digest_file_path(path)))
     recorded = read_digest_file(path)
     if recorded is not None:
         if recorded != sha256_file(path):
-            return Problem(str(path), "corrupt", "SHA-256 differs from its .sha256 file"), size
+            return Problem(str(path), "corrupt", "SHA-256 differs from its .sha256 file", remove=remove), size
         return None, size
     detail = _read_hdf5(path)
-    return (Problem(str(path), "corrupt", detail) if detail else None), size
+    return (Problem(str(path), "corrupt", detail, remove=remove) if detail else None), size
+
+
+def _check_run(directory: Path) -> tuple[Problem | None, int]:
+    """A completed run's checkpoint: its recorded digest, else an intact zip archive."""
+    path = directory / CHECKPOINT_FILE
+
+    def problem(kind: str, detail: str) -> Problem:
+        return Problem(str(path), kind, f"run {directory.name}: {detail}", remove=(str(directory),))
+
+    if not path.is_file():
+        return problem("missing", "the run finished but its checkpoint is absent"), 0
+    size = path.stat().st_size
+    recorded = read_digest_file(path)
+    if recorded is not None:
+        if recorded != sha256_file(path):
+            return problem("corrupt", "SHA-256 differs from the one taken when the run finished"), size
+        return None, size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        return problem("corrupt", f"not a readable checkpoint archive ({error})"), size
+    return (problem("corrupt", f"archive member {bad} fails its CRC-32") if bad else None), size
+
+
+def _check_index(workspace: DatasetWorkspace, name: str) -> tuple[Problem | None, int]:
+    """A retrieval index's FAISS and centring files against its id map's record."""
+    files = index_files(workspace, name)
+    remove = tuple(str(path) for path in files)
+    size = sum(path.stat().st_size for path in files if path.is_file())
+    try:
+        metadata = read_metadata(workspace, name)
+    except StageError as error:
+        return Problem(str(files[1]), "corrupt", str(error), remove=remove), size
+    if metadata is None or "faiss_sha256" not in metadata:
+        return None, 0
+    detail = faiss_file_intact(workspace, name, metadata)
+    if not detail:
+        return None, size
+    # The detail names the file at fault (the FAISS file or the centring transform).
+    faiss_file, _, centring, _ = files
+    damaged = next((path for path in (faiss_file, centring) if str(path) in detail), faiss_file)
+    kind = "corrupt" if damaged.is_file() else "missing"
+    return Problem(str(damaged), kind, f"index {name}: {detail}", remove=remove), size
 
 
 def _read_hdf5(path: Path) -> str:
@@ -209,9 +275,10 @@ def repair(workspace: DatasetWorkspace, problems: list[Problem]) -> dict[str, in
     """Mark exactly the damaged work stale; returns counts of what was marked.
 
     Shards: drop the journal records of the videos they hold and their index rows,
-    delete the file. HDF5 files of the encode stage: delete them (and their digest).
-    A damaged Parquet table is reported but not touched: a journal part or index is
-    rebuilt by rerunning its stage after deleting it, which verify leaves to the user.
+    delete the file. Other artifacts (codebooks, encodings, runs, retrieval indexes):
+    delete what the problem lists, which their stages rebuild. A damaged Parquet table is
+    reported but not touched: a journal part or index is rebuilt by rerunning its stage
+    after deleting it, which verify leaves to the user.
     """
     counts = {"videos": 0, "files": 0}
     by_directory: dict[Path, list[Problem]] = {}
@@ -219,11 +286,14 @@ def repair(workspace: DatasetWorkspace, problems: list[Problem]) -> dict[str, in
         path = Path(problem.path)
         if problem.journal:
             by_directory.setdefault(path.parent, []).append(problem)
-        elif path.suffix == ".h5":
-            path.unlink(missing_ok=True)
-            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        elif problem.remove:
+            for target in map(Path, problem.remove):
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
             counts["files"] += 1
-            log.info("verify: deleted %s; the next run rebuilds it", path)
+            log.info("verify: deleted %s; the next run rebuilds it", ", ".join(problem.remove))
     for directory, damaged in by_directory.items():
         shards = {Path(p.path).name for p in damaged}
         journal = Journal(workspace.state_dir / damaged[0].journal)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from vpipe import __version__
-from vpipe.artifacts import atomic_path, atomic_write_text
+from vpipe.artifacts import atomic_path, atomic_write_text, write_digest_file
 from vpipe.device import autocast, resolve_device
 from vpipe.errors import StageError
 from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, PrepareData
@@ -366,6 +366,9 @@ def _fit(
 
     model.load_state_dict(best_state)
     metrics = test_metrics(model, test_loader, device, dtype, splits.class_names)
+    # The checkpoint is rewritten on every improvement; its digest is taken once, from
+    # the final file, before metrics.json marks the run complete (``vpipe verify``).
+    write_digest_file(directory / runs.CHECKPOINT_FILE)
     runs.write_json(directory / runs.METRICS_FILE, metrics)
     return RunResult(
         run_id=run_config["run_id"],
