@@ -173,6 +173,14 @@ def test_wrong_family_names_the_first_key_and_the_layouts(tmp_path: Path) -> Non
     torch.save(state, path)
     with pytest.raises(WeightsError, match=r"OpenAI / open_clip.*missing 1: blocks\.1\.attn\.qkv\.weight"):
         _load(path)
+    stray = {**_openai_layout(model.state_dict()), "visual.attnpool.k_proj.weight": torch.zeros(4, 4)}
+    torch.save(stray, path)
+    with pytest.raises(WeightsError, match=r"unexpected 1: attnpool\.k_proj\.weight"):
+        _load(path)
+    hf_stray = {**{k: v.contiguous() for k, v in model.state_dict().items()}, "vision_head.weight": torch.zeros(2)}
+    save_file(hf_stray, str(tmp_path / "stray.safetensors"))
+    with pytest.raises(WeightsError, match=r"unexpected 1: vision_head\.weight"):
+        _load(tmp_path / "stray.safetensors")
     videomae_like = {"patch_embed.proj.weight": torch.zeros(64, 3, 2, 16, 16), "fc_norm.weight": torch.ones(64)}
     torch.save(videomae_like, path)
     with pytest.raises(WeightsError, match=r"transformers CLIPVisionModelWithProjection.*missing .*conv1\.weight"):

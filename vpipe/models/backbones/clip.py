@@ -86,6 +86,14 @@ _OPENAI_RENAMES = {
     "mlp.c_fc.": "mlp.fc1.",
     "mlp.c_proj.": "mlp.fc2.",
 }
+#: The text tower of a full CLIP checkpoint (and OpenAI's archive's hyper-parameter
+#: buffers): dropped by name, so any other stray key still fails the strict load.
+_TEXT_KEYS = {
+    "positional_embedding", "text_projection", "logit_scale", "input_resolution", "context_length", "vocab_size",
+    "text_projection.weight", "attn_mask",
+}  # fmt: skip
+_OPENAI_TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.")
+_HF_TEXT_PREFIXES = ("text_model.",)
 _HF_BLOCK = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 _HF_RENAMES = {
     "layer_norm1.": "norm1.",
@@ -154,10 +162,16 @@ class CLIPVision(nn.Module):
         return torch.cat((table[:1], patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)))
 
 
+def _is_text_tower(key: str, prefixes: tuple[str, ...]) -> bool:
+    return key in _TEXT_KEYS or key.startswith(prefixes)
+
+
 def convert_openai(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """OpenAI / open_clip names → the module's: the image tower only, blocks renamed."""
+    """OpenAI / open_clip names → the module's: the text tower dropped, blocks renamed."""
     if any(k.startswith("visual.") for k in state):
-        state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+        state = {
+            k.removeprefix("visual."): v for k, v in state.items() if not _is_text_tower(k, _OPENAI_TEXT_PREFIXES)
+        }
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         match = _OPENAI_BLOCK.match(key)
@@ -181,7 +195,7 @@ def convert_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
         if key == "visual_projection.weight":
             out["proj"] = value.t().contiguous()
             continue
-        if not key.startswith("vision_model.") or key.endswith("position_ids"):
+        if _is_text_tower(key, _HF_TEXT_PREFIXES) or key.endswith("position_ids"):
             continue  # the text tower of a full CLIPModel, and a saved index buffer
         key = key.removeprefix("vision_model.")
         match = _HF_BLOCK.match(key)

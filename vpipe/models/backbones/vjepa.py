@@ -11,7 +11,8 @@ frozen; the cache keeps
   an attentive probe trained downstream. 8 × 14 × 14 × 1024 float16 values are 3.2 MB
   per clip for ViT-L, so it is off by default.
 
-Positions, decided by the checkpoint's keys:
+Positions, decided by the checkpoint's keys (the module starts as V-JEPA 2, which has
+no position weights, so a randomly initialised one runs at any input):
 
 * V-JEPA (facebookresearch/jepa) adds a fixed 3-D sine-cosine table that its checkpoints
   store as ``pos_embed``; it is loaded like any weight, so inputs must make the
@@ -40,7 +41,6 @@ weights are not): the ``licence`` column says so.
 from __future__ import annotations
 
 import re
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -80,8 +80,7 @@ class VJEPA(nn.Module):
         self.patch_embed.proj = nn.Conv3d(
             spec.in_channels, width, kernel_size=(TUBELET, PATCH, PATCH), stride=(TUBELET, PATCH, PATCH)
         )
-        tokens = (spec.clip_length // TUBELET) * (spec.input_size[0] // PATCH) * (spec.input_size[1] // PATCH)
-        self.pos_embed: nn.Parameter | None = nn.Parameter(torch.zeros(1, tokens, width))
+        self.pos_embed: nn.Parameter | None = None
         self.blocks = nn.ModuleList(Block(width, heads, eps=1e-6) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.heads = heads
@@ -89,9 +88,9 @@ class VJEPA(nn.Module):
         self.num_features = width
         self.spec = finalize_spec(spec, self)
 
-    def use_rope(self) -> None:
-        """Drop the absolute table: positions come from rotating queries and keys (V-JEPA 2)."""
-        self.pos_embed = None
+    def use_absolute_positions(self, shape: tuple[int, ...]) -> None:
+        """Add V-JEPA's stored table of ``shape`` (filled on load) in place of the rotation."""
+        self.pos_embed = nn.Parameter(torch.zeros(shape))
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """``{"pool": (N, width)[, "grid": (N, width, T/2, H/16, W/16)]}`` for clips (N, C, T, H, W)."""
@@ -163,12 +162,12 @@ def is_transformers_layout(state: dict[str, Tensor]) -> bool:
 
 
 def vjepa_filter(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Either layout → the module's names; no ``pos_embed`` in the file means V-JEPA 2's RoPE;
-    an RGB tubelet embedding is adapted to a flow input."""
+    """Either layout → the module's names; a ``pos_embed`` in the file means V-JEPA's absolute
+    table instead of V-JEPA 2's rotation; an RGB tubelet embedding is adapted to a flow input."""
     if is_transformers_layout(state):
         state = convert_transformers(state)
-    if "pos_embed" not in state and model.pos_embed is not None:
-        model.use_rope()
+    if "pos_embed" in state and model.pos_embed is None:
+        model.use_absolute_positions(tuple(state["pos_embed"].shape))
     return adapt_input_conv(state, "patch_embed.proj.weight", model.spec.in_channels)
 
 
@@ -206,7 +205,7 @@ def vjepa(*, stream: str = "rgb", size: str = "large", grid: bool = False) -> VJ
         first_conv="patch_embed.proj.weight",
         head_keys=("predictor.", "pooler.", "classifier.", "vjepa2.predictor.", "vjepa2.pooler."),
         checkpoint_filter=vjepa_filter,
-        checkpoint_reader=partial(read_vjepa_checkpoint),
+        checkpoint_reader=read_vjepa_checkpoint,
         licence="CC-BY-NC-4.0 (published V-JEPA and V-JEPA 2 weights)",
     )
     return VJEPA(spec, width, depth, heads, grid=bool(grid))
