@@ -141,7 +141,7 @@ def probe(
 
     Example: vpipe probe --dataset ucf101 --root /data/ucf101 --split 1
     """
-    from vpipe.stages.chain import ChainOptions, build_chain, run_chain
+    from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain, select_steps
 
     setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
@@ -198,7 +198,11 @@ def status(
     options = ChainOptions(
         decoder=decoder, sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name
     )
-    reports = chain_status(build_chain(ws, ws.read_config(), options))
+    show_status(chain_status(build_chain(ws, ws.read_config(), options)), dataset, json_output)
+
+
+def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> None:
+    """Per stage: done, failed and total items, or why it cannot run yet (status and --dry-run)."""
     if json_output:
         emit_json(
             {
@@ -239,6 +243,16 @@ def run(
     ] = None,
     videos_per_class: VideosPerClass = None,
     synthetic_seed: SyntheticSeed = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", metavar="NAME", help="Run only this stage (repeatable), by name: flow, extract:li3d-rgb, or a kind such as extract."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", metavar="NAME", help="Run the stages up to and including this one, by name (e.g. extract:li3d-rgb).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what each selected stage has done and would do; run nothing.")
+    ] = False,
     retry_failed: RetryFailed = False,
     strict: Strict = False,
     json_output: Json = False,
@@ -250,14 +264,16 @@ def run(
 ) -> None:
     """Run every stage in order, doing only what is missing or stale.
 
-    probe -> plan -> flow -> extract (rgb, flow) -> encode -> train -> evaluate.
+    probe -> plan -> flow -> extract (rgb, flow) -> encode -> retrieval -> train -> evaluate.
+    Stages are named as `vpipe status` lists them, with ':' for the space
+    (extract:li3d-rgb, train:li3d-rgb); --only and --until select by name.
 
     Progress shows as bars on a terminal, as log lines every --log-every seconds elsewhere.
 
     Example: vpipe run --dataset synthetic
     """
     from vpipe.pipeline.local_gpus import local_gpu_executor
-    from vpipe.stages.chain import ChainOptions, build_chain, run_chain
+    from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain, select_steps
 
     setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
@@ -272,10 +288,14 @@ def run(
         clusters=clusters,
         device=device,
     )
+    steps = select_steps(build_chain(ws, config, options), only, until)
+    if dry_run:
+        show_status(chain_status(steps), dataset, json_output)
+        return
     gpu_workers = local_gpu_executor(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
     with gpu_workers as pinned, executor_for(compute) as executor:
         reports = run_chain(
-            build_chain(ws, config, options),
+            steps,
             executor,
             gpu_executor=pinned or gpu_stage_executor(device, compute),
             retry_failed=retry_failed,

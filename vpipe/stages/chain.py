@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vpipe.errors import ConfigError
 from vpipe.pipeline.executor import Executor
 from vpipe.pipeline.runner import run_stage, stage_status
 from vpipe.pipeline.stage import Stage, StageReport
@@ -129,6 +130,41 @@ def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: Ch
 
 
 Step = Stage | DatasetStep
+
+
+def step_name(step: Step) -> str:
+    """The name ``--only`` and ``--until`` take: the label, kind and subject joined by ``:``.
+
+    ``probe``, ``plan``, ``flow``, ``extract:li3d-rgb``, ``encode:li3d-rgb``,
+    ``retrieval``, ``train:li3d-rgb``, ``evaluate``. A bare kind (``extract``) names every
+    step of that kind.
+    """
+    return step.label.replace(" ", ":", 1)
+
+
+def select_steps(steps: list[Step], only: list[str] | None = None, until: str | None = None) -> list[Step]:
+    """The steps ``--only`` and ``--until`` name, in run order; unknown names are an error.
+
+    ``until`` keeps every step up to the last one it names, inclusive; ``only`` keeps the
+    steps it names. Given both, a step must pass both. Selection never reorders: a step
+    still reads what the steps before it made, and says it is not ready when that is
+    missing.
+    """
+    names = [step_name(step) for step in steps]
+
+    def matches(name: str, wanted: str) -> bool:
+        return name == wanted or name.split(":", 1)[0] == wanted
+
+    for wanted in [*(only or []), *([until] if until else [])]:
+        if not any(matches(name, wanted) for name in names):
+            raise ConfigError(f"no stage named {wanted!r} in this run; its stages: {', '.join(names)}")
+    keep = [True] * len(steps)
+    if until:
+        last = max(i for i, name in enumerate(names) if matches(name, until))
+        keep = [i <= last for i in range(len(steps))]
+    if only:
+        keep = [k and any(matches(name, wanted) for wanted in only) for k, name in zip(keep, names)]
+    return [step for step, k in zip(steps, keep) if k]
 
 
 def run_chain(

@@ -1,0 +1,72 @@
+"""Choosing stages by name: ``vpipe run --only / --until / --dry-run``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import TINY, invoke, make_folder_tree
+from vpipe.errors import ConfigError
+from vpipe.stages.chain import select_steps, step_name
+
+
+@dataclass
+class Named:
+    label: str
+
+
+MAIN_JOB = [Named(label) for label in (
+    "probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "extract:hoghofmbh", "encode li3d-rgb",
+    "retrieval", "train li3d-rgb", "train li3d-flow", "evaluate",
+)]  # fmt: skip
+
+
+def names(steps) -> list[str]:
+    return [step_name(step) for step in steps]
+
+
+def test_names_join_kind_and_subject_with_a_colon() -> None:
+    assert names(MAIN_JOB)[6:9] == ["encode:li3d-rgb", "retrieval", "train:li3d-rgb"]
+
+
+def test_until_keeps_everything_up_to_the_named_stage_and_only_the_named_ones() -> None:
+    assert names(select_steps(MAIN_JOB, until="extract:li3d-rgb")) == ["probe", "plan", "flow", "extract:li3d-rgb"]
+    assert names(select_steps(MAIN_JOB, until="extract"))[-1] == "extract:hoghofmbh", "a kind: up to its last step"
+    assert names(select_steps(MAIN_JOB, only=["flow", "train"])) == ["flow", "train:li3d-rgb", "train:li3d-flow"]
+    assert names(select_steps(MAIN_JOB, only=["train", "probe"], until="train:li3d-rgb")) == ["probe", "train:li3d-rgb"]
+    assert select_steps(MAIN_JOB) == MAIN_JOB
+
+
+def test_an_unknown_name_lists_the_stages_of_the_run() -> None:
+    with pytest.raises(ConfigError, match=r"no stage named 'extract:li3d-rbg' in this run; its stages: probe, plan, flow"):
+        select_steps(MAIN_JOB, until="extract:li3d-rbg")
+    with pytest.raises(ConfigError, match="no stage named 'trian'"):
+        select_steps(MAIN_JOB, only=["trian"])
+
+
+def test_cli_until_runs_the_prefix_dry_run_counts_and_changes_nothing(tmp_path: Path) -> None:
+    root = make_folder_tree(tmp_path)
+    base = ["run", "--dataset", "clips", "--adapter", "folder", "--root", root, "--workspace", tmp_path / "ws", *TINY]
+    ran = invoke(*base, "--until", "plan", "--json")
+    assert ran.exit_code == 0, ran.output
+    assert [s["stage"] for s in json.loads(ran.stdout)["stages"]] == ["probe", "plan"]
+
+    workspace = tmp_path / "ws" / "clips"
+    before = {p: p.stat().st_mtime_ns for p in workspace.rglob("*") if p.is_file()}
+    dry = invoke(*base, "--until", "flow", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    counts = json.loads(dry.stdout)
+    assert list(counts) == ["probe", "plan", "flow"]
+    assert (counts["probe"]["done"], counts["probe"]["failed"], counts["probe"]["total"]) == (10, 3, 13)
+    assert (counts["flow"]["done"], counts["flow"]["total"]) == (0, 10), "flow: nothing done yet, ten videos to do"
+    assert {p: p.stat().st_mtime_ns for p in workspace.rglob("*") if p.is_file()} == before, "a dry run writes nothing"
+    assert not (workspace / "flow").exists()
+
+    only = invoke(*base, "--only", "flow", "--json")
+    assert [s["stage"] for s in json.loads(only.stdout)["stages"]] == ["flow"]
+    assert json.loads(invoke(*base, "--until", "flow", "--dry-run", "--json").stdout)["flow"]["done"] == 10
+    text = invoke(*base, "--only", "extract:li3d-rbg").output
+    assert "no stage named 'extract:li3d-rbg'" in text and "extract:li3d-rgb" in text
