@@ -272,7 +272,7 @@ def run(
 
     Example: vpipe run --dataset synthetic
     """
-    from vpipe.pipeline.local_gpus import local_gpu_executor
+    from vpipe.pipeline.local_gpus import check_gpus_option, local_gpu_executor
     from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain, select_steps
 
     setup_logging(verbose, quiet=quiet, log_every=log_every)
@@ -288,6 +288,8 @@ def run(
         clusters=clusters,
         device=device,
     )
+    if gpus is not None:  # the option's own errors come before any stage's
+        check_gpus_option(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
     steps = select_steps(build_chain(ws, config, options), only, until)
     if dry_run:
         show_status(chain_status(steps), dataset, json_output)
