@@ -101,7 +101,7 @@ def extract(
     ] = None,
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 8,
-    decode_workers: Annotated[int, typer.Option("--decode-workers", min=0, help="Decoding processes per task (overlap with compute).")] = 0,
+    decode_workers: Annotated[int | None, typer.Option("--decode-workers", min=0, help="Decoding processes kept ahead of the model.", show_default="up to 4 on CUDA, 0 on CPU")] = None,
     videos_per_task: VideosPerTask = None,
     workspace: Workspace = None,
     decoder: Decoder = "auto",
