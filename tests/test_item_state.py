@@ -61,3 +61,29 @@ def test_random_journals_match_the_per_item_rule(tmp_path: Path, seed: int) -> N
     records = Journal(tmp_path / "j").load()
     states = stage_item_states(asked, expected, tmp_path / "j")
     assert states.state.tolist() == [reference_state(k, e, records) for k, e in zip(asked, expected)]
+
+
+def test_stage_status_equals_the_per_item_reading_before_and_after_a_stale_change(tmp_path: Path) -> None:
+    """``stage_status`` (columns) reports what the record-by-record rule gives, on a finished
+    stage with failures and after a change that makes part of it stale."""
+    from tests.toy_stage import SquareStage
+    from vpipe.pipeline.executor import InProcessExecutor
+    from vpipe.pipeline.runner import run_stage, stage_status, valid_records
+    from vpipe.pipeline.workspace import DatasetWorkspace
+
+    ws = DatasetWorkspace(tmp_path, "toy")
+    run_stage(SquareStage(ws, range(60), bad={3, 7}), InProcessExecutor(), progress=False)
+
+    def reference(stage: SquareStage) -> tuple[int, int, int]:
+        current = valid_records(stage.items(), Journal(stage.journal_dir).load())
+        failed = sum(not r.ok for r in current.values())
+        return len(stage.items()), len(current) - failed, failed
+
+    finished = SquareStage(ws, range(60), bad={3, 7})
+    report = stage_status(finished)
+    assert (report.total, report.done, report.failed) == reference(finished) == (60, 58, 2)
+    changed = SquareStage(ws, range(40, 90), salt="new", bad={3, 7})  # stale 40..59, new 60..89
+    report = stage_status(changed)
+    assert (report.total, report.done, report.failed) == reference(changed) == (50, 0, 0)
+    partly = SquareStage(ws, range(50), bad={3, 7})
+    assert (stage_status(partly).done, stage_status(partly).failed) == reference(partly)[1:] == (48, 2)

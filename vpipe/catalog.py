@@ -63,21 +63,42 @@ WEIGHTLESS_BACKBONES = ("hoghofmbh",)
 BACKBONE_INPUTS: dict[str, tuple[str, ...]] = {"hoghofmbh": ("rgb", "flow")}
 
 
+def _registered_elsewhere(name: str) -> bool:
+    """A backbone registered at run time (not in the tables): only its registry knows it."""
+    return name not in BACKBONE_DEFAULTS
+
+
 def backbone_defaults(name: str) -> dict[str, object]:
     """As the registry's function of that name, from :data:`BACKBONE_DEFAULTS`."""
-    return dict(BACKBONE_DEFAULTS.get(name, {}))
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.backbone_defaults(name)
+    return dict(BACKBONE_DEFAULTS[name])
 
 
 def backbone_version(name: str) -> int:
     """As the registry's function of that name, from :data:`BACKBONE_VERSIONS`."""
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.backbone_version(name)
     return BACKBONE_VERSIONS.get(name, 1)
 
 
 def backbone_inputs(name: str, stream: str) -> tuple[str, ...]:
     """As the registry's function of that name, from :data:`BACKBONE_INPUTS`."""
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.backbone_inputs(name, stream)
     return BACKBONE_INPUTS.get(name, (stream,))
 
 
 def is_weightless(name: str) -> bool:
     """As the registry's function of that name, from :data:`WEIGHTLESS_BACKBONES`."""
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.is_weightless(name)
     return name in WEIGHTLESS_BACKBONES
