@@ -55,7 +55,8 @@ def quiet_random_weights() -> Iterator[None]:
 
 
 def backbones(json_output: Json = False) -> None:
-    """List every backbone with its parameter count, input and cached layers.
+    """List every backbone with its parameter count, input, cached layers and, where the
+    published checkpoints restrict use, their licence.
 
     Example: vpipe backbones --json
     """
@@ -77,6 +78,7 @@ def backbones(json_output: Json = False) -> None:
                 "std": list(spec.std),
                 "layers": {k: list(v) for k, v in spec.layer_shapes().items()},
                 "checkpoint_layout": spec.checkpoint_layout,
+                "licence": spec.licence,
             }
         )
     if json_output:
@@ -84,7 +86,10 @@ def backbones(json_output: Json = False) -> None:
         return
     for row in rows:
         layers = ", ".join(f"{k} {tuple(v)}" for k, v in row["layers"].items())
-        typer.echo(f"{row['name']:<10} {row['params'] / 1e6:7.2f}M  {row['input']:<6} {tuple(row['input_shape'])}  -> {layers}")
+        licence = f"  [licence: {row['licence']}]" if row["licence"] else ""
+        typer.echo(
+            f"{row['name']:<10} {row['params'] / 1e6:7.2f}M  {row['input']:<6} {tuple(row['input_shape'])}  -> {layers}{licence}"
+        )
 
 
 @user_errors
