@@ -43,6 +43,7 @@ SYNTHETIC_VIDEOS_PER_CLASS = 10
 #: ``vpipe.models.backbones.registry.backbone_defaults(name)`` for every backbone: the
 #: option defaults each extract fingerprint covers, read by ``vpipe status`` without torch.
 BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
+    "clip": {"size": "b32", "activation": "quickgelu", "torchscript": False, "flow_stack": 5},
     "hoghofmbh": {"step": 3, "stride": 1, "cell": 16, "camera": "median"},
     "i3d": {},
     "li3d": {},
@@ -51,6 +52,7 @@ BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
     "resnet50": {"grid": None, "flow_stack": 5},
     "vgg16": {"grid": None, "flow_stack": 4},
     "videomae": {"size": "base"},
+    "vjepa": {"size": "large", "grid": False},
 }
 
 #: ``backbone_version(name)`` where it is not 1.
