@@ -194,9 +194,9 @@ def test_clips_of_several_videos_batch_together_and_land_on_their_rows(
     sizes: list[int] = []
     run_model = vpipe.extract.features.run_model
 
-    def recording(model, clips, device):
+    def recording(model, clips, device, precision="fp32"):
         sizes.append(len(clips))
-        return run_model(model, clips, device)
+        return run_model(model, clips, device, precision)
 
     monkeypatch.setattr(vpipe.extract.features, "run_model", recording)
     run_stage(ExtractStage(rgb_workspace, backbone="li3d", weights=weights, name="batched",

@@ -33,7 +33,7 @@ def test_extract_config_round_trips_with_resolved_options(tmp_path: Path, monkey
     stage = ExtractStage(DatasetWorkspace(tmp_path, "d"), backbone="vgg16", options={"grid": [7, 7]})
     written = stage.config()
     rebuilt = ExtractConfig.from_provenance(
-        written.provenance, written.out_dir, weights=written.weights, inputs=written.inputs
+        written.provenance, written.out_dir, weights=written.weights, inputs=written.inputs, device=written.device
     )
     _same(written, rebuilt, skip={"options", "provenance", "batch_size", "decode_workers"})
     assert dict(rebuilt.options) == {"grid": [7, 7], "flow_stack": 4}, "the resolved options, defaults included"

@@ -198,8 +198,8 @@ def test_nan_from_the_model_fails_that_video_alone(cache, monkeypatch) -> None:
     ws, original = cache
     real = vpipe.extract.features.run_model
 
-    def poisoned(model, clips, device):
-        out = real(model, clips, device)
+    def poisoned(model, clips, device, precision="fp32"):
+        out = real(model, clips, device, precision)
         out[0]["pool"][...] = np.nan
         return out
 

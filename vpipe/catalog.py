@@ -20,7 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("csv", "folder", "hmdb51", "kinetics", "synthetic", "ucf101")
 
 #: ``vpipe.models.list_backbones()``.
-BACKBONES = ("hoghofmbh", "i3d", "li3d", "r3d50", "resnet101", "resnet50", "vgg16", "videomae")
+BACKBONES = ("clip", "hoghofmbh", "i3d", "li3d", "r3d50", "resnet101", "resnet50", "vgg16", "videomae", "vjepa")
 
 #: ``vpipe.models.heads.list_heads()``.
 HEADS = ("bilstm-softagg", "deep-fusion", "st-manet", "vcm-sdd")

@@ -55,7 +55,8 @@ def quiet_random_weights() -> Iterator[None]:
 
 
 def backbones(json_output: Json = False) -> None:
-    """List every backbone with its parameter count, input and cached layers.
+    """List every backbone with its parameter count, input, cached layers and, where the
+    published checkpoints restrict use, their licence.
 
     Example: vpipe backbones --json
     """
@@ -77,6 +78,7 @@ def backbones(json_output: Json = False) -> None:
                 "std": list(spec.std),
                 "layers": {k: list(v) for k, v in spec.layer_shapes().items()},
                 "checkpoint_layout": spec.checkpoint_layout,
+                "licence": spec.licence,
             }
         )
     if json_output:
@@ -84,7 +86,10 @@ def backbones(json_output: Json = False) -> None:
         return
     for row in rows:
         layers = ", ".join(f"{k} {tuple(v)}" for k, v in row["layers"].items())
-        typer.echo(f"{row['name']:<10} {row['params'] / 1e6:7.2f}M  {row['input']:<6} {tuple(row['input_shape'])}  -> {layers}")
+        licence = f"  [licence: {row['licence']}]" if row["licence"] else ""
+        typer.echo(
+            f"{row['name']:<10} {row['params'] / 1e6:7.2f}M  {row['input']:<6} {tuple(row['input_shape'])}  -> {layers}{licence}"
+        )
 
 
 @user_errors
@@ -101,7 +106,7 @@ def extract(
     ] = None,
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 8,
-    decode_workers: Annotated[int, typer.Option("--decode-workers", min=0, help="Decoding processes per task (overlap with compute).")] = 0,
+    decode_workers: Annotated[int | None, typer.Option("--decode-workers", min=0, help="Decoding processes kept ahead of the model.", show_default="up to 4 on CUDA, 0 on CPU")] = None,
     videos_per_task: VideosPerTask = None,
     workspace: Workspace = None,
     decoder: Decoder = "auto",

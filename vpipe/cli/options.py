@@ -83,7 +83,23 @@ LogEvery = Annotated[
         help="Seconds between progress lines when stderr is not a terminal (batch-job logs).",
     ),
 ]
-Device = Annotated[Literal[catalog.DEVICES], typer.Option("--device", help="auto: CUDA when present, else CPU.")]
+def _device_name(value: str) -> str:
+    """auto, cpu, cuda, or cuda:N; whether that GPU exists is checked where the work
+    runs (:func:`vpipe.device.resolve_device`)."""
+    from vpipe.device import check_device_name
+
+    try:
+        return check_device_name(value)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+Device = Annotated[
+    Literal[catalog.DEVICES],
+    typer.Option(
+        "--device", parser=_device_name, help="auto: CUDA when present, else CPU; or cuda:N."
+    ),
+]
 Backbone = Annotated[Literal[catalog.BACKBONES], typer.Option("--backbone", "-b", help="Feature backbone (see `vpipe backbones`).")]
 Features = Annotated[str, typer.Option("--features", "-f", help="Feature set under features/, e.g. li3d-rgb.")]
 Clusters = Annotated[

@@ -233,6 +233,10 @@ def run(
     weights: WeightsOption = None,
     clusters: Clusters = None,
     device: Device = "auto",
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="all or N: flow and extract on one worker process per GPU, each pinned to it."),
+    ] = None,
     videos_per_class: VideosPerClass = None,
     synthetic_seed: SyntheticSeed = None,
     retry_failed: RetryFailed = False,
@@ -252,6 +256,7 @@ def run(
 
     Example: vpipe run --dataset synthetic
     """
+    from vpipe.pipeline.local_gpus import local_gpu_executor
     from vpipe.stages.chain import ChainOptions, build_chain, run_chain
 
     setup_logging(verbose, quiet=quiet, log_every=log_every)
@@ -267,11 +272,12 @@ def run(
         clusters=clusters,
         device=device,
     )
-    with executor_for(compute) as executor:
+    gpu_workers = local_gpu_executor(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
+    with gpu_workers as pinned, executor_for(compute) as executor:
         reports = run_chain(
             build_chain(ws, config, options),
             executor,
-            gpu_executor=gpu_stage_executor(device, compute),
+            gpu_executor=pinned or gpu_stage_executor(device, compute),
             retry_failed=retry_failed,
         )
     finish(reports, json_output, strict)

@@ -9,6 +9,7 @@ model is built once per process and reused by every task that process runs.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from vpipe.device import autocast, resolve_device
+from vpipe.device import precision_autocast, resolve_device
 from vpipe.errors import ConfigError, NonFiniteError
-from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips, stack_rgb_and_flow
+from vpipe.extract.inputs import LoadedClip, crop_rgb_clips, stack_rgb_and_flow
+from vpipe.video.prefetch import default_loader_workers, prefetched
 from vpipe.video.jobs import VideoJob
 from vpipe.flow.quantize import quantize_flow
 from vpipe.models import backbone
 from vpipe.store.reader import FeatureSet
 from vpipe.store.shards import ShardWriter, rows_per_job, shard_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class ExtractConfig:
     options: tuple[tuple[str, Any], ...] = ()
     device: str = "auto"
     batch_size: int = 8
-    decode_workers: int = 0
+    #: Loader processes decoding ahead of the model (:mod:`vpipe.video.prefetch`);
+    #: None: the device's default (some on CUDA, none on CPU).
+    decode_workers: int | None = None
     decoder: str = "auto"
     flow_dir: str | None = None
     #: What each clip is built from: ("rgb",), ("flow",), or ("rgb", "flow") stacked as channels.
@@ -46,6 +51,8 @@ class ExtractConfig:
     #: Keys the per-process model cache: new weights written over the same path must
     #: not be served by the model loaded from the old file.
     weights_sha256: str | None = None
+    #: "fp32" or "bf16" autocast (:class:`vpipe.device.ComputeSettings`), as fingerprinted.
+    precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
@@ -65,10 +72,11 @@ class ExtractConfig:
         with the user's), so a later change of a default does not change the model;
         provenance from before resolved options were recorded falls back to the typed ones.
         ``weights`` and ``inputs`` are passed in because resolving them checks files and
-        the registry, which the caller does with its own messages.
+        the registry, which the caller does with its own messages. The recorded precision
+        is kept (bf16 autocast runs on CPU too), so a query video is computed like the cache.
         """
         options = provenance.get("resolved_options") or provenance.get("options") or {}
-        recorded = {key: provenance[key] for key in ("decoder", "weights_sha256") if key in provenance}
+        recorded = {key: provenance[key] for key in ("decoder", "weights_sha256", "precision") if key in provenance}
         return cls(
             backbone=str(provenance["backbone"]),
             stream=str(provenance["stream"]),
@@ -100,34 +108,31 @@ def load_model(
     return model
 
 
-def flow_loader(flow_dir: str):
-    """Load a video's cached flow rows (the flow stage's output), keyed by (clip, view)."""
-
-    def load(job: VideoJob) -> list[LoadedClip]:
-        features = _open_flow(flow_dir)
-        clips = []
-        for view in sorted({c.view for c in job.clips}):
-            stacked = features.clips(job.video_id, view=view, layer="flow")
-            if stacked.dtype != np.uint8:
-                stacked = quantize_flow(torch.from_numpy(stacked.astype(np.float32))).numpy()
-            wanted = sorted(c.clip for c in job.clips if c.view == view)
-            clips.extend(LoadedClip(clip, view, stacked[i]) for i, clip in enumerate(wanted))
-        return clips
-
-    return load
+def flow_clips(job: VideoJob, flow_dir: str) -> list[LoadedClip]:
+    """A video's cached flow rows (the flow stage's output), keyed by (clip, view)."""
+    features = _open_flow(flow_dir)
+    clips = []
+    for view in sorted({c.view for c in job.clips}):
+        stacked = features.clips(job.video_id, view=view, layer="flow")
+        if stacked.dtype != np.uint8:
+            stacked = quantize_flow(torch.from_numpy(stacked.astype(np.float32))).numpy()
+        wanted = sorted(c.clip for c in job.clips if c.view == view)
+        clips.extend(LoadedClip(clip, view, stacked[i]) for i, clip in enumerate(wanted))
+    return clips
 
 
 def rgb_and_flow(job: VideoJob, flow_dir: str, decoder: str) -> list[LoadedClip]:
     """A video's decoded clips with their cached flow stacked on as two more channels."""
-    return stack_rgb_and_flow(crop_rgb_clips(job, decoder), flow_loader(flow_dir)(job))
+    return stack_rgb_and_flow(crop_rgb_clips(job, decoder), flow_clips(job, flow_dir))
 
 
 def clip_loader(config: ExtractConfig) -> Callable[[VideoJob], list[LoadedClip]]:
-    """The per-video loader for the inputs the backbone is built from."""
+    """The per-video loader for the inputs the backbone is built from; picklable, so
+    that loader processes can run it."""
     if config.inputs == ("rgb",):
         return functools.partial(crop_rgb_clips, decoder=config.decoder)
     if config.inputs == ("flow",):
-        return flow_loader(config.flow_dir)
+        return functools.partial(flow_clips, flow_dir=config.flow_dir)
     if set(config.inputs) == {"rgb", "flow"}:
         return functools.partial(rgb_and_flow, flow_dir=config.flow_dir, decoder=config.decoder)
     raise ConfigError(f"backbone {config.backbone} reads {config.inputs}: only rgb, flow or both can be loaded")
@@ -164,7 +169,9 @@ def to_model_input(batch: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def run_model(model: nn.Module, clips: list[LoadedClip], device: torch.device) -> list[dict[str, np.ndarray]]:
+def run_model(
+    model: nn.Module, clips: list[LoadedClip], device: torch.device, precision: str = "fp32"
+) -> list[dict[str, np.ndarray]]:
     """Forward a batch of same-shape clips; per clip, every cached layer as float32 numpy."""
     batch = torch.from_numpy(np.stack([c.data for c in clips]))
     if device.type == "cuda":
@@ -173,7 +180,7 @@ def run_model(model: nn.Module, clips: list[LoadedClip], device: torch.device) -
     if device.type == "cuda":
         fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
         x = x.contiguous(memory_format=fmt)
-    with autocast(device):
+    with precision_autocast(device, precision):
         layers = model.forward_features(x)
     per_clip: list[dict[str, np.ndarray]] = [{} for _ in clips]
     for name, value in layers.items():
@@ -184,6 +191,34 @@ def run_model(model: nn.Module, clips: list[LoadedClip], device: torch.device) -
         for i in range(len(clips)):
             per_clip[i][name] = array[i]
     return per_clip
+
+
+def non_finite_layers(arrays: dict[str, np.ndarray]) -> list[str]:
+    return sorted(name for name, array in arrays.items() if not np.isfinite(array).all())
+
+
+def finite_features(
+    model: nn.Module, clips: list[LoadedClip], device: torch.device, precision: str
+) -> list[dict[str, np.ndarray] | list[str]]:
+    """Per clip, its layers, or the names of the layers that stayed non-finite.
+
+    A clip that overflows under bf16 autocast (one activation past bf16's range, or a
+    reduction that loses its last digits) is computed again alone in fp32, the precision
+    bf16 approximates; only if fp32 is non-finite too is it a failure, of its video
+    alone. The retry is per clip rather than per video: a video's clips can lie in
+    batches already written, and an fp32 clip beside bf16 ones is closer to the
+    reference, not further. Retries are logged so a backbone that overflows often shows.
+    """
+    results: list[dict[str, np.ndarray] | list[str]] = []
+    for clip, arrays in zip(clips, run_model(model, clips, device, precision)):
+        bad = non_finite_layers(arrays)
+        if bad and precision != "fp32":
+            log.warning("clip %d view %d gave non-finite %s under %s autocast; computed again in fp32",
+                        clip.clip, clip.view, ", ".join(bad), precision)  # fmt: skip
+            arrays = run_model(model, [clip], device, "fp32")[0]
+            bad = non_finite_layers(arrays)
+        results.append(bad or arrays)
+    return results
 
 
 def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dict] | Exception]:
@@ -197,31 +232,27 @@ def extract_videos(config: ExtractConfig, jobs: list[VideoJob]) -> list[list[dic
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / shard_name("extract", "\n".join(job.video_id for job in jobs))
-    loader = DataLoader(
-        VideoClips(jobs, load),
-        batch_size=None,
-        num_workers=config.decode_workers,
-        prefetch_factor=4 if config.decode_workers else None,
-        persistent_workers=False,
-    )
+    workers = default_loader_workers(device) if config.decode_workers is None else config.decode_workers
     pending: list[tuple[int, LoadedClip]] = []
 
     def flush(writer: ShardWriter, count: int) -> None:
         batch, pending[:] = pending[:count], pending[count:]
-        for (index, clip), arrays in zip(batch, run_model(model, [c for _, c in batch], device)):
+        for (index, clip), arrays in zip(batch, finite_features(model, [c for _, c in batch], device, config.precision)):
             if isinstance(outcome[index], Exception):
                 continue
-            non_finite = sorted(name for name, array in arrays.items() if not np.isfinite(array).all())
-            if non_finite:
+            if isinstance(arrays, list):
                 outcome[index] = NonFiniteError(
-                    f"{config.backbone} gave non-finite values in {', '.join(non_finite)} for clip "
+                    f"{config.backbone} gave non-finite values in {', '.join(arrays)} (fp32 too) for clip "
                     f"{clip.clip} view {clip.view} of {jobs[index].video_id}; its features are not stored"
                 )
                 continue
-            writer.add(jobs[index].video_id, clip.clip, clip.view, arrays)
+            try:
+                writer.add(jobs[index].video_id, clip.clip, clip.view, arrays)
+            except ValueError as error:  # beyond float16 storage: this video fails, not the task
+                outcome[index] = error
 
     with ShardWriter(path, attrs=config.provenance) as writer:
-        for index, loaded in loader:
+        for index, loaded in prefetched(load, jobs, workers):
             if isinstance(loaded, Exception):
                 outcome[index] = loaded
                 continue

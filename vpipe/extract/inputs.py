@@ -1,4 +1,4 @@
-"""Turning a video's planned clips into uint8 model inputs, in decoding worker processes.
+"""Turning a video's planned clips into uint8 model inputs, in loader processes.
 
 Workers ship uint8 arrays (a quarter of float32's bytes); scaling and normalisation
 happen on the model's device, where they are nearly free.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from vpipe.video.jobs import VideoJob
 from vpipe.video.decode import read_frames
@@ -53,25 +52,3 @@ def stack_rgb_and_flow(rgb: list[LoadedClip], flow: list[LoadedClip]) -> list[Lo
             )
         stacked.append(LoadedClip(clip.clip, clip.view, np.concatenate([clip.data, field.transpose(0, 2, 3, 1)], -1)))
     return stacked
-
-
-class VideoClips(Dataset):
-    """Item i: (i, clips of video i) or (i, the exception that loading it raised).
-
-    Errors are returned, not raised, so one unreadable video never stops a DataLoader
-    that is feeding a whole batch of videos.
-    """
-
-    def __init__(self, jobs: list[VideoJob], load):
-        self.jobs = jobs
-        self.load = load
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, i: int) -> tuple[int, list[LoadedClip] | Exception]:
-        try:
-            return i, self.load(self.jobs[i])
-        except Exception as error:  # noqa: BLE001 - reported per video by the caller
-            return i, error
-

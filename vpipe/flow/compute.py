@@ -9,6 +9,7 @@ once per task.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from vpipe.device import resolve_device
+from vpipe.video.prefetch import default_loader_workers, prefetched
 from vpipe.video.jobs import ClipSpec, VideoJob, flow_pair
 from vpipe.flow.quantize import encode_flow
 from vpipe.flow.tvl1 import tvl1
@@ -42,6 +44,8 @@ class FlowConfig:
     pairs_per_batch: int | None = None
     decoder: str = "auto"
     tvl1_params: tuple[tuple[str, Any], ...] = ()
+    #: Loader processes reading and cropping frames ahead of TV-L1; None: the device's default.
+    loader_workers: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
@@ -63,8 +67,45 @@ def clip_pairs(spec: ClipSpec, num_frames: int, stack: int) -> np.ndarray:
     return np.stack([rows[:, :-1], rows[:, 1:]], axis=-1)
 
 
+@dataclass(frozen=True)
+class VideoPairs:
+    """A video's clip layouts and its distinct cropped frame pairs, ready for TV-L1."""
+
+    layouts: list[tuple[ClipSpec, np.ndarray]]
+    #: ((a, b, crop fields), first cropped frame, second cropped frame) per distinct pair.
+    pairs: list[tuple[tuple[int, int, tuple], np.ndarray, np.ndarray]]
+
+
+def read_video_pairs(job: VideoJob, stack: int, decoder: str) -> VideoPairs:
+    """Decode the frames a video's clips need once, and crop every distinct pair like its clip.
+
+    Module-level and free of torch, so loader processes can run it ahead of TV-L1.
+    """
+    layouts = [(spec, clip_pairs(spec, job.num_frames, stack)) for spec in job.clips]
+    needed = np.unique(np.concatenate([pairs.ravel() for _, pairs in layouts]))
+    frames = read_frames(job.path, needed, decoder=decoder)
+    position = {int(f): i for i, f in enumerate(needed)}
+    out, seen = [], set()
+    for spec, pairs in layouts:
+        crop = tuple(asdict(spec.crop).values())
+        todo = sorted(p for p in {(int(a), int(b)) for a, b in pairs.reshape(-1, 2)} if (*p, crop) not in seen)
+        if not todo:
+            continue
+        firsts = apply_crop(frames[[position[a] for a, _ in todo]], spec.crop)
+        seconds = apply_crop(frames[[position[b] for _, b in todo]], spec.crop)
+        for (a, b), first, second in zip(todo, firsts, seconds):
+            seen.add((a, b, crop))
+            out.append(((a, b, crop), first, second))
+    return VideoPairs(layouts, out)
+
+
 def flow_videos(config: FlowConfig, jobs: list[VideoJob]) -> list[list[dict] | Exception]:
-    """The flow stage's batched item function: index rows per video, or its error."""
+    """The flow stage's batched item function: index rows per video, or its error.
+
+    Videos are read and cropped in loader processes ahead of TV-L1
+    (:mod:`vpipe.video.prefetch`; by default on CUDA only), in order, so the batches
+    and the stored flow are the same with and without them.
+    """
     device = resolve_device(config.device)
     params = dict(config.tvl1_params)
     outcome: dict[int, list[dict] | Exception] = {}
@@ -74,9 +115,11 @@ def flow_videos(config: FlowConfig, jobs: list[VideoJob]) -> list[list[dict] | E
 
     def compute(count: int) -> None:
         batch, queue[:] = queue[:count], queue[count:]
-        prev = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
-        nxt = torch.from_numpy(np.stack([b[2] for b in batch])).to(device)
-        fields = tvl1(prev, nxt, **params)
+        prev = torch.from_numpy(np.stack([b[1] for b in batch]))
+        nxt = torch.from_numpy(np.stack([b[2] for b in batch]))
+        if device.type == "cuda":
+            prev, nxt = prev.pin_memory(), nxt.pin_memory()
+        fields = tvl1(prev.to(device, non_blocking=True), nxt.to(device, non_blocking=True), **params)
         codes = encode_flow(fields, config.encoding, config.bound).cpu().numpy()
         for (key, _, _), code in zip(batch, codes):
             flows[key] = code
@@ -86,27 +129,17 @@ def flow_videos(config: FlowConfig, jobs: list[VideoJob]) -> list[list[dict] | E
             return config.pairs_per_batch
         return 256 if device.type == "cuda" else max(1, CPU_BATCH_PIXELS // pixels)
 
-    for index, job in enumerate(jobs):
-        try:
-            layouts[index] = [(spec, clip_pairs(spec, job.num_frames, config.stack)) for spec in job.clips]
-            needed = np.unique(np.concatenate([pairs.ravel() for _, pairs in layouts[index]]))
-            frames = read_frames(job.path, needed, decoder=config.decoder)
-        except Exception as error:  # noqa: BLE001 - recorded for this video only
-            outcome[index] = error
+    workers = default_loader_workers(device) if config.loader_workers is None else config.loader_workers
+    load = partial(read_video_pairs, stack=config.stack, decoder=config.decoder)
+    for index, loaded in prefetched(load, jobs, workers):
+        if isinstance(loaded, Exception):
+            outcome[index] = loaded
             continue
-        position = {int(f): i for i, f in enumerate(needed)}
-        for spec, pairs in layouts[index]:
-            crop = tuple(asdict(spec.crop).values())
-            unique = {(int(a), int(b)) for a, b in pairs.reshape(-1, 2)}
-            todo = sorted(p for p in unique if (job.video_id, *p, crop) not in flows)
-            if not todo:
-                continue
-            firsts = apply_crop(frames[[position[a] for a, _ in todo]], spec.crop)
-            seconds = apply_crop(frames[[position[b] for _, b in todo]], spec.crop)
-            for (a, b), first, second in zip(todo, firsts, seconds):
-                key = (job.video_id, a, b, crop)
-                flows[key] = None
-                queue.append((key, first, second))
+        layouts[index] = loaded.layouts
+        for (a, b, crop), first, second in loaded.pairs:
+            key = (jobs[index].video_id, a, b, crop)
+            flows[key] = None
+            queue.append((key, first, second))
         while queue and len(queue) >= batch_size(queue[0][1].shape[0] * queue[0][1].shape[1]):
             compute(batch_size(queue[0][1].shape[0] * queue[0][1].shape[1]))
         outcome[index] = []

@@ -1,12 +1,13 @@
 """Vision-transformer building blocks shared by the transformer backbones.
 
 One pre-norm block (LayerNorm → multi-head self-attention → residual, LayerNorm → GELU
-MLP → residual), named as the official VideoMAE / timm checkpoints name it
+(or CLIP's QuickGELU) MLP → residual), named as the official VideoMAE / timm checkpoints name it
 (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``) so those
 load without renaming; other layouts are converted to these names by the backbone's
 checkpoint filter. Attention runs through
 :func:`torch.nn.functional.scaled_dot_product_attention`, which picks the fused kernel of
-the device instead of materialising the N × N score matrix in Python.
+the device instead of materialising the N × N score matrix in Python. Blocks take an
+optional :class:`Rope` for families that encode positions by rotating queries and keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class Rope:
+    """3-D rotary position embedding over a (t, h, w) token grid, as V-JEPA 2 rotates
+    queries and keys.
+
+    Each head's first ``3 · s`` channels (``s = 2 · ⌊⌊head_dim / 3⌋ / 2⌋``) are split into
+    depth, height and width parts; part ``a`` of token ``n`` is rotated by angles
+    ``pos_a(n) · 10000 ** (-j / (s / 2))``. The reference pairs channels ``(2m, 2m+1)`` for
+    the rotation but indexes the angle by ``i mod s/2`` (its sine/cosine tables are tiled,
+    not interleaved); that pairing is kept, since the weights were trained with it.
+    Channels past ``3 · s`` pass through unrotated. Positions are those of the input's
+    own grid, row-major as the patch embedding flattens it.
+    """
+
+    def __init__(self, grid: tuple[int, int, int], head_dim: int, *, device: torch.device | None = None) -> None:
+        depth, height, width = grid
+        self.part = 2 * ((head_dim // 3) // 2)
+        ids = torch.arange(depth * height * width, device=device)
+        positions = (ids // (height * width), (ids % (height * width)) // width, ids % width)
+        half = self.part // 2
+        omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float32, device=device) / half)
+        angles = torch.cat([(p.to(torch.float32)[:, None] * omega).repeat(1, 2) for p in positions], dim=1)
+        self.cos, self.sin = angles.cos(), angles.sin()
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Rotate ``x`` (batch, heads, tokens, head_dim)."""
+        rotated = x[..., : 3 * self.part]
+        pairs = rotated.unflatten(-1, (-1, 2))
+        partner = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        out = rotated * self.cos.to(x.dtype) + partner * self.sin.to(x.dtype)
+        return torch.cat((out, x[..., 3 * self.part :]), dim=-1)
 
 
 class Attention(nn.Module):
@@ -34,24 +67,40 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: Rope | None = None) -> Tensor:
         batch, tokens, dim = x.shape
         bias = self.qkv.bias
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).reshape(batch, tokens, 3, self.heads, dim // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
-class Mlp(nn.Module):
-    """fc1 → exact GELU → fc2, the ViT feed-forward layer."""
+class QuickGELU(nn.Module):
+    """``x · sigmoid(1.702 x)``: the GELU approximation OpenAI's CLIP was trained with.
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    Weights trained with it lose accuracy under the exact GELU (and vice versa), so the
+    activation is part of the checkpoint's identity, not an implementation detail.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quickgelu": QuickGELU}
+
+
+class Mlp(nn.Module):
+    """fc1 → activation (exact GELU unless told) → fc2, the ViT feed-forward layer."""
+
+    def __init__(self, dim: int, hidden: int, *, act: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[act]()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -59,17 +108,27 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; ``eps`` is the LayerNorm epsilon of the family."""
+    """Pre-norm transformer block; ``eps`` is the LayerNorm epsilon of the family and
+    ``act`` the MLP activation (a key of :data:`ACTIVATIONS`)."""
 
-    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, eps: float = 1e-6, split_bias: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        eps: float = 1e-6,
+        split_bias: bool = False,
+        act: str = "gelu",
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads, split_bias=split_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act=act)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, rope: Rope | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
 

@@ -48,8 +48,11 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, *, nesting: tuple[str, ...] = ()) -> dict[str, Tensor]:
     """Read a flat ``name -> tensor`` dict from a ``.safetensors`` or torch pickle file.
+
+    ``nesting`` names further keys under which a family's training checkpoints keep the
+    weights, tried before the usual ones (V-JEPA's ``target_encoder``).
 
     Pickles are read with ``weights_only=True`` so a checkpoint cannot run code;
     ``collections.Counter`` is allowed because 3D-ResNets-PyTorch checkpoints carry a
@@ -68,16 +71,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
-    return _unwrap(obj, path)
+    return _unwrap(obj, path, (*nesting, *_NESTING_KEYS))
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+def _unwrap(obj: Any, path: Path, nesting: tuple[str, ...]) -> dict[str, Tensor]:
     while isinstance(obj, Mapping) and not _is_flat(obj):
-        inner = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
+        inner = next((obj[k] for k in nesting if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             raise WeightsError(
                 f"{path} holds no state dict: top-level keys are {_short(sorted(map(str, obj)))}; "
-                f"expected tensors or one of {', '.join(_NESTING_KEYS)}"
+                f"expected tensors or one of {', '.join(nesting)}"
             )
         obj = inner
     if not isinstance(obj, Mapping):
@@ -127,8 +130,9 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     0.4.1 (the released pytorch-i3d ones among them) do not have. Without ``strict`` the
     matching keys load and the rest are reported in the returned :class:`WeightsInfo`.
     """
-    state = read_state_dict(path)
     spec = getattr(model, "spec", None)
+    reader = getattr(spec, "checkpoint_reader", None) or read_state_dict
+    state = reader(Path(path))
     if spec is not None:
         state = {k: v for k, v in state.items() if not k.startswith(tuple(spec.head_keys))}
         if spec.checkpoint_filter is not None:

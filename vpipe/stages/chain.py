@@ -42,7 +42,7 @@ class ChainOptions:
     weights: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
     batch_size: int = 8
-    decode_workers: int = 0
+    decode_workers: int | None = None
     videos_per_task: int | None = None
     #: None: the paper's 128, or SYNTHETIC_CLUSTERS on the synthetic dataset; 0 skips encoding.
     clusters: int | None = None

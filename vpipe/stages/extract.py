@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from vpipe import __version__
-from vpipe.device import default_videos_per_task
+from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
 from vpipe.artifacts import atomic_write_text
 from vpipe.errors import StageError, VpipeError
 from vpipe.extract.features import ExtractConfig, extract_videos
@@ -123,7 +123,7 @@ class ExtractStage(Stage):
         name: str | None = None,
         device: str = "auto",
         batch_size: int = 8,
-        decode_workers: int = 0,
+        decode_workers: int | None = None,
         videos_per_task: int | None = None,
         decoder: str = "auto",
     ):
@@ -136,6 +136,7 @@ class ExtractStage(Stage):
         self.set_name = name or (backbone if len(self.inputs) > 1 else f"{backbone}-{stream}")
         self.device, self.batch_size, self.decode_workers = device, batch_size, decode_workers
         self.chunk_size = videos_per_task or default_videos_per_task(device)
+        self.compute = ComputeSettings.for_device(device)
         self.decoder = decoder
         self._weights_sha: str | None = None
 
@@ -173,10 +174,11 @@ class ExtractStage(Stage):
         return {**backbone_defaults(self.backbone), **self.options}
 
     def model_fingerprint(self) -> str:
-        """The backbone, stream, weights, resolved options and the backbone's output version."""
+        """The backbone, stream, weights, resolved options, the backbone's output version,
+        and the device kind and precision when they are not the CPU fp32 reference."""
         return fingerprint(
             EXTRACT_FORMAT, FINGERPRINT_SCHEME, self.backbone, self.stream, self.weights_sha256,
-            self.resolved_options(), backbone_version(self.backbone),
+            self.resolved_options(), backbone_version(self.backbone), *self.compute.fingerprint_parts(),
         )  # fmt: skip
 
     def _typed_options_fingerprint(self) -> str:
@@ -283,6 +285,7 @@ class ExtractStage(Stage):
             "sampler": json.loads(table_metadata(plan_path, "sampler") or "{}"),
             "decoder": self.decoder,
             "vpipe_version": __version__,
+            **self.compute.provenance(),
         }
         return ExtractConfig(
             backbone=self.backbone,
@@ -290,13 +293,14 @@ class ExtractStage(Stage):
             out_dir=str(self.artifact),
             weights=self.weights,
             options=tuple(sorted(self.options.items())),
-            device=self.device,
+            device=concrete_device(self.device),
             batch_size=self.batch_size,
             decode_workers=self.decode_workers,
             decoder=self.decoder,
             flow_dir=str(self.flow_dir) if "flow" in self.inputs else None,
             inputs=self.inputs,
             weights_sha256=self.weights_sha256,
+            precision=self.compute.precision,
             provenance=provenance,
         )
 

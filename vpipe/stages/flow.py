@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe import __version__
-from vpipe.device import default_videos_per_task
+from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
 from vpipe.flow.compute import FlowConfig, flow_videos
 from vpipe.flow.tvl1 import resolved_tvl1_params, tvl1_params_off_reference
 from vpipe.pipeline.executor import WorkItem
@@ -52,6 +52,8 @@ class FlowStage(Stage):
         resolved_tvl1_params(self.tvl1_params)  # an unknown name fails here, not in every task
         self.device, self.pairs_per_batch, self.decoder = device, pairs_per_batch, decoder
         self.chunk_size = videos_per_task or default_videos_per_task(device)
+        # TV-L1 runs in fp32 everywhere; the device kind still counts (CUDA sums in another order).
+        self.compute = ComputeSettings.for_device(device, storage_dtype=encoding, precision="fp32")
 
     @property
     def journal_name(self) -> str:
@@ -65,8 +67,9 @@ class FlowStage(Stage):
         jobs = plan_jobs(self.workspace, self.plan)
         signatures = plan_signatures(self.workspace, self.plan)
         config_fp = fingerprint(
-            FLOW_FORMAT, self.stack, self.encoding, self.bound, tvl1_params_off_reference(self.tvl1_params), self.decoder
-        )
+            FLOW_FORMAT, self.stack, self.encoding, self.bound, tvl1_params_off_reference(self.tvl1_params),
+            self.decoder, *self.compute.fingerprint_parts(),
+        )  # fmt: skip
         config_json = canonical_json(config_fp)
         return [
             WorkItem(
@@ -87,7 +90,7 @@ class FlowStage(Stage):
             stack=self.stack,
             encoding=self.encoding,
             bound=self.bound,
-            device=self.device,
+            device=concrete_device(self.device),
             pairs_per_batch=self.pairs_per_batch,
             decoder=self.decoder,
             tvl1_params=tuple(sorted(self.tvl1_params.items())),
@@ -102,6 +105,7 @@ class FlowStage(Stage):
                 "plan_fingerprint": table_fingerprint(self.workspace.plan_path(self.plan)),
                 "decoder": self.decoder,
                 "vpipe_version": __version__,
+                **self.compute.provenance(),
             },
         )
         return partial(flow_videos, config)

@@ -1,6 +1,6 @@
 """Feature backbones: one family per module, all reachable through the registry."""
 
-from vpipe.models.backbones import hoghofmbh, inception3d, resnet2d, resnet3d, vgg, videomae
+from vpipe.models.backbones import clip, hoghofmbh, inception3d, resnet2d, resnet3d, vgg, videomae, vjepa
 from vpipe.models.backbones.registry import (
     Backbone,
     BackboneSpec,
@@ -13,6 +13,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "backbone",
+    "clip",
     "hoghofmbh",
     "inception3d",
     "list_backbones",
@@ -21,4 +22,5 @@ __all__ = [
     "resnet3d",
     "vgg",
     "videomae",
+    "vjepa",
 ]

@@ -28,6 +28,7 @@ STREAMS = ("rgb", "flow")
 StateDict = dict[str, Tensor]
 CheckpointFilter = Callable[[StateDict, nn.Module], StateDict]
 ShapeFn = Callable[[tuple[int, ...]], dict[str, tuple[int, ...]]]
+CheckpointReader = Callable[[Path], StateDict]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class BackboneSpec:
     ``head_keys`` are checkpoint key prefixes of classifier layers the backbone leaves out
     (their shape depends on the class count); loading drops them even when strict.
     ``licence`` names the published checkpoints' licence where it restricts use
-    (empty when it does not).
+    (empty when it does not). ``checkpoint_reader`` replaces the generic file reader for
+    families whose files are not a (nested) state dict, such as a TorchScript archive.
     """
 
     name: str
@@ -59,6 +61,7 @@ class BackboneSpec:
     checkpoint_filter: CheckpointFilter | None = None
     num_params: int = 0
     licence: str = ""
+    checkpoint_reader: CheckpointReader | None = None
 
     @property
     def default_input_shape(self) -> tuple[int, ...]:
