@@ -56,8 +56,9 @@ def test_help_imports_no_heavy_library(args):
 
 
 def test_status_imports_no_training_or_plotting_library(tmp_path):
-    """``vpipe status`` needs torch (the backbone registry names each stage's fingerprint)
-    but none of the libraries that only fitting, searching or plotting use."""
+    """``vpipe status`` still imports torch and h5py (the flow settings and the training
+    step's run lookup) but none of the libraries that only fitting, searching or
+    plotting use."""
     code, heavy, _ = _imported_by(["status", "--dataset", "synthetic", "--workspace", str(tmp_path)])
     assert code == 1  # nothing probed there: the command still imported its whole path
     assert not {"sklearn", "faiss", "dask", "distributed", "matplotlib"} & set(heavy), heavy
@@ -92,6 +93,35 @@ def test_catalog_equals_the_registries():
     assert catalog.DEFAULT_PCA == DEFAULT_PCA
     assert catalog.SYNTHETIC_VIDEOS_PER_CLASS == DEFAULT_VIDEOS_PER_CLASS
     assert catalog.DEVICES == DEVICES
+
+
+@pytest.mark.parametrize("name", catalog.BACKBONES)
+def test_catalog_backbone_descriptions_equal_the_registry(name):
+    """The static copies the extract fingerprint reads (``vpipe status`` has no torch)."""
+    from vpipe.models.backbones import registry
+
+    fix = "update the backbone tables in vpipe/catalog.py"
+    assert catalog.backbone_defaults(name) == registry.backbone_defaults(name), fix
+    assert catalog.backbone_version(name) == registry.backbone_version(name), fix
+    assert catalog.is_weightless(name) == registry.is_weightless(name), fix
+    for stream in ("rgb", "flow"):
+        assert catalog.backbone_inputs(name, stream) == registry.backbone_inputs(name, stream), fix
+    assert set(catalog.BACKBONE_DEFAULTS) == set(registry.list_backbones()), fix
+
+
+def test_index_and_item_state_readers_import_no_heavy_library():
+    """Reading an index and classifying a journal, as status does, needs neither torch
+    (the feature reader) nor h5py (shards) nor the retrieval libraries."""
+    script = (
+        "import sys\n"
+        "import vpipe.store, vpipe.retrieval, vpipe.pipeline.item_state, vpipe.pipeline.workspace\n"
+        "from vpipe.store import read_index\n"
+        "from vpipe.catalog import backbone_defaults\n"
+        f"print([m for m in {HEAVY[:6]!r} if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_lazy_package_names_resolve_to_their_modules():

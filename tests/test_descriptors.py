@@ -384,6 +384,7 @@ def test_a_bumped_backbone_version_makes_cached_features_stale(tmp_path: Path, m
     """Code that changes what the same options give bumps the registered version, which
     enters the extract fingerprint: features cached before go stale, and with them the
     codebooks and encodings fitted on their index. Unbumped backbones keep their caches."""
+    from vpipe import catalog
     from vpipe.models.backbones import registry
     from vpipe.pipeline.workspace import DatasetWorkspace
 
@@ -391,7 +392,8 @@ def test_a_bumped_backbone_version_makes_cached_features_stale(tmp_path: Path, m
     assert registry.backbone_version(NAME) == 2 and registry.backbone_version("li3d") == 1
     now = ExtractStage(ws, backbone=NAME).model_fingerprint()
     li3d = ExtractStage(ws, backbone="li3d").model_fingerprint()
-    monkeypatch.setitem(registry._VERSIONS, NAME, 3)
-    monkeypatch.setitem(registry._VERSIONS, "li3d", 1)
+    # Stages read the static copy of the versions (kept equal to the registry's by tests/test_cli_imports.py).
+    monkeypatch.setitem(catalog.BACKBONE_VERSIONS, NAME, 3)
+    monkeypatch.setitem(catalog.BACKBONE_VERSIONS, "li3d", 1)
     assert ExtractStage(ws, backbone=NAME).model_fingerprint() != now
     assert ExtractStage(ws, backbone="li3d").model_fingerprint() == li3d

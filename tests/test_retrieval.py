@@ -652,3 +652,52 @@ def test_export_memory_stays_flat_with_gallery_size(tmp_path: Path) -> None:
     # 8x the rows: holding the vectors would add 7000 x 1024 x 4 B = 29 MB; what grows is
     # the id map (under 1 kB a row), not the vectors.
     assert peaks[8000] - peaks[1000] < 7000 * 1024 * 4 * 0.35, peaks
+
+
+@pytest.mark.slow
+def test_report_examples_show_decoded_strips_of_queries_and_hits(cache) -> None:
+    import base64
+    import io
+    from html.parser import HTMLParser
+
+    import cv2
+    from PIL import Image
+
+    from vpipe.report.strips import STRIP_FRAMES, THUMB_HEIGHT, retrieval_examples_html
+
+    summary = build_index(cache, "encodings:li3d-rgb-k2-vlad", name="strips")
+    images: list[tuple[str, str]] = []
+
+    class Page(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                images.append((dict(attrs)["src"], dict(attrs)["alt"]))
+
+    text = retrieval_examples_html(cache, [summary["name"]], device="cpu")
+    Page().feed(text)
+    videos = Index.open(cache, name="strips").rows.drop_duplicates("video_id")
+    queries, gallery = min(3, (videos["split"] == "test").sum()), (videos["split"] == "train").sum()
+    assert len(images) == queries * (1 + min(5, gallery)) and queries > 0
+    manifest = cache.read_manifest().set_index("video_id")
+    for src, alt in images:
+        assert src.startswith("data:image/png;base64,")
+        strip = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+        assert strip.shape[0] == THUMB_HEIGHT and strip.std() > 0
+        # the first thumbnail is the frame at the centre of the first quarter (OpenCV reference)
+        row = manifest.loc[alt.rsplit(" · ", 1)[1]]
+        width = strip.shape[1] // STRIP_FRAMES
+        capture = cv2.VideoCapture(str(row["path"]))
+        capture.set(cv2.CAP_PROP_POS_FRAMES, int(0.5 * row["num_frames"] / STRIP_FRAMES))
+        ok, frame = capture.read()
+        capture.release()
+        assert ok
+        expected = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), (width, THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
+        assert np.abs(strip[:, :width].astype(float) - expected).mean() < 12
+    assert text.count("<figcaption>query · ") == queries and "<figcaption>#1 · " in text
+
+
+def test_report_examples_survive_a_missing_video(tmp_path) -> None:
+    from vpipe.report.strips import _figure
+
+    figure = _figure(str(tmp_path / "gone.mp4"), 10, "query · a · gone")
+    assert "frames unavailable" in figure and "<img" not in figure

@@ -39,3 +39,68 @@ DEFAULT_PCA = "auto"
 
 #: ``vpipe.data.synthetic.DEFAULT_VIDEOS_PER_CLASS``.
 SYNTHETIC_VIDEOS_PER_CLASS = 10
+
+#: ``vpipe.models.backbones.registry.backbone_defaults(name)`` for every backbone: the
+#: option defaults each extract fingerprint covers, read by ``vpipe status`` without torch.
+BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
+    "clip": {"size": "b32", "activation": "quickgelu", "torchscript": False, "flow_stack": 5},
+    "hoghofmbh": {"step": 3, "stride": 1, "cell": 16, "camera": "median"},
+    "i3d": {},
+    "li3d": {},
+    "r3d50": {"grid": (4, 4)},
+    "resnet101": {"grid": None, "flow_stack": 5},
+    "resnet50": {"grid": None, "flow_stack": 5},
+    "vgg16": {"grid": None, "flow_stack": 4},
+    "videomae": {"size": "base"},
+    "vjepa": {"size": "large", "grid": False},
+}
+
+#: ``backbone_version(name)`` where it is not 1.
+BACKBONE_VERSIONS: dict[str, int] = {"hoghofmbh": 2}
+
+#: Backbones for which ``is_weightless(name)`` holds.
+WEIGHTLESS_BACKBONES = ("hoghofmbh",)
+
+#: ``backbone_inputs(name, stream)`` where it is not ``(stream,)``.
+BACKBONE_INPUTS: dict[str, tuple[str, ...]] = {"hoghofmbh": ("rgb", "flow")}
+
+
+def _registered_elsewhere(name: str) -> bool:
+    """A backbone registered at run time (not in the tables): only its registry knows it."""
+    return name not in BACKBONE_DEFAULTS
+
+
+def backbone_defaults(name: str) -> dict[str, object]:
+    """As the registry's function of that name, from :data:`BACKBONE_DEFAULTS`."""
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.backbone_defaults(name)
+    return dict(BACKBONE_DEFAULTS[name])
+
+
+def backbone_version(name: str) -> int:
+    """As the registry's function of that name, from :data:`BACKBONE_VERSIONS`."""
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.backbone_version(name)
+    return BACKBONE_VERSIONS.get(name, 1)
+
+
+def backbone_inputs(name: str, stream: str) -> tuple[str, ...]:
+    """As the registry's function of that name, from :data:`BACKBONE_INPUTS`."""
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.backbone_inputs(name, stream)
+    return BACKBONE_INPUTS.get(name, (stream,))
+
+
+def is_weightless(name: str) -> bool:
+    """As the registry's function of that name, from :data:`WEIGHTLESS_BACKBONES`."""
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.is_weightless(name)
+    return name in WEIGHTLESS_BACKBONES

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from vpipe.errors import StageError
 from vpipe.pipeline.executor import Executor, InProcessExecutor, WorkItem
 from vpipe.pipeline.failures import replace_stage_failures
+from vpipe.pipeline.item_state import stage_item_states
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.progress import progress as track
 from vpipe.pipeline.stage import Stage, StageReport
@@ -37,16 +38,14 @@ def stage_status(stage: Stage) -> StageReport:
         items = stage.items()
     except StageError as error:
         return StageReport(stage=stage.label, ready=False, reason=str(error), artifact=str(stage.artifact))
-    current = valid_records(items, Journal(stage.journal_dir).load())
-    damaged = [key for key in stage.damaged_items() if key in current and current[key].ok]
-    for key in damaged:
-        del current[key]
-    failed = sum(not r.ok for r in current.values())
+    states = stage_item_states([item.key for item in items], [item.fingerprint for item in items], stage.journal_dir)
+    done = set(states.keys_in("done"))
+    damaged = [key for key in stage.damaged_items() if key in done]
     return StageReport(
         stage=stage.label,
         total=len(items),
-        done=len(current) - failed,
-        failed=failed,
+        done=len(done) - len(damaged),
+        failed=states.count("failed"),
         damaged=len(damaged),
         artifact=str(stage.artifact),
     )

@@ -12,13 +12,16 @@ import os
 from dataclasses import dataclass
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from vpipe.artifacts import atomic_write_text
 from vpipe.errors import ConfigError, StageError
-from vpipe.store import INDEX_FILE, FeatureSet
+from vpipe.store.index import INDEX_FILE
+
+if TYPE_CHECKING:
+    from vpipe.store.reader import FeatureSet
 
 WORKSPACE_ENV = "VPIPE_WORKSPACE"
 
@@ -80,6 +83,8 @@ class DatasetWorkspace:
                 f"run `vpipe extract --dataset {self.dataset}` first"
                 + (f"; extracted feature sets: {', '.join(available)}" if available else "")
             )
+        from vpipe.store.reader import FeatureSet  # torch: only for callers that read features
+
         return FeatureSet.open(directory, max_open_files=max_open_files)
 
     def codebook_path(self, features: str, clusters: int) -> Path:

@@ -111,7 +111,7 @@ def build_report(
     text = _markdown(ws, table, plots)
     path = ws.report_path
     atomic_write_text(path, text)
-    page = write_html(ws, rows, plots)
+    page = write_html(ws, rows, plots, stored, device=device)
     return {
         "report": str(path),
         "html": str(page),

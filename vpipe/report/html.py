@@ -4,8 +4,10 @@ Everything the page shows is inside the file: figures are PNG data URIs, the sty
 is inline, and there are no scripts, fonts or links to fetch, so it opens offline, can be
 mailed as one attachment and prints as it looks (figures never split across pages, the
 table's header repeats on each printed page). The page holds the results table of every
-reported run, each index's retrieval figures (``index/*-evaluation.json``), and each
-run's figures.
+reported run, each index's retrieval figures (``index/*-evaluation.json``), the failure
+summary (``failures.parquet``), frame strips of a few queries and their hits
+(:mod:`vpipe.report.strips`), and per run its figures, per-class accuracy and most
+frequent confusions (:mod:`vpipe.report.classes`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.report.classes import classes_html, failures_html
+from vpipe.report.strips import retrieval_examples_html
 from vpipe.report.tables import COLUMNS, _cell
+from vpipe.train.runs import StoredRun
 
 _STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem auto; max-width: 72rem;
@@ -30,6 +35,9 @@ thead { display: table-header-group; }
 .scroll { overflow-x: auto; }
 figure { margin: 0.5rem 0 1rem; break-inside: avoid; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.strips { display: flex; flex-wrap: wrap; gap: 0.5rem; break-inside: avoid; margin-bottom: 1rem; }
+figure.strip { margin: 0; font-size: 12px; max-width: 17rem; }
+figure.strip:first-child { border-right: 3px solid #888; padding-right: 0.5rem; }
 h2 { break-after: avoid; margin-top: 2rem; }
 @media print { body { max-width: none; font-size: 11pt; } .scroll { overflow: visible; } }
 """
@@ -50,8 +58,11 @@ def _results_table(rows: Sequence[dict[str, Any]]) -> str:
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def _retrieval_table(ws: DatasetWorkspace) -> str:
-    evaluations = [json.loads(p.read_text()) for p in sorted(ws.index_dir.glob("*-evaluation.json"))]
+def _evaluations(ws: DatasetWorkspace) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(ws.index_dir.glob("*-evaluation.json"))]
+
+
+def _retrieval_table(evaluations: list[dict[str, Any]]) -> str:
     if not evaluations:
         return ""
     keys = [k for k in ("R@1", "R@5", "R@10", "mAP") if any(k in e for e in evaluations)]
@@ -67,8 +78,13 @@ def _retrieval_table(ws: DatasetWorkspace) -> str:
             f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')  # fmt: skip
 
 
-def write_html(ws: DatasetWorkspace, rows: Sequence[dict[str, Any]], plots: dict[str, list[Path]]) -> Path:
+def write_html(
+    ws: DatasetWorkspace, rows: Sequence[dict[str, Any]], plots: dict[str, list[Path]], stored: Sequence[StoredRun],
+    *, device: str = "auto",
+) -> Path:
     """Write ``report.html`` next to ``report.md``; return its path."""
+    by_id = {run.run_id: run for run in stored}
+    evaluations = _evaluations(ws)
     title = html.escape(f"{ws.dataset}: trained heads")
     parts = [
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>',
@@ -77,7 +93,9 @@ def write_html(ws: DatasetWorkspace, rows: Sequence[dict[str, Any]], plots: dict
         "<p>Test-split metrics of each run (macro precision and recall over classes; parameters of the head; "
         "model time per test video, cached features given).</p>",
         _results_table(rows),
-        _retrieval_table(ws),
+        _retrieval_table(evaluations),
+        retrieval_examples_html(ws, [str(e["index"]) for e in evaluations], device=device),
+        failures_html(ws.failures_path),
     ]
     for run_id, paths in plots.items():
         parts.append(f"<h2>{html.escape(run_id)}</h2>")
@@ -86,6 +104,8 @@ def write_html(ws: DatasetWorkspace, rows: Sequence[dict[str, Any]], plots: dict
             f"<figcaption>{html.escape(p.stem)}</figcaption></figure>"
             for p in paths
         ]
+        run = by_id[run_id]
+        parts.append(classes_html(run.metrics, run.config["data"]["class_names"]))
     parts.append("</body></html>\n")
     path = ws.report_path.with_suffix(".html")
     atomic_write_text(path, "\n".join(parts))

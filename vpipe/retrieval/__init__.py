@@ -10,7 +10,19 @@ with the test-queries-against-train-gallery protocol. Python API::
     index.search("some/video_id", k=10)
 """
 
-from vpipe.retrieval.evaluation import evaluate_index, retrieval_metrics
-from vpipe.retrieval.index import Hit, Index, build_index
+from vpipe.lazy import lazy_exports
 
 __all__ = ["Hit", "Index", "build_index", "evaluate_index", "retrieval_metrics"]
+
+# Lazy: the pipeline's index step (listed by ``vpipe status``) lives in this package,
+# and the index itself needs faiss, torch and h5py.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "evaluate_index": "vpipe.retrieval.evaluation",
+        "retrieval_metrics": "vpipe.retrieval.evaluation",
+        "Hit": "vpipe.retrieval.index",
+        "Index": "vpipe.retrieval.index",
+        "build_index": "vpipe.retrieval.index",
+    },
+)

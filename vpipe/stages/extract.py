@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -21,19 +21,21 @@ from vpipe import __version__
 from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
 from vpipe.artifacts import atomic_write_text
 from vpipe.errors import StageError, VpipeError
-from vpipe.extract.features import ExtractConfig, extract_videos
 from vpipe.video.jobs import VideoJob, jobs_from_plan
 from vpipe.video.views import Crop
-from vpipe.models import sha256_file
-from vpipe.models.backbones.registry import backbone_defaults, backbone_inputs, backbone_version, is_weightless
+# The static copies, equal to the registry's (tests/test_cli_imports.py): describing an
+# extract stage (status, fingerprints) does not build the backbone modules.
+from vpipe.catalog import backbone_defaults, backbone_inputs, backbone_version, is_weightless
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.pipeline.tables import table_fingerprint, table_metadata
-from vpipe.store import FeatureSet
 from vpipe.store.index import damaged_videos, orphan_shards, write_index
+
+if TYPE_CHECKING:
+    from vpipe.extract.features import ExtractConfig
 
 #: Bumped when the same configuration would store different features.
 EXTRACT_FORMAT = 1
@@ -162,6 +164,8 @@ class ExtractStage(Stage):
             if self.weights and not Path(self.weights).is_file():
                 raise StageError(f"--weights {self.weights} does not exist")
             if self.weights:
+                from vpipe.models.weights import sha256_file
+
                 self._weights_sha = sha256_file(self.weights)
             else:
                 self._weights_sha = "none" if is_weightless(self.backbone) else "random"
@@ -244,6 +248,8 @@ class ExtractStage(Stage):
         if not (self.artifact / "index.parquet").is_file():
             return None
         try:
+            from vpipe.store.reader import FeatureSet
+
             with FeatureSet.open(self.artifact) as features:
                 provenance = features.provenance
         except VpipeError:
@@ -287,6 +293,8 @@ class ExtractStage(Stage):
             "vpipe_version": __version__,
             **self.compute.provenance(),
         }
+        from vpipe.extract.features import ExtractConfig
+
         return ExtractConfig(
             backbone=self.backbone,
             stream=self.stream,
@@ -305,6 +313,8 @@ class ExtractStage(Stage):
         )
 
     def item_fn(self):
+        from vpipe.extract.features import extract_videos
+
         return partial(extract_videos, self.config())
 
     def damaged_items(self) -> dict[str, str]:

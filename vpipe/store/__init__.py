@@ -6,9 +6,7 @@ Flow caches (uint8 quantized flow) and feature caches (float16 layers) share it:
 index alone.
 """
 
-from vpipe.store.index import INDEX_FILE, INDEX_SCHEMA, orphan_shards, read_index, write_index
-from vpipe.store.reader import FeatureSet, SequenceDataset, collate_padded
-from vpipe.store.shards import ShardWriter, shard_name
+from vpipe.lazy import lazy_exports
 
 __all__ = [
     "INDEX_FILE",
@@ -22,3 +20,21 @@ __all__ = [
     "shard_name",
     "write_index",
 ]
+
+# Lazy: ``vpipe status`` reads indexes through this package and must not import torch
+# (the reader) or h5py (the shards) to do so.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "INDEX_FILE": "vpipe.store.index",
+        "INDEX_SCHEMA": "vpipe.store.index",
+        "orphan_shards": "vpipe.store.index",
+        "read_index": "vpipe.store.index",
+        "write_index": "vpipe.store.index",
+        "FeatureSet": "vpipe.store.reader",
+        "SequenceDataset": "vpipe.store.reader",
+        "collate_padded": "vpipe.store.reader",
+        "ShardWriter": "vpipe.store.shards",
+        "shard_name": "vpipe.store.shards",
+    },
+)

@@ -44,11 +44,15 @@ import json
 from pathlib import Path
 from types import TracebackType
 
-import h5py
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.typing import DTypeLike
 
 from vpipe.artifacts import commit, discard, file_digest, temp_path
+
+if TYPE_CHECKING:
+    import h5py
 
 #: Value of the ``format`` file attribute; readers check it before trusting a layout.
 SHARD_FORMAT = "vpipe.shard/1"
@@ -105,6 +109,8 @@ class ShardWriter:
         self._dtypes = {name: np.dtype(dt) for name, dt in (dtypes or {}).items()}
         self._tmp = temp_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        import h5py  # here, not at import: the index (read by ``vpipe status``) imports this module
+
         self._file: h5py.File | None = h5py.File(self._tmp, "w")
         self._keys: list[tuple[str, int, int]] = []
         self._seen: set[tuple[str, int, int]] = set()
@@ -217,6 +223,8 @@ class ShardWriter:
         if not self._keys:
             self.abort()
             return []
+        import h5py
+
         keys = self._file.create_group(ROWS_GROUP)
         keys.create_dataset("video_id", data=[k[0] for k in self._keys], dtype=h5py.string_dtype())
         keys.create_dataset("clip", data=np.array([k[1] for k in self._keys], dtype=np.int32))

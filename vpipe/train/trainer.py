@@ -330,7 +330,12 @@ def _fit(
         for phase_epochs, factor in _phases(config):
             if best_state:
                 model.load_state_dict(best_state)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr * factor, weight_decay=config.weight_decay)
+            # The fused update is one pass over each parameter instead of a dozen element-wise
+            # kernels per group: 5x faster on CPU for the default head's 28 M parameters, where
+            # the update was a quarter of a training step (BENCHMARKS.md).
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=config.lr * factor, weight_decay=config.weight_decay, fused=True
+            )
             if config.schedule == "two-phase":
                 schedule = lambda step: 1.0  # noqa: E731 - constant rate within a phase
             else:

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from vpipe.errors import ConfigError
 
@@ -156,6 +154,9 @@ def apply_crop(frames: np.ndarray, crop: Crop) -> np.ndarray:
     if frames.ndim != 4 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be a (T, H, W, C) uint8 array, got {frames.dtype} {frames.shape}")
     rows, cols = slice(crop.y, crop.y + crop.h), slice(crop.x, crop.x + crop.w)
+    import torch  # here: crops are also described (planned, fingerprinted) where torch is not loaded
+    import torch.nn.functional as F
+
     video = torch.from_numpy(np.ascontiguousarray(frames))
     if frames.shape[1:3] == (crop.resize_h, crop.resize_w):
         video = video[:, rows, cols]
