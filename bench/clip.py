@@ -16,18 +16,12 @@ vpipe time (> 1: vpipe is faster). Needs ``transformers`` (the test extra).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import tempfile
-import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from reference_timing import compare, load_reference_weights, write_report  # bench/, beside this script
 from vpipe.models.backbones import clip as cl
-from vpipe.models.weights import load_weights
 
 
 def build(size: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -41,12 +35,7 @@ def build(size: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     )
     torch.manual_seed(0)
     reference = transformers.CLIPVisionModelWithProjection(config).eval()
-    ours = cl.clip(size=size)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.safetensors"
-        save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
-        load_weights(ours, path, strict=True)
-    return reference, ours.eval()
+    return reference, load_reference_weights(cl.clip(size=size), reference.state_dict())
 
 
 def main() -> None:
@@ -67,32 +56,11 @@ def main() -> None:
     def run_ours() -> torch.Tensor:
         return ours(x)["pool"]
 
-    samples: dict[str, list[float]] = {"vpipe": [], "transformers": []}
-    with torch.inference_mode():
-        diff = (run_ours() - run_reference()).abs().max().item()  # also the warm-up
-        for _ in range(args.repeats):
-            for name, fn in (("vpipe", run_ours), ("transformers", run_reference)):
-                start = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - start) / args.frames)
-    best = {name: min(times) for name, times in samples.items()}
-    report = {
-        "model": f"clip-{args.size}",
-        "input": [args.frames, 3, image, image],
-        "dtype": "float32",
-        "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-        "seconds_per_frame": best,
-        "samples": samples,
-        "ratio": best["transformers"] / best["vpipe"],
-        "max_abs_diff": diff,
-        "loadavg": os.getloadavg(),
-    }
-    args.out.write_text(json.dumps(report, indent=2))
-    print(
-        f"clip-{args.size}: vpipe {best['vpipe'] * 1e3:.1f} ms/frame, transformers {best['transformers'] * 1e3:.1f} "
-        f"ms/frame, ratio {report['ratio']:.2f}, max |diff| {diff:.2e}"
-    )
+    report = compare(
+        f"clip-{args.size}", [args.frames, 3, image, image], run_ours, run_reference,
+        repeats=args.repeats, per=args.frames, unit="frame",
+    )  # fmt: skip
+    write_report(report, args.out, "frame")
 
 
 if __name__ == "__main__":

@@ -17,19 +17,13 @@ is faster). Needs ``transformers`` (the test extra).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
+from reference_timing import compare, load_reference_weights, write_report  # bench/, beside this script
 from vpipe.models.backbones import videomae as vm
-from vpipe.models.weights import load_weights
 
 
 def build(size: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
@@ -44,13 +38,8 @@ def build(size: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     reference = transformers.VideoMAEModel(config).eval()
     fc = torch.stack([torch.ones(width), torch.zeros(width)])
-    ours = vm.videomae(size=size)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.safetensors"
-        state = {k: v.contiguous() for k, v in reference.state_dict().items()}
-        save_file({**state, "fc_norm.weight": fc[0], "fc_norm.bias": fc[1]}, str(path))
-        load_weights(ours, path, strict=True)
-    return reference, ours.eval(), fc
+    state = {**reference.state_dict(), "fc_norm.weight": fc[0], "fc_norm.bias": fc[1]}
+    return reference, load_reference_weights(vm.videomae(size=size), state), fc
 
 
 def main() -> None:
@@ -72,32 +61,11 @@ def main() -> None:
     def run_ours() -> torch.Tensor:
         return ours(x)["pool"]
 
-    samples: dict[str, list[float]] = {"vpipe": [], "transformers": []}
-    with torch.inference_mode():
-        diff = (run_ours() - run_reference()).abs().max().item()  # also the warm-up
-        for _ in range(args.repeats):
-            for name, fn in (("vpipe", run_ours), ("transformers", run_reference)):
-                start = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - start) / args.batch)
-    best = {name: min(times) for name, times in samples.items()}
-    report = {
-        "model": f"videomae-{args.size}",
-        "input": [args.batch, 3, 16, 224, 224],
-        "dtype": "float32",
-        "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-        "seconds_per_clip": best,
-        "samples": samples,
-        "ratio": best["transformers"] / best["vpipe"],
-        "max_abs_diff": diff,
-        "loadavg": os.getloadavg(),
-    }
-    args.out.write_text(json.dumps(report, indent=2))
-    print(
-        f"videomae-{args.size}: vpipe {best['vpipe']:.3f} s/clip, transformers {best['transformers']:.3f} s/clip, "
-        f"ratio {report['ratio']:.2f}, max |diff| {diff:.2e}"
-    )
+    report = compare(
+        f"videomae-{args.size}", [args.batch, 3, 16, 224, 224], run_ours, run_reference,
+        repeats=args.repeats, per=args.batch, unit="clip",
+    )  # fmt: skip
+    write_report(report, args.out, "clip")
 
 
 if __name__ == "__main__":

@@ -17,18 +17,12 @@ each counts (every sample is kept in the JSON). ``ratio`` = reference time / vpi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import tempfile
-import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from reference_timing import compare, load_reference_weights, write_report  # bench/, beside this script
 from vpipe.models.backbones import vjepa as vj
-from vpipe.models.weights import load_weights
 
 
 def build(size: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -42,12 +36,7 @@ def build(size: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     )
     torch.manual_seed(0)
     reference = transformers.VJEPA2Model(config).eval()
-    ours = vj.vjepa(size=size)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.safetensors"
-        save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
-        load_weights(ours, path, strict=True)
-    return reference, ours.eval()
+    return reference, load_reference_weights(vj.vjepa(size=size), reference.state_dict())
 
 
 def main() -> None:
@@ -68,32 +57,11 @@ def main() -> None:
     def run_ours() -> torch.Tensor:
         return ours(x)["pool"]
 
-    samples: dict[str, list[float]] = {"vpipe": [], "transformers": []}
-    with torch.inference_mode():
-        diff = (run_ours() - run_reference()).abs().max().item()  # also the warm-up
-        for _ in range(args.repeats):
-            for name, fn in (("vpipe", run_ours), ("transformers", run_reference)):
-                start = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - start) / args.batch)
-    best = {name: min(times) for name, times in samples.items()}
-    report = {
-        "model": f"vjepa2-{args.size}",
-        "input": [args.batch, 3, 16, 224, 224],
-        "dtype": "float32",
-        "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-        "seconds_per_clip": best,
-        "samples": samples,
-        "ratio": best["transformers"] / best["vpipe"],
-        "max_abs_diff": diff,
-        "loadavg": os.getloadavg(),
-    }
-    args.out.write_text(json.dumps(report, indent=2))
-    print(
-        f"vjepa2-{args.size}: vpipe {best['vpipe']:.2f} s/clip, transformers {best['transformers']:.2f} s/clip, "
-        f"ratio {report['ratio']:.2f}, max |diff| {diff:.2e}"
-    )
+    report = compare(
+        f"vjepa2-{args.size}", [args.batch, 3, 16, 224, 224], run_ours, run_reference,
+        repeats=args.repeats, per=args.batch, unit="clip",
+    )  # fmt: skip
+    write_report(report, args.out, "clip")
 
 
 if __name__ == "__main__":
