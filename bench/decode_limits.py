@@ -12,7 +12,6 @@ the machine's speed varies. Goal: the watchdog costs under 1 % of a decode.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_model, load_average
+from bench.machine import cpu_model, emit_result, load_average
 from vpipe.video import decode
 from vpipe.video.write import write_video
 
@@ -74,11 +73,7 @@ def main() -> None:
         "overhead": median["watchdog"] / median["none"] - 1.0,
         "goal": "< 0.01",
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_result(result, args.out)
 
 
 if __name__ == "__main__":

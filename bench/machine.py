@@ -21,3 +21,14 @@ def cpu_model() -> str:
 def load_average() -> list[float]:
     """1, 5 and 15 minute load averages: above the core count, other work shared the machine."""
     return [round(value, 2) for value in os.getloadavg()]
+
+
+def emit_result(result: dict, out: Path | None) -> None:
+    """Print a benchmark's JSON result and, with ``out``, write it there too."""
+    import json
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -14,7 +14,6 @@ machine's speed varies; the update alone is timed too. An epoch at 13,320 videos
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_model, load_average
+from bench.machine import cpu_model, emit_result, load_average
 from vpipe.models.heads import create_head
 from vpipe.models.heads.registry import HeadBatch
 
@@ -71,11 +70,7 @@ def main() -> None:
     result["step_ratio_fused_over_foreach"] = result["median_step_s"]["fused"] / result["median_step_s"]["foreach"]
     result["update_ratio_fused_over_foreach"] = result["median_update_s"]["fused"] / result["median_update_s"]["foreach"]
     result["ucf101_epoch_s_estimate"] = {n: s * STEPS_PER_UCF101_EPOCH for n, s in result["median_step_s"].items()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_result(result, args.out)
 
 
 if __name__ == "__main__":
