@@ -31,6 +31,8 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
+from vpipe.artifacts import atomic_path
+
 #: Up to this many classes, axes and legends name every class.
 NAMED_CLASSES = 30
 #: Up to this many classes the confusion matrix's axes still name every class, in a font
@@ -42,9 +44,10 @@ PCA_COMPONENTS = 50
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Written atomically; the temporary name keeps the suffix, from which matplotlib picks the format."""
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path, keep_suffix=True) as tmp:
+        figure.savefig(tmp, dpi=120, bbox_inches="tight")
     return path
 
 
