@@ -72,6 +72,7 @@ def main() -> None:
     from vpipe.pipeline.runner import run_stage
     from vpipe.pipeline.workspace import DatasetWorkspace
     from vpipe.retrieval import Index, build_index
+    from vpipe.artifacts.provenance import FeatureProvenance
     from vpipe.retrieval.query_video import extract_config, gallery_twin, probe_query, query_video
     from vpipe.stages.dataset import configure_dataset
     from vpipe.stages.extract import ExtractStage
@@ -108,7 +109,7 @@ def main() -> None:
         )
         name = build_index(ws, "features:li3d-rgb", exact=True)["name"]
         index = Index.open(ws, name=name)
-        provenance = index.metadata["provenance"]["features"]
+        provenance = FeatureProvenance.from_dict(index.metadata["provenance"]["features"])
         original = sorted(root.rglob("*.mp4"))[-1]
         query = Path(scratch) / "renamed copy.mp4"
         shutil.copy(original, query)
@@ -120,7 +121,7 @@ def main() -> None:
             twin, twin_s = seconds(gallery_twin, index.rows.merge(sizes, on="video_id"), query, (info.width, info.height))
             with query_video(query, device="cpu", twin=twin, info=info) as qv:
                 job = qv.job(provenance)
-                clips, decode = seconds(crop_rgb_clips, job, provenance["decoder"])
+                clips, decode = seconds(crop_rgb_clips, job, provenance.decoder)
                 config = extract_config(provenance, qv.scratch / "features", "cpu", None)
                 model = load_model(config.backbone, config.stream, config.weights, config.options, config.device,
                                    config.weights_sha256)  # fmt: skip

@@ -329,7 +329,8 @@ def test_plan_jobs_are_built_once_until_the_plan_or_manifest_changes(tmp_path) -
     box = {"resize_h": 128, "resize_w": 170, "crop_y": 8, "crop_x": 29, "crop_h": 112, "crop_w": 112, "flip": False}
     rows = [{"video_id": f"v{i}", "clip": 0, "view": 0, "frames": [0, 1, 2, 3], **box} for i in range(3)]
     pd.DataFrame(rows).to_parquet(ws.plan_path("li3d"))
-    manifest = pd.DataFrame({"video_id": ["v0", "v1", "v2"], "path": ["/a", "/b", "/c"], "num_frames": [8, 8, 8]})
+    manifest = pd.DataFrame({"video_id": ["v0", "v1", "v2"], "path": ["/a", "/b", "/c"], "num_frames": [8, 8, 8],
+                             "label": 0, "label_name": "a", "split": "train", "status": "ok"})  # fmt: skip
     manifest.to_parquet(ws.manifest_path)
     first = plan_jobs(ws, "li3d")
     assert sorted(first) == ["v0", "v1", "v2"] and plan_jobs(ws, "li3d") is first

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tests.fake_cache import make_workspace
 from tests.test_train import cfg
+from vpipe.artifacts.run_record import RunRecord
 from vpipe.cli.train_cmd import register
 from vpipe.errors import StageError
 from vpipe.pipeline.workspace import DatasetWorkspace
@@ -44,8 +45,12 @@ def _table_rows(markdown: str) -> list[str]:
     return [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| Run ")]
 
 
-def test_report_draws_every_figure_and_one_row_per_run(ws):
+def test_report_draws_every_figure_and_one_row_per_run(ws, monkeypatch):
+    reads = []
+    read = RunRecord.from_directory.__func__
+    monkeypatch.setattr(RunRecord, "from_directory", classmethod(lambda cls, d: reads.append(Path(d).name) or read(cls, d)))
     result = build_report(ws, device="cpu")
+    assert sorted(reads) == sorted(RUNS), "the report reads each run once and hands the record on"
     for run_id in RUNS:
         plots = ws.dir / "runs" / run_id / "plots"
         for name in ("curves.png", "confusion.png", "tsne.png"):
@@ -150,7 +155,7 @@ def test_html_report_is_one_self_contained_page(ws):
     for run_id, table in zip(RUNS, per_class):
         run = runs.load_run(ws, run_id)
         matrix = np.asarray(run.metrics["confusion"])
-        names = run.config["data"]["class_names"]
+        names = run.config.class_names
         # every class once, worst first, with the diagonal over the row sum (numpy reference)
         assert sorted(row[0] for row in table[1:]) == sorted(names)
         assert [float(row[1]) for row in table[1:]] == sorted(float(row[1]) for row in table[1:])

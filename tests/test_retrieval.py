@@ -25,6 +25,7 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.executor import InProcessExecutor
 from vpipe.pipeline.runner import run_stage
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.artifacts.provenance import FeatureProvenance
 from vpipe.retrieval.query_video import query_video
 from vpipe.retrieval import (
     Index,
@@ -567,7 +568,8 @@ def test_an_identical_file_under_another_name_reproduces_its_stored_vector(rando
         shutil.copy(manifest.loc[video_id, "path"], copy)
         stored = index.vectors_of([video_id], device="cpu")[0].astype(np.float64)
         with query_video(copy, device="cpu") as query, ws.open_features("li3d-rgb") as features:
-            windows[video_id] = query.job(features.provenance).clips[0].frames  # planned under its file name
+            recorded = FeatureProvenance.from_dict(features.provenance)
+            windows[video_id] = query.job(recorded).clips[0].frames  # planned under its file name
         hits = index.search_video(copy, k=len(index.rows), device="cpu")
         assert hits[0].video_id == video_id, [(h.video_id, h.score) for h in hits[:3]]
         vector = next(h for h in hits if h.video_id == video_id)

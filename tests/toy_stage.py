@@ -17,7 +17,8 @@ from vpipe.pipeline.executor import ItemFn, WorkItem
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.journal import Record
 from vpipe.pipeline.stage import Stage
-from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.artifacts import atomic_write_text
+from vpipe.pipeline.workspace import DatasetWorkspace
 
 
 def square(delay: float, bad: frozenset[int], calls_dir: str | None, value: int) -> list[dict]:

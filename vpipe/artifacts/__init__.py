@@ -4,7 +4,11 @@ Every file vpipe stores (tables, journal parts, shards, codebooks, encodings, in
 checkpoints) is written through :mod:`vpipe.artifacts.atomic`, so a reader sees the
 old file or the new one and a killed or out-of-space writer leaves no partial file;
 :mod:`vpipe.artifacts.digest` gives the size and SHA-256 recorded next to each
-stored file, against which ``vpipe verify`` checks it.
+stored file, against which ``vpipe verify`` checks it. What crosses layers is a typed
+record that reads and writes itself: the dataset configuration
+(:mod:`~vpipe.artifacts.records`), the manifest's and plans' rows
+(:mod:`~vpipe.artifacts.rows`), flow and feature provenance
+(:mod:`~vpipe.artifacts.provenance`) and a finished run (:mod:`~vpipe.artifacts.run_record`).
 """
 
 from vpipe.artifacts.atomic import (

@@ -40,6 +40,7 @@ from vpipe.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from vpipe.artifacts.records import DatasetConfig
     from vpipe.pipeline.stage import StageReport
     from vpipe.pipeline.workspace import DatasetWorkspace
 
@@ -71,7 +72,7 @@ WeightsOption = Annotated[
 
 def _configure(
     dataset: str, workspace, root, split, adapter, videos_per_class=None, synthetic_seed=None
-) -> tuple[DatasetWorkspace, dict]:
+) -> tuple[DatasetWorkspace, DatasetConfig]:
     from vpipe.stages.dataset import configure_dataset
 
     ws = dataset_workspace(dataset, workspace)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vpipe.artifacts.provenance import FeatureProvenance
 from vpipe.device import precision_autocast, resolve_device
 from vpipe.errors import ConfigError, NonFiniteError
 from vpipe.extract.inputs import LoadedClip, crop_rgb_clips, stack_rgb_and_flow
@@ -58,7 +59,7 @@ class ExtractConfig:
     @classmethod
     def from_provenance(
         cls,
-        provenance: dict[str, Any],
+        provenance: FeatureProvenance,
         out_dir: str,
         *,
         weights: str | None,
@@ -75,18 +76,19 @@ class ExtractConfig:
         the registry, which the caller does with its own messages. The recorded precision
         is kept (bf16 autocast runs on CPU too), so a query video is computed like the cache.
         """
-        options = provenance.get("resolved_options") or provenance.get("options") or {}
-        recorded = {key: provenance[key] for key in ("decoder", "weights_sha256", "precision") if key in provenance}
+        precision = {} if provenance.precision is None else {"precision": provenance.precision}
         return cls(
-            backbone=str(provenance["backbone"]),
-            stream=str(provenance["stream"]),
+            backbone=provenance.backbone,
+            stream=provenance.stream,
             out_dir=str(out_dir),
             weights=weights,
-            options=tuple(sorted(dict(options).items())),
+            options=tuple(sorted(provenance.backbone_options.items())),
             device=device,
+            decoder=provenance.decoder,
             flow_dir=flow_dir,
             inputs=inputs,
-            **recorded,
+            weights_sha256=provenance.weights_sha256,
+            **precision,
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vpipe.artifacts.provenance import FlowProvenance
 from vpipe.device import resolve_device
 from vpipe.video.prefetch import default_loader_workers, prefetched
 from vpipe.video.jobs import ClipSpec, VideoJob, flow_pair
@@ -49,14 +50,22 @@ class FlowConfig:
     provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
-    def from_provenance(cls, provenance: dict[str, Any], out_dir: str, device: str = "auto") -> FlowConfig:
+    def from_provenance(cls, provenance: FlowProvenance, out_dir: str, device: str = "auto") -> FlowConfig:
         """The configuration a flow cache was computed with, from its recorded provenance.
 
-        Keys the provenance lacks keep this class's defaults: defaults live here only.
+        The TV-L1 options are the ones given, not the resolved set: the solver resolves
+        them again, exactly as the flow stage did (its defaults are frozen in the flow
+        fingerprint, so a cache made under other defaults is stale, not reproduced).
         """
-        recorded = {key: provenance[key] for key in ("stack", "encoding", "bound", "decoder") if key in provenance}
-        params = tuple(sorted(dict(provenance.get("tvl1_params") or {}).items()))
-        return cls(out_dir=str(out_dir), device=device, tvl1_params=params, **recorded)
+        return cls(
+            out_dir=str(out_dir),
+            stack=provenance.stack,
+            encoding=provenance.encoding,
+            bound=provenance.bound,
+            device=device,
+            decoder=provenance.decoder,
+            tvl1_params=tuple(sorted(provenance.tvl1_params.items())),
+        )
 
 
 def clip_pairs(spec: ClipSpec, num_frames: int, stack: int) -> np.ndarray:

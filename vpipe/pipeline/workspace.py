@@ -7,16 +7,16 @@ only through these paths, so moving a workspace (``--workspace`` or
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from vpipe.artifacts import atomic_write_text
+from vpipe.artifacts.records import DatasetConfig
+from vpipe.artifacts.rows import ManifestRow, read_rows
 from vpipe.errors import ConfigError, StageError
 from vpipe.store.index import INDEX_FILE
 
@@ -115,7 +115,7 @@ class DatasetWorkspace:
         """The probe's manifest; a :class:`StageError` naming ``vpipe probe`` when absent."""
         if not self.manifest_path.exists():
             raise StageError(f"no manifest at {self.manifest_path}: run `vpipe probe --dataset {self.dataset}` first")
-        return pd.read_parquet(self.manifest_path)
+        return read_rows(self.manifest_path, ManifestRow, fix=f"run `vpipe probe --dataset {self.dataset}` again")
 
     def usable_videos(self, indexes: Iterable[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
         """Manifest rows that probed ``ok`` and have view 0 in every one of ``indexes``.
@@ -133,15 +133,14 @@ class DatasetWorkspace:
         rows = ok.loc[present, ["video_id", "label", "label_name", "split"]].reset_index(drop=True)
         return rows, int((~present).sum())
 
-    def read_config(self) -> dict[str, Any]:
+    def read_config(self) -> DatasetConfig:
         """The dataset options recorded by the last probe (adapter, root, split)."""
         if not self.config_path.exists():
             raise StageError(
                 f"dataset {self.dataset!r} has not been probed in {self.root}: "
                 f"run `vpipe probe --dataset {self.dataset} --root PATH` first"
             )
-        return json.loads(self.config_path.read_text())
+        return DatasetConfig.from_file(self.config_path)
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config_path, json.dumps(config, indent=2, sort_keys=True))
+    def write_config(self, config: DatasetConfig) -> None:
+        config.to_file(self.config_path)

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from vpipe.errors import StageError
-from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.artifacts import atomic_write_text
+from vpipe.artifacts.run_record import RunRecord
+from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.report.html import write_html
 from vpipe.report.plots import plot_confusion, plot_history, plot_tsne
 from vpipe.report.tables import markdown_table, run_row
@@ -35,7 +37,7 @@ def _tsne_inputs(loaded: LoadedRun, max_videos: int) -> tuple[np.ndarray, np.nda
     The raw input is the mean of the run's first input over its entries, averaged over
     every axis but the channels, so grids and stage maps come out as one vector per video.
     """
-    videos = list(loaded.run.config["data"]["test"])
+    videos = loaded.run.config.test_videos
     if len(videos) > max_videos:
         rng = np.random.default_rng(loaded.config.seed)
         videos = [videos[i] for i in sorted(rng.choice(len(videos), max_videos, replace=False))]
@@ -48,12 +50,12 @@ def _tsne_inputs(loaded: LoadedRun, max_videos: int) -> tuple[np.ndarray, np.nda
     return np.stack(before), scores.embeddings, scores.labels
 
 
-def plot_run(ws: DatasetWorkspace, run_id: str, *, tsne: bool = True, device: str = "auto") -> list[Path]:
+def plot_run(ws: DatasetWorkspace, run: RunRecord, *, tsne: bool = True, device: str = "auto") -> list[Path]:
     """Draw the figures of one completed run; return their paths."""
-    run = runs.load_run(ws, run_id)
+    run_id = run.run_id
     out = run.directory / runs.PLOTS_DIR
     history = run.history
-    class_names = list(run.config["data"]["class_names"])
+    class_names = run.config.class_names
     paths = [
         plot_history(history, best_epoch(history), out / "curves.png", f"{run_id}: training"),
         plot_confusion(
@@ -64,7 +66,7 @@ def plot_run(ws: DatasetWorkspace, run_id: str, *, tsne: bool = True, device: st
         ),
     ]
     if tsne and run.metrics["videos"] >= 4:
-        loaded = load(ws, run_id, device=device)
+        loaded = load(ws, run, device=device)
         try:
             before, after, labels = _tsne_inputs(loaded, MAX_TSNE_VIDEOS)
         finally:
@@ -105,7 +107,7 @@ def build_report(
             f"train one with `vpipe train --dataset {ws.dataset}`"
         )
     stored = [runs.load_run(ws, run_id) for run_id in chosen]
-    plots = {run.run_id: plot_run(ws, run.run_id, tsne=tsne, device=device) for run in stored}
+    plots = {run.run_id: plot_run(ws, run, tsne=tsne, device=device) for run in stored}
     rows = [run_row(run) for run in stored]
     table = markdown_table(rows)
     text = _markdown(ws, table, plots)

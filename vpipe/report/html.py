@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vpipe.pipeline.workspace import DatasetWorkspace, atomic_write_text
+from vpipe.artifacts import atomic_write_text
+from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.report.classes import classes_html, failures_html
 from vpipe.report.strips import retrieval_examples_html
 from vpipe.report.tables import COLUMNS, _cell
-from vpipe.train.runs import StoredRun
+from vpipe.artifacts.run_record import RunRecord
 
 _STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem auto; max-width: 72rem;
@@ -79,7 +80,7 @@ def _retrieval_table(evaluations: list[dict[str, Any]]) -> str:
 
 
 def write_html(
-    ws: DatasetWorkspace, rows: Sequence[dict[str, Any]], plots: dict[str, list[Path]], stored: Sequence[StoredRun],
+    ws: DatasetWorkspace, rows: Sequence[dict[str, Any]], plots: dict[str, list[Path]], stored: Sequence[RunRecord],
     *, device: str = "auto",
 ) -> Path:
     """Write ``report.html`` next to ``report.md``; return its path."""
@@ -105,7 +106,7 @@ def write_html(
             for p in paths
         ]
         run = by_id[run_id]
-        parts.append(classes_html(run.metrics, run.config["data"]["class_names"]))
+        parts.append(classes_html(run.metrics, run.config.class_names))
     parts.append("</body></html>\n")
     path = ws.report_path.with_suffix(".html")
     atomic_write_text(path, "\n".join(parts))

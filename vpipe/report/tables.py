@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vpipe.models.heads import head_class
-from vpipe.train.runs import StoredRun
+from vpipe.artifacts.run_record import RunConfig, RunRecord
 
 COLUMNS = (
     ("run", "Run"),
@@ -30,9 +30,9 @@ COLUMNS = (
 _NUMERIC = {"accuracy", "macro_precision", "macro_recall", "top5", "parameters", "test_ms_per_video"}
 
 
-def run_row(run: StoredRun) -> dict[str, Any]:
+def run_row(run: RunRecord) -> dict[str, Any]:
     """One table row as plain values (also the ``--json`` form)."""
-    options, metrics = run.config["train"], run.metrics
+    options, metrics = run.config.train, run.metrics
     return {
         "run": run.run_id,
         "head": options["head"],
@@ -48,14 +48,14 @@ def run_row(run: StoredRun) -> dict[str, Any]:
     }
 
 
-def inputs_label(config: dict[str, Any]) -> str:
+def inputs_label(config: RunConfig) -> str:
     """``li3d-rgb + li3d-flow (late)``: the feature sets, the fusion, and non-default layers."""
-    options = config["train"]
+    options = config.train
     features = options["features"]
     label = " + ".join(features)
     if len(features) > 1 and not head_class(options["head"]).streams > 1:
         label += f" ({options['fusion']})"
-    layers = sorted({spec["layer"] for spec in config.get("inputs", [])} - {"pool"})
+    layers = sorted({spec["layer"] for spec in config.inputs or ()} - {"pool"})
     return label + (f" [{', '.join(layers)}]" if layers else "")
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vpipe.artifacts.provenance import FeatureProvenance
 from vpipe.encode.classic import ENCODERS, METHODS
 from vpipe.encode.codebook_io import load_codebook, stored_fingerprint
 from vpipe.encode.encoding_io import EncodingReader
@@ -96,6 +97,11 @@ def _feature_provenance(ws: DatasetWorkspace, features: FeatureSet) -> dict[str,
     return provenance
 
 
+def recorded_features(provenance: dict[str, Any], source: str) -> FeatureProvenance:
+    """A feature set's provenance as an index recorded it (see :func:`_feature_provenance`)."""
+    return FeatureProvenance.from_dict(provenance, source=f"{source} (recorded feature provenance)")
+
+
 def unknown_video(ws: DatasetWorkspace, video_id: str, where: str) -> ConfigError:
     return ConfigError(
         f"video id {video_id!r} is not among the usable videos of {where} in dataset {ws.dataset!r}; "
@@ -146,8 +152,8 @@ class Embedding(ABC):
         """Unit vectors of these dataset videos, in order."""
 
     @abstractmethod
-    def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any]) -> np.ndarray:
-        """The unit vector of a new video, made with the recorded ``provenance``."""
+    def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any], *, source: str) -> np.ndarray:
+        """The unit vector of a new video, made with the recorded ``provenance`` (read from ``source``)."""
 
     def _no_clips(self) -> ConfigError:
         return ConfigError(f"clip-level indexes need a features: embedding; {self.text} has one vector per video")
@@ -242,7 +248,7 @@ class EncodingEmbedding(Embedding):
                 raise unknown_video(ws, missing[0], self.text)
             return self._rows(reader, np.array([position[v] for v in video_ids], dtype=np.int64))
 
-    def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any]) -> np.ndarray:
+    def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any], *, source: str) -> np.ndarray:
         encoding = provenance["encoding"]
         codebook = load_codebook(ws.codebook_path(self.features, self.clusters))
         if codebook.fingerprint != encoding["codebook_fingerprint"]:
@@ -250,7 +256,7 @@ class EncodingEmbedding(Embedding):
                 f"codebook {ws.codebook_path(self.features, self.clusters)} was refitted after this index was built; "
                 f"rebuild the index: `vpipe index --dataset {ws.dataset} --embedding {self.text}`"
             )
-        with query.features(self.features, provenance["features"]) as features:
+        with query.features(self.features, recorded_features(provenance["features"], source)) as features:
             descriptors = features.sequence(query.video_id, layer=encoding["layer"], view=0)
         return normalise(ENCODERS[self.method](descriptors.astype(np.float32), codebook))
 
@@ -333,8 +339,8 @@ class FeaturesEmbedding(Embedding):
                 raise unknown_video(ws, missing[0], self.text)
             return normalise(np.stack([video_vector(features.clips(v, view=0, layer=self.layer)) for v in video_ids]))
 
-    def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any]) -> np.ndarray:
-        with query.features(self.features, provenance["features"]) as features:
+    def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any], *, source: str) -> np.ndarray:
+        with query.features(self.features, recorded_features(provenance["features"], source)) as features:
             return normalise(video_vector(features.clips(query.video_id, view=0, layer=provenance["layer"])))
 
 
@@ -412,11 +418,11 @@ class RunEmbedding(Embedding):
             raise unknown_video(ws, missing[0], self.text)
         return self._embed(ws, list(video_ids), device)
 
-    def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any]) -> np.ndarray:
+    def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any], *, source: str) -> np.ndarray:
         arrays: dict[str, dict[str, np.ndarray]] = {}
         for entry in provenance["inputs"]:
             for name in entry["features"]:
-                with query.features(name, provenance["features"][name]) as features:
+                with query.features(name, recorded_features(provenance["features"][name], source)) as features:
                     arrays.setdefault(name, {})[entry["layer"]] = features.clips(
                         query.video_id, view=0, layer=entry["layer"]
                     )

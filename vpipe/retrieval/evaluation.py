@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vpipe.errors import StageError
-from vpipe.pipeline.workspace import atomic_write_text
+from vpipe.artifacts import atomic_write_text
 from vpipe.retrieval import store
 from vpipe.retrieval.index import Index
 

@@ -235,7 +235,9 @@ class Index:
         sizes = self.ws.read_manifest()[["video_id", "width", "height"]]
         twin = gallery_twin(self.rows.merge(sizes, on="video_id", how="left"), Path(path).expanduser(), (info.width, info.height))
         with query_video(path, device=device, twin=twin, info=info) as query:
-            vector = self.embedding.embed_file(self.ws, query, self.metadata["provenance"])
+            vector = self.embedding.embed_file(
+                self.ws, query, self.metadata["provenance"], source=str(store.idmap_path(self.ws, self.name))
+            )
         return self.search_vectors(np.atleast_2d(vector), k, split=split, clips=clips)[0]
 
     def search_vectors(

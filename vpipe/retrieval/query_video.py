@@ -11,11 +11,14 @@ temporary directory and are read back through the same store, so a query's
 features are stored in float16 and read back exactly as a cached video's are; the
 dataset's artifacts are never touched.
 
-Every option a user can set reaches the query through the recorded provenance, and
-the stage configurations are built from it in one place (:func:`sampler_from`,
-:func:`flow_config`, :func:`extract_config`): the sampler with all its parameters
-(``-o`` options included), the decoder, the backbone with its resolved options and
-output version, the weights and their digest, and the flow cache's TV-L1 settings.
+Every option a user can set reaches the query through the recorded provenance, read
+as a typed :class:`~vpipe.artifacts.provenance.FeatureProvenance` (with its flow cache's
+:class:`~vpipe.artifacts.provenance.FlowProvenance`), and the stage configurations are
+rebuilt from those records by the configurations themselves
+(``ExtractConfig.from_provenance``, ``FlowConfig.from_provenance``), so no default is
+restated here: the sampler with all its parameters (``-o`` options included), the
+decoder, the backbone with its resolved options and output version, the weights and
+their digest, and the flow cache's TV-L1 settings.
 
 Random choices of a plan (li3d's window for a video longer than ``need``, tsn's
 offsets on the training split) are seeded by the video's id. A query file whose bytes
@@ -32,10 +35,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from vpipe.artifacts.provenance import FeatureProvenance, FlowProvenance
 from vpipe.errors import DecodeError, StageError, VpipeError, WeightsError
 from vpipe.models import sha256_file
 from vpipe.store import FeatureSet, write_index
@@ -49,29 +53,25 @@ if TYPE_CHECKING:
     from vpipe.flow.compute import FlowConfig
 
 
-#: What ``weights`` records for a backbone without a weights file: random init, or none to load.
-_NO_WEIGHTS = ("random", "none")
-
-
-def check_weights(provenance: dict[str, Any]) -> str | None:
+def check_weights(provenance: FeatureProvenance) -> str | None:
     """The recorded weights path (None without a file), after checking it is the same file."""
-    weights = provenance.get("weights", "random")
-    if weights in _NO_WEIGHTS:
+    weights = provenance.weights_file
+    if weights is None:
         return None
-    if not Path(weights).is_file() or sha256_file(weights) != provenance.get("weights_sha256"):
+    if not Path(weights).is_file() or sha256_file(weights) != provenance.weights_sha256:
         raise WeightsError(
             f"weights {weights} are missing or changed since the features were extracted "
-            f"(sha256 {provenance.get('weights_sha256')}); restore that file to embed new videos like the gallery"
+            f"(sha256 {provenance.weights_sha256}); restore that file to embed new videos like the gallery"
         )
-    return str(weights)
+    return weights
 
 
-def check_backbone_version(provenance: dict[str, Any]) -> None:
+def check_backbone_version(provenance: FeatureProvenance) -> None:
     """Refuse a gallery whose backbone computed its output differently from the installed one."""
     from vpipe.models.backbones.registry import backbone_version
 
-    name = str(provenance["backbone"])
-    recorded, current = int(provenance.get("backbone_version", 1)), backbone_version(name)
+    name = provenance.backbone
+    recorded, current = provenance.output_version, backbone_version(name)
     if recorded != current:
         raise StageError(
             f"feature set from {name} version {recorded} cannot be reproduced by the installed {name} "
@@ -79,19 +79,19 @@ def check_backbone_version(provenance: dict[str, Any]) -> None:
         )
 
 
-def sampler_from(provenance: dict[str, Any]) -> SamplerConfig:
+def sampler_from(provenance: FeatureProvenance) -> SamplerConfig:
     """The recorded sampler with every parameter the plan was made with (``-o`` options included)."""
-    return SamplerConfig(**provenance["sampler"])
+    return SamplerConfig(**provenance.sampler)
 
 
-def flow_config(flow: dict[str, Any], out_dir: Path, device: str) -> FlowConfig:
+def flow_config(flow: FlowProvenance, out_dir: Path, device: str) -> FlowConfig:
     """The flow stage's configuration as recorded in the flow cache's provenance."""
     from vpipe.flow.compute import FlowConfig
 
     return FlowConfig.from_provenance(flow, str(out_dir), device)
 
 
-def extract_config(provenance: dict[str, Any], out_dir: Path, device: str, flow_dir: Path | None) -> ExtractConfig:
+def extract_config(provenance: FeatureProvenance, out_dir: Path, device: str, flow_dir: Path | None) -> ExtractConfig:
     """The extract stage's configuration as recorded in a feature set's provenance
     (:meth:`ExtractConfig.from_provenance`), after checking the backbone and weights."""
     from vpipe.extract.features import ExtractConfig
@@ -101,15 +101,10 @@ def extract_config(provenance: dict[str, Any], out_dir: Path, device: str, flow_
         provenance,
         str(out_dir),
         weights=check_weights(provenance),
-        inputs=inputs_of(provenance),
+        inputs=provenance.clip_inputs,
         device=device,
         flow_dir=str(flow_dir) if flow_dir else None,
     )
-
-
-def inputs_of(provenance: dict[str, Any]) -> tuple[str, ...]:
-    """What the feature set's clips were built from: rgb, flow or both."""
-    return tuple(provenance.get("inputs") or [provenance["stream"]])
 
 
 def gallery_twin(rows: pd.DataFrame, path: Path, size: tuple[int, int] | None = None) -> tuple[str, str] | None:
@@ -183,9 +178,9 @@ class QueryVideo:
         self._flows: dict[str, Path] = {}
         self._features: dict[str, Path] = {}
 
-    def job(self, provenance: dict[str, Any]) -> VideoJob:
+    def job(self, provenance: FeatureProvenance) -> VideoJob:
         """The video's view-0 clips under the recorded sampler and decoder."""
-        decoder = str(provenance.get("decoder", "auto"))
+        decoder = provenance.decoder
         if decoder not in self._probes:
             self._probes[decoder] = probe_video(self.path, decoder=decoder)
         info = self._probes[decoder]
@@ -203,21 +198,26 @@ class QueryVideo:
         )  # fmt: skip
         return VideoJob(self.video_id, str(self.path), info.num_frames, clips)
 
-    def _flow(self, provenance: dict[str, Any]) -> Path:
+    def _flow(self, provenance: FeatureProvenance) -> Path:
         """TV-L1 flow of the clips, with the flow cache's recorded settings, computed once per plan."""
         from vpipe.flow.compute import flow_videos
 
-        key = str(provenance["plan"])
+        key = provenance.plan
+        if provenance.flow is None:
+            raise StageError(
+                f"the index records no flow settings for features built from flow with plan {key!r}; "
+                f"rebuild the index to embed new videos"
+            )
         if key not in self._flows:
             directory = self.scratch / "flow" / key
-            (result,) = flow_videos(flow_config(provenance["flow"], directory, self.device), [self.job(provenance)])
+            (result,) = flow_videos(flow_config(provenance.flow, directory, self.device), [self.job(provenance)])
             if isinstance(result, Exception):
                 _raise(result, self.path)
             write_index(directory, result)
             self._flows[key] = directory
         return self._flows[key]
 
-    def features(self, name: str, provenance: dict[str, Any]) -> FeatureSet:
+    def features(self, name: str, provenance: FeatureProvenance) -> FeatureSet:
         """Feature set ``name`` of this video alone, extracted with its recorded provenance.
 
         Flow is computed only when the set was built from flow.
@@ -226,7 +226,7 @@ class QueryVideo:
 
         if name not in self._features:
             directory = self.scratch / "features" / name
-            flow_dir = self._flow(provenance) if "flow" in inputs_of(provenance) else None
+            flow_dir = self._flow(provenance) if "flow" in provenance.clip_inputs else None
             config = extract_config(provenance, directory, self.device, flow_dir)
             (result,) = extract_videos(config, [self.job(provenance)])
             if isinstance(result, Exception):

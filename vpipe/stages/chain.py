@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vpipe.artifacts.records import DatasetConfig
 from vpipe.errors import ConfigError
 from vpipe.pipeline.executor import Executor
 from vpipe.pipeline.runner import run_stage, stage_status
@@ -67,9 +68,9 @@ def main_job_runs(features: dict[str, str], clusters: int) -> list[TrainConfig]:
     return configs
 
 
-def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: ChainOptions) -> list[Step]:
+def build_chain(workspace: DatasetWorkspace, config: DatasetConfig, options: ChainOptions) -> list[Step]:
     """Stages in execution order; each reads its inputs only when it runs."""
-    plan = PlanStage(workspace, options.sampler_config(config["adapter"]), plan_name=options.plan_name)
+    plan = PlanStage(workspace, options.sampler_config(config.adapter), plan_name=options.plan_name)
     extracts = [
         ExtractStage(
             workspace,
@@ -116,7 +117,7 @@ def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: Ch
     )
     clusters = options.clusters
     if clusters is None:
-        clusters = SYNTHETIC_CLUSTERS if config["adapter"] == "synthetic" else 128
+        clusters = SYNTHETIC_CLUSTERS if config.adapter == "synthetic" else 128
     features = {stage.stream: stage.set_name for stage in extracts}
     encodes = [EncodeStep(workspace, extracts[0].set_name, clusters, baseline=WITHIN_BUDGET)] if clusters else []
     runs = main_job_runs(features, clusters or SYNTHETIC_CLUSTERS)

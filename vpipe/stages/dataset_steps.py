@@ -146,7 +146,7 @@ class ReportStep(DatasetStep):
         return [run.run_id for run in found]
 
     def _fingerprint(self) -> str:
-        stamps = [(run_id, load_run(self.ws, run_id).config.get("fingerprint")) for run_id in completed_runs(self.ws)]
+        stamps = [(run_id, load_run(self.ws, run_id).config.fingerprint) for run_id in completed_runs(self.ws)]
         return fingerprint(REPORT_VERSION, self.tsne, stamps)
 
     def is_current(self) -> bool:

@@ -20,6 +20,8 @@ import pandas as pd
 from vpipe import __version__
 from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
 from vpipe.artifacts import atomic_write_text
+from vpipe.artifacts.provenance import FeatureProvenance
+from vpipe.artifacts.rows import PlanRow, read_rows
 from vpipe.errors import StageError, VpipeError
 from vpipe.video.jobs import VideoJob, jobs_from_plan
 from vpipe.video.views import Crop
@@ -49,7 +51,7 @@ def read_plan(workspace: DatasetWorkspace, plan: str) -> pd.DataFrame:
     path = workspace.plan_path(plan)
     if not path.exists():
         raise StageError(f"no plan {plan!r} at {path}: run `vpipe plan --dataset {workspace.dataset}` first")
-    return pd.read_parquet(path)
+    return read_rows(path, PlanRow, fix=f"run `vpipe plan --dataset {workspace.dataset}` again")
 
 
 #: plan path -> ((its stat, the manifest's stat), the plan's jobs, their signatures' JSON);
@@ -277,22 +279,22 @@ class ExtractStage(Stage):
 
     def config(self) -> ExtractConfig:
         plan_path = self.workspace.plan_path(self.plan)
-        provenance = {
-            "backbone": self.backbone,
-            "stream": self.stream,
-            "options": self.options,
-            "resolved_options": self.resolved_options(),
-            "backbone_version": backbone_version(self.backbone),
-            "inputs": list(self.inputs),
-            "weights": self.weights or self.weights_sha256,
-            "weights_sha256": self.weights_sha256,
-            "plan": self.plan,
-            "plan_fingerprint": table_fingerprint(plan_path),
-            "sampler": json.loads(table_metadata(plan_path, "sampler") or "{}"),
-            "decoder": self.decoder,
-            "vpipe_version": __version__,
+        provenance = FeatureProvenance(
+            backbone=self.backbone,
+            stream=self.stream,
+            options=self.options,
+            resolved_options=self.resolved_options(),
+            backbone_version=backbone_version(self.backbone),
+            inputs=tuple(self.inputs),
+            weights=self.weights or self.weights_sha256,
+            weights_sha256=self.weights_sha256,
+            plan=self.plan,
+            plan_fingerprint=table_fingerprint(plan_path),
+            sampler=json.loads(table_metadata(plan_path, "sampler") or "{}"),
+            decoder=self.decoder,
+            vpipe_version=__version__,
             **self.compute.provenance(),
-        }
+        )
         from vpipe.extract.features import ExtractConfig
 
         return ExtractConfig(
@@ -309,7 +311,7 @@ class ExtractStage(Stage):
             inputs=self.inputs,
             weights_sha256=self.weights_sha256,
             precision=self.compute.precision,
-            provenance=provenance,
+            provenance=provenance.to_dict(),
         )
 
     def item_fn(self):

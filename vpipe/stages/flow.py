@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe import __version__
+from vpipe.artifacts.provenance import FlowProvenance
 from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
 from vpipe.flow.compute import FlowConfig, flow_videos
 from vpipe.flow.tvl1 import resolved_tvl1_params, tvl1_params_off_reference
@@ -94,19 +95,19 @@ class FlowStage(Stage):
             pairs_per_batch=self.pairs_per_batch,
             decoder=self.decoder,
             tvl1_params=tuple(sorted(self.tvl1_params.items())),
-            provenance={
-                "method": "tvl1",
-                "tvl1_params": self.tvl1_params,
-                "tvl1_resolved": resolved_tvl1_params(self.tvl1_params),
-                "stack": self.stack,
-                "encoding": self.encoding,
-                "bound": self.bound,
-                "plan": self.plan,
-                "plan_fingerprint": table_fingerprint(self.workspace.plan_path(self.plan)),
-                "decoder": self.decoder,
-                "vpipe_version": __version__,
+            provenance=FlowProvenance(
+                method="tvl1",
+                tvl1_params=self.tvl1_params,
+                tvl1_resolved=resolved_tvl1_params(self.tvl1_params),
+                stack=self.stack,
+                encoding=self.encoding,
+                bound=self.bound,
+                plan=self.plan,
+                plan_fingerprint=table_fingerprint(self.workspace.plan_path(self.plan)),
+                decoder=self.decoder,
+                vpipe_version=__version__,
                 **self.compute.provenance(),
-            },
+            ).to_dict(),
         )
         return partial(flow_videos, config)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from vpipe.artifacts.records import DatasetConfig
+from vpipe.artifacts.rows import ManifestRow, columns
 from vpipe.data.base import VideoEntry
 from vpipe.pipeline.executor import ItemFn, WorkItem
 from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
@@ -23,10 +25,7 @@ from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.dataset import list_videos
 from vpipe.video.decode import probe_video
 
-MANIFEST_COLUMNS = [
-    "video_id", "path", "label", "label_name", "split",
-    "num_frames", "fps", "width", "height", "codec", "status", "error",
-]  # fmt: skip
+MANIFEST_COLUMNS = columns(ManifestRow)
 
 
 def probe_item(decoder: str, path: str) -> list[dict[str, Any]]:
@@ -45,7 +44,7 @@ def probe_item(decoder: str, path: str) -> list[dict[str, Any]]:
 class ProbeStage(Stage):
     name = "probe"
 
-    def __init__(self, workspace: DatasetWorkspace, config: dict[str, Any], *, decoder: str = "auto"):
+    def __init__(self, workspace: DatasetWorkspace, config: DatasetConfig, *, decoder: str = "auto"):
         super().__init__(workspace)
         self.config = config
         self.decoder = decoder

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class LoadedRun:
     """A finished run with its model rebuilt on ``device`` and its inputs open."""
 
-    run: runs.StoredRun
+    run: runs.RunRecord
     config: TrainConfig
     model: Head
     reader: InputReader
@@ -46,11 +46,11 @@ class LoadedRun:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.run.config["data"]["class_names"])
+        return self.run.config.class_names
 
     @property
     def labels(self) -> dict[str, int]:
-        return {video: int(label) for video, label in self.run.config["data"]["labels"].items()}
+        return self.run.config.labels
 
     def loader(self, video_ids: Sequence[str], labels: dict[str, int] | None = None) -> DataLoader:
         """View 0 of ``video_ids`` in the run's batch size (labels -1 when not given)."""
@@ -58,26 +58,31 @@ class LoadedRun:
 
     def test_loader(self) -> DataLoader:
         """The test videos, view 0, in the batches training scored them in."""
-        return self.loader(list(self.run.config["data"]["test"]), self.labels)
+        return self.loader(self.run.config.test_videos, self.labels)
 
     def close(self) -> None:
         self.reader.close()
 
 
-def load(ws: DatasetWorkspace, run_id: str, *, device: str = "auto") -> LoadedRun:
-    """Rebuild run ``run_id``'s model from its config and load its best checkpoint."""
-    run = runs.load_run(ws, run_id)
-    config = TrainConfig.from_dict(run.config["train"])
-    specs = [
-        HeadInput(spec["role"], tuple(spec["features"]), spec["layer"], spec["layout"]) for spec in run.config["inputs"]
-    ]
+def load(ws: DatasetWorkspace, run: str | runs.RunRecord, *, device: str = "auto") -> LoadedRun:
+    """Rebuild a run's model from its config and load its best checkpoint.
+
+    ``run`` is a run id, or the run's record when the caller has read it already.
+    """
+    if isinstance(run, str):
+        run = runs.load_run(ws, run)
+    run_id = run.run_id
+    if run.config.inputs is None:
+        raise StageError(f"run {run_id!r} lists no inputs in its config; it was trained by an older vpipe: retrain it")
+    config = TrainConfig.from_dict(run.config.train)
+    specs = [HeadInput(spec["role"], tuple(spec["features"]), spec["layer"], spec["layout"]) for spec in run.config.inputs]
     reader = InputReader(ws, specs)
     try:
         for name, sha in reader.index_sha256().items():
-            if sha != run.config["features"][name]["index_sha256"]:
+            if sha != run.config.features[name]["index_sha256"]:
                 log.warning("features %s changed since run %s was trained; its metrics may differ", name, run_id)
         target = resolve_device(device)
-        shape = run.config["model"]
+        shape = run.config.model
         shapes = {role: tuple(s) for role, s in shape["shapes"].items()}
         model = build_model(config, shapes, int(shape["num_classes"]))
         checkpoint = torch.load(run.checkpoint, map_location="cpu", weights_only=True)

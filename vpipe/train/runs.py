@@ -17,20 +17,15 @@ history, for whoever wants to know what happened to it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from vpipe.artifacts import atomic_write_text
+# The run's file names live with its record; re-exported, as the trainer writes by them.
+from vpipe.artifacts.run_record import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, RunRecord  # noqa: F401
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.workspace import DatasetWorkspace
 
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"
 PLOTS_DIR = "plots"
 
@@ -83,25 +78,7 @@ def completed_runs(ws: DatasetWorkspace) -> list[str]:
     return [p.name for p in sorted(done, key=lambda p: (read_json(p / CONFIG_FILE).get("created", ""), p.name))]
 
 
-@dataclass(frozen=True)
-class StoredRun:
-    """A completed run read back from its directory."""
-
-    run_id: str
-    directory: Path
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-
-    @property
-    def history(self) -> pd.DataFrame:
-        return pd.read_csv(self.directory / HISTORY_FILE)
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.directory / CHECKPOINT_FILE
-
-
-def load_run(ws: DatasetWorkspace, run_id: str) -> StoredRun:
+def load_run(ws: DatasetWorkspace, run_id: str) -> RunRecord:
     """A completed run; :class:`StageError` naming the existing runs when there is none."""
     check_run_id(run_id)
     directory = ws.runs_dir / run_id
@@ -116,13 +93,13 @@ def load_run(ws: DatasetWorkspace, run_id: str) -> StoredRun:
                 else f"there are no completed runs: train one with `vpipe train --dataset {ws.dataset}`"
             )
         )
-    return StoredRun(run_id, directory, read_json(directory / CONFIG_FILE), read_json(directory / METRICS_FILE))
+    return RunRecord.from_directory(directory)
 
 
-def find_by_fingerprint(ws: DatasetWorkspace, fingerprint: str) -> StoredRun | None:
+def find_by_fingerprint(ws: DatasetWorkspace, fingerprint: str) -> RunRecord | None:
     """The newest completed run trained from exactly these inputs and options, if any."""
     for run_id in reversed(completed_runs(ws)):
         run = load_run(ws, run_id)
-        if run.config.get("fingerprint") == fingerprint:
+        if run.config.fingerprint == fingerprint:
             return run
     return None

@@ -220,7 +220,7 @@ def _inputs(ws: DatasetWorkspace, config: TrainConfig, reader: InputReader) -> _
     return _Inputs(reader.inputs, shapes, splits, files, fp)
 
 
-def _from_stored(stored: runs.StoredRun, config: TrainConfig) -> RunResult:
+def _from_stored(stored: runs.RunRecord, config: TrainConfig) -> RunResult:
     history = stored.history
     return RunResult(
         run_id=stored.run_id,

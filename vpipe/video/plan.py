@@ -15,8 +15,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-import pyarrow as pa
-
+from vpipe.artifacts.rows import plan_schema
 from vpipe.errors import ConfigError
 from vpipe.splits import SPLITS
 from vpipe.video.sampling import TSN_SPACINGS, dense_windows, li3d_clips, tsn_indices, uniform_indices
@@ -51,22 +50,9 @@ _COUNT_PARAMS = (
 #: (tsn's ``spacing`` entered as a parameter, which changed tsn fingerprints alone.)
 _PLAN_FORMAT = 1
 
-#: Column types of ``plans/<sampler>.parquet``, one row per (video, clip, view).
-PLAN_SCHEMA = pa.schema(
-    [
-        pa.field("video_id", pa.string(), nullable=False),
-        pa.field("clip", pa.int32(), nullable=False),
-        pa.field("view", pa.int32(), nullable=False),
-        pa.field("frames", pa.list_(pa.int32()), nullable=False),
-        pa.field("resize_h", pa.int32(), nullable=False),
-        pa.field("resize_w", pa.int32(), nullable=False),
-        pa.field("crop_y", pa.int32(), nullable=False),
-        pa.field("crop_x", pa.int32(), nullable=False),
-        pa.field("crop_h", pa.int32(), nullable=False),
-        pa.field("crop_w", pa.int32(), nullable=False),
-        pa.field("flip", pa.bool_(), nullable=False),
-    ]
-)
+#: Column types of ``plans/<sampler>.parquet``, one row per (video, clip, view)
+#: (:class:`vpipe.artifacts.rows.PlanRow`).
+PLAN_SCHEMA = plan_schema()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""A finished training run, read once from its directory and handed on.
+
+``runs/<run_id>/config.json`` becomes a :class:`RunConfig` (its keys checked like every
+record's) and ``metrics.json`` a mapping of the test metrics; :class:`RunRecord` holds
+both with the run's directory, and reads ``history.csv`` once, when first asked. The
+report, evaluation and the dataset steps take a record rather than a run id, so a
+report reads each run's files once instead of once per figure and per rebuilt model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from vpipe.artifacts.records import Record
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class RunConfig(Record):
+    """``config.json``: everything needed to rebuild a run's model and its data.
+
+    ``train`` is the training options' stored form (``TrainConfig.to_dict``), ``model``
+    the head, fusion, per-role entry shapes and class count, ``features`` each feature
+    set's directory, index digest and provenance, ``data`` the splits with their labels.
+    Runs from before the per-role inputs were recorded have no ``inputs``, ``files`` or
+    ``prepared`` and name their ``codebook`` instead.
+    """
+
+    _omit_none: ClassVar[frozenset[str]] = frozenset({"inputs", "files", "codebook"})
+
+    run_id: str
+    dataset: str
+    created: str
+    fingerprint: str
+    train: Mapping[str, Any]
+    model: Mapping[str, Any]
+    features: Mapping[str, Any]
+    data: Mapping[str, Any]
+    environment: Mapping[str, Any]
+    inputs: tuple[Mapping[str, Any], ...] | None = None
+    files: Mapping[str, Any] | None = None
+    prepared: Any = None
+    codebook: Any = None
+
+    @classmethod
+    def _load_field(cls, key: str, value: Any, source: str) -> Any:
+        return tuple(value) if key == "inputs" and value is not None else value
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.data["class_names"])
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return {video: int(label) for video, label in self.data["labels"].items()}
+
+    @property
+    def test_videos(self) -> list[str]:
+        return list(self.data["test"])
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A completed run: its id, directory, config and test metrics."""
+
+    run_id: str
+    directory: Path
+    config: RunConfig
+    metrics: Mapping[str, Any]
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> RunRecord:
+        directory = Path(directory)
+        config = RunConfig.from_file(directory / CONFIG_FILE)
+        metrics = json.loads((directory / METRICS_FILE).read_text())
+        return cls(directory.name, directory, config, metrics)
+
+    @cached_property
+    def history(self) -> pd.DataFrame:
+        """``history.csv``, read once per record."""
+        import pandas as pd
+
+        return pd.read_csv(self.directory / HISTORY_FILE)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.directory / CHECKPOINT_FILE
