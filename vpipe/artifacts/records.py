@@ -7,7 +7,7 @@ naming the file (or wherever the data came from) and the keys, instead of a
 ``KeyError`` three layers away. Fields with a default are the keys that older vpipe
 versions did not write yet; their default says "not recorded", so files written by
 every earlier version keep loading. ``to_dict`` gives back the stored form key for key,
-so a record read and written again leaves its file as it was.
+so a record read from a file this version wrote, and written again, is the same file.
 
 This module holds the machinery and the dataset configuration; the provenance of flow
 caches and feature sets is in :mod:`vpipe.artifacts.provenance`, the row schemas of the
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -121,7 +121,7 @@ class DatasetConfig(Record):
     adapter: str
     root: str
     split: int
-    synthetic: Mapping[str, Any] | None = field(default=None)
+    synthetic: Mapping[str, Any] | None = None
 
     @property
     def root_path(self) -> Path:
