@@ -339,11 +339,11 @@ def benchmark(backbone: str, workspace: DatasetWorkspace, args: argparse.Namespa
         backbone=backbone,
         input_kind=model.spec.input_kind,
         clips=decode.clips,
-        decode_clips_per_s=round(decode.rate, 2),
-        model_clips_per_s=round(model_timing.rate, 2),
-        e2e_clips_per_s=round(e2e.rate, 2),
-        limit_clips_per_s=round(limit, 2),
-        serial_clips_per_s=round(1 / (1 / decode.rate + 1 / model_timing.rate), 2),
+        decode_clips_per_s=round(decode.rate, 4),
+        model_clips_per_s=round(model_timing.rate, 4),
+        e2e_clips_per_s=round(e2e.rate, 4),
+        limit_clips_per_s=round(limit, 4),
+        serial_clips_per_s=round(1 / (1 / decode.rate + 1 / model_timing.rate), 4),
         efficiency=round(e2e.rate / limit, 3),
         bound_by="decode" if decode.rate < model_timing.rate else "model",
         decode_seconds=round(decode.seconds, 3),
@@ -356,11 +356,11 @@ def benchmark(backbone: str, workspace: DatasetWorkspace, args: argparse.Namespa
         e2e_tasks=tasks,
         shard_bytes=shard_bytes,
         peak_rss_mib=peak_rss_mib(),
-        plan={"name": plan_name, **sampler.params()},
+        plan={"plan": plan_name, **sampler.params()},
         samples={
-            "decode_clips_per_s": [round(t.rate, 2) for t in decodes],
-            "model_clips_per_s": [round(t.rate, 2) for t in models],
-            "e2e_clips_per_s": [round(t.rate, 2) for t in e2es],
+            "decode_clips_per_s": [round(t.rate, 4) for t in decodes],
+            "model_clips_per_s": [round(t.rate, 4) for t in models],
+            "e2e_clips_per_s": [round(t.rate, 4) for t in e2es],
         },
     )
 
@@ -410,8 +410,8 @@ def print_table(results: list[Result], header: dict[str, Any]) -> None:
     print("-" * len(line))
     for r in results:
         print(
-            f"{r.backbone:9} {r.clips:5d} {r.decode_clips_per_s:9.2f} {r.model_clips_per_s:8.2f} "
-            f"{r.e2e_clips_per_s:7.2f} {r.limit_clips_per_s:8.2f} {r.serial_clips_per_s:8.2f} "
+            f"{r.backbone:9} {r.clips:5d} {r.decode_clips_per_s:9.2f} {r.model_clips_per_s:8.3f} "
+            f"{r.e2e_clips_per_s:7.3f} {r.limit_clips_per_s:8.3f} {r.serial_clips_per_s:8.3f} "
             f"{r.efficiency:6.2f} {r.bound_by:>6} {r.peak_rss_mib:9.0f} {r.shard_bytes / r.clips / 1024:9.1f}"
         )
     busiest = max(header["load_start"], header["load_end"])

@@ -84,7 +84,7 @@ def test_extract_with_a_tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.Monk
     weights = tmp_path / "model.safetensors"
     write(weights)
     ws = tmp_path / "ws"
-    probe = invoke("probe", "--dataset", "synthetic", "--workspace", ws, "--videos-per-class", "2", "--workers", "0")
+    probe = invoke("probe", "--dataset", "synthetic", "--workspace", ws, "--videos-per-class", "3", "--workers", "0")
     plan = invoke("plan", "--dataset", "synthetic", "--workspace", ws, "--backbone", name, *PLANS[name])
     assert probe.exit_code == plan.exit_code == 0, probe.output + plan.output
     # No --plan: the backbone's own plan, plans/<name>.parquet.
@@ -105,6 +105,13 @@ def test_extract_with_a_tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.Monk
         arrays = features.clips(video)
     assert {k: v.shape[1:] for k, v in arrays.items()} == shapes
     assert all(np.isfinite(v).all() and v.std() > 0 for v in arrays.values())
+    # The cache feeds a per-step head and a retrieval index like any other feature set.
+    train = invoke("train", "--dataset", "synthetic", "--workspace", ws, "--features", f"{name}-rgb",
+                   "-O", "temporal=bilstm", "-O", "aggregation=avg", "-O", "hidden=16", "--epochs", "2",
+                   "--json")  # fmt: skip
+    assert train.exit_code == 0, train.output
+    index = invoke("index", "--dataset", "synthetic", "--workspace", ws, "--embedding", f"features:{name}-rgb", "--json")
+    assert index.exit_code == 0, index.output
     if name == "clip":
         # The cached embedding is the cached class token through the checkpoint's projection.
         model = backbone("clip", size="tiny", weights=weights)
