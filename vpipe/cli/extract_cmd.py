@@ -17,22 +17,16 @@ from vpipe.cli.options import (
     Decoder,
     Device,
     Json,
-    LogEvery,
     Option,
-    Quiet,
-    RetryFailed,
-    Strict,
-    Verbose,
     Workspace,
     compute_options,
     dataset_workspace,
     emit_json,
     parse_key_values,
     run_single_stage,
-    setup_logging,
     user_errors,
 )
-from vpipe.cli.pipeline_cmds import finish
+from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]
 Plan = Annotated[
@@ -114,6 +108,7 @@ def describe_plan(plan: dict[str, object]) -> str:
 
 
 @user_errors
+@stage_command
 @compute_options
 def extract(
     dataset: Dataset,
@@ -131,15 +126,10 @@ def extract(
     videos_per_task: VideosPerTask = None,
     workspace: Workspace = None,
     decoder: Decoder = "auto",
-    retry_failed: RetryFailed = False,
-    strict: Strict = False,
-    json_output: Json = False,
-    verbose: Verbose = False,
-    quiet: Quiet = False,
-    log_every: LogEvery = 30.0,
     *,
+    flags: RunFlags,
     compute: Compute,
-) -> None:
+) -> Reports:
     """Run a backbone over every planned clip and cache its features in HDF5 shards.
 
     On a CUDA machine without --scheduler, one process drives the GPU and
@@ -151,7 +141,6 @@ def extract(
     from vpipe.catalog import backbone_plan
     from vpipe.stages.extract import ExtractStage
 
-    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws = dataset_workspace(dataset, workspace)
     stage = ExtractStage(
         ws,
@@ -167,8 +156,7 @@ def extract(
         videos_per_task=videos_per_task,
         decoder=decoder,
     )
-    report = run_single_stage(stage, device=device, compute=compute, retry_failed=retry_failed)
-    finish([report], json_output, strict)
+    return [run_single_stage(stage, device=device, compute=compute, retry_failed=flags.retry_failed)]
 
 
 def register(app: typer.Typer) -> None:
