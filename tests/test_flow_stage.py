@@ -25,11 +25,12 @@ import vpipe.flow.compute
 from vpipe.errors import ConfigError
 from vpipe.flow.tvl1 import OPENCV_DEFAULTS, tvl1
 from vpipe.pipeline.executor import InProcessExecutor, Outcome
-from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
+from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
 from vpipe.pipeline.runner import run_stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.dataset import configure_dataset
-from vpipe.stages.extract import plan_jobs, plan_signatures
+from vpipe.stages.extract import plan_jobs
+from tests.fingerprint_reference import clip_signature
 from vpipe.stages.flow import FlowStage
 from vpipe.stages.plan import PlanStage
 from vpipe.stages.probe import ProbeStage
@@ -366,11 +367,7 @@ def test_flow_fingerprint_covers_resolved_tvl1_settings(tmp_path: Path, monkeypa
     # ... while caches computed with OpenCV's settings keep the fingerprint they had when
     # only typed options were hashed: no existing cache is recomputed for the change.
     job = plan_jobs(ws, "li3d")["go/a"]
-    before = fingerprint_of_parts_json(
-        canonical_json(fingerprint(1, 0, "uint8", 20.0, {}, "auto")),
-        canonical_json(file_fingerprint(job.path)),
-        plan_signatures(ws, "li3d")["go/a"],
-    )
+    before = fingerprint(fingerprint(1, 0, "uint8", 20.0, {}, "auto"), file_fingerprint(job.path), clip_signature(job))
     assert implicit == {"go/a": before}
     with pytest.raises(ConfigError, match="unknown parameter.*wraps"):
         FlowStage(ws, tvl1_params={"wraps": 3})

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vpipe.artifacts import atomic_write_text
 from vpipe.errors import ConfigError, StageError
@@ -116,6 +118,13 @@ class DatasetWorkspace:
         if not self.manifest_path.exists():
             raise StageError(f"no manifest at {self.manifest_path}: run `vpipe probe --dataset {self.dataset}` first")
         return pd.read_parquet(self.manifest_path)
+
+    def read_manifest_columns(self, columns: list[str]) -> pa.Table:
+        """Some of the manifest's columns as Arrow, for work over every video at once (the
+        stages' item fingerprints); the same :class:`StageError` as :meth:`read_manifest`."""
+        if not self.manifest_path.exists():
+            raise StageError(f"no manifest at {self.manifest_path}: run `vpipe probe --dataset {self.dataset}` first")
+        return pq.read_table(self.manifest_path, columns=columns)
 
     def usable_videos(self, indexes: Iterable[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
         """Manifest rows that probed ``ok`` and have view 0 in every one of ``indexes``.
