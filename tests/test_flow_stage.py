@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import vpipe.flow.compute
+from vpipe import catalog
 from vpipe.errors import ConfigError
 from vpipe.flow.tvl1 import OPENCV_DEFAULTS, tvl1
 from vpipe.pipeline.executor import InProcessExecutor, Outcome
@@ -359,8 +360,9 @@ def test_flow_fingerprint_covers_resolved_tvl1_settings(tmp_path: Path, monkeypa
     assert flow_item_fingerprints(ws, warps=5, tau=0.25) == implicit, "explicit defaults equal implicit ones"
     assert flow_item_fingerprints(ws, sync_every=3, shrink=False) == implicit, "speed-only knobs are not hashed"
     assert flow_item_fingerprints(ws, warps=3) != implicit
-    # A changed default in the solver makes every cached video stale ...
-    monkeypatch.setitem(tvl1.__kwdefaults__, "warps", 3)
+    # A changed default in the solver (copied to the static table that status reads, which
+    # tests/test_cli_imports.py keeps equal to it) makes every cached video stale ...
+    monkeypatch.setitem(catalog.TVL1_DEFAULTS, "warps", 3)
     assert flow_item_fingerprints(ws) != implicit
     assert flow_item_fingerprints(ws) == flow_item_fingerprints(ws, warps=3)
     monkeypatch.undo()

@@ -164,8 +164,8 @@ class ExtractStage(Stage):
         return fingerprint(EXTRACT_FORMAT, self.backbone, self.stream, self.weights_sha256, self.options, *bumped)
 
     def item_fingerprints(self) -> tuple[pa.Array, pa.Array]:
-        """Per video with current inputs, ``fingerprint(model fingerprint, inputs, clip_signature(job))``
-        (see :meth:`_input_fingerprints`); column-wise."""
+        """Per video with current inputs, ``fingerprint(model fingerprint, inputs, clip signature)``
+        (see :meth:`_input_fingerprints` and :func:`plan_video_columns`); column-wise."""
         videos, inputs = self._input_fingerprints()
         keys = videos["video_id"].combine_chunks()
         fingerprints = self._fingerprints(self.model_fingerprint(), videos, inputs)

@@ -14,8 +14,7 @@ import pyarrow as pa
 
 from vpipe import __version__
 from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
-from vpipe.flow.compute import FlowConfig, flow_videos
-from vpipe.flow.tvl1 import resolved_tvl1_params, tvl1_params_off_reference
+from vpipe.catalog import resolved_tvl1_params, tvl1_params_off_reference
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import canonical_json, fingerprint
 from vpipe.pipeline.fingerprint_columns import file_fingerprints, json_texts, row_fingerprints
@@ -68,8 +67,8 @@ class FlowStage(Stage):
         return self.workspace.flow_dir(self.plan)
 
     def item_fingerprints(self) -> tuple[pa.Array, pa.Array]:
-        """Per video, ``fingerprint(config, file_fingerprint(path), clip_signature(job))``,
-        the flow settings' fingerprint as ``config``; column-wise."""
+        """Per video, ``fingerprint(config, file_fingerprint(path), clip signature)``, the flow
+        settings' fingerprint as ``config`` (see :func:`plan_video_columns`); column-wise."""
         config_fp = fingerprint(
             FLOW_FORMAT, self.stack, self.encoding, self.bound, tvl1_params_off_reference(self.tvl1_params),
             self.decoder, *self.compute.fingerprint_parts(),
@@ -87,6 +86,8 @@ class FlowStage(Stage):
         ]
 
     def item_fn(self):
+        from vpipe.flow.compute import FlowConfig, flow_videos
+
         config = FlowConfig(
             out_dir=str(self.artifact),
             stack=self.stack,

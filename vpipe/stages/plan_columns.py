@@ -1,12 +1,13 @@
 """A plan's videos as columns: what the flow and extract fingerprints share, per video.
 
 A flow or extract item fingerprint is ``fingerprint(stage settings, the video's input,
-clip_signature(job))``. The clip signature, the JSON of what each planned clip is
-(clip, view, frames, crop fields), is the long part, and the same for the flow stage
+clip signature)``. The clip signature, ``[(clip, view, frames, crop fields), ...]`` over
+the video's planned clips in (clip, view) order, is the long part, and the same for the flow stage
 and every extract stage of a plan. Built from :class:`VideoJob` objects it cost a
 Python object per clip and a ``json.dumps`` per video in every stage; here it is
 written by Arrow's string kernels over the plan's columns, byte for byte the text
-``canonical_json(clip_signature(job))`` gives (``tests/test_fingerprint_columns.py``).
+the per-video form gave (``tests/fingerprint_reference.py``, checked in
+``tests/test_fingerprint_columns.py``).
 """
 
 from __future__ import annotations
