@@ -134,7 +134,9 @@ def main() -> None:
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
     rows = {}
     for temporal in ("none", "lstm", "bilstm"):
-        per_seed = [scores(y[test], train_and_test(temporal, xt, yt, fit, test, s, args.standardise)) for s in args.seeds]
+        per_seed = [
+            scores(y[test], train_and_test(temporal, xt, yt, fit, test, seed, args.standardise)) for seed in args.seeds
+        ]
         rows[f"{temporal} + avg"] = {
             "per_seed": per_seed,
             "mean": {key: float(np.mean([r[key] for r in per_seed])) for key in per_seed[0]},
