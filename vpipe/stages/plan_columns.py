@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vpipe.catalog import BACKBONE_PLANS
 from vpipe.errors import StageError
 from vpipe.pipeline.fingerprint_columns import grouped_json_lists, json_lists, json_texts
 from vpipe.pipeline.workspace import DatasetWorkspace
@@ -38,7 +39,9 @@ def existing_plan(workspace: DatasetWorkspace, plan: str) -> Path:
     """The plan's path; a :class:`StageError` naming ``vpipe plan`` when it does not exist."""
     path = workspace.plan_path(plan)
     if not path.exists():
-        raise StageError(f"no plan {plan!r} at {path}: run `vpipe plan --dataset {workspace.dataset}` first")
+        # A backbone's own plan is named after it (vpipe.catalog.backbone_plan).
+        made_by = f" --backbone {plan}" if plan in BACKBONE_PLANS else ""
+        raise StageError(f"no plan {plan!r} at {path}: run `vpipe plan --dataset {workspace.dataset}{made_by}` first")
     return path
 
 
