@@ -259,6 +259,9 @@ def test_fused_inception_computes_the_reference_function(name: str, stream: str)
         scale = float(expected.abs().max())
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
         assert float((got - control).abs().max()) > 1e-3 * scale
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 extraction path
+        rounded = fused.forward_features(x)["pool"].float()
+    assert torch.nn.functional.cosine_similarity(rounded.flatten(), expected.flatten(), dim=0) > 0.99
 
 
 def test_extraction_runs_each_family_in_its_inference_form() -> None:
