@@ -17,22 +17,16 @@ from vpipe.cli.options import (
     Decoder,
     Device,
     Json,
-    LogEvery,
     Option,
-    Quiet,
-    RetryFailed,
-    Strict,
-    Verbose,
     Workspace,
     compute_options,
     dataset_workspace,
     emit_json,
     parse_key_values,
     run_single_stage,
-    setup_logging,
     user_errors,
 )
-from vpipe.cli.pipeline_cmds import finish
+from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]
 Plan = Annotated[str, typer.Option("--plan", help="Plan whose clips are read (see `vpipe plan`).")]
@@ -93,6 +87,7 @@ def backbones(json_output: Json = False) -> None:
 
 
 @user_errors
+@stage_command
 @compute_options
 def extract(
     dataset: Dataset,
@@ -110,15 +105,10 @@ def extract(
     videos_per_task: VideosPerTask = None,
     workspace: Workspace = None,
     decoder: Decoder = "auto",
-    retry_failed: RetryFailed = False,
-    strict: Strict = False,
-    json_output: Json = False,
-    verbose: Verbose = False,
-    quiet: Quiet = False,
-    log_every: LogEvery = 30.0,
     *,
+    flags: RunFlags,
     compute: Compute,
-) -> None:
+) -> Reports:
     """Run a backbone over every planned clip and cache its features in HDF5 shards.
 
     On a CUDA machine without --scheduler, one process drives the GPU and
@@ -129,7 +119,6 @@ def extract(
     """
     from vpipe.stages.extract import ExtractStage
 
-    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws = dataset_workspace(dataset, workspace)
     stage = ExtractStage(
         ws,
@@ -145,8 +134,7 @@ def extract(
         videos_per_task=videos_per_task,
         decoder=decoder,
     )
-    report = run_single_stage(stage, device=device, compute=compute, retry_failed=retry_failed)
-    finish([report], json_output, strict)
+    return [run_single_stage(stage, device=device, compute=compute, retry_failed=flags.retry_failed)]
 
 
 def register(app: typer.Typer) -> None:

@@ -12,25 +12,19 @@ from vpipe.cli.options import (
     Dataset,
     Decoder,
     Device,
-    Json,
-    LogEvery,
     Option,
-    Quiet,
-    RetryFailed,
-    Strict,
-    Verbose,
     Workspace,
     compute_options,
     dataset_workspace,
     parse_key_values,
     run_single_stage,
-    setup_logging,
     user_errors,
 )
-from vpipe.cli.pipeline_cmds import finish
+from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 
 @user_errors
+@stage_command
 @compute_options
 def flow(
     dataset: Dataset,
@@ -57,15 +51,10 @@ def flow(
     videos_per_task: VideosPerTask = None,
     workspace: Workspace = None,
     decoder: Decoder = "auto",
-    retry_failed: RetryFailed = False,
-    strict: Strict = False,
-    json_output: Json = False,
-    verbose: Verbose = False,
-    quiet: Quiet = False,
-    log_every: LogEvery = 30.0,
     *,
+    flags: RunFlags,
     compute: Compute,
-) -> None:
+) -> Reports:
     """Compute TV-L1 optical flow for every clip of a plan and cache it (uint8, bound 20).
 
     -o sets a TV-L1 parameter, e.g. -o warps=3.
@@ -74,7 +63,6 @@ def flow(
     """
     from vpipe.stages.flow import FlowStage
 
-    setup_logging(verbose, quiet=quiet, log_every=log_every)
     stage = FlowStage(
         dataset_workspace(dataset, workspace),
         plan=plan,
@@ -87,8 +75,7 @@ def flow(
         videos_per_task=videos_per_task,
         decoder=decoder,
     )
-    report = run_single_stage(stage, device=device, compute=compute, retry_failed=retry_failed)
-    finish([report], json_output, strict)
+    return [run_single_stage(stage, device=device, compute=compute, retry_failed=flags.retry_failed)]
 
 
 def register(app: typer.Typer) -> None:

@@ -190,19 +190,36 @@ def compute_options(command: Callable[..., Any]) -> Callable[..., Any]:
     Defined once here so that every command running stages spells, documents and
     validates ``--scheduler``, ``--workers`` and the ``--cluster`` family the same way.
     """
-    signature = inspect.signature(command, eval_str=True)
-    kept = [p for p in signature.parameters.values() if p.name != "compute"]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_COMPUTE_DEFAULTS[name], annotation=Annotated[kind, info])
-        for name, kind, info in _COMPUTE_OPTIONS
-    ]
 
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         chosen = {name: kwargs.pop(name, _COMPUTE_DEFAULTS[name]) for name, _, _ in _COMPUTE_OPTIONS}
         return command(*args, compute=compute_from_options(**chosen), **kwargs)
 
-    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept] + added
+    return with_options(command, call, replaces="compute", options=_COMPUTE_OPTIONS, defaults=_COMPUTE_DEFAULTS)
+
+
+def with_options(
+    command: Callable[..., Any],
+    call: Callable[..., Any],
+    *,
+    replaces: str,
+    options: list[tuple[str, Any, Any]],
+    defaults: dict[str, Any],
+) -> Callable[..., Any]:
+    """``call`` presented to typer as ``command`` whose parameter ``replaces`` became ``options``.
+
+    typer reads a command's options from its signature; a decorator that adds a family of
+    options (and hands the command one object built from them) rewrites that signature
+    here, so the family is declared once however many commands take it.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.name != replaces]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name], annotation=Annotated[kind, info])
+        for name, kind, info in options
+    ]
+    wrapper = wraps(command)(call)
+    parameters = kept + added
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper

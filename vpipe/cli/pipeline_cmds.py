@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from vpipe import catalog
-from vpipe.pipeline.notices import summarise as summarise_notices
-
 from vpipe.cli.options import (
     Adapter,
     Backbone,
@@ -19,25 +17,19 @@ from vpipe.cli.options import (
     Decoder,
     Device,
     Json,
-    LogEvery,
     Option,
-    Quiet,
-    RetryFailed,
     Root,
     Split,
-    Strict,
-    Verbose,
     Workspace,
     compute_options,
     dataset_workspace,
     emit_json,
-    err,
     executor_for,
     gpu_stage_executor,
     parse_key_values,
-    setup_logging,
     user_errors,
 )
+from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 if TYPE_CHECKING:
     from vpipe.pipeline.stage import StageReport
@@ -85,39 +77,8 @@ def _configure(
     return ws, config
 
 
-def finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:
-    summarise_notices()
-    failed = sum(r.failed for r in reports)
-    if json_output:
-        emit_json({"stages": [r.to_dict() for r in reports], "failed": failed})
-    else:
-        for report in reports:
-            typer.echo(report.summary())
-        for report in reports:
-            retrieval = report.details.get("retrieval")
-            if retrieval:
-                figures = "  ".join(f"{k} {retrieval[k]:.3f}" for k in ("R@1", "R@5", "mAP") if retrieval.get(k) is not None)
-                typer.echo(f"retrieval ({retrieval['embedding']}, test queries against train videos): "
-                           f"{figures or retrieval.get('skipped', 'not evaluated')}")  # fmt: skip
-        for report in reports:
-            if "table" in report.details:
-                typer.echo("\n" + report.details["table"].strip() + "\n")
-                typer.echo(f"report: {report.details['report']}")
-                for run_id, plots in report.details.get("plots", {}).items():
-                    if plots:
-                        typer.echo(f"plots of {run_id}: {Path(plots[0]).parent}")
-        did = sum(r.computed for r in reports)
-        typer.echo(
-            ("nothing to do: everything is up to date" if did == 0 else f"done: {did} items processed")
-            + f"; {failed} failed item(s)"
-            + (" (see failures.parquet)" if failed else "")
-        )
-    if strict and failed:
-        err.print(f"[red]{failed} item(s) failed and --strict is set[/]")
-        raise typer.Exit(1)
-
-
 @user_errors
+@stage_command
 @compute_options
 def probe(
     dataset: Dataset,
@@ -128,54 +89,44 @@ def probe(
     decoder: Decoder = "auto",
     videos_per_class: VideosPerClass = None,
     synthetic_seed: SyntheticSeed = None,
-    retry_failed: RetryFailed = False,
-    strict: Strict = False,
-    json_output: Json = False,
-    verbose: Verbose = False,
-    quiet: Quiet = False,
-    log_every: LogEvery = 30.0,
     *,
+    flags: RunFlags,
     compute: Compute,
-) -> None:
+) -> Reports | None:
     """List a dataset's videos and record what decodes: writes manifest.parquet.
 
     Example: vpipe probe --dataset ucf101 --root /data/ucf101 --split 1
     """
     from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain, select_steps
 
-    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
     stages = build_chain(ws, config, ChainOptions(decoder=decoder))[:1]
     with executor_for(compute) as executor:
-        reports = run_chain(stages, executor, retry_failed=retry_failed)
-    finish(reports, json_output, strict)
+        return run_chain(stages, executor, retry_failed=flags.retry_failed)
 
 
 @user_errors
+@stage_command
 def plan(
     dataset: Dataset,
     sampler: Sampler = "li3d",
     option: Option = None,
     plan_name: PlanName = None,
     workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
-    quiet: Quiet = False,
-    log_every: LogEvery = 30.0,
-) -> None:
+    *,
+    flags: RunFlags,
+) -> Reports:
     """Choose the frames and crops of every clip: writes plans/<name>.parquet.
 
     Example: vpipe plan --dataset ucf101 --sampler li3d -o need=64 -o train_views=3
     """
     from vpipe.stages.chain import ChainOptions, build_chain, run_chain
 
-    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws = dataset_workspace(dataset, workspace)
     options = ChainOptions(sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name)
     stages = build_chain(ws, ws.read_config(), options)[1:2]
     with executor_for(Compute(workers=0)) as executor:
-        reports = run_chain(stages, executor)
-    finish(reports, json_output, strict=False)
+        return run_chain(stages, executor, retry_failed=flags.retry_failed)
 
 
 @user_errors
@@ -221,6 +172,7 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
 
 
 @user_errors
+@stage_command
 @compute_options
 def run(
     dataset: Dataset,
@@ -253,15 +205,10 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what each selected stage has done and would do; run nothing.")
     ] = False,
-    retry_failed: RetryFailed = False,
-    strict: Strict = False,
-    json_output: Json = False,
-    verbose: Verbose = False,
-    quiet: Quiet = False,
-    log_every: LogEvery = 30.0,
     *,
+    flags: RunFlags,
     compute: Compute,
-) -> None:
+) -> Reports | None:
     """Run every stage in order, doing only what is missing or stale.
 
     probe -> plan -> flow -> extract (rgb, flow) -> encode -> retrieval -> train -> evaluate.
@@ -275,7 +222,6 @@ def run(
     from vpipe.pipeline.local_gpus import check_gpus_option, local_gpu_executor
     from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain, select_steps
 
-    setup_logging(verbose, quiet=quiet, log_every=log_every)
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
     options = ChainOptions(
         decoder=decoder,
@@ -292,17 +238,17 @@ def run(
         check_gpus_option(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
     steps = select_steps(build_chain(ws, config, options), only, until)
     if dry_run:
-        show_status(chain_status(steps), dataset, json_output)
-        return
+        show_status(chain_status(steps), dataset, flags.json_output)
+        return None
     gpu_workers = local_gpu_executor(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
     with gpu_workers as pinned, executor_for(compute) as executor:
         reports = run_chain(
             steps,
             executor,
             gpu_executor=pinned or gpu_stage_executor(device, compute),
-            retry_failed=retry_failed,
+            retry_failed=flags.retry_failed,
         )
-    finish(reports, json_output, strict)
+    return reports
 
 
 def register(app: typer.Typer) -> None:

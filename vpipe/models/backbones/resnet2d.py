@@ -24,47 +24,13 @@ from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
 from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
+from vpipe.models.bottleneck import Bottleneck, bottleneck_layers
 from vpipe.models.weights import adapt_first_conv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FLOW_MEAN = 0.5
 FLOW_STD = sum(IMAGENET_STD) / 3
-
-
-class Bottleneck(nn.Module):
-    """1×1 reduce, 3×3 (strided), 1×1 expand ×4, plus the (projected) shortcut."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
-        super().__init__()
-        out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + identity)
-
-
-def _stage(in_channels: int, width: int, blocks: int, stride: int) -> nn.Sequential:
-    layers = [Bottleneck(in_channels, width, stride)]
-    layers += [Bottleneck(width * Bottleneck.expansion, width) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
 
 
 class ResNet2D(nn.Module):
@@ -76,10 +42,7 @@ class ResNet2D(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = _stage(64, 64, depths[0], 1)
-        self.layer2 = _stage(256, 128, depths[1], 2)
-        self.layer3 = _stage(512, 256, depths[2], 2)
-        self.layer4 = _stage(1024, 512, depths[3], 2)
+        self.layer1, self.layer2, self.layer3, self.layer4 = bottleneck_layers(depths, dims=2)
         self.grid = grid
         self.num_features = 512 * Bottleneck.expansion
         self.spec = finalize_spec(spec, self)
