@@ -96,7 +96,7 @@ def _figure(path: Path, run: StoredRun) -> str:
         svg = confusion_svg(matrix, names, cluster_order(matrix), title)
         caption = (f"confusion, {len(names)} classes, rows and columns clustered by confusion; rows sum to 1, "
                    "colour on a square-root scale; zoom in for names, hover a cell for its classes and count")  # fmt: skip
-        return f'<figure class="wide">{svg}<figcaption>{html.escape(caption)}</figcaption></figure>'
+        return f'<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>'
     return (f'<figure><img src="{data_uri(path)}" alt="{html.escape(path.stem)} of {html.escape(run.run_id)}">'
             f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")  # fmt: skip
 
