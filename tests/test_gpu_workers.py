@@ -34,6 +34,7 @@ def test_each_worker_gets_its_gpu_name_and_share_of_threads_and_memory():
         assert out[out.index("--memory-limit") + 1] == "32.00GiB"
         assert out[out.index("--resources") + 1] == "GPU=1"
         assert out[:3] == args[:3]
+    assert [env["VPIPE_WORKER_CORES"] for _, env in commands] == ["4", "4"], "loaders sized from the share"
 
 
 def test_launcher_starts_one_pinned_process_per_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -46,6 +46,8 @@ def test_worker_specs_pin_one_gpu_each_and_offer_one_gpu() -> None:
     assert all(o["resources"] == {"GPU": 1} and o["nthreads"] == 1 for o in options)
     assert all(o["memory_limit"] == 10 * 2**30 for o in options)
     assert len({o["name"] for o in options}) == 3
+    share = str(max(1, (os.cpu_count() or 1) // 3))
+    assert all(o["env"]["VPIPE_WORKER_CORES"] == share for o in options), "loaders sized from the share"
 
 
 def _visible() -> str:

@@ -42,6 +42,16 @@ def die_on_two(job: int) -> int:
     return job + 100
 
 
+def test_loaders_per_gpu_come_from_the_worker_share_of_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")
+    monkeypatch.setenv("VPIPE_WORKER_CORES", "2")  # eight GPU workers on a 16-core box
+    assert default_loader_workers(cuda) == 1
+    monkeypatch.setenv("VPIPE_WORKER_CORES", "16")  # one GPU on that box: at most 4
+    assert default_loader_workers(cuda) == 4
+    monkeypatch.delenv("VPIPE_WORKER_CORES")
+    assert default_loader_workers(cuda) == max(1, min(4, len(os.sched_getaffinity(0)) - 1))
+
+
 def test_in_process_when_no_workers_and_on_cpu_by_default() -> None:
     assert default_loader_workers(torch.device("cpu")) == 0
     assert default_loader_workers(torch.device("cuda")) >= 1

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from vpipe.errors import ConfigError
+from vpipe.pipeline.worker_env import WORKER_CORES_ENV, visible_cores
 
 
 def job_gpus(count: int, environ: Mapping[str, str]) -> list[str]:
@@ -38,10 +39,17 @@ def job_gpus(count: int, environ: Mapping[str, str]) -> list[str]:
 def pinned_commands(
     args: Sequence[str], gpus: Sequence[str], environ: Mapping[str, str]
 ) -> list[tuple[list[str], dict[str, str]]]:
-    """(arguments, environment) of each GPU's worker, from the job's one worker command."""
+    """(arguments, environment) of each GPU's worker, from the job's one worker command.
+
+    Each gets ``1/n`` of the job's threads, memory and cores; the cores size its loader
+    processes (:func:`vpipe.video.prefetch.worker_cores`), which otherwise would count every
+    core of the job as theirs in every one of the ``n`` workers.
+    """
     from dask.utils import format_bytes, parse_bytes
 
     n = len(gpus)
+    job_cores = int(args[list(args).index("--nthreads") + 1]) if "--nthreads" in args else visible_cores()
+    cores = max(1, job_cores // n)
     commands = []
     for i, gpu in enumerate(gpus):
         out = list(args)
@@ -54,7 +62,7 @@ def pinned_commands(
             if flag in out:
                 at = out.index(flag) + 1
                 out[at] = share(out[at])
-        commands.append((out, {**environ, "CUDA_VISIBLE_DEVICES": gpu}))
+        commands.append((out, {**environ, "CUDA_VISIBLE_DEVICES": gpu, WORKER_CORES_ENV: str(cores)}))
     return commands
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from vpipe.device import cuda_device_count
 from vpipe.errors import ConfigError
 from vpipe.pipeline.executor import DaskExecutor
+from vpipe.pipeline.worker_env import WORKER_CORES_ENV
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,18 @@ def check_gpus_option(gpus: str, *, device: str, scheduler: str | None, cluster:
 
 def gpu_worker_specs(gpus: list[str], environ: Mapping[str, str], memory_bytes: int) -> dict[str, dict[str, Any]]:
     """The ``SpecCluster`` worker specs: per GPU a nanny whose worker sees only that GPU,
-    offers ``GPU=1``, runs one task at a time, and gets its share of memory and cores."""
+    offers ``GPU=1``, runs one task at a time, and gets its share of memory and cores
+    (its loader processes are sized from that share, :func:`vpipe.video.prefetch.worker_cores`)."""
     from distributed import Nanny
 
     cores = max(1, (os.cpu_count() or 1) // len(gpus))
     specs = {}
     for i, gpu in enumerate(gpus):
-        env = {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS", str(cores))}
+        env = {
+            "CUDA_VISIBLE_DEVICES": gpu,
+            "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS", str(cores)),
+            WORKER_CORES_ENV: str(cores),
+        }
         specs[f"gpu{i}"] = {
             "cls": Nanny,
             "options": {

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import itertools
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -27,6 +26,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 import torch
+
+from vpipe.pipeline.worker_env import worker_cores
 
 Job = TypeVar("Job")
 Loaded = TypeVar("Loaded")
@@ -37,11 +38,13 @@ AHEAD_PER_WORKER = 2
 
 
 def default_loader_workers(device: torch.device) -> int:
-    """Loader processes by default: on CUDA, up to 4 per GPU from this worker's cores
-    (its share when a box runs one worker per GPU); on CPU none (see the module docstring)."""
+    """Loader processes by default: on CUDA, up to 4 per GPU, one core left to the process
+    driving the GPU, out of this worker's share of cores (eight GPU workers on a 16-core
+    box get one loader each, not four: 32 loaders would fight for 16 cores); on CPU none
+    (see the module docstring)."""
     if device.type != "cuda":
         return 0
-    return max(1, min(4, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1))
+    return max(1, min(4, worker_cores() - 1))
 
 
 @functools.lru_cache(maxsize=2)
