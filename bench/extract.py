@@ -3,8 +3,8 @@
 For each backbone, three rates in clips per second, measured in one run on one machine:
 
 * ``decode``: the planned clips of generated videos decoded, resized and cropped
-  exactly as the extract stage does (``crop_rgb_clips`` over ``VideoJob`` s, through a
-  DataLoader over ``VideoClips`` with ``--decode-workers`` worker processes);
+  exactly as the extract stage does (``crop_rgb_clips`` over ``VideoJob`` s, through
+  ``prefetched`` with ``--decode-workers`` loader processes, 0: in this process);
 * ``model``: the same clips, already decoded to uint8 and held in memory, through
   ``run_model`` in batches of ``--batch-size`` (one warm-up batch excluded; on CUDA
   the device is synchronised before the clock is read);
@@ -20,8 +20,17 @@ machine decoding and the model share the same cores, so ``serial`` = 1 / (1/deco
 The jobs come from a real plan: ``--videos`` MPEG-4 AVIs (160x120, 64 frames) are
 written into a folder-layout dataset in a temporary workspace, then probed and planned
 with the ``li3d`` sampler (``--clip-len`` frames, ``--size`` crops) by the product's own
-stages. Frame backbones (resnet50) see every frame of a clip as one image. Models keep
+stages. ``--plan backbone`` instead plans each backbone with its own default plan (its
+paper's: VideoMAE 5 clips of 16 frames at step 4 on 224² crops, CLIP 8 uniform frames,
+…), so each family runs at its default input; ``--plan-option KEY=VALUE`` adjusts those
+plans where their sampler takes KEY (``clips=2`` shortens a run of the ViT-L V-JEPA).
+Frame backbones (resnet50, clip) see every frame of a clip as one image. Models keep
 their random initialisation: speed does not depend on the weights.
+
+``peak_rss_mib`` is the process's peak resident memory while one backbone was measured
+(Linux: the high-water mark is reset before each backbone through ``/proc/self/clear_refs``;
+elsewhere it is the process's peak so far), decoding workers not included. Disk per
+clip is ``shard_bytes / clips``, every cached layer at float16.
 
 Each phase runs ``--repeats`` times, the phases interleaved, and the best rate of each
 counts (every sample is kept in the JSON). The report (``--out``) also records thread
@@ -29,6 +38,7 @@ settings, the machine and the load average before and after the run: on a shared
 machine, rates measured under load are lower and noisier.
 
     python bench/extract.py [--backbones li3d i3d resnet50] [--videos 8] [--decode-workers 1]
+    python bench/extract.py --backbones videomae --plan backbone --videos 1 --decode-workers 0
 """
 
 from __future__ import annotations
@@ -52,19 +62,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from vpipe.device import resolve_device
 from vpipe.extract.features import ExtractConfig, extract_videos, load_model, run_model
-from vpipe.extract.inputs import LoadedClip, VideoClips, crop_rgb_clips
+from vpipe.extract.inputs import LoadedClip, crop_rgb_clips
 from vpipe.video.jobs import VideoJob, jobs_from_plan
+from vpipe.video.prefetch import prefetched
 from vpipe.pipeline.executor import InProcessExecutor
 from vpipe.pipeline.runner import run_stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.dataset import configure_dataset
 from vpipe.stages.plan import PlanStage
 from vpipe.stages.probe import ProbeStage
-from vpipe.video.plan import sampler_config
+from vpipe.catalog import backbone_plan
+from vpipe.video.plan import SAMPLER_PARAMS, SHARED_PARAMS, SamplerConfig, sampler_config
 from vpipe.video.write import write_video
 from machine import cpu_model, load_average  # bench/machine.py, beside this script
 
@@ -106,6 +117,8 @@ class Result:
     e2e_cpu_seconds: float
     e2e_tasks: int
     shard_bytes: int
+    peak_rss_mib: float
+    plan: dict[str, Any]
     #: every repeat's rate, in run order; the fields above hold the best of them.
     samples: dict[str, list[float]]
 
@@ -128,8 +141,8 @@ def make_frames(seed: int) -> list[np.ndarray]:
     return frames
 
 
-def build_jobs(tmp: Path, videos: int, clip_len: int, size: int) -> tuple[list[VideoJob], dict[str, Any]]:
-    """Write videos into a folder dataset, probe and plan it, and return the plan's jobs."""
+def probe_videos(tmp: Path, videos: int) -> tuple[DatasetWorkspace, dict[str, Any]]:
+    """Write videos into a folder dataset and probe it."""
     root = tmp / "videos"
     started = time.perf_counter()
     for number in range(videos):
@@ -139,31 +152,61 @@ def build_jobs(tmp: Path, videos: int, clip_len: int, size: int) -> tuple[list[V
     config = configure_dataset(workspace, adapter="folder", root=root)
     started = time.perf_counter()
     run_stage(ProbeStage(workspace, config), InProcessExecutor(), progress=False)
-    short_side = max(size, 2 * math.ceil(size * 128 / 112 / 2))
-    sampler = sampler_config("li3d", need=clip_len, size=size, short_side=short_side)
-    run_stage(PlanStage(workspace, sampler), InProcessExecutor(), progress=False)
-    prepare_seconds = time.perf_counter() - started
-    manifest = workspace.read_manifest()
-    plan = pd.read_parquet(workspace.plan_path(sampler.name))
-    jobs = list(jobs_from_plan(plan, manifest).values())
     info = {
         "videos": videos,
         "video_size": f"{WIDTH}x{HEIGHT}",
         "frames_per_video": FRAMES,
         "codec": "mpeg4 (AVI)",
-        "sampler": sampler.params(),
-        "clips": sum(len(job.clips) for job in jobs),
         "encode_seconds": round(encode_seconds, 2),
-        "probe_plan_seconds": round(prepare_seconds, 2),
+        "probe_seconds": round(time.perf_counter() - started, 2),
     }
-    return jobs, info
+    return workspace, info
+
+
+def bench_sampler(backbone: str, args: argparse.Namespace) -> tuple[str, SamplerConfig]:
+    """The plan name and sampler a backbone is timed with: li3d at ``--clip-len`` and
+    ``--size``, or (``--plan backbone``) its own default plan with ``--plan-option`` s."""
+    if args.plan == "li3d":
+        short_side = max(args.size, 2 * math.ceil(args.size * 128 / 112 / 2))
+        return "li3d", sampler_config("li3d", need=args.clip_len, size=args.size, short_side=short_side)
+    default = backbone_plan(backbone)
+    allowed = (*SAMPLER_PARAMS[default.sampler], *SHARED_PARAMS)
+    overrides = {k: v for k, v in args.plan_option.items() if k in allowed}
+    return default.name, sampler_config(default.sampler, **{**default.options, **overrides})
+
+
+def plan_jobs(workspace: DatasetWorkspace, name: str, sampler: SamplerConfig) -> list[VideoJob]:
+    """Plan the probed videos with ``sampler`` under ``name`` and return the plan's jobs."""
+    run_stage(PlanStage(workspace, sampler, plan_name=name), InProcessExecutor(), progress=False)
+    plan = pd.read_parquet(workspace.plan_path(name))
+    return list(jobs_from_plan(plan, workspace.read_manifest()).values())
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-memory high-water mark (Linux ≥ 4.0); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory since the last reset (VmHWM), else since it started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 # --------------------------------------------------------------------------- timing
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (DataLoader workers, once joined)."""
+    """CPU time of this process and its finished children (loader processes, once joined)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -173,17 +216,6 @@ def timed(fn: Callable[[], int]) -> Timing:
     start_wall, start_cpu = time.perf_counter(), cpu_seconds()
     clips = fn()
     return Timing(clips, time.perf_counter() - start_wall, cpu_seconds() - start_cpu)
-
-
-def clip_loader(jobs: list[VideoJob], workers: int) -> DataLoader:
-    """The extract stage's loader (see ``extract_videos``), for rgb clips."""
-    return DataLoader(
-        VideoClips(jobs, functools.partial(crop_rgb_clips, decoder=DECODER)),
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
 
 
 def time_decode(jobs: list[VideoJob], workers: int) -> tuple[Timing, float, list[LoadedClip]]:
@@ -196,7 +228,8 @@ def time_decode(jobs: list[VideoJob], workers: int) -> tuple[Timing, float, list
 
     def run() -> int:
         start = time.perf_counter()
-        for index, loaded in clip_loader(jobs, workers):
+        # The extract stage's loading of rgb clips (see ``extract_videos``).
+        for index, loaded in prefetched(functools.partial(crop_rgb_clips, decoder=DECODER), jobs, workers):
             if not first:
                 first.append(time.perf_counter() - start)
             if isinstance(loaded, Exception):
@@ -257,12 +290,15 @@ def time_end_to_end(config: ExtractConfig, jobs: list[VideoJob], videos_per_task
     return timing, len(tasks)
 
 
-def benchmark(backbone: str, jobs: list[VideoJob], args: argparse.Namespace, tmp: Path) -> Result:
+def benchmark(backbone: str, workspace: DatasetWorkspace, args: argparse.Namespace, tmp: Path) -> Result:
     """Time the three phases ``--repeats`` times, interleaved, and keep each phase's best.
 
     Interleaving exposes every phase to the same background load; the best of several
     runs is the least disturbed by other work on a shared machine.
     """
+    plan_name, sampler = bench_sampler(backbone, args)
+    jobs = plan_jobs(workspace, plan_name, sampler)
+    reset_peak_rss()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: irrelevant to speed
         model = load_model(backbone, "rgb", None, (), args.device)
@@ -303,11 +339,11 @@ def benchmark(backbone: str, jobs: list[VideoJob], args: argparse.Namespace, tmp
         backbone=backbone,
         input_kind=model.spec.input_kind,
         clips=decode.clips,
-        decode_clips_per_s=round(decode.rate, 2),
-        model_clips_per_s=round(model_timing.rate, 2),
-        e2e_clips_per_s=round(e2e.rate, 2),
-        limit_clips_per_s=round(limit, 2),
-        serial_clips_per_s=round(1 / (1 / decode.rate + 1 / model_timing.rate), 2),
+        decode_clips_per_s=round(decode.rate, 4),
+        model_clips_per_s=round(model_timing.rate, 4),
+        e2e_clips_per_s=round(e2e.rate, 4),
+        limit_clips_per_s=round(limit, 4),
+        serial_clips_per_s=round(1 / (1 / decode.rate + 1 / model_timing.rate), 4),
         efficiency=round(e2e.rate / limit, 3),
         bound_by="decode" if decode.rate < model_timing.rate else "model",
         decode_seconds=round(decode.seconds, 3),
@@ -319,10 +355,12 @@ def benchmark(backbone: str, jobs: list[VideoJob], args: argparse.Namespace, tmp
         e2e_cpu_seconds=round(e2e.cpu_seconds, 3),
         e2e_tasks=tasks,
         shard_bytes=shard_bytes,
+        peak_rss_mib=peak_rss_mib(),
+        plan={"plan": plan_name, **sampler.params()},
         samples={
-            "decode_clips_per_s": [round(t.rate, 2) for t in decodes],
-            "model_clips_per_s": [round(t.rate, 2) for t in models],
-            "e2e_clips_per_s": [round(t.rate, 2) for t in e2es],
+            "decode_clips_per_s": [round(t.rate, 4) for t in decodes],
+            "model_clips_per_s": [round(t.rate, 4) for t in models],
+            "e2e_clips_per_s": [round(t.rate, 4) for t in e2es],
         },
     )
 
@@ -350,7 +388,6 @@ def thread_info() -> dict[str, Any]:
     return {
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "decode_worker_torch_threads": 1,  # DataLoader workers run torch single-threaded
         "env": {
             name: os.environ[name]
             for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -367,15 +404,15 @@ def print_table(results: list[Result], header: dict[str, Any]) -> None:
     )
     line = (
         f"{'backbone':9} {'clips':>5} {'decode/s':>9} {'model/s':>8} {'e2e/s':>7} "
-        f"{'limit/s':>8} {'serial/s':>8} {'eff':>6} {'bound':>6}"
+        f"{'limit/s':>8} {'serial/s':>8} {'eff':>6} {'bound':>6} {'peak MiB':>9} {'KiB/clip':>9}"
     )
     print(line)
     print("-" * len(line))
     for r in results:
         print(
-            f"{r.backbone:9} {r.clips:5d} {r.decode_clips_per_s:9.2f} {r.model_clips_per_s:8.2f} "
-            f"{r.e2e_clips_per_s:7.2f} {r.limit_clips_per_s:8.2f} {r.serial_clips_per_s:8.2f} "
-            f"{r.efficiency:6.2f} {r.bound_by:>6}"
+            f"{r.backbone:9} {r.clips:5d} {r.decode_clips_per_s:9.2f} {r.model_clips_per_s:8.3f} "
+            f"{r.e2e_clips_per_s:7.3f} {r.limit_clips_per_s:8.3f} {r.serial_clips_per_s:8.3f} "
+            f"{r.efficiency:6.2f} {r.bound_by:>6} {r.peak_rss_mib:9.0f} {r.shard_bytes / r.clips / 1024:9.1f}"
         )
     busiest = max(header["load_start"], header["load_end"])
     if header["cpus"] and busiest > header["cpus"]:
@@ -392,15 +429,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=112, help="crop size (square)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
-    parser.add_argument("--decode-workers", type=int, default=1, help="DataLoader decoding processes")
+    parser.add_argument("--decode-workers", type=int, default=1, help="loader processes decoding ahead (0: in this process, the stage's CPU default)")
     parser.add_argument(
         "--videos-per-task", type=int, default=8, help="videos per extract_videos call (stage default 8; 0: one call)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each phase; the best counts")
-    parser.add_argument("--videos", type=int, default=8, help="videos to generate (one clip each)")
+    parser.add_argument("--videos", type=int, default=8, help="videos to generate")
+    parser.add_argument(
+        "--plan", choices=("li3d", "backbone"), default="li3d",
+        help="li3d at --clip-len/--size for every backbone, or each backbone's own default plan",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plan-option", action="append", default=[], metavar="KEY=VALUE",
+        help="with --plan backbone: override a plan parameter where the plan's sampler takes it",
+    )  # fmt: skip
     default_out = Path(__file__).parent / "results" / "extract.json"
     parser.add_argument("--out", type=Path, default=default_out, help="JSON report path")
     args = parser.parse_args()
+    args.plan_option = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.plan_option)}
     logging.getLogger("vpipe").setLevel(logging.ERROR)  # the random-weights warning, once per backbone
     device = resolve_device(args.device)
     load_start = load_average()
@@ -408,9 +454,9 @@ def main() -> None:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="vpipe-bench-extract-") as name:
         tmp = Path(name)
-        jobs, inputs = build_jobs(tmp, args.videos, args.clip_len, args.size)
+        workspace, inputs = probe_videos(tmp, args.videos)
         for backbone in args.backbones:
-            results.append(benchmark(backbone, jobs, args, tmp))
+            results.append(benchmark(backbone, workspace, args, tmp))
             print(f"  {backbone}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     load_end = load_average()
     report = {
@@ -429,8 +475,10 @@ def main() -> None:
             "videos_per_task": args.videos_per_task,
             "repeats": args.repeats,
             "rates": "best of the repeats, per phase (see results[].samples)",
-            "clip_len": args.clip_len,
-            "size": args.size,
+            "plan": args.plan,
+            "plan_options": args.plan_option,
+            "clip_len": args.clip_len if args.plan == "li3d" else None,
+            "size": args.size if args.plan == "li3d" else None,
             "decoder": DECODER,
             "inputs": inputs,
         },

@@ -104,6 +104,7 @@ def test_catalog_backbone_descriptions_equal_the_registry(name):
     assert catalog.backbone_defaults(name) == registry.backbone_defaults(name), fix
     assert catalog.backbone_version(name) == registry.backbone_version(name), fix
     assert catalog.is_weightless(name) == registry.is_weightless(name), fix
+    assert catalog.backbone_plan(name) == registry.backbone_plan(name), fix
     for stream in ("rgb", "flow"):
         assert catalog.backbone_inputs(name, stream) == registry.backbone_inputs(name, stream), fix
     assert set(catalog.BACKBONE_DEFAULTS) == set(registry.list_backbones()), fix

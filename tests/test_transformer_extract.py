@@ -25,7 +25,12 @@ from vpipe.models.backbones import vjepa as vj
 
 transformers = pytest.importorskip("transformers")
 runner = CliRunner()
-PLAN = ["-o", "need=4", "-o", "size=32", "-o", "short_side=48", "-o", "clips=1"]
+#: Each backbone's own plan, shrunk: ``vpipe plan --backbone NAME`` with these ``-o``.
+PLANS = {
+    "clip": ["-o", "count=4", "-o", "size=32", "-o", "short_side=48"],
+    "videomae": ["-o", "frames=4", "-o", "step=2", "-o", "clips=2", "-o", "size=32", "-o", "short_side=48"],
+    "vjepa": ["-o", "frames=4", "-o", "step=2", "-o", "clips=1", "-o", "size=32", "-o", "short_side=48"],
+}
 
 
 def invoke(*args: object):
@@ -79,10 +84,11 @@ def test_extract_with_a_tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.Monk
     weights = tmp_path / "model.safetensors"
     write(weights)
     ws = tmp_path / "ws"
-    probe = invoke("probe", "--dataset", "synthetic", "--workspace", ws, "--videos-per-class", "2", "--workers", "0")
-    plan = invoke("plan", "--dataset", "synthetic", "--workspace", ws, *PLAN)
+    probe = invoke("probe", "--dataset", "synthetic", "--workspace", ws, "--videos-per-class", "3", "--workers", "0")
+    plan = invoke("plan", "--dataset", "synthetic", "--workspace", ws, "--backbone", name, *PLANS[name])
     assert probe.exit_code == plan.exit_code == 0, probe.output + plan.output
-    result = invoke("extract", "--dataset", "synthetic", "--workspace", ws, "--backbone", name, "--plan", "li3d",
+    # No --plan: the backbone's own plan, plans/<name>.parquet.
+    result = invoke("extract", "--dataset", "synthetic", "--workspace", ws, "--backbone", name,
                     "--weights", weights, "-o", "size=tiny", "--workers", "0", "--json", "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)["stages"][0]
@@ -94,10 +100,18 @@ def test_extract_with_a_tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.Monk
 
     with FeatureSet.open(ws / "synthetic" / "features" / f"{name}-rgb") as features:
         assert features.provenance["weights_sha256"] == sha256_file(weights)
+        assert features.provenance["plan"] == name
         video = features.video_ids()[0]
         arrays = features.clips(video)
     assert {k: v.shape[1:] for k, v in arrays.items()} == shapes
     assert all(np.isfinite(v).all() and v.std() > 0 for v in arrays.values())
+    # The cache feeds a per-step head and a retrieval index like any other feature set.
+    train = invoke("train", "--dataset", "synthetic", "--workspace", ws, "--features", f"{name}-rgb",
+                   "-O", "temporal=bilstm", "-O", "aggregation=avg", "-O", "hidden=16", "--epochs", "2",
+                   "--json")  # fmt: skip
+    assert train.exit_code == 0, train.output
+    index = invoke("index", "--dataset", "synthetic", "--workspace", ws, "--embedding", f"features:{name}-rgb", "--json")
+    assert index.exit_code == 0, index.output
     if name == "clip":
         # The cached embedding is the cached class token through the checkpoint's projection.
         model = backbone("clip", size="tiny", weights=weights)

@@ -13,6 +13,8 @@ is not added here fails the suite instead of silently missing from ``--help``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 #: ``vpipe.device.DEVICES``.
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -26,7 +28,7 @@ BACKBONES = ("clip", "hoghofmbh", "i3d", "li3d", "r3d50", "resnet101", "resnet50
 HEADS = ("bilstm-softagg", "deep-fusion", "st-manet", "vcm-sdd")
 
 #: ``vpipe.video.plan.SAMPLERS``.
-SAMPLERS = ("li3d", "uniform", "tsn", "dense")
+SAMPLERS = ("li3d", "uniform", "tsn", "dense", "strided")
 
 #: ``vpipe.encode.classic.METHODS``.
 ENCODE_METHODS = ("bof", "vlad", "fv")
@@ -55,6 +57,30 @@ BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
     "vjepa": {"size": "large", "grid": False},
 }
 
+
+class DefaultPlan(NamedTuple):
+    """The plan a backbone samples with when the user names no sampler: its paper's.
+
+    ``name`` is the plan's file name (``plans/<name>.parquet``) and what ``vpipe extract``
+    reads without ``--plan``; ``options`` replace the sampler's own defaults.
+    """
+
+    name: str
+    sampler: str
+    options: dict[str, object]
+
+
+#: The sampler of a backbone that declares no plan, and the name of its plan.
+DEFAULT_SAMPLER = "li3d"
+
+#: ``backbone_plan(name)`` for the backbones that declare one (sampler, options); the plan
+#: is named after the backbone. The others take :data:`DEFAULT_SAMPLER` as it is.
+BACKBONE_PLANS: dict[str, tuple[str, dict[str, object]]] = {
+    "clip": ("uniform", {"count": 8, "size": 224, "short_side": 224}),
+    "videomae": ("strided", {"frames": 16, "step": 4, "clips": 5, "size": 224, "short_side": 224}),
+    "vjepa": ("strided", {"frames": 16, "step": 4, "clips": 8, "size": 224, "short_side": 256}),
+}
+
 #: ``backbone_version(name)`` where it is not 1.
 BACKBONE_VERSIONS: dict[str, int] = {"hoghofmbh": 2}
 
@@ -77,6 +103,18 @@ def backbone_defaults(name: str) -> dict[str, object]:
 
         return registry.backbone_defaults(name)
     return dict(BACKBONE_DEFAULTS[name])
+
+
+def backbone_plan(name: str) -> DefaultPlan:
+    """As the registry's function of that name, from :data:`BACKBONE_PLANS`."""
+    if _registered_elsewhere(name):
+        from vpipe.models.backbones import registry
+
+        return registry.backbone_plan(name)
+    if name not in BACKBONE_PLANS:
+        return DefaultPlan(DEFAULT_SAMPLER, DEFAULT_SAMPLER, {})
+    sampler, options = BACKBONE_PLANS[name]
+    return DefaultPlan(name, sampler, dict(options))
 
 
 def backbone_version(name: str) -> int:

@@ -29,7 +29,14 @@ from vpipe.cli.options import (
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]
-Plan = Annotated[str, typer.Option("--plan", help="Plan whose clips are read (see `vpipe plan`).")]
+Plan = Annotated[
+    str | None,
+    typer.Option(
+        "--plan",
+        help="Plan whose clips are read (see `vpipe plan`).",
+        show_default="the backbone's plan (`vpipe backbones`)",
+    ),
+]
 Weights = Annotated[
     Path | None,
     typer.Option("--weights", help="Local checkpoint (.pt, .pth, .safetensors).", show_default="random init"),
@@ -56,11 +63,14 @@ def backbones(json_output: Json = False) -> None:
     """
     from vpipe.models import backbone as build_backbone
     from vpipe.models import list_backbones
+    from vpipe.models.backbones.registry import backbone_plan
+    from vpipe.video.plan import sampler_config
 
     rows = []
     for name in list_backbones():
         with quiet_random_weights():
             spec = build_backbone(name).spec
+        plan = backbone_plan(name)
         rows.append(
             {
                 "name": name,
@@ -73,6 +83,7 @@ def backbones(json_output: Json = False) -> None:
                 "layers": {k: list(v) for k, v in spec.layer_shapes().items()},
                 "checkpoint_layout": spec.checkpoint_layout,
                 "licence": spec.licence,
+                "plan": {**sampler_config(plan.sampler, **plan.options).params(), "name": plan.name, "sampler": plan.sampler},
             }
         )
     if json_output:
@@ -84,6 +95,16 @@ def backbones(json_output: Json = False) -> None:
         typer.echo(
             f"{row['name']:<10} {row['params'] / 1e6:7.2f}M  {row['input']:<6} {tuple(row['input_shape'])}  -> {layers}{licence}"
         )
+        typer.echo(f"{'':<10} plan {describe_plan(row['plan'])}")
+
+
+def describe_plan(plan: dict[str, object]) -> str:
+    """``videomae = strided frames=16 step=4 clips=5, 224² centre crop of short side 224``:
+    the sampler's own parameters, then the crop of the first view."""
+    from vpipe.video.plan import SAMPLER_PARAMS
+
+    own = " ".join(f"{k}={plan[k]}" for k in SAMPLER_PARAMS[str(plan["sampler"])])
+    return f"{plan['name']} = {plan['sampler']} {own}, {plan['size']}² {plan['view0']} crop of short side {plan['short_side']}"
 
 
 @user_errors
@@ -93,7 +114,7 @@ def extract(
     dataset: Dataset,
     backbone: Backbone = "li3d",
     stream: Stream = "rgb",
-    plan: Plan = "li3d",
+    plan: Plan = None,
     weights: Weights = None,
     option: Option = None,
     name: Annotated[
@@ -117,6 +138,7 @@ def extract(
 
     Example: vpipe extract --dataset ucf101 --backbone li3d --weights rgb_imagenet.pt --decode-workers 8
     """
+    from vpipe.catalog import backbone_plan
     from vpipe.stages.extract import ExtractStage
 
     ws = dataset_workspace(dataset, workspace)
@@ -124,7 +146,7 @@ def extract(
         ws,
         backbone=backbone,
         stream=stream,
-        plan=plan,
+        plan=plan or backbone_plan(backbone).name,
         weights=weights,
         options=parse_key_values(option, "--option"),
         name=name,

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from vpipe.cli.extract_cmd import Plan, VideosPerTask
+from vpipe.cli.extract_cmd import VideosPerTask
 from vpipe.cli.options import (
     Compute,
     Dataset,
@@ -28,7 +28,7 @@ from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 @compute_options
 def flow(
     dataset: Dataset,
-    plan: Plan = "li3d",
+    plan: Annotated[str, typer.Option("--plan", help="Plan whose clips are read (see `vpipe plan`).")] = "li3d",
     stack: Annotated[
         int, typer.Option("--stack", min=0, help="0: one field per clip frame (3D nets); L: L-field stacks per frame (VGG).")
     ] = 0,

@@ -38,8 +38,22 @@ if TYPE_CHECKING:
 # The stages are imported inside each command: they bring torch, h5py and pandas, which
 # ``--help`` must not wait for.
 
-Sampler = Annotated[Literal[catalog.SAMPLERS], typer.Option("--sampler", help="Temporal sampler (docs/sampling in DESIGN.md).")]
-PlanName = Annotated[str | None, typer.Option("--plan-name", help="Name of the plan.", show_default="the sampler name")]
+Sampler = Annotated[
+    Literal[catalog.SAMPLERS] | None,
+    typer.Option(
+        "--sampler",
+        help="Temporal sampler (docs/sampling in DESIGN.md); -o alone adjusts the backbone's plan.",
+        show_default="the backbone's plan (`vpipe backbones`)",
+    ),
+]
+PlanName = Annotated[
+    str | None,
+    typer.Option("--plan-name", help="Name of the plan.", show_default="the backbone's plan, else the sampler name"),
+]
+PlanBackbone = Annotated[
+    Literal[catalog.BACKBONES],
+    typer.Option("--backbone", "-b", help="Backbone whose paper's plan is made when no --sampler is given."),
+]
 VideosPerClass = Annotated[
     int | None,
     typer.Option(
@@ -109,21 +123,27 @@ def probe(
 @stage_command
 def plan(
     dataset: Dataset,
-    sampler: Sampler = "li3d",
+    sampler: Sampler = None,
     option: Option = None,
     plan_name: PlanName = None,
+    backbone: PlanBackbone = "li3d",
     workspace: Workspace = None,
     *,
     flags: RunFlags,
 ) -> Reports:
     """Choose the frames and crops of every clip: writes plans/<name>.parquet.
 
+    Without --sampler, the plan is the backbone's paper's (li3d for li3d, i3d and the
+    CNNs; `vpipe backbones` lists each), named after the backbone when it declares one.
+
     Example: vpipe plan --dataset ucf101 --sampler li3d -o need=64 -o train_views=3
     """
     from vpipe.stages.chain import ChainOptions, build_chain, run_chain
 
     ws = dataset_workspace(dataset, workspace)
-    options = ChainOptions(sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name)
+    options = ChainOptions(
+        sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name, backbone=backbone
+    )
     stages = build_chain(ws, ws.read_config(), options)[1:2]
     with executor_for(Compute(workers=0)) as executor:
         return run_chain(stages, executor, retry_failed=flags.retry_failed)
@@ -132,9 +152,10 @@ def plan(
 @user_errors
 def status(
     dataset: Dataset,
-    sampler: Sampler = "li3d",
+    sampler: Sampler = None,
     option: Option = None,
     plan_name: PlanName = None,
+    backbone: Backbone = "li3d",
     decoder: Decoder = "auto",
     workspace: Workspace = None,
     json_output: Json = False,
@@ -147,7 +168,11 @@ def status(
 
     ws = dataset_workspace(dataset, workspace)
     options = ChainOptions(
-        decoder=decoder, sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name
+        decoder=decoder,
+        sampler=sampler,
+        sampler_options=parse_key_values(option, "--option"),
+        plan_name=plan_name,
+        backbone=backbone,
     )
     show_status(chain_status(build_chain(ws, ws.read_config(), options)), dataset, json_output)
 
@@ -181,7 +206,7 @@ def run(
     adapter: Adapter = None,
     workspace: Workspace = None,
     decoder: Decoder = "auto",
-    sampler: Sampler = "li3d",
+    sampler: Sampler = None,
     option: Option = None,
     plan_name: PlanName = None,
     backbone: Backbone = "li3d",

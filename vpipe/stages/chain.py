@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vpipe.catalog import backbone_plan
 from vpipe.errors import ConfigError
 from vpipe.pipeline.executor import Executor
 from vpipe.pipeline.runner import run_stage, stage_status
@@ -35,7 +36,8 @@ class ChainOptions:
     """Options of the main job that are not dataset identity."""
 
     decoder: str = "auto"
-    sampler: str = "li3d"
+    #: None: the backbone's default plan (:func:`vpipe.catalog.backbone_plan`).
+    sampler: str | None = None
     sampler_options: dict[str, Any] = field(default_factory=dict)
     plan_name: str | None = None
     backbone: str = "li3d"
@@ -51,8 +53,27 @@ class ChainOptions:
     descriptors: bool = True
 
     def sampler_config(self, adapter: str) -> SamplerConfig:
-        defaults = SYNTHETIC_SAMPLER if adapter == "synthetic" and self.sampler == "li3d" else {}
-        return sampler_config(self.sampler, **{**defaults, **self.sampler_options})
+        """The sampler and its resolved options, each default from one place, later ones winning:
+        the sampler's own, the backbone's plan (when the sampler is the backbone's), the
+        small synthetic clips (li3d on the synthetic dataset), then the user's ``-o``.
+
+        So an option given explicitly with its default value plans, and fingerprints,
+        exactly as leaving it out.
+        """
+        default = backbone_plan(self.backbone)
+        sampler = self.sampler or default.sampler
+        backbone_defaults = default.options if sampler == default.sampler else {}
+        synthetic = SYNTHETIC_SAMPLER if adapter == "synthetic" and sampler == "li3d" else {}
+        return sampler_config(sampler, **{**backbone_defaults, **synthetic, **self.sampler_options})
+
+    @property
+    def plan(self) -> str:
+        """The plan's name: ``--plan-name``, else the backbone's plan's name when the sampler
+        is the backbone's (li3d's is ``li3d``), else the sampler's."""
+        if self.plan_name:
+            return self.plan_name
+        default = backbone_plan(self.backbone)
+        return default.name if self.sampler in (None, default.sampler) else self.sampler
 
 
 def main_job_runs(features: dict[str, str], clusters: int) -> list[TrainConfig]:
@@ -69,7 +90,7 @@ def main_job_runs(features: dict[str, str], clusters: int) -> list[TrainConfig]:
 
 def build_chain(workspace: DatasetWorkspace, config: dict[str, Any], options: ChainOptions) -> list[Step]:
     """Stages in execution order; each reads its inputs only when it runs."""
-    plan = PlanStage(workspace, options.sampler_config(config["adapter"]), plan_name=options.plan_name)
+    plan = PlanStage(workspace, options.sampler_config(config["adapter"]), plan_name=options.plan)
     extracts = [
         ExtractStage(
             workspace,

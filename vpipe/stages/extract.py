@@ -25,7 +25,7 @@ from vpipe.video.jobs import VideoJob, jobs_from_plan
 from vpipe.video.views import Crop
 # The static copies, equal to the registry's (tests/test_cli_imports.py): describing an
 # extract stage (status, fingerprints) does not build the backbone modules.
-from vpipe.catalog import backbone_defaults, backbone_inputs, backbone_version, is_weightless
+from vpipe.catalog import BACKBONE_PLANS, backbone_defaults, backbone_inputs, backbone_version, is_weightless
 from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
 from vpipe.pipeline.journal import Journal, Record
@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 def read_plan(workspace: DatasetWorkspace, plan: str) -> pd.DataFrame:
     path = workspace.plan_path(plan)
     if not path.exists():
-        raise StageError(f"no plan {plan!r} at {path}: run `vpipe plan --dataset {workspace.dataset}` first")
+        # A backbone's own plan is named after it (vpipe.catalog.backbone_plan).
+        made_by = f" --backbone {plan}" if plan in BACKBONE_PLANS else ""
+        raise StageError(f"no plan {plan!r} at {path}: run `vpipe plan --dataset {workspace.dataset}{made_by}` first")
     return pd.read_parquet(path)
 
 

@@ -19,11 +19,11 @@ import pyarrow as pa
 
 from vpipe.errors import ConfigError
 from vpipe.splits import SPLITS
-from vpipe.video.sampling import TSN_SPACINGS, dense_windows, li3d_clips, tsn_indices, uniform_indices
+from vpipe.video.sampling import TSN_SPACINGS, dense_windows, li3d_clips, strided_clips, tsn_indices, uniform_indices
 from vpipe.video.views import Crop, center_view, random_view, scale_view
 
 #: Temporal samplers, named after the papers' protocols (see ``vpipe.video.sampling``).
-SAMPLERS = ("li3d", "uniform", "tsn", "dense")
+SAMPLERS = ("li3d", "uniform", "tsn", "dense", "strided")
 
 #: The parameters each sampler reads; the others do not change its plan.
 SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
@@ -31,6 +31,7 @@ SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {
     "uniform": ("count",),
     "tsn": ("segments", "frames_per_segment", "spacing"),
     "dense": ("length", "stride", "step"),
+    "strided": ("frames", "step", "clips"),
 }
 
 #: Spatial and seeding parameters shared by every sampler.
@@ -81,7 +82,12 @@ class SamplerConfig:
       score higher but double the cache), ``spacing`` = ``"even"`` (frames spread over
       each segment, §4.1) or ``"consecutive"`` (see :func:`vpipe.video.sampling.tsn_indices`);
     - dense: windows of ``length`` = 64 frames every ``stride`` = 64, subsampled by
-      ``step`` = 2 (ST-MANet §4.1).
+      ``step`` = 2 (ST-MANet §4.1);
+    - strided: ``clips`` clips of ``frames`` = 16 frames every ``step`` frames, spread
+      over the video (see :func:`vpipe.video.sampling.strided_clips`); ``step`` and
+      ``clips`` are the dense and li3d parameters of the same meaning, so on its own the
+      sampler takes one centred clip at step 2. The video transformers declare their
+      papers' values as their default plans (VideoMAE: step 4, 5 clips).
 
     Spatial: frames are scaled to a short side of ``short_side`` and cropped to
     ``size`` × ``size``. View 0 is deterministic — a centre crop, or key-frame scaling
@@ -100,6 +106,7 @@ class SamplerConfig:
     length: int = 64
     stride: int = 64
     step: int = 2
+    frames: int = 16
     size: int = 224
     short_side: int = 256
     view0: str = "center"
@@ -205,6 +212,8 @@ def _clips(num_frames: int, split: str, config: SamplerConfig, rng: np.random.Ge
     if config.name == "tsn":
         segment_rng = rng if split == "train" else None
         return [tsn_indices(num_frames, config.segments, config.frames_per_segment, segment_rng, config.spacing)]
+    if config.name == "strided":
+        return strided_clips(num_frames, config.frames, config.step, config.clips)
     return dense_windows(num_frames, config.length, config.stride, config.step)
 
 
@@ -231,7 +240,7 @@ def plan_video(
     and adding views never changes the existing ones. Random temporal choices:
     Algorithm 1's window (li3d, every split, as the paper defines no other) and TSN's
     per-segment offsets (training split only; other splits take segment centres).
-    ``uniform`` and ``dense`` are deterministic. Rows match :data:`PLAN_SCHEMA`.
+    ``uniform``, ``dense`` and ``strided`` are deterministic. Rows match :data:`PLAN_SCHEMA`.
     """
     if not isinstance(video_id, str) or not video_id:
         raise ConfigError(f"video_id must be a non-empty string, got {video_id!r}")

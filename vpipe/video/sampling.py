@@ -9,6 +9,8 @@ single place where each paper's sampling protocol is written down:
 - :func:`uniform_indices` — eq. 13–14 of two-stream-deep-fusion-ln-lstm;
 - :func:`tsn_indices` — n segments × k frames (vcm-sdd-detail-attention-fusion §3, §4);
 - :func:`dense_windows` — the ST-MANet test protocol (§4.1);
+- :func:`strided_clips` — the multi-clip test protocol of the video transformers
+  (VideoMAE's and V-JEPA's ``frames × rate × clips``);
 - :func:`flow_stack_indices` — flow stacks of L fields centred on sampled frames
   (two-stream-deep-fusion-ln-lstm §3.5–3.6).
 """
@@ -165,6 +167,35 @@ def dense_windows(num_frames: int, length: int, stride: int, step: int = 1) -> l
     if starts[-1] + length < num_frames:
         starts.append(num_frames - length)
     return [np.arange(s, s + length, step, dtype=np.int64) for s in starts]
+
+
+def strided_clips(num_frames: int, frames: int, step: int, clips: int) -> list[np.ndarray]:
+    """``clips`` clips of ``frames`` frames taken every ``step`` frames, spread over the video.
+
+    The evaluation protocol of the video transformers: VideoMAE tests Kinetics with
+    16 frames at sampling rate 4 in 5 clips (its ``--num_frames 16 --sampling_rate 4
+    --test_num_segment 5``), V-JEPA with 16 frames at frame step 4 in 8 (its ``16x8x3``
+    configs). The rule is VideoMAE's test loader: the video is read on the grid
+    ``0, step, 2·step, …`` (G frames, the last grid frame repeated until there are
+    ``frames``), and clip ``c`` is the ``frames`` consecutive grid frames from grid
+    position ``int(c · ((G − frames) / (clips − 1)))``, in the reference's floating-point
+    arithmetic so that the indices are its own (an exact rational would move some starts
+    by one, e.g. clip 7 of 8 at G = 246), so the first clip starts on frame 0, the
+    last ends on the last grid frame, and a video shorter than one clip keeps its step
+    and repeats its last grid frame (every clip is then the same). VideoMAE has no
+    single-clip test; here one clip is centred, from ``(G − frames) // 2``.
+
+    V-JEPA instead starts each clip at the beginning of one of ``clips`` equal segments,
+    with frames ``linspace``-spaced (4.27 apart for 16 in 64); the grid rule is used for
+    both, since it is the paper's stated stride and covers the video's end.
+    """
+    _require_positive(num_frames=num_frames, frames=frames, step=step, clips=clips)
+    grid = np.arange(0, num_frames, step, dtype=np.int64)
+    if grid.size < frames:
+        grid = np.concatenate([grid, np.full(frames - grid.size, grid[-1], dtype=np.int64)])
+    slack = grid.size - frames
+    starts = [slack // 2] if clips == 1 else [int(c * (slack / (clips - 1))) for c in range(clips)]
+    return [grid[start : start + frames].copy() for start in starts]
 
 
 def flow_stack_indices(center_indices: np.ndarray, num_frames: int, L: int = 4) -> np.ndarray:

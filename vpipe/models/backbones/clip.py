@@ -39,6 +39,15 @@ The ``flow`` stream takes a stack of L flow fields as 2L channels with TSN's flo
 normalisation and a cross-modality first conv, as the 2-D ResNets do.
 
 Default size ViT-B/32, the per-frame CLIP of video_features and CLIP4Clip.
+
+Default plan (:data:`PLAN`): 8 frames per clip sampled uniformly over the whole video
+(the ``uniform`` sampler), the per-frame protocol of the CLIP video classifiers (X-CLIP's
+and ActionCLIP's 8-frame models, TSN's 8 segments; CLIP4Clip takes 12), each frame
+resized to a short side of 224 and centre-cropped to 224², OpenAI's preprocessing
+(``Resize(224)``, ``CenterCrop(224)``; vpipe resizes bilinearly where OpenAI's is
+bicubic). Eight frames are chosen over twelve as the common count of the action
+classifiers, which is vpipe's use. ViT-L/14-336 was trained at 336²: give its plan
+``-o size=336 -o short_side=336``.
 The published OpenAI CLIP weights are MIT-licensed; open_clip's differ per training set.
 """
 
@@ -72,6 +81,8 @@ SIZES = {
     "l14-336": (1024, 24, 14, 336, 768),
 }
 HEAD_WIDTH = 64
+#: The default plan: (sampler, options), see the module docstring.
+PLAN = ("uniform", {"count": 8, "size": 224, "short_side": 224})
 LAYOUTS = (
     "OpenAI / open_clip CLIP (visual.conv1, visual.transformer.resblocks.N, visual.proj) or "
     "transformers CLIPVisionModelWithProjection (vision_model.*, visual_projection)"
@@ -268,7 +279,7 @@ def _shape_fn(width: int, embed: int):
     return shapes
 
 
-@register_backbone("clip")
+@register_backbone("clip", plan=PLAN)
 def clip(
     *,
     stream: str = "rgb",

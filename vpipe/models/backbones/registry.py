@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from vpipe.catalog import DEFAULT_SAMPLER, DefaultPlan
 from vpipe.errors import ConfigError
 from vpipe.models.weights import WeightsInfo, load_weights
 from vpipe.pipeline.fingerprint import stable_seed
@@ -94,10 +95,16 @@ _REGISTRY: dict[str, Builder] = {}
 _INPUTS: dict[str, tuple[str, ...]] = {}
 _WEIGHTLESS: set[str] = set()
 _VERSIONS: dict[str, int] = {}
+_PLANS: dict[str, tuple[str, dict[str, object]]] = {}
 
 
 def register_backbone(
-    name: str, *, inputs: tuple[str, ...] = (), weightless: bool = False, version: int = 1
+    name: str,
+    *,
+    inputs: tuple[str, ...] = (),
+    weightless: bool = False,
+    version: int = 1,
+    plan: tuple[str, dict[str, object]] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register a builder ``fn(*, stream, **options) -> module`` under ``name``.
 
@@ -107,7 +114,9 @@ def register_backbone(
     their features by formula: there is nothing to load and nothing random to warn about.
     ``version`` is bumped whenever the code changes what the same options produce
     (defaults included): it enters the extract fingerprint, so cached features and
-    everything fitted on them go stale.
+    everything fitted on them go stale. ``plan`` = (sampler, options) is how the
+    backbone's paper samples its clips: the plan ``vpipe run`` and ``vpipe plan`` make
+    for it when no sampler is named, under the backbone's name (see :func:`backbone_plan`).
     """
     if version < 1:
         raise ValueError(f"backbone {name!r}: version must be a positive integer, got {version}")
@@ -121,6 +130,8 @@ def register_backbone(
         if weightless:
             _WEIGHTLESS.add(name)
         _VERSIONS[name] = version
+        if plan is not None:
+            _PLANS[name] = (plan[0], dict(plan[1]))
         return fn
 
     return decorator
@@ -141,6 +152,15 @@ def backbone_defaults(name: str) -> dict[str, object]:
         return {}
     parameters = inspect.signature(builder).parameters.values()
     return {p.name: p.default for p in parameters if p.name != "stream" and p.default is not inspect.Parameter.empty}
+
+
+def backbone_plan(name: str) -> DefaultPlan:
+    """The plan backbone ``name`` samples with when the user names no sampler: the one it
+    declares, named after it, or the li3d sampler with its own defaults."""
+    if name not in _PLANS:
+        return DefaultPlan(DEFAULT_SAMPLER, DEFAULT_SAMPLER, {})
+    sampler, options = _PLANS[name]
+    return DefaultPlan(name, sampler, dict(options))
 
 
 def backbone_version(name: str) -> int:
@@ -256,6 +276,7 @@ __all__ = [
     "STREAMS",
     "backbone",
     "backbone_inputs",
+    "backbone_plan",
     "check_input",
     "count_parameters",
     "finalize_spec",

@@ -22,6 +22,17 @@ holds cannot be known before reading it). For inputs whose token count differs f
 default 8 × 14 × 14 the sinusoid table is recomputed for the new count (positions stay
 the flattened token index, as in the reference code); a learned table must match.
 
+Default plan (:data:`PLAN`, what ``vpipe run`` / ``vpipe plan --backbone videomae`` sample
+when no sampler is named): the paper's Kinetics-400 test protocol, 16 frames at sampling
+rate 4 (``--num_frames 16 --sampling_rate 4``) in 5 clips spread over the video
+(``--test_num_segment 5``), each frame's short side resized to 224 and centre-cropped to
+224² (``--short_side_size 224 --input_size 224``). Two choices: the paper's three spatial
+crops per clip (``--test_num_crop 3``, left/centre/right) become the centre crop alone,
+its single-view validation transform, since the plan's further views are random crops;
+and Kinetics' rate 4 is kept for every dataset (the Something-Something V2 models were
+tested on 2 clips of segment-sampled frames): ``-o step=2 -o clips=2`` or another
+sampler override it.
+
 The published VideoMAE weights are CC-BY-NC-4.0 (non-commercial).
 """
 
@@ -44,6 +55,8 @@ PATCH = 16
 #: (width, depth, heads) of the published sizes; MLP ratio 4 throughout.
 SIZES = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
 LAYOUTS = "official VideoMAE .pth (patch_embed/blocks/fc_norm) or transformers VideoMAE (videomae.embeddings/encoder.layer)"
+#: The default plan: (sampler, options), see the module docstring.
+PLAN = ("strided", {"frames": 16, "step": 4, "clips": 5, "size": 224, "short_side": 224})
 _HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 _HF_RENAMES = {
     "attention.attention.q_bias": "attn.q_bias",
@@ -159,7 +172,7 @@ def _shape_fn(width: int):
     return shapes
 
 
-@register_backbone("videomae")
+@register_backbone("videomae", plan=PLAN)
 def videomae(*, stream: str = "rgb", size: str = "base") -> VideoMAE:
     """VideoMAE ViT-S/B/L (``size`` = small|base|large), 16 frames at 224², tubelet 2×16×16."""
     if size not in SIZES:

@@ -33,6 +33,15 @@ Checkpoints, detected from their keys and loaded strictly:
   (``encoder.embeddings.patch_embeddings.proj``, ``encoder.layer.N.attention.query`` …,
   ``encoder.layernorm``), the predictor, pooler and classifier dropped.
 
+Default plan (:data:`PLAN`): the frozen evaluation of the V-JEPA paper on Kinetics-400
+(``configs/evals/vitl16_k400_16x8x3.yaml``): 16 frames at frame step 4 in 8 clips, each
+frame's short side resized to 256 (``crop_size · 256 / 224``) and centre-cropped to 224²,
+the single-view evaluation transform. Choices: the 3 spatial views per clip become the
+centre crop; the 8 clips are spread evenly from the first frame to the last
+(:func:`vpipe.video.sampling.strided_clips`) where the reference starts one at the
+beginning of each of 8 equal segments: the same count and stride, and the video's end
+is covered. V-JEPA 2's probes read 256² inputs: ``-o size=256 -o short_side=292``.
+
 Normalisation is ImageNet's mean/std, as in both repositories' evaluation transforms.
 V-JEPA's and V-JEPA 2's published weights are CC-BY-NC-4.0 (V-JEPA 2's code is MIT, the
 weights are not): the ``licence`` column says so.
@@ -58,6 +67,8 @@ PATCH = 16
 #: (width, depth, heads) of the published sizes; MLP ratio 4.
 SIZES = {"large": (1024, 24, 16), "huge": (1280, 32, 16)}
 CHECKPOINT_KEYS = ("target_encoder", "encoder")
+#: The default plan: (sampler, options), see the module docstring.
+PLAN = ("strided", {"frames": 16, "step": 4, "clips": 8, "size": 224, "short_side": 256})
 LAYOUTS = (
     "official V-JEPA .pth.tar (target_encoder/encoder: patch_embed, pos_embed, blocks.N.attn.qkv, norm) or "
     "transformers VJEPA2Model (encoder.embeddings.patch_embeddings, encoder.layer.N.attention.query, encoder.layernorm)"
@@ -182,7 +193,7 @@ def _shape_fn(width: int, grid: bool):
     return shapes
 
 
-@register_backbone("vjepa")
+@register_backbone("vjepa", plan=PLAN)
 def vjepa(*, stream: str = "rgb", size: str = "large", grid: bool = False) -> VJEPA:
     """V-JEPA / V-JEPA 2 ViT-L/16 or ViT-H/16 (``size`` = large|huge), 16 frames at 224²,
     tubelet 2×16×16; ``grid`` also caches the token grid."""
