@@ -10,9 +10,14 @@ library functions it calls: the full-decode probe, the gallery twin lookup, deco
 and cropping the planned frames, the backbone forward pass (model already built), and
 the FAISS search.
 
-Reference, in the same run: the extract stage's own time per gallery video (decode +
-the same forward pass), so ``query / extract`` is the overhead a query adds over
-extracting one video; it does not depend on the day's CPU speed as seconds do.
+References, in the same run, so that figures do not depend on the day's CPU speed or
+load as seconds do: the extract stage's own time per gallery video (decode + the same
+forward pass), so ``query / extract`` is the overhead a query adds over extracting one
+video; ``import torch`` in a fresh process, against which every part is a ratio; this
+CPU's float32 GEMM rate now (GFLOP/s of a 2048² matmul on the same threads) and the
+clips' FLOPs (counted on the meta device), whose quotient is the forward pass's time at
+GEMM speed; and the trainable reference module's forward on the same clips, which the
+fused inference model must match (cosine to it >= 0.9999) and beat.
 
     python bench/query_video.py                      # LI3D at its real input (64 x 224 x 224)
     python bench/query_video.py --need 16 --size 112 # a quicker look
@@ -33,13 +38,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_model, load_average  # bench/machine.py, beside this script
+from machine import cpu_model, emit_result, load_average  # bench/machine.py, beside this script
 
 
 def seconds(fn, *args, **kwargs):
     begin = time.perf_counter()
     value = fn(*args, **kwargs)
     return value, time.perf_counter() - begin
+
+
+def cpu_seconds(fn, *args, **kwargs):
+    """(value, wall seconds, CPU seconds of this process): on a shared machine the CPU time is
+    the work done, the wall time that work plus the waiting for a core."""
+    begin, cpu = time.perf_counter(), time.process_time()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - begin, time.process_time() - cpu
 
 
 def fresh_process(ws, name: str, query: Path, repeats: int) -> dict[str, object]:
@@ -65,9 +78,36 @@ def fresh_process(ws, name: str, query: Path, repeats: int) -> dict[str, object]
     }
 
 
+def import_torch_seconds(repeats: int = 2) -> float:
+    """Median wall time of ``python -c "import torch"``: a unit of this machine's speed right now."""
+    times = [seconds(subprocess.run, [sys.executable, "-c", "import torch"], check=True)[1] for _ in range(repeats)]
+    return float(np.median(times))
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 3) -> tuple[float, float]:
+    """Float32 matmul rate of this CPU now, on torch's threads, best of ``repeats``:
+    (GFLOP per wall second, GFLOP per CPU second)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    runs = [cpu_seconds(torch.mm, a, b)[1:] for _ in range(repeats)]
+    flop = 2 * size**3 / 1e9
+    return flop / min(wall for wall, _ in runs), flop / min(cpu for _, cpu in runs)
+
+
+def clip_gflops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """FLOPs of one forward pass on a batch of ``shape``, counted without computing it."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        copy.deepcopy(model).to("meta").forward_features(torch.empty(shape, device="meta"))
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
-    from vpipe.extract.features import extract_videos, load_model, run_model
+    from vpipe.extract.features import extract_videos, load_model, run_model, to_model_input
     from vpipe.extract.inputs import crop_rgb_clips
+    from vpipe.models import backbone
     from vpipe.pipeline.executor import InProcessExecutor
     from vpipe.pipeline.runner import run_stage
     from vpipe.pipeline.workspace import DatasetWorkspace
@@ -93,6 +133,8 @@ def main() -> None:
     short_side = max(args.size, 256 * args.size // 224 // 2 * 2)
     rng = np.random.default_rng(0)
     load = {"start": load_average()}
+    import_torch = import_torch_seconds()
+    gemm, gemm_cpu = gemm_gflops()
     with tempfile.TemporaryDirectory(prefix="bench-query-") as scratch:
         root = Path(scratch) / "clips"
         for k in range(args.videos):
@@ -125,16 +167,27 @@ def main() -> None:
                 config = extract_config(provenance, qv.scratch / "features", "cpu", None)
                 model = load_model(config.backbone, config.stream, config.weights, config.options, config.device,
                                    config.weights_sha256)  # fmt: skip
-                _, forward = seconds(run_model, model, clips, torch.device("cpu"))
+                fused, forward, forward_cpu = cpu_seconds(run_model, model, clips, torch.device("cpu"))
                 _, extract_one = seconds(extract_videos, config, [job])
+                reference = backbone(config.backbone, stream=config.stream, weights=config.weights,
+                                     **dict(config.options))  # fmt: skip
+                unfused, reference_forward, reference_cpu = cpu_seconds(run_model, reference, clips, torch.device("cpu"))
+                a, b = fused[0]["pool"].ravel(), unfused[0]["pool"].ravel()
+                cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+                assert cosine >= 0.9999, cosine
+                shape = tuple(to_model_input(torch.from_numpy(np.stack([c.data for c in clips])), model).shape)
+                gflop = clip_gflops(model, shape)
             vector = index.vectors_of([hits[0].video_id])
             _, search = seconds(index.search_vectors, vector, 5)
-            rows.append({"total": total, "probe": probe, "twin": twin_s, "decode": decode, "forward": forward,
-                         "extract_videos": extract_one, "search": search})  # fmt: skip
+            rows.append({"total": total, "probe": probe, "twin": twin_s, "decode": decode, "flow": 0.0,
+                         "forward": forward, "reference_forward": reference_forward,
+                         "extract_videos": extract_one, "search": search,
+                         "forward_cpu": forward_cpu, "reference_forward_cpu": reference_cpu})  # fmt: skip
             assert hits[0].video_id == twin[0] and hits[0].score >= 0.9999, hits[:2]
         cli = fresh_process(ws, name, query, args.repeats)
     median = {key: round(float(np.median([r[key] for r in rows])), 3) for key in rows[0]}
     per_video = extract / args.videos
+    at_gemm_speed = gflop / gemm
     result = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "torch_threads": torch.get_num_threads(),
@@ -142,6 +195,18 @@ def main() -> None:
         "video": f"{frames_per_video} frames ({args.seconds:g} s) 320x240 H.264; li3d need {args.need}, "
         f"{args.size}x{args.size} crop; LI3D rgb, random init",
         "gallery_videos": args.videos,
+        "query_computes": {"clips": len(clips), "model_input": list(shape), "gflop": round(gflop, 2),
+                           "flow": "none (rgb embedding)", "layers": list(fused[0])},
+        "import_torch_seconds": round(import_torch, 3),
+        "gemm_gflops_per_wall_s": round(gemm, 1),
+        "gemm_gflops_per_cpu_s": round(gemm_cpu, 1),
+        "breakdown_over_import_torch": {key: round(value / import_torch, 3) for key, value in median.items()},
+        "forward_at_gemm_speed_seconds": round(at_gemm_speed, 3),
+        "forward_over_gemm_speed": round(median["forward"] / at_gemm_speed, 3),
+        "forward_cpu_over_gemm_cpu": round(median["forward_cpu"] / (gflop / gemm_cpu), 3),
+        "reference_over_fused_forward": round(median["reference_forward"] / median["forward"], 3),
+        "reference_over_fused_forward_cpu": round(median["reference_forward_cpu"] / median["forward_cpu"], 3),
+        "fused_to_reference_cosine": round(cosine, 7),
         "query_seconds": [round(r["total"], 3) for r in rows],
         "cli": cli,
         "median_seconds": median,
@@ -149,10 +214,7 @@ def main() -> None:
         "query_over_extract": round(median["total"] / per_video, 3),
         "top_hit_score": round(hits[0].score, 6),
     }
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {args.out}")
+    emit_result(result, args.out)
 
 
 if __name__ == "__main__":

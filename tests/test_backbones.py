@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from vpipe.errors import ConfigError, WeightsError
 from vpipe.models import backbone, list_backbones, load_weights, register_backbone, sha256_file
 from vpipe.models.backbones.inception3d import li3d_from_i3d, same_padding
-from vpipe.models.backbones.registry import backbone_inputs
+from vpipe.models.backbones.registry import backbone_inputs, inference_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keys"
 SMALL_OPTIONS = {"resnet50": {"flow_stack": 2}, "resnet101": {"flow_stack": 2}, "vgg16": {"flow_stack": 2}}
@@ -234,6 +234,45 @@ def test_li3d_from_i3d_reproduces_i3d_on_constant_input() -> None:
     scale = float(a.abs().max())
     torch.testing.assert_close(b[6:10], a[6:10], rtol=1e-5, atol=1e-6 * scale)
     assert (a[0] - b[0]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("stream", ["rgb", "flow"])
+@pytest.mark.parametrize("name", ["i3d", "li3d"])
+def test_fused_inception_computes_the_reference_function(name: str, stream: str) -> None:
+    """Folded BN, merged 1×1×1 units, pool/conv padding and channels-last change only rounding.
+
+    Odd and even sizes both occur: 9 frames and 37×30 pixels give asymmetric "SAME" padding
+    at the stride-2 stem and pools (the padded-copy path), 16 frames symmetric padding.
+    The reference is the trainable module; a dropped BN shift or a channel-order slip in the
+    merged units moves the output by O(1), far outside float32 rounding.
+    """
+    model = _fresh(name, stream)
+    _randomise_bn(model)
+    fused = model.fused()
+    assert not fused.training and fused.spec == model.spec
+    for frames, height, width in ((9, 37, 30), (16, 32, 32)):
+        x = torch.randn(2, model.spec.in_channels, frames, height, width, generator=torch.Generator().manual_seed(4))
+        with torch.inference_mode():
+            expected, got = model.forward_features(x)["pool"], fused.forward_features(x)["pool"]
+            control = model.forward_features(x.roll(1, dims=2))["pool"]
+        assert got.shape == expected.shape
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
+        assert float((got - control).abs().max()) > 1e-3 * scale
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 extraction path
+        rounded = fused.forward_features(x)["pool"].float()
+    assert torch.nn.functional.cosine_similarity(rounded.flatten(), expected.flatten(), dim=0) > 0.99
+
+
+def test_extraction_runs_each_family_in_its_inference_form() -> None:
+    """load_model serves the fused LI3D (query and cache share it); others run as built."""
+    from vpipe.extract.features import load_model
+    from vpipe.models.backbones.inception3d import FusedInceptionI3D
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert isinstance(load_model("li3d", "rgb", None, (), "cpu"), FusedInceptionI3D)
+        assert inference_model(_model("resnet50")) is _model("resnet50")
 
 
 def test_li3d_loads_an_i3d_checkpoint(tmp_path: Path) -> None:

@@ -56,9 +56,9 @@ def test_help_imports_no_heavy_library(args):
 
 
 def test_status_imports_no_training_or_plotting_library(tmp_path):
-    """``vpipe status`` still imports torch and h5py (the flow settings and the training
-    step's run lookup) but none of the libraries that only fitting, searching or
-    plotting use."""
+    """``vpipe status`` still imports torch and h5py (the training steps' configs and run
+    lookup: heads are torch modules) but none of the libraries that only fitting,
+    searching or plotting use."""
     code, heavy, _ = _imported_by(["status", "--dataset", "synthetic", "--workspace", str(tmp_path)])
     assert code == 1  # nothing probed there: the command still imported its whole path
     assert not {"sklearn", "faiss", "dask", "distributed", "matplotlib"} & set(heavy), heavy
@@ -95,6 +95,18 @@ def test_catalog_equals_the_registries():
     assert catalog.DEVICES == DEVICES
 
 
+def test_catalog_tvl1_defaults_equal_the_solver_s():
+    """The flow fingerprint resolves TV-L1 options against the static copy (status has no
+    torch): a default changed in the solver and not here fails this test."""
+    import inspect
+
+    from vpipe.flow.tvl1 import tvl1
+
+    keyword_only = [n for n, p in inspect.signature(tvl1).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    assert list(catalog.TVL1_DEFAULTS) == keyword_only, "update TVL1_DEFAULTS in vpipe/catalog.py"
+    assert catalog.TVL1_DEFAULTS == tvl1.__kwdefaults__, "update TVL1_DEFAULTS in vpipe/catalog.py"
+
+
 @pytest.mark.parametrize("name", catalog.BACKBONES)
 def test_catalog_backbone_descriptions_equal_the_registry(name):
     """The static copies the extract fingerprint reads (``vpipe status`` has no torch)."""
@@ -108,6 +120,39 @@ def test_catalog_backbone_descriptions_equal_the_registry(name):
     for stream in ("rgb", "flow"):
         assert catalog.backbone_inputs(name, stream) == registry.backbone_inputs(name, stream), fix
     assert set(catalog.BACKBONE_DEFAULTS) == set(registry.list_backbones()), fix
+
+
+def test_per_video_stage_status_imports_no_heavy_library(tmp_path):
+    """The status of probe, plan, flow and every extract stage of a finished workspace
+    (bench/status.py's, whose stages ran for real except the per-video work) lists and
+    compares every video's fingerprint without torch, h5py or the fitting and search
+    libraries: the device kind, the TV-L1 settings and the backbones' defaults come
+    from torch-free modules."""
+    from bench.status import DATASET, build
+
+    build(tmp_path, 12)
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from vpipe.pipeline.runner import stage_status\n"
+        "from vpipe.pipeline.workspace import DatasetWorkspace\n"
+        "from vpipe.stages.extract import ExtractStage\n"
+        "from vpipe.stages.flow import FlowStage\n"
+        "from vpipe.stages.plan import PlanStage\n"
+        "from vpipe.stages.probe import ProbeStage\n"
+        "from vpipe.video.plan import sampler_config\n"
+        f"ws = DatasetWorkspace(Path({str(tmp_path)!r}), {DATASET!r})\n"
+        "stages = [ProbeStage(ws, ws.read_config()), PlanStage(ws, sampler_config('li3d')), FlowStage(ws),\n"
+        "          ExtractStage(ws, backbone='li3d'), ExtractStage(ws, backbone='li3d', stream='flow'),\n"
+        "          ExtractStage(ws, backbone='hoghofmbh')]\n"
+        "counts = [(r.done, r.total) for r in map(stage_status, stages)]\n"
+        f"print(json.dumps([counts, [m for m in {HEAVY[:6]!r} if m in sys.modules]]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    counts, heavy = json.loads(done.stdout)
+    assert counts == [[12, 12]] * 6
+    assert heavy == []
 
 
 def test_index_and_item_state_readers_import_no_heavy_library():

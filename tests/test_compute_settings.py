@@ -127,6 +127,30 @@ def test_device_index_is_checked_against_the_devices_present(monkeypatch: pytest
         resolve_device("gpu")
 
 
+def test_device_kind_asks_torch_only_where_a_gpu_driver_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``vpipe status`` resolves ``--device auto`` for the fingerprints; with no GPU driver
+    device on the machine the answer is cpu without importing torch, and CPU
+    fingerprints are those of an explicit ``--device cpu``."""
+    from vpipe.device import device_kind
+
+    def no_torch(device: str) -> torch.device:
+        raise AssertionError(f"torch asked to resolve {device!r}")
+
+    monkeypatch.setattr(vpipe.device, "GPU_DEVICE_FILES", (str(tmp_path / "nvidia[0-9]*"), str(tmp_path / "kfd")))
+    with monkeypatch.context() as patch:
+        patch.setattr(vpipe.device, "resolve_device", no_torch)
+        assert device_kind("auto") == device_kind("cpu") == "cpu"
+        assert ComputeSettings.for_device("auto") == ComputeSettings.for_device("cpu")
+        assert ComputeSettings.for_device("auto").fingerprint_parts() == ()
+    (tmp_path / "nvidia0").touch()
+    fake_gpus(monkeypatch, 1)
+    assert device_kind("auto") == "cuda"
+    fake_gpus(monkeypatch, 0)  # a driver, but no device torch can use
+    assert device_kind("auto") == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        device_kind("cuda")
+
+
 def test_a_cpu_cache_is_stale_for_cuda_and_provenance_names_the_settings(
     workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

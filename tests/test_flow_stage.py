@@ -22,14 +22,16 @@ import pytest
 import torch
 
 import vpipe.flow.compute
+from vpipe import catalog
 from vpipe.errors import ConfigError
 from vpipe.flow.tvl1 import OPENCV_DEFAULTS, tvl1
 from vpipe.pipeline.executor import InProcessExecutor, Outcome
-from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
+from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
 from vpipe.pipeline.runner import run_stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.dataset import configure_dataset
-from vpipe.stages.extract import plan_jobs, plan_signatures
+from vpipe.stages.extract import plan_jobs
+from tests.fingerprint_reference import clip_signature
 from vpipe.stages.flow import FlowStage
 from vpipe.stages.plan import PlanStage
 from vpipe.stages.probe import ProbeStage
@@ -358,19 +360,16 @@ def test_flow_fingerprint_covers_resolved_tvl1_settings(tmp_path: Path, monkeypa
     assert flow_item_fingerprints(ws, warps=5, tau=0.25) == implicit, "explicit defaults equal implicit ones"
     assert flow_item_fingerprints(ws, sync_every=3, shrink=False) == implicit, "speed-only knobs are not hashed"
     assert flow_item_fingerprints(ws, warps=3) != implicit
-    # A changed default in the solver makes every cached video stale ...
-    monkeypatch.setitem(tvl1.__kwdefaults__, "warps", 3)
+    # A changed default in the solver (copied to the static table that status reads, which
+    # tests/test_cli_imports.py keeps equal to it) makes every cached video stale ...
+    monkeypatch.setitem(catalog.TVL1_DEFAULTS, "warps", 3)
     assert flow_item_fingerprints(ws) != implicit
     assert flow_item_fingerprints(ws) == flow_item_fingerprints(ws, warps=3)
     monkeypatch.undo()
     # ... while caches computed with OpenCV's settings keep the fingerprint they had when
     # only typed options were hashed: no existing cache is recomputed for the change.
     job = plan_jobs(ws, "li3d")["go/a"]
-    before = fingerprint_of_parts_json(
-        canonical_json(fingerprint(1, 0, "uint8", 20.0, {}, "auto")),
-        canonical_json(file_fingerprint(job.path)),
-        plan_signatures(ws, "li3d")["go/a"],
-    )
+    before = fingerprint(fingerprint(1, 0, "uint8", 20.0, {}, "auto"), file_fingerprint(job.path), clip_signature(job))
     assert implicit == {"go/a": before}
     with pytest.raises(ConfigError, match="unknown parameter.*wraps"):
         FlowStage(ws, tvl1_params={"wraps": 3})

@@ -234,3 +234,63 @@ def test_html_report_at_101_classes_stays_legible_and_quick(ws):
     assert len(confusions) == 1 + 20
     assert [int(row[2]) for row in confusions[1:]] == sorted(off.ravel(), reverse=True)[:20]
     assert elapsed < 60  # the report goal of BENCHMARKS.md, with a wide margin on a shared machine
+
+
+def test_cluster_order_puts_mutually_confused_classes_together():
+    """A shuffled block-diagonal confusion comes back with every block contiguous."""
+    from vpipe.report.confusion_map import cluster_order
+
+    rng = np.random.default_rng(0)
+    blocks = np.repeat(np.arange(6), 4)  # six groups of four classes
+    labels = rng.permutation(len(blocks))
+    group = blocks[np.argsort(labels)]  # group of each class after shuffling the label order
+    same = group[:, None] == group[None, :]
+    matrix = np.where(same, rng.integers(1, 5, same.shape), 0) + np.diag(np.full(len(group), 30))
+    order = cluster_order(matrix)
+    assert sorted(order) == list(range(len(group)))
+    position = np.argsort(order)
+    for g in range(6):
+        spots = np.sort(position[group == g])
+        assert spots[-1] - spots[0] == 3, (g, spots)
+
+
+def test_html_report_at_400_classes_is_a_clustered_svg_named_on_hover(ws):
+    import re
+    import xml.etree.ElementTree as ET
+
+    from bench.report_build import confusion_groups, widen_run
+
+    run_id = widen_run(ws, "bilstm-concat", "wide-400", classes=400)
+    try:
+        result = build_report(ws, [run_id], tsne=False, device="cpu")
+        text = Path(result["html"]).read_text()
+        page = _page(Path(result["html"]))
+        run = runs.load_run(ws, run_id)
+        matrix, names = np.asarray(run.metrics["confusion"]), run.config.class_names
+        assert any(Path(p).name == "confusion.png" and Path(p).is_file() for p in result["plots"][run_id])
+    finally:
+        shutil.rmtree(ws.dir / "runs" / run_id)
+    assert len(page["img"]) == 1  # the curves; the matrix is vector, inline
+    assert page["links"] == []
+    (svg_text,) = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="confusion".*?</svg>', text, re.S)
+    svg = ET.fromstring(svg_text)
+    ns = "{http://www.w3.org/2000/svg}"
+    cells = [r for r in svg.iter(f"{ns}rect") if r.find(f"{ns}title") is not None]
+    assert len(cells) == np.count_nonzero(matrix)  # every non-empty cell, no other
+    rows = [t.text for t in svg.iter(f"{ns}text") if t.get("text-anchor") == "end"]
+    assert sorted(rows) == sorted(names)  # every class named once per axis
+    position = {name: k for k, name in enumerate(rows)}
+    for cell in cells[:50]:  # each tooltip names its classes and counts, checked against the matrix
+        true, rest = cell.find(f"{ns}title").text.split(" → ")
+        predicted, counts = rest.split(": ")
+        count, support = counts.split(" (")[0].split(" of ")
+        i, j = names.index(true), names.index(predicted)
+        assert int(count) == matrix[i, j] and int(support) == matrix[i].sum()
+        assert float(cell.get("x")) < float(svg.get("viewBox").split()[2])
+    # the hidden groups of five that confuse each other end up side by side
+    groups = confusion_groups(400)
+    spans = [np.ptp([position[names[c]] for c in np.flatnonzero(groups == g)]) for g in range(80)]
+    label_spans = [np.ptp(np.flatnonzero(groups == g)) for g in range(80)]
+    assert sum(span == 4 for span in spans) >= 76 and np.median(label_spans) > 100
+    per_class = next(t for t in page["tables"] if t[0] == ["class", "accuracy", "correct", "videos"])
+    assert len(per_class) == 1 + 400

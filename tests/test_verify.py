@@ -263,17 +263,18 @@ def test_an_explicit_default_option_equals_the_implicit_one_and_a_changed_defaul
 
 def _rewrite_records_to_typed_options(ws: DatasetWorkspace, stage: ExtractStage) -> None:
     """Make the journal look like one written before fingerprints covered resolved options."""
-    from vpipe.pipeline.fingerprint import fingerprint
+    from tests.fingerprint_reference import clip_signature
+    from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
     from vpipe.pipeline.journal import Record
-    from vpipe.stages.extract import plan_jobs, clip_signature
+    from vpipe.stages.extract import plan_jobs
 
     journal = Journal(stage.journal_dir)
     records = journal.load()
     typed = stage._typed_options_fingerprint()
     jobs = plan_jobs(ws, stage.plan)
-    inputs = stage._input_fingerprints(jobs)
     for key, r in records.items():
-        journal.append(Record(key, fingerprint(typed, inputs[key], clip_signature(jobs[key])), r.ok, r.rows, r.error))
+        inputs = fingerprint(stage.decoder, file_fingerprint(jobs[key].path))
+        journal.append(Record(key, fingerprint(typed, inputs, clip_signature(jobs[key])), r.ok, r.rows, r.error))
     journal.flush()
     assert all(Journal(stage.journal_dir).load()[key].fingerprint != r.fingerprint for key, r in records.items())
 

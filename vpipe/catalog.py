@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from vpipe.errors import ConfigError
+
 #: ``vpipe.device.DEVICES``.
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -142,3 +144,48 @@ def is_weightless(name: str) -> bool:
 
         return registry.is_weightless(name)
     return name in WEIGHTLESS_BACKBONES
+
+
+#: ``vpipe.flow.tvl1.tvl1``'s keyword-only parameters and their defaults, in its order: the
+#: flow settings a flow fingerprint resolves, read by ``vpipe status`` without torch.
+TVL1_DEFAULTS: dict[str, object] = {
+    "tau": 0.25, "lambda_": 0.15, "theta": 0.3, "nscales": 5, "warps": 5, "epsilon": 0.01,
+    "inner_iterations": 30, "outer_iterations": 10, "scale_step": 0.8, "gamma": 0.0,
+    "median_filtering": 5, "channel_order": "rgb", "sync_every": None, "shrink": True,
+}  # fmt: skip
+
+#: Parameters of ``tvl1`` that change speed, never the flow.
+TVL1_SPEED_ONLY = frozenset({"sync_every", "shrink"})
+
+#: OpenCV ``DualTVL1OpticalFlow``'s defaults (and the decoders' channel order): the fixed
+#: reference a flow cache's fingerprint is taken against. Frozen on purpose, unlike
+#: :data:`TVL1_DEFAULTS`, which this table only happens to equal today.
+OPENCV_DEFAULTS: dict[str, object] = {
+    "tau": 0.25, "lambda_": 0.15, "theta": 0.3, "nscales": 5, "warps": 5, "epsilon": 0.01,
+    "inner_iterations": 30, "outer_iterations": 10, "scale_step": 0.8, "gamma": 0.0,
+    "median_filtering": 5, "channel_order": "rgb",
+}  # fmt: skip
+
+
+def resolved_tvl1_params(given: dict[str, object]) -> dict[str, object]:
+    """Every parameter that shapes the flow, with ``tvl1``'s defaults for those not given."""
+    unknown = sorted(set(given) - set(TVL1_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"tvl1: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(TVL1_DEFAULTS)}")
+    defaults = {name: value for name, value in TVL1_DEFAULTS.items() if name not in TVL1_SPEED_ONLY}
+    return {**defaults, **{k: v for k, v in given.items() if k not in TVL1_SPEED_ONLY}}
+
+
+def tvl1_params_off_reference(given: dict[str, object]) -> dict[str, object]:
+    """The resolved parameters that differ from :data:`OPENCV_DEFAULTS`: what a flow
+    fingerprint hashes.
+
+    Hashing the difference from a frozen reference, rather than the full resolved set,
+    gives both properties a cache needs: ``-o nscales=5`` typed out equals the implicit
+    default, and a changed default in ``tvl1`` (hence in :data:`TVL1_DEFAULTS`, which a
+    test keeps equal to it) changes the fingerprint. It also keeps the fingerprint of
+    every cache computed with OpenCV's settings what it was before the settings were
+    resolved, so no existing cache is recomputed for the change.
+    """
+    resolved = resolved_tvl1_params(given)
+    return {k: v for k, v in resolved.items() if k not in OPENCV_DEFAULTS or v != OPENCV_DEFAULTS[k]}

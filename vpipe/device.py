@@ -1,13 +1,22 @@
-"""Choosing the compute device, and the CUDA-only speed settings that go with it."""
+"""Choosing the compute device, and the CUDA-only speed settings that go with it.
+
+torch is imported by the functions that hand out torch objects, not by this module:
+describing a stage (``vpipe status``, fingerprints) asks only which *kind* of device
+``--device`` means, and :func:`device_kind` answers that without torch on a machine
+with no GPU at all.
+"""
 
 from __future__ import annotations
 
+import glob
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from vpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -23,6 +32,8 @@ def check_device_name(device: str) -> str:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA, or a CUDA index, that is absent is a user error."""
+    import torch
+
     check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if cuda_device_count() else "cpu")
@@ -35,10 +46,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None = torch.bfloat16) -> AbstractContextManager:
-    """Autocast to ``dtype`` on CUDA (bf16 by default: tensor cores, no loss scaling
-    needed); full precision on CPU or when ``dtype`` is None."""
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Autocast to ``dtype`` on CUDA (bf16 is the usual choice: tensor cores, no loss
+    scaling needed); full precision on CPU or when ``dtype`` is None."""
     if device.type == "cuda" and dtype is not None:
+        import torch
+
         return torch.autocast("cuda", dtype=dtype)
     return nullcontext()
 
@@ -46,7 +59,27 @@ def autocast(device: torch.device, dtype: torch.dtype | None = torch.bfloat16) -
 def concrete_device(device: str) -> str:
     """``--device`` with ``auto`` resolved here, an explicit ``cuda:N`` kept: what a stage
     hands its workers, so they compute on the kind of device its fingerprint names."""
-    return resolve_device(device).type if device == "auto" else device
+    return device_kind(device) if device == "auto" else device
+
+
+#: Device files of the GPU drivers torch's CUDA (or ROCm, which torch also calls cuda)
+#: needs: NVIDIA's, AMD's kernel fusion driver, and WSL's GPU paravirtualisation.
+GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+
+
+def device_kind(device: str) -> str:
+    """``cpu`` or ``cuda``: the kind of device ``--device`` resolves to here.
+
+    Without importing torch where the answer is certain: ``cpu`` is cpu, and ``auto``
+    on a machine with no GPU driver device at all (:data:`GPU_DEVICE_FILES`) is cpu,
+    since torch cannot see a GPU there either. Otherwise (a GPU machine, or an
+    explicit ``cuda``, whose absence is an error) torch decides, as
+    :func:`resolve_device`.
+    """
+    check_device_name(device)
+    if device == "cpu" or (device == "auto" and not any(glob.glob(pattern) for pattern in GPU_DEVICE_FILES)):
+        return "cpu"
+    return resolve_device(device).type
 
 
 def default_videos_per_task(device: str) -> int:
@@ -56,7 +89,7 @@ def default_videos_per_task(device: str) -> int:
     keep decoding overlapped with many forward passes. On CPU, small tasks spread
     the videos over the dask workers and bound what a killed worker loses.
     """
-    return 64 if resolve_device(device).type == "cuda" else 8
+    return 64 if device_kind(device) == "cuda" else 8
 
 
 #: Compute precisions: the reference (fp32) and bf16 autocast, the CUDA default.
@@ -92,7 +125,7 @@ class ComputeSettings:
     @classmethod
     def for_device(cls, device: str, storage_dtype: str = "float16", precision: str | None = None) -> ComputeSettings:
         """The settings ``--device`` resolves to here: bf16 autocast on CUDA, fp32 on CPU."""
-        kind = resolve_device(device).type
+        kind = device_kind(device)
         return cls(kind, precision or ("bf16" if kind == "cuda" else "fp32"), storage_dtype)
 
     def fingerprint_parts(self) -> tuple:
@@ -109,10 +142,14 @@ def precision_autocast(device: torch.device, precision: str) -> AbstractContextM
     """Autocast for a compute precision on any device: bf16 autocast exists on CPU as well,
     which is what lets the bf16 path and its fp32 fallback be tested without a GPU."""
     if precision == "bf16":
+        import torch
+
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
 def cuda_device_count() -> int:
     """Visible CUDA devices; 0 without CUDA. One place to fake in tests."""
+    import torch
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -27,6 +27,7 @@ from vpipe.video.prefetch import default_loader_workers, prefetched
 from vpipe.video.jobs import VideoJob
 from vpipe.flow.quantize import quantize_flow
 from vpipe.models import backbone
+from vpipe.models.backbones.registry import inference_model
 from vpipe.store.reader import FeatureSet
 from vpipe.store.shards import ShardWriter, rows_per_job, shard_name
 
@@ -98,10 +99,13 @@ def load_model(
 ) -> nn.Module:
     """One model per process and configuration: building I3D costs more than a batch.
 
+    The model is the backbone's inference form (:func:`inference_model`): every
+    feature, cached or a query's, comes from the same computation.
+
     ``weights_sha256`` is part of the cache key only, so that a checkpoint replaced
     under the same path is loaded again instead of reusing the stale model.
     """
-    model = backbone(name, stream=stream, weights=weights, **dict(options))
+    model = inference_model(backbone(name, stream=stream, weights=weights, **dict(options)))
     target = resolve_device(device)
     model = model.to(target)
     if target.type == "cuda":

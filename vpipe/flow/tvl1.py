@@ -35,13 +35,12 @@ by ``lambda * theta * |grad I1|``, i.e. at most about 2e-5 px.
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vpipe.catalog import OPENCV_DEFAULTS, resolved_tvl1_params, tvl1_params_off_reference
 from vpipe.errors import ConfigError
 
 __all__ = ["tvl1", "to_gray", "OPENCV_DEFAULTS", "resolved_tvl1_params", "tvl1_params_off_reference"]
@@ -126,44 +125,6 @@ def tvl1(
     )
     flow = solver.pyramid(i0, i1, nscales, scale_step)
     return flow if batched else flow[0]
-
-
-#: OpenCV ``DualTVL1OpticalFlow``'s defaults (and the decoders' channel order): the fixed
-#: reference a flow cache's fingerprint is taken against. Frozen on purpose, unlike the
-#: defaults of :func:`tvl1`, which this table only happens to equal today.
-OPENCV_DEFAULTS: dict[str, Any] = {
-    "tau": 0.25, "lambda_": 0.15, "theta": 0.3, "nscales": 5, "warps": 5, "epsilon": 0.01,
-    "inner_iterations": 30, "outer_iterations": 10, "scale_step": 0.8, "gamma": 0.0,
-    "median_filtering": 5, "channel_order": "rgb",
-}  # fmt: skip
-
-#: Parameters that change speed, never the flow (see :func:`tvl1`).
-_SPEED_ONLY = frozenset({"sync_every", "shrink"})
-
-
-def resolved_tvl1_params(given: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter that shapes the flow, with :func:`tvl1`'s defaults for those not given."""
-    signature = inspect.signature(tvl1)
-    known = [name for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY]
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ConfigError(f"tvl1: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    defaults = {name: signature.parameters[name].default for name in known if name not in _SPEED_ONLY}
-    return {**defaults, **{k: v for k, v in given.items() if k not in _SPEED_ONLY}}
-
-
-def tvl1_params_off_reference(given: dict[str, Any]) -> dict[str, Any]:
-    """The resolved parameters that differ from :data:`OPENCV_DEFAULTS`: what a flow
-    fingerprint hashes.
-
-    Hashing the difference from a frozen reference, rather than the full resolved set,
-    gives both properties a cache needs: ``-o nscales=5`` typed out equals the implicit
-    default, and a changed default in :func:`tvl1` changes the fingerprint. It also keeps
-    the fingerprint of every cache computed with OpenCV's settings what it was before the
-    settings were resolved, so no existing cache is recomputed for the change.
-    """
-    resolved = resolved_tvl1_params(given)
-    return {k: v for k, v in resolved.items() if k not in OPENCV_DEFAULTS or v != OPENCV_DEFAULTS[k]}
 
 
 def to_gray(frames: torch.Tensor, channel_order: str = "rgb") -> torch.Tensor:

@@ -25,17 +25,6 @@ def fingerprint(*parts: Any) -> str:
     return fingerprint_of_json(canonical_json(parts))
 
 
-def fingerprint_of_parts_json(*texts: str) -> str:
-    """``fingerprint(*parts)`` from each part's :func:`canonical_json` text.
-
-    The JSON of a sequence is its items' JSON joined by commas inside brackets, so this
-    equals :func:`fingerprint` exactly; it lets a part shared by many fingerprints (a
-    video's clip signature, listed by the flow stage and every extract stage) be
-    serialised once.
-    """
-    return fingerprint_of_json("[" + ",".join(texts) + "]")
-
-
 def fingerprint_of_json(blob: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -35,16 +35,18 @@ def valid_records(items: Sequence[WorkItem], records: dict[str, Record]) -> dict
 def stage_status(stage: Stage) -> StageReport:
     """What is done and failed, without running anything."""
     try:
-        items = stage.items()
+        keys, fingerprints = stage.item_fingerprints()
     except StageError as error:
         return StageReport(stage=stage.label, ready=False, reason=str(error), artifact=str(stage.artifact))
-    states = stage_item_states([item.key for item in items], [item.fingerprint for item in items], stage.journal_dir)
-    done = set(states.keys_in("done"))
-    damaged = [key for key in stage.damaged_items() if key in done]
+    states = stage_item_states(keys, fingerprints, stage.journal_dir)
+    damaged_items = stage.damaged_items()
+    done = set(states.keys_in("done")) if damaged_items else ()
+    damaged = [key for key in damaged_items if key in done]
+    done_count = states.count("done")
     return StageReport(
         stage=stage.label,
-        total=len(items),
-        done=len(done) - len(damaged),
+        total=len(keys),
+        done=done_count - len(damaged),
         failed=states.count("failed"),
         damaged=len(damaged),
         artifact=str(stage.artifact),

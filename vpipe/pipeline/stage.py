@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow as pa
+
 from vpipe.artifacts import atomic_write_text
 from vpipe.pipeline.executor import ItemFn, WorkItem
 from vpipe.pipeline.fingerprint import fingerprint
@@ -93,6 +95,20 @@ class Stage(ABC):
     @abstractmethod
     def items(self) -> list[WorkItem]:
         """All items of the stage; raises StageError when its inputs do not exist yet."""
+
+    def item_fingerprints(self) -> tuple[pa.Array, pa.Array]:
+        """Every item's key and fingerprint, as two string columns: all that ``vpipe status``
+        compares with the journal.
+
+        This default lists :meth:`items`. Stages with one item per video build the two
+        columns without the items (see :mod:`vpipe.pipeline.fingerprint_columns`), and
+        their :meth:`items` take the fingerprints from here, so status and a run agree.
+        """
+        items = self.items()
+        return (
+            pa.array([item.key for item in items], pa.string()),
+            pa.array([item.fingerprint for item in items], pa.string()),
+        )
 
     @abstractmethod
     def item_fn(self) -> ItemFn:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vpipe.artifacts.records import DatasetConfig
 from vpipe.artifacts.rows import ManifestRow, read_rows
@@ -116,6 +118,13 @@ class DatasetWorkspace:
         if not self.manifest_path.exists():
             raise StageError(f"no manifest at {self.manifest_path}: run `vpipe probe --dataset {self.dataset}` first")
         return read_rows(self.manifest_path, ManifestRow, fix=f"run `vpipe probe --dataset {self.dataset}` again")
+
+    def read_manifest_columns(self, columns: list[str]) -> pa.Table:
+        """Some of the manifest's columns as Arrow, for work over every video at once (the
+        stages' item fingerprints); the same :class:`StageError` as :meth:`read_manifest`."""
+        if not self.manifest_path.exists():
+            raise StageError(f"no manifest at {self.manifest_path}: run `vpipe probe --dataset {self.dataset}` first")
+        return pq.read_table(self.manifest_path, columns=columns)
 
     def usable_videos(self, indexes: Iterable[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
         """Manifest rows that probed ``ok`` and have view 0 in every one of ``indexes``.

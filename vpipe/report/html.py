@@ -7,7 +7,10 @@ table's header repeats on each printed page). The page holds the results table o
 reported run, each index's retrieval figures (``index/*-evaluation.json``), the failure
 summary (``failures.parquet``), frame strips of a few queries and their hits
 (:mod:`vpipe.report.strips`), and per run its figures, per-class accuracy and most
-frequent confusions (:mod:`vpipe.report.classes`).
+frequent confusions (:mod:`vpipe.report.classes`). Above
+:data:`~vpipe.report.plots.CONFUSION_NAMED_CLASSES` classes the confusion matrix is inline
+SVG in clustered order with names on hover (:mod:`vpipe.report.confusion_map`) instead of
+the PNG that ``report.md`` links.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vpipe.artifacts import atomic_write_text
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.report.classes import classes_html, failures_html
+from vpipe.report.confusion_map import cluster_order, confusion_svg
+from vpipe.report.plots import CONFUSION_NAMED_CLASSES
 from vpipe.report.strips import retrieval_examples_html
 from vpipe.report.tables import COLUMNS, _cell
 from vpipe.artifacts.run_record import RunRecord
@@ -36,6 +43,8 @@ thead { display: table-header-group; }
 .scroll { overflow-x: auto; }
 figure { margin: 0.5rem 0 1rem; break-inside: avoid; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+svg.confusion { width: 100%; height: auto; display: block; }
+svg.confusion rect:hover { stroke: #d62728; stroke-width: 2; }
 .strips { display: flex; flex-wrap: wrap; gap: 0.5rem; break-inside: avoid; margin-bottom: 1rem; }
 figure.strip { margin: 0; font-size: 12px; max-width: 17rem; }
 figure.strip:first-child { border-right: 3px solid #888; padding-right: 0.5rem; }
@@ -79,6 +88,20 @@ def _retrieval_table(evaluations: list[dict[str, Any]]) -> str:
             f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')  # fmt: skip
 
 
+def _figure(path: Path, run: RunRecord) -> str:
+    """One figure of a run: its PNG, or the confusion matrix as SVG above the named-axes limit."""
+    names = run.config.class_names
+    if path.stem == "confusion" and len(names) > CONFUSION_NAMED_CLASSES:
+        matrix = np.asarray(run.metrics["confusion"])
+        title = f"{run.run_id}: confusion matrix of {len(names)} classes"
+        svg = confusion_svg(matrix, names, cluster_order(matrix), title)
+        caption = (f"confusion, {len(names)} classes, rows and columns clustered by confusion; rows sum to 1, "
+                   "colour on a square-root scale; zoom in for names, hover a cell for its classes and count")  # fmt: skip
+        return f'<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>'
+    return (f'<figure><img src="{data_uri(path)}" alt="{html.escape(path.stem)} of {html.escape(run.run_id)}">'
+            f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")  # fmt: skip
+
+
 def write_html(
     ws: DatasetWorkspace, rows: Sequence[dict[str, Any]], plots: dict[str, list[Path]], stored: Sequence[RunRecord],
     *, device: str = "auto",
@@ -100,12 +123,8 @@ def write_html(
     ]
     for run_id, paths in plots.items():
         parts.append(f"<h2>{html.escape(run_id)}</h2>")
-        parts += [
-            f'<figure><img src="{data_uri(p)}" alt="{html.escape(p.stem)} of {html.escape(run_id)}">'
-            f"<figcaption>{html.escape(p.stem)}</figcaption></figure>"
-            for p in paths
-        ]
         run = by_id[run_id]
+        parts += [_figure(p, run) for p in paths]
         parts.append(classes_html(run.metrics, run.config.class_names))
     parts.append("</body></html>\n")
     path = ws.report_path.with_suffix(".html")

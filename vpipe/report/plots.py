@@ -6,7 +6,10 @@
   recall of its class. Above :data:`NAMED_CLASSES` classes the colour scale is a square
   root: a confusion of one video in a class of forty is 2.5 % of its row, invisible on
   a linear scale next to a full diagonal, and those scattered cells are what a reader
-  of a 101-class matrix looks for.
+  of a 101-class matrix looks for. Above :data:`CONFUSION_NAMED_CLASSES` classes the
+  rows and columns are ordered by :func:`vpipe.report.confusion_map.cluster_order`, so
+  mutually confused classes form blocks on the diagonal; ``report.html`` shows that
+  order as a zoomable SVG with names.
 * t-SNE of the test videos before aggregation (the mean of a video's raw steps) and
   after it (the head's video embedding), coloured by class, side by side
   (soft-correlation Figures 2–3): tighter, better separated clusters on the right are
@@ -32,6 +35,7 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
 from vpipe.artifacts import atomic_path
+from vpipe.report.confusion_map import cluster_order, row_shares
 
 #: Up to this many classes, axes and legends name every class.
 NAMED_CLASSES = 30
@@ -72,8 +76,11 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, t
     """Row-normalised confusion matrix; counts are printed in the cells of small ones."""
     matrix = np.asarray(matrix)
     n = len(class_names)
-    rows = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    clustered = n > CONFUSION_NAMED_CLASSES
+    if clustered:
+        order = cluster_order(matrix)
+        matrix = matrix[np.ix_(order, order)]
+    normalised = row_shares(matrix)
     size = min(4 + 0.35 * n, 24)
     figure = Figure(figsize=(size + 1.5, size), layout="constrained")
     ax = figure.subplots()
@@ -90,8 +97,9 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, t
         for i, j in zip(*np.nonzero(matrix)):
             colour = "white" if normalised[i, j] > 0.5 else "black"
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8, color=colour)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    how = " (clustered by confusion; names in report.html)" if clustered else ""
+    ax.set_xlabel(f"predicted class{how}")
+    ax.set_ylabel(f"true class{how}")
     ax.set_title(title)
     return _save(figure, path)
 

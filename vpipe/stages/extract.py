@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import fields
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from vpipe import __version__
 from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
@@ -24,15 +25,17 @@ from vpipe.artifacts.provenance import FeatureProvenance
 from vpipe.artifacts.rows import PlanRow, read_rows
 from vpipe.errors import StageError, VpipeError
 from vpipe.video.jobs import VideoJob, jobs_from_plan
-from vpipe.video.views import Crop
 # The static copies, equal to the registry's (tests/test_cli_imports.py): describing an
 # extract stage (status, fingerprints) does not build the backbone modules.
-from vpipe.catalog import BACKBONE_PLANS, backbone_defaults, backbone_inputs, backbone_version, is_weightless
+from vpipe.catalog import backbone_defaults, backbone_inputs, backbone_version, is_weightless
 from vpipe.pipeline.executor import WorkItem
-from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
+from vpipe.pipeline.fingerprint import canonical_json, fingerprint
+from vpipe.pipeline.fingerprint_columns import file_fingerprints, json_texts, row_fingerprints, source_fingerprints
+from vpipe.pipeline.item_state import latest_records
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.stages.plan_columns import existing_plan, plan_video_columns, stat_key
 from vpipe.pipeline.tables import table_fingerprint, table_metadata
 from vpipe.store.index import damaged_videos, orphan_shards, write_index
 
@@ -48,22 +51,13 @@ log = logging.getLogger(__name__)
 
 
 def read_plan(workspace: DatasetWorkspace, plan: str) -> pd.DataFrame:
-    path = workspace.plan_path(plan)
-    if not path.exists():
-        # A backbone's own plan is named after it (vpipe.catalog.backbone_plan).
-        made_by = f" --backbone {plan}" if plan in BACKBONE_PLANS else ""
-        raise StageError(f"no plan {plan!r} at {path}: run `vpipe plan --dataset {workspace.dataset}{made_by}` first")
-    return read_rows(path, PlanRow, fix=f"run `vpipe plan --dataset {workspace.dataset}` again")
+    return read_rows(
+        existing_plan(workspace, plan), PlanRow, fix=f"run `vpipe plan --dataset {workspace.dataset}` again"
+    )
 
 
-#: plan path -> ((its stat, the manifest's stat), the plan's jobs, their signatures' JSON);
-#: see :func:`plan_jobs`.
-_JOBS_CACHE: dict[str, tuple[tuple | None, dict[str, VideoJob], dict[str, str]]] = {}
-
-
-def _stat_key(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
+#: plan path -> ((its stat, the manifest's stat), the plan's jobs); see :func:`plan_jobs`.
+_JOBS_CACHE: dict[str, tuple[tuple | None, dict[str, VideoJob]]] = {}
 
 
 def plan_jobs(workspace: DatasetWorkspace, plan: str) -> dict[str, VideoJob]:
@@ -78,38 +72,15 @@ def plan_jobs(workspace: DatasetWorkspace, plan: str) -> dict[str, VideoJob]:
     return _plan_cache(workspace, plan)[1]
 
 
-def plan_signatures(workspace: DatasetWorkspace, plan: str) -> dict[str, str]:
-    """Per video, the :func:`canonical_json` of its :func:`clip_signature`, cached like
-    :func:`plan_jobs`: the part of every flow and extract item fingerprint that is the
-    same for all stages of a plan."""
-    _, jobs, signatures = _plan_cache(workspace, plan)
-    if len(signatures) != len(jobs):
-        signatures.update((video_id, canonical_json(clip_signature(job))) for video_id, job in jobs.items())
-    return signatures
-
-
-def _plan_cache(workspace: DatasetWorkspace, plan: str) -> tuple[tuple | None, dict[str, VideoJob], dict[str, str]]:
+def _plan_cache(workspace: DatasetWorkspace, plan: str) -> tuple[tuple | None, dict[str, VideoJob]]:
     path, manifest_path = workspace.plan_path(plan), workspace.manifest_path
-    key = (_stat_key(path), _stat_key(manifest_path)) if path.exists() and manifest_path.exists() else None
+    key = (stat_key(path), stat_key(manifest_path)) if path.exists() and manifest_path.exists() else None
     cached = _JOBS_CACHE.get(str(path))
     if key is not None and cached is not None and cached[0] == key:
         return cached
     jobs = jobs_from_plan(read_plan(workspace, plan), workspace.read_manifest())  # or their clear errors
-    _JOBS_CACHE[str(path)] = entry = (key, jobs, {})
+    _JOBS_CACHE[str(path)] = entry = (key, jobs)
     return entry
-
-
-@lru_cache(maxsize=4096)
-def _crop_fields(crop: Crop) -> dict[str, Any]:
-    """``dataclasses.asdict(crop)``, once per distinct crop: plans share a few crop boxes
-    across all their videos, and ``asdict`` was the largest per-video cost of listing a
-    stage's items (``vpipe status`` at Kinetics size)."""
-    return {f.name: getattr(crop, f.name) for f in fields(crop)}
-
-
-def clip_signature(job: VideoJob) -> list:
-    """What a video's planned clips are, as fingerprinted: (clip, view, frames, crop fields)."""
-    return [(c.clip, c.view, c.frames, _crop_fields(c.crop)) for c in job.clips]
 
 
 class ExtractStage(Stage):
@@ -196,28 +167,32 @@ class ExtractStage(Stage):
         bumped = () if version == 1 else (version,)
         return fingerprint(EXTRACT_FORMAT, self.backbone, self.stream, self.weights_sha256, self.options, *bumped)
 
+    def item_fingerprints(self) -> tuple[pa.Array, pa.Array]:
+        """Per video with current inputs, ``fingerprint(model fingerprint, inputs, clip signature)``
+        (see :meth:`_input_fingerprints` and :func:`plan_video_columns`); column-wise."""
+        videos, inputs = self._input_fingerprints()
+        keys = videos["video_id"].combine_chunks()
+        fingerprints = self._fingerprints(self.model_fingerprint(), videos, inputs)
+        self._carry_over(keys, fingerprints, lambda: self._fingerprints(self._typed_options_fingerprint(), videos, inputs))
+        return keys, fingerprints
+
+    @staticmethod
+    def _fingerprints(model_fingerprint: str, videos: pa.Table, inputs: pa.Array) -> pa.Array:
+        return row_fingerprints(canonical_json(model_fingerprint), json_texts(inputs), videos["signature"])
+
     def items(self) -> list[WorkItem]:
+        keys, fingerprints = self.item_fingerprints()
         jobs = plan_jobs(self.workspace, self.plan)
-        signatures = plan_signatures(self.workspace, self.plan)
-        inputs = self._input_fingerprints(jobs)
-
-        def item_fingerprint(model_json: str, video_id: str) -> str:
-            # = fingerprint(model fingerprint, inputs[video_id], clip_signature(job))
-            return fingerprint_of_parts_json(model_json, canonical_json(inputs[video_id]), signatures[video_id])
-
-        model_json = canonical_json(self.model_fingerprint())
-        items = [
-            WorkItem(key=video_id, fingerprint=item_fingerprint(model_json, video_id), payload=job, path=job.path)
-            for video_id, job in jobs.items()
-            if video_id in inputs
+        return [
+            WorkItem(key=key, fingerprint=fp, payload=jobs[key], path=jobs[key].path)
+            for key, fp in zip(keys.to_pylist(), fingerprints.to_pylist())
         ]
-        self._carry_over(items, lambda video_id: item_fingerprint(canonical_json(self._typed_options_fingerprint()), video_id))
-        return items
 
-    def _carry_over(self, items: list[WorkItem], typed_fingerprint: Callable[[str], str]) -> None:
-        """Once per feature set: records made under the typed-options fingerprint take the
-        resolved one, when the shards' provenance shows they were built with today's
-        resolved options; otherwise they stay stale and a warning says why.
+    def _carry_over(self, keys: pa.Array, current: pa.Array, typed: Callable[[], pa.Array]) -> None:
+        """Once per feature set: records made under the typed-options fingerprint (``typed``
+        gives them, per key) take the resolved one, when the shards' provenance shows they
+        were built with today's resolved options; otherwise they stay stale and a warning
+        says why.
 
         Never a silent full recompute, never silently stale. A marker in the journal
         directory makes this a one-time step.
@@ -227,15 +202,16 @@ class ExtractStage(Stage):
         if marker.exists() or not journal.parts():
             return
         records = journal.load()
-        current = {item.key: item.fingerprint for item in items}
-        old = [key for key, record in records.items() if key in current and record.fingerprint != current[key]]
-        old = [key for key in old if records[key].fingerprint == typed_fingerprint(key)]
+        current_by_key = dict(zip(keys.to_pylist(), current.to_pylist()))
+        typed_by_key = dict(zip(keys.to_pylist(), typed().to_pylist()))
+        old = [key for key, record in records.items() if key in current_by_key and record.fingerprint != current_by_key[key]]
+        old = [key for key in old if records[key].fingerprint == typed_by_key[key]]
         if old:
             recorded = self._recorded_resolved_options()
             if recorded is not None and canonical_json(recorded) == canonical_json(self.resolved_options()):
                 for key in old:
                     r = records[key]
-                    journal.append(Record(key, current[key], r.ok, r.rows, r.error, r.path, r.seconds, r.time))
+                    journal.append(Record(key, current_by_key[key], r.ok, r.rows, r.error, r.path, r.seconds, r.time))
                 journal.flush()
                 log.info("%s: %d cached videos carried over to fingerprints over resolved options %s",
                          self.label, len(old), canonical_json(recorded))  # fmt: skip
@@ -260,24 +236,35 @@ class ExtractStage(Stage):
             return None
         return provenance.get("resolved_options")
 
-    def _input_fingerprints(self, jobs: dict[str, VideoJob]) -> dict[str, str]:
-        """Per video, a fingerprint of what its clips are built from; videos without current flow are left out."""
+    def _input_fingerprints(self) -> tuple[pa.Table, pa.Array]:
+        """The plan's videos whose inputs exist (see :func:`plan_video_columns`), and per
+        video a fingerprint of what its clips are built from: ``fingerprint(decoder,
+        file_fingerprint(path))`` for frames, the flow stage's record for flow, both for
+        a backbone reading both. Videos without a successful flow record are left out."""
+        videos = plan_video_columns(self.workspace, self.plan)
         if "flow" not in self.inputs:
-            return {vid: fingerprint(self.decoder, file_fingerprint(job.path)) for vid, job in jobs.items()}
-        flow = self._flow_fingerprints(jobs)
+            return videos, source_fingerprints(self.decoder, videos["path"])
+        videos, flow = self._flow_fingerprints(videos)
         if "rgb" not in self.inputs:
-            return flow
-        return {vid: fingerprint(self.decoder, file_fingerprint(jobs[vid].path), fp) for vid, fp in flow.items()}
+            return videos, flow
+        stamps = json_texts(file_fingerprints(videos["path"]))
+        return videos, row_fingerprints(canonical_json(self.decoder), stamps, json_texts(flow))
 
-    def _flow_fingerprints(self, jobs: dict[str, VideoJob]) -> dict[str, str]:
-        """A video's flow input is valid when the flow stage's record for it is current."""
+    def _flow_fingerprints(self, videos: pa.Table) -> tuple[pa.Table, pa.Array]:
+        """The videos whose latest flow record succeeded, and that record's fingerprint:
+        a video's flow input changes whenever its flow is recomputed."""
         if not (self.flow_dir / "index.parquet").exists():
             raise StageError(
                 f"no optical flow for plan {self.plan!r}, which features {self.set_name} are computed from: "
                 f"run `vpipe flow --dataset {self.workspace.dataset} --plan {self.plan}` first"
             )
-        records = Journal(self.workspace.state_dir / f"flow-{self.plan}").load()
-        return {vid: records[vid].fingerprint for vid in jobs if vid in records and records[vid].ok}
+        records = latest_records(self.workspace.state_dir / f"flow-{self.plan}")
+        where = pc.index_in(videos["video_id"], value_set=records["key"].combine_chunks())
+        found = pc.fill_null(pc.take(records["ok"], where.fill_null(0)), False) if records.num_rows else None
+        if found is None:
+            return videos.slice(0, 0), pa.array([], pa.string())
+        found = pc.and_(pc.is_valid(where), found)
+        return videos.filter(found), pc.take(records["fingerprint"], where.filter(found)).combine_chunks()
 
     def config(self) -> ExtractConfig:
         plan_path = self.workspace.plan_path(self.plan)

@@ -10,18 +10,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from vpipe import __version__
 from vpipe.artifacts.provenance import FlowProvenance
 from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
-from vpipe.flow.compute import FlowConfig, flow_videos
-from vpipe.flow.tvl1 import resolved_tvl1_params, tvl1_params_off_reference
+from vpipe.catalog import resolved_tvl1_params, tvl1_params_off_reference
 from vpipe.pipeline.executor import WorkItem
-from vpipe.pipeline.fingerprint import canonical_json, file_fingerprint, fingerprint, fingerprint_of_parts_json
+from vpipe.pipeline.fingerprint import canonical_json, fingerprint
+from vpipe.pipeline.fingerprint_columns import file_fingerprints, json_texts, row_fingerprints
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import table_fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.extract import plan_jobs, plan_signatures, remove_orphans
+from vpipe.stages.extract import plan_jobs, remove_orphans
+from vpipe.stages.plan_columns import plan_video_columns
 from vpipe.store.index import damaged_videos, write_index
 
 #: Bumped when the same configuration would store different flow.
@@ -64,28 +67,28 @@ class FlowStage(Stage):
     def artifact(self) -> Path:
         return self.workspace.flow_dir(self.plan)
 
-    def items(self) -> list[WorkItem]:
-        jobs = plan_jobs(self.workspace, self.plan)
-        signatures = plan_signatures(self.workspace, self.plan)
+    def item_fingerprints(self) -> tuple[pa.Array, pa.Array]:
+        """Per video, ``fingerprint(config, file_fingerprint(path), clip signature)``, the flow
+        settings' fingerprint as ``config`` (see :func:`plan_video_columns`); column-wise."""
         config_fp = fingerprint(
             FLOW_FORMAT, self.stack, self.encoding, self.bound, tvl1_params_off_reference(self.tvl1_params),
             self.decoder, *self.compute.fingerprint_parts(),
         )  # fmt: skip
-        config_json = canonical_json(config_fp)
+        videos = plan_video_columns(self.workspace, self.plan)
+        stamps = json_texts(file_fingerprints(videos["path"]))
+        return videos["video_id"].combine_chunks(), row_fingerprints(canonical_json(config_fp), stamps, videos["signature"])
+
+    def items(self) -> list[WorkItem]:
+        keys, fingerprints = self.item_fingerprints()
+        jobs = plan_jobs(self.workspace, self.plan)
         return [
-            WorkItem(
-                key=video_id,
-                # = fingerprint(config_fp, file_fingerprint(job.path), clip_signature(job))
-                fingerprint=fingerprint_of_parts_json(
-                    config_json, canonical_json(file_fingerprint(job.path)), signatures[video_id]
-                ),
-                payload=job,
-                path=job.path,
-            )
-            for video_id, job in jobs.items()
+            WorkItem(key=key, fingerprint=fp, payload=jobs[key], path=jobs[key].path)
+            for key, fp in zip(keys.to_pylist(), fingerprints.to_pylist())
         ]
 
     def item_fn(self):
+        from vpipe.flow.compute import FlowConfig, flow_videos
+
         config = FlowConfig(
             out_dir=str(self.artifact),
             stack=self.stack,

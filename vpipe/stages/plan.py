@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vpipe.pipeline.executor import ItemFn, WorkItem
-from vpipe.pipeline.fingerprint import fingerprint
+from vpipe.pipeline.fingerprint import canonical_json
+from vpipe.pipeline.fingerprint_columns import json_texts, row_fingerprints
 from vpipe.pipeline.journal import Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import write_table
@@ -47,22 +49,28 @@ class PlanStage(Stage):
     def artifact(self) -> Path:
         return self.workspace.plan_path(self.plan_name)
 
+    def _usable(self) -> pa.Table:
+        """The manifest rows a plan covers: probed ``ok``, in a split that is used."""
+        manifest = self.workspace.read_manifest_columns(["video_id", "num_frames", "height", "width", "split", "path", "status"])
+        keep = pc.and_(pc.equal(manifest["status"], "ok"), pc.not_equal(manifest["split"], "unused"))
+        return manifest.filter(keep).drop_columns(["status"])
+
+    def item_fingerprints(self) -> tuple[pa.Array, pa.Array]:
+        """Per video, ``fingerprint(sampler fingerprint, num_frames, height, width, split)``."""
+        return self._fingerprints(self._usable())
+
+    def _fingerprints(self, usable: pa.Table) -> tuple[pa.Array, pa.Array]:
+        video_facts = (json_texts(usable[name]) for name in ("num_frames", "height", "width", "split"))
+        keys = usable["video_id"].combine_chunks()
+        return keys, row_fingerprints(canonical_json(self.config.fingerprint()), *video_facts)
+
     def items(self) -> list[WorkItem]:
-        manifest = self.workspace.read_manifest()
-        usable = manifest[(manifest["status"] == "ok") & (manifest["split"] != "unused")]
-        config_fp = self.config.fingerprint()
-        items = []
-        for video in usable[["video_id", "num_frames", "height", "width", "split", "path"]].to_dict("records"):
-            video = {k: (int(v) if k in ("num_frames", "height", "width") else v) for k, v in video.items()}
-            items.append(
-                WorkItem(
-                    key=video["video_id"],
-                    fingerprint=fingerprint(config_fp, video["num_frames"], video["height"], video["width"], video["split"]),
-                    payload=video,
-                    path=video["path"],
-                )
-            )
-        return items
+        usable = self._usable()
+        fingerprints = self._fingerprints(usable)[1].to_pylist()
+        return [
+            WorkItem(key=video["video_id"], fingerprint=fp, payload=video, path=video["path"])
+            for video, fp in zip(usable.to_pylist(), fingerprints)
+        ]
 
     def item_fn(self) -> ItemFn:
         return partial(plan_item, self.config)

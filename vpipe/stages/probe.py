@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from vpipe.artifacts.records import DatasetConfig
 from vpipe.artifacts.rows import ManifestRow, columns
 from vpipe.data.base import VideoEntry
 from vpipe.pipeline.executor import ItemFn, WorkItem
-from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
+from vpipe.pipeline.fingerprint import fingerprint
+from vpipe.pipeline.fingerprint_columns import source_fingerprints
 from vpipe.pipeline.journal import Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import write_table
@@ -60,15 +62,16 @@ class ProbeStage(Stage):
             _, self._entries = list_videos(self.config)
         return self._entries
 
+    def item_fingerprints(self) -> tuple[pa.Array, pa.Array]:
+        """Per video, ``fingerprint(decoder, file_fingerprint(path))``, column-wise."""
+        keys = pa.array([entry.video_id for entry in self.entries], pa.string())
+        return keys, source_fingerprints(self.decoder, [str(entry.path) for entry in self.entries])
+
     def items(self) -> list[WorkItem]:
+        fingerprints = self.item_fingerprints()[1].to_pylist()
         return [
-            WorkItem(
-                key=entry.video_id,
-                fingerprint=fingerprint(self.decoder, file_fingerprint(entry.path)),
-                payload=str(entry.path),
-                path=str(entry.path),
-            )
-            for entry in self.entries
+            WorkItem(key=entry.video_id, fingerprint=fp, payload=str(entry.path), path=str(entry.path))
+            for entry, fp in zip(self.entries, fingerprints)
         ]
 
     def item_fn(self) -> ItemFn:

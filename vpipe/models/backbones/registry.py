@@ -247,6 +247,17 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def inference_model(model: nn.Module) -> nn.Module:
+    """The module extraction runs: the backbone's ``fused()`` inference copy where its
+    family defines one (same outputs to float rounding, faster), else the backbone itself.
+
+    Extraction and ``search --video`` both load models through here, so a query is
+    computed exactly like the cache it is compared with.
+    """
+    fused = getattr(type(model), "fused", None)
+    return fused(model) if callable(fused) else model
+
+
 def check_input(module: nn.Module, x: Tensor) -> None:
     """Reject inputs of the wrong rank or channel count with a message naming the backbone."""
     spec: BackboneSpec = module.spec
@@ -269,6 +280,7 @@ __all__ = [
     "check_input",
     "count_parameters",
     "finalize_spec",
+    "inference_model",
     "is_weightless",
     "list_backbones",
     "register_backbone",

@@ -1,0 +1,164 @@
+"""Descriptors + temporal heads on a larger held-out set of the synthetic motion and order families.
+
+The main job's synthetic set has 10 videos per class (6 fit, 1 validation, 3 test), too
+few to tell a head that learned motion from one that memorised its training videos.
+This benchmark renders more videos of the same generator (``render_video``, other
+seeds) for the 11 classes whose only difference is motion or temporal order (direction:
+4, rhythm: 3, order: 4), at half resolution (about 56-80 × 42-60 pixels) and 24 frames
+so that the flow fits the time of a benchmark, then runs the pipeline's own chain in
+process: TV-L1 (a coarse setting, stated in the JSON), the flow cache's uint8 coding,
+``hoghofmbh`` ``pool`` steps of the li3d plan's two 16-frame clips (28 steps of 396
+values per video). Videos ``k < --train`` of each class are fit, the last 12 are test.
+
+Heads: :class:`vpipe.models.heads.bilstm.BiLSTMSoftAggHead` with ``temporal`` none,
+lstm and bilstm and ``aggregation=avg`` (the order-less row and two ordered rows), the
+main job's quick settings (hidden 64, dropout 0.5, AdamW lr 3e-3, weight decay 1e-2,
+batch 16, 40 epochs; no validation split, the epoch count is fixed), inputs
+standardised with train statistics per dimension (the head's rule) or with one shared
+scale (``--standardise global``). Reported per seed: top-1, accuracy per family, and
+the share of the order family's test videos predicted as their time-reversed partner.
+
+    python bench/heldout_motion.py --cache /tmp/heldout.npz --out bench/results/heldout_motion.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from machine import cpu_model, emit_result, load_average  # bench/machine.py, beside this script
+
+from vpipe.data.synthetic import FAMILIES, REVERSED_PAIRS, render_video, video_seed
+from vpipe.extract.features import run_model
+from vpipe.extract.inputs import LoadedClip
+from vpipe.flow.quantize import quantize_flow
+from vpipe.flow.tvl1 import tvl1
+from vpipe.models import backbone
+from vpipe.models.heads.bilstm import BiLSTMSoftAggHead
+from vpipe.video.sampling import li3d_clips
+
+CLASSES = (*FAMILIES["direction"], *FAMILIES["rhythm"], *FAMILIES["order"])
+FRAMES, TEST = 24, 12
+#: TV-L1 coarse enough for 440 videos in minutes on one core (the descriptor bench's setting).
+TVL1 = {"nscales": 3, "warps": 2, "outer_iterations": 2, "inner_iterations": 10}
+SEED = 7
+
+
+def video_steps(class_name: str, k: int, model: torch.nn.Module) -> np.ndarray:
+    """(28, 396) ``pool`` steps of one rendered video, as the extract stage computes them."""
+    frames = torch.from_numpy(render_video(class_name, video_seed(SEED, f"{class_name}_{k:03d}"), num_frames=FRAMES))
+    half = torch.nn.functional.avg_pool2d(frames.permute(0, 3, 1, 2).float(), 2)
+    x = half.round().clamp(0, 255).byte().permute(0, 2, 3, 1).contiguous()
+    codes = quantize_flow(tvl1(x[:-1], x[1:], **TVL1)).numpy().transpose(0, 2, 3, 1)
+    rgb = x.numpy()
+    steps = []
+    for index in li3d_clips(FRAMES - 1, 16, 2, np.random.default_rng(0)):
+        clip = LoadedClip(0, 0, np.concatenate([rgb[index], codes[index]], -1))
+        steps.append(run_model(model, [clip], torch.device("cpu"))[0]["pool"])
+    return np.concatenate(steps)
+
+
+def dataset(per_class: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Steps (n, 28, 396), labels, per-class index k, and the seconds it took (0 from the cache)."""
+    if cache is not None and cache.is_file():
+        saved = np.load(cache)
+        if len(saved["y"]) == per_class * len(CLASSES):
+            return saved["X"], saved["y"], saved["k"], 0.0
+    model = backbone("hoghofmbh")
+    start = time.perf_counter()
+    rows = [(label, k, video_steps(name, k, model)) for label, name in enumerate(CLASSES) for k in range(per_class)]
+    seconds = time.perf_counter() - start
+    x = np.stack([r[2] for r in rows])
+    y, k = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+    if cache is not None:
+        np.savez(cache, X=x, y=y, k=k)
+    return x, y, k, seconds
+
+
+def train_and_test(temporal: str, x: torch.Tensor, y: torch.Tensor, fit: np.ndarray, test: np.ndarray,
+                   seed: int, standardise: str) -> np.ndarray:
+    """Test predictions of one head trained with the quick settings for 40 epochs."""
+    torch.manual_seed(seed)
+    head = BiLSTMSoftAggHead(x.shape[-1], len(CLASSES), temporal=temporal, hidden=64, aggregation="avg")
+    steps = x[fit].reshape(-1, x.shape[-1]).double()
+    std = steps.std(0).clamp_min(1e-6) if standardise == "dimension" else steps.std().expand(x.shape[-1])
+    head.set_input_statistics(steps.mean(0), std)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-2)
+    rng = np.random.default_rng(seed)
+    order = fit.copy()
+    for _ in range(40):
+        head.train()
+        rng.shuffle(order)
+        for start in range(0, len(order), 16):
+            batch = order[start : start + 16]
+            loss = torch.nn.functional.cross_entropy(head(x[batch], torch.full((len(batch),), x.shape[1])), y[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    head.eval()
+    with torch.no_grad():
+        return head(x[test], torch.full((len(test),), x.shape[1])).argmax(1).numpy()
+
+
+def scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Top-1, accuracy per family and the order family's swap rate, in %."""
+    out = {"top1": 100 * float((truth == predicted).mean())}
+    for family, names in FAMILIES.items():
+        labels = [CLASSES.index(n) for n in names if n in CLASSES]
+        if labels:
+            inside = np.isin(truth, labels)
+            out[family] = 100 * float((truth[inside] == predicted[inside]).mean())
+    partner = {CLASSES.index(a): CLASSES.index(b) for a, b in REVERSED_PAIRS.items()}
+    partner |= {b: a for a, b in partner.items()}
+    order = np.isin(truth, list(partner))
+    out["order_swap"] = 100 * float(np.mean([partner[t] == p for t, p in zip(truth[order], predicted[order])]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=40, help="videos per class (the last 12 are test)")
+    parser.add_argument("--train", type=int, default=28, help="fit videos per class (k < train)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--standardise", choices=("dimension", "global"), default="dimension")
+    parser.add_argument("--cache", type=Path, default=None, help="npz of the rendered set's steps, reused when present")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    x, y, k, seconds = dataset(args.per_class, args.cache)
+    fit = np.flatnonzero(k < min(args.train, args.per_class - TEST))
+    test = np.flatnonzero(k >= args.per_class - TEST)
+    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
+    rows = {}
+    for temporal in ("none", "lstm", "bilstm"):
+        per_seed = [
+            scores(y[test], train_and_test(temporal, xt, yt, fit, test, seed, args.standardise)) for seed in args.seeds
+        ]
+        rows[f"{temporal} + avg"] = {
+            "per_seed": per_seed,
+            "mean": {key: float(np.mean([r[key] for r in per_seed])) for key in per_seed[0]},
+            "std": {key: float(np.std([r[key] for r in per_seed], ddof=1)) for key in per_seed[0]},
+        }
+        mean = rows[f"{temporal} + avg"]["mean"]
+        print(f"{temporal:>6} + avg: top-1 {mean['top1']:.1f} %, direction {mean['direction']:.0f}, rhythm "
+              f"{mean['rhythm']:.0f}, order {mean['order']:.0f}, order swap {mean['order_swap']:.0f}", flush=True)
+    result = {
+        "benchmark": "heldout_motion",
+        "classes": list(CLASSES),
+        "videos": {"fit": len(fit), "test": len(test), "per_class_fit": len(fit) // len(CLASSES)},
+        "render": {"frames": FRAMES, "scale": 0.5, "seed": SEED, "tvl1": TVL1, "seconds": seconds},
+        "standardise": args.standardise,
+        "chance": 100 / len(CLASSES),
+        "goal_top1": 80.0,
+        "rows": rows,
+        "meets_goal": max(r["mean"]["top1"] for name, r in rows.items() if not name.startswith("none")) >= 80.0,
+        "machine": {"cpu": cpu_model(), "load_average": load_average(), "torch_threads": 1},
+    }
+    emit_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
