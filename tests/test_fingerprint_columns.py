@@ -94,7 +94,8 @@ def _planned_workspace(tmp_path: Path, videos: int, sampler: str, **options) -> 
         split = rng.choice(["train", "test"])
         frames, height, width = rng.randint(1, 90), rng.randint(120, 200), rng.randint(120, 260)
         rows += plan_video(video_id, frames, height, width, split, config)
-        manifest.append({"video_id": video_id, "path": f"/videos/{video_id}.mp4", "num_frames": frames})
+        manifest.append({"video_id": video_id, "path": f"/videos/{video_id}.mp4", "num_frames": frames,
+                         "label": i % 3, "label_name": f"class{i % 3}", "split": split, "status": "ok"})  # fmt: skip
     rng.shuffle(rows)  # the columns must not depend on the plan's row order
     pq.write_table(pa.Table.from_pylist(manifest), ws.manifest_path)
     ws.plan_path(config.name).parent.mkdir()
