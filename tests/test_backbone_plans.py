@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from vpipe import catalog
 from vpipe.cli.app import app
-from vpipe.stages.chain import SYNTHETIC_SAMPLER, ChainOptions
+from vpipe.data.base import PAPER_DEFAULTS
+from vpipe.data.synthetic import SyntheticDataset
+from vpipe.stages.chain import ChainOptions
 from vpipe.video.plan import sampler_config
 from vpipe.video.sampling import strided_clips
 
@@ -68,24 +70,24 @@ def test_one_strided_clip_is_centred_and_short_videos_repeat_their_last_grid_fra
 def test_a_backbone_without_plan_options_samples_as_its_paper(backbone: str) -> None:
     name, sampler, own, size, short_side = PAPER_PLANS[backbone]
     options = ChainOptions(backbone=backbone)
-    params = options.sampler_config("folder").params()
+    params = options.sampler_config(PAPER_DEFAULTS).params()
     assert options.plan == name
     assert params == {
         "name": sampler, **own, "size": size, "short_side": short_side, "view0": "center",
         "train_views": 1, "test_views": 1, "flip_prob": 0.5, "seed": 0,
     }  # fmt: skip
     # The synthetic dataset's small li3d clips are li3d's alone.
-    assert options.sampler_config("synthetic") == options.sampler_config("folder")
+    assert options.sampler_config(SyntheticDataset.main_job) == options.sampler_config(PAPER_DEFAULTS)
 
 
 @pytest.mark.parametrize("backbone", [b for b in catalog.BACKBONES if b not in PAPER_PLANS])
 def test_the_other_backbones_keep_the_li3d_plan_and_its_fingerprints(backbone: str) -> None:
     options = ChainOptions(backbone=backbone)
     assert options.plan == "li3d"
-    assert options.sampler_config("folder").fingerprint() == LI3D_FINGERPRINT
-    assert options.sampler_config("synthetic").fingerprint() == LI3D_SYNTHETIC_FINGERPRINT
-    assert ChainOptions(backbone=backbone, sampler="li3d").sampler_config("synthetic").params() == sampler_config(
-        "li3d", **SYNTHETIC_SAMPLER
+    assert options.sampler_config(PAPER_DEFAULTS).fingerprint() == LI3D_FINGERPRINT
+    assert options.sampler_config(SyntheticDataset.main_job).fingerprint() == LI3D_SYNTHETIC_FINGERPRINT
+    assert ChainOptions(backbone=backbone, sampler="li3d").sampler_config(SyntheticDataset.main_job).params() == sampler_config(
+        "li3d", **SyntheticDataset.main_job.li3d_options
     ).params()
 
 
@@ -99,23 +101,23 @@ def test_the_default_given_explicitly_equals_the_implicit_one(backbone: str) -> 
         ChainOptions(backbone=backbone, sampler_options=explicit),
         ChainOptions(backbone=backbone, sampler=sampler),
     ):
-        assert given.sampler_config("folder").fingerprint() == implicit.sampler_config("folder").fingerprint()
+        assert given.sampler_config(PAPER_DEFAULTS).fingerprint() == implicit.sampler_config(PAPER_DEFAULTS).fingerprint()
         assert given.plan == name
     # The bare sampler under another backbone has its own defaults, hence another plan.
-    bare = ChainOptions(sampler=sampler).sampler_config("folder")
-    assert bare.fingerprint() != implicit.sampler_config("folder").fingerprint()
-    assert sampler_config(sampler, **explicit).fingerprint() == implicit.sampler_config("folder").fingerprint()
+    bare = ChainOptions(sampler=sampler).sampler_config(PAPER_DEFAULTS)
+    assert bare.fingerprint() != implicit.sampler_config(PAPER_DEFAULTS).fingerprint()
+    assert sampler_config(sampler, **explicit).fingerprint() == implicit.sampler_config(PAPER_DEFAULTS).fingerprint()
 
 
 def test_user_options_override_the_backbones_plan() -> None:
-    adjusted = ChainOptions(backbone="videomae", sampler_options={"clips": 2, "step": 2}).sampler_config("folder")
+    adjusted = ChainOptions(backbone="videomae", sampler_options={"clips": 2, "step": 2}).sampler_config(PAPER_DEFAULTS)
     assert (adjusted.name, adjusted.frames, adjusted.step, adjusted.clips, adjusted.short_side) == ("strided", 16, 2, 2, 224)
     other = ChainOptions(backbone="videomae", sampler="li3d")
     assert other.plan == "li3d"
-    assert other.sampler_config("folder").fingerprint() == LI3D_FINGERPRINT
+    assert other.sampler_config(PAPER_DEFAULTS).fingerprint() == LI3D_FINGERPRINT
     assert ChainOptions(backbone="clip", plan_name="mine").plan == "mine"
     with pytest.raises(Exception, match="belongs to the li3d sampler"):
-        ChainOptions(backbone="clip", sampler_options={"need": 8}).sampler_config("folder")
+        ChainOptions(backbone="clip", sampler_options={"need": 8}).sampler_config(PAPER_DEFAULTS)
 
 
 def test_vpipe_plan_and_extract_use_the_backbones_plan(tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ and unreadable files become failure records instead of adapter errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 
@@ -29,6 +30,31 @@ class VideoEntry:
     split: str
 
 
+@dataclass(frozen=True)
+class MainJobDefaults:
+    """What ``vpipe run`` uses on a dataset when the user says nothing else.
+
+    Declared by the adapter that knows its videos (an optional ``main_job`` attribute;
+    :func:`main_job_defaults` reads it), so the main job has no special case per dataset:
+    collections of full-size videos take the papers' settings, and a collection of small,
+    short clips says so here.
+    """
+
+    #: Options of the ``li3d`` sampler over its own defaults (clip length, crops).
+    li3d_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Codebook size K of encode and of the soft-aggregation heads: the LI3D paper's 128.
+    clusters: int = 128
+
+
+#: The papers' settings, for every adapter that declares nothing.
+PAPER_DEFAULTS = MainJobDefaults()
+
+
+def main_job_defaults(adapter: object) -> MainJobDefaults:
+    """``adapter.main_job`` when it declares one, else :data:`PAPER_DEFAULTS`."""
+    return getattr(adapter, "main_job", PAPER_DEFAULTS)
+
+
 class DatasetAdapter(Protocol):
     """A dataset recipe: ``prepare(root, split=...)`` lists the videos of a tree."""
 
@@ -37,6 +63,7 @@ class DatasetAdapter(Protocol):
     summary: str
     #: Split numbers the dataset defines (``(1, 2, 3)`` for UCF101); ``(1,)`` when it has one.
     split_numbers: tuple[int, ...]
+    # Optional: ``main_job: MainJobDefaults`` (see :func:`main_job_defaults`).
 
     def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
         """List every video under ``root`` with its 0-based label and split membership.

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from vpipe.artifacts import atomic_write_text
-from vpipe.data.base import VideoEntry
+from vpipe.data.base import MainJobDefaults, VideoEntry
 from vpipe.errors import ConfigError, DatasetError
 from vpipe.video.write import write_video
 
@@ -424,6 +424,10 @@ class SyntheticDataset:
     )
     split_numbers = (1,)
     generate = staticmethod(generate_synthetic)
+    #: The videos are 112-160 px wide and 10-80 frames long: small crops and short clips
+    #: keep the whole main job within minutes on a laptop CPU; ~100 train videos x 4 steps
+    #: are too few descriptors for the paper's K = 128, so K = 16.
+    main_job = MainJobDefaults(li3d_options={"need": 16, "clips": 2, "size": 112, "short_side": 128}, clusters=16)
 
     def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
         """List the generated videos; ``video_id`` is ``<ClassName>/<ClassName>_<k>``."""

@@ -7,6 +7,8 @@ from typing import Any
 
 from vpipe.artifacts.records import DatasetConfig
 from vpipe.catalog import backbone_plan
+from vpipe.data.base import MainJobDefaults, main_job_defaults
+from vpipe.data.registry import get_dataset
 from vpipe.errors import ConfigError
 from vpipe.pipeline.executor import Executor
 from vpipe.pipeline.runner import run_stage, stage_status
@@ -23,11 +25,6 @@ from vpipe.stages.probe import ProbeStage
 from vpipe.train import TrainConfig, pipeline_config
 from vpipe.video.plan import SamplerConfig, sampler_config
 
-#: The synthetic videos are 112-160 px wide and 10-80 frames long: small crops and
-#: short clips keep the whole main job within minutes on a laptop CPU.
-SYNTHETIC_SAMPLER = {"need": 16, "clips": 2, "size": 112, "short_side": 128}
-#: ~100 train videos x 4 steps is too few descriptors for the paper's K = 128.
-SYNTHETIC_CLUSTERS = 16
 #: The weight-free motion descriptors the main job computes beside the CNN features.
 DESCRIPTORS = "hoghofmbh"
 
@@ -48,15 +45,16 @@ class ChainOptions:
     batch_size: int = 8
     decode_workers: int | None = None
     videos_per_task: int | None = None
-    #: None: the paper's 128, or SYNTHETIC_CLUSTERS on the synthetic dataset; 0 skips encoding.
+    #: None: the dataset's (:class:`vpipe.data.base.MainJobDefaults`, the paper's 128); 0 skips encoding.
     clusters: int | None = None
     #: Also extract :data:`DESCRIPTORS` from the frames and the flow (needs the flow stream).
     descriptors: bool = True
 
-    def sampler_config(self, adapter: str) -> SamplerConfig:
+    def sampler_config(self, dataset: MainJobDefaults) -> SamplerConfig:
         """The sampler and its resolved options, each default from one place, later ones winning:
         the sampler's own, the backbone's plan (when the sampler is the backbone's), the
-        small synthetic clips (li3d on the synthetic dataset), then the user's ``-o``.
+        dataset's main-job clips (for li3d, e.g. the synthetic set's short ones), then the
+        user's ``-o``.
 
         So an option given explicitly with its default value plans, and fingerprints,
         exactly as leaving it out.
@@ -64,8 +62,8 @@ class ChainOptions:
         default = backbone_plan(self.backbone)
         sampler = self.sampler or default.sampler
         backbone_defaults = default.options if sampler == default.sampler else {}
-        synthetic = SYNTHETIC_SAMPLER if adapter == "synthetic" and sampler == "li3d" else {}
-        return sampler_config(sampler, **{**backbone_defaults, **synthetic, **self.sampler_options})
+        dataset_defaults = dataset.li3d_options if sampler == "li3d" else {}
+        return sampler_config(sampler, **{**backbone_defaults, **dataset_defaults, **self.sampler_options})
 
     @property
     def plan(self) -> str:
@@ -91,7 +89,8 @@ def main_job_runs(features: dict[str, str], clusters: int) -> list[TrainConfig]:
 
 def build_chain(workspace: DatasetWorkspace, config: DatasetConfig, options: ChainOptions) -> list[Step]:
     """Stages in execution order; each reads its inputs only when it runs."""
-    plan = PlanStage(workspace, options.sampler_config(config.adapter), plan_name=options.plan)
+    dataset = main_job_defaults(get_dataset(config.adapter))
+    plan = PlanStage(workspace, options.sampler_config(dataset), plan_name=options.plan)
     extracts = [
         ExtractStage(
             workspace,
@@ -136,13 +135,11 @@ def build_chain(workspace: DatasetWorkspace, config: DatasetConfig, options: Cha
         if options.descriptors and flows
         else []
     )
-    clusters = options.clusters
-    if clusters is None:
-        clusters = SYNTHETIC_CLUSTERS if config.adapter == "synthetic" else 128
+    clusters = dataset.clusters if options.clusters is None else options.clusters
     features = {stage.stream: stage.set_name for stage in extracts}
     encodes = [EncodeStep(workspace, extracts[0].set_name, clusters, baseline=WITHIN_BUDGET)] if clusters else []
-    runs = main_job_runs(features, clusters or SYNTHETIC_CLUSTERS)
-    runs += [pipeline_config(stage.set_name, clusters=clusters or SYNTHETIC_CLUSTERS) for stage in descriptors]
+    runs = main_job_runs(features, clusters or dataset.clusters)
+    runs += [pipeline_config(stage.set_name, clusters=clusters or dataset.clusters) for stage in descriptors]
     heads = [*(TrainStep(workspace, run) for run in runs), ReportStep(workspace, runs)]
     retrieval = [IndexStep(workspace, default_embedding(extracts[0].set_name, clusters))] if extracts else []
     return [
