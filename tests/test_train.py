@@ -24,7 +24,7 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.models.heads import create_head
 from vpipe.models.heads.registry import PrepareData
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.train import TrainConfig, evaluate, existing_run, pipeline_config, train, train_for_pipeline
+from vpipe.train import TrainConfig, evaluate, existing_run, pipeline_config, train
 from vpipe.train.data import carve_validation
 from vpipe.train.metrics import TIMING_KEYS
 
@@ -160,10 +160,10 @@ def test_a_bumped_head_version_makes_finished_runs_stale(ws, monkeypatch):
 
 def test_pipeline_entry_trains_once_then_reuses(ws):
     assert existing_run(ws, pipeline_config(FEATURES, max_epochs=2)) is None
-    first = train_for_pipeline(ws, FEATURES, max_epochs=2)
+    first = train(ws, pipeline_config(FEATURES, max_epochs=2), reuse=True, threads=1)
     assert not first.reused and first.run_id == "li3d-rgb-bilstm-mean-k16-s0"
     assert existing_run(ws, pipeline_config(FEATURES, max_epochs=2)).run_id == first.run_id
-    again = train_for_pipeline(ws, FEATURES, max_epochs=2)
+    again = train(ws, pipeline_config(FEATURES, max_epochs=2), reuse=True, threads=1)
     assert again.reused and again.run_id == first.run_id
 
 

@@ -3,8 +3,8 @@
 ``train(ws, TrainConfig(...))`` fits a head and writes ``runs/<run_id>/``;
 ``evaluate(ws, run_id)`` rebuilds it from that directory and re-scores the test split;
 ``embed_videos`` gives a run's video embeddings (retrieval, t-SNE);
-``train_for_pipeline`` is the small default run of ``vpipe run`` (``existing_run`` with
-``pipeline_config`` tells, without training, whether it is already done).
+``pipeline_config`` is the small default run of ``vpipe run`` (``existing_run`` tells,
+without training, whether it is already done).
 
 The names load on first use (:mod:`vpipe.lazy`): the command line reads
 :class:`TrainConfig`'s defaults without importing torch.
@@ -24,7 +24,6 @@ __all__ = [
     "load_run",
     "pipeline_config",
     "train",
-    "train_for_pipeline",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -41,6 +40,5 @@ __getattr__, __dir__ = lazy_exports(
         "existing_run": "vpipe.train.trainer",
         "pipeline_config": "vpipe.train.trainer",
         "train": "vpipe.train.trainer",
-        "train_for_pipeline": "vpipe.train.trainer",
     },
 )

@@ -385,22 +385,10 @@ def _fit(
     )
 
 
-def train_for_pipeline(
-    ws: DatasetWorkspace, features: str | tuple[str, ...] = "li3d-rgb", *, progress: bool = False, **overrides: Any
-) -> RunResult:
-    """A training step of ``vpipe run``: a BiLSTM with the head's default aggregation, sized by
-    :data:`vpipe.train.config.QUICK` for the built-in synthetic dataset on a laptop CPU.
-
-    It reuses an identical finished run, so rerunning the pipeline does not retrain.
-    ``overrides`` replace individual options. It runs on one torch thread: on a busy
-    2-core machine, 140 synthetic-sized videos took 32 s on one thread and 420 s on two,
-    whose busy-waiting fought the other processes (on quieter cores: 15 s and 13 s).
-    """
-    return train(ws, pipeline_config(features, **overrides), reuse=True, progress=progress, threads=1)
-
-
 def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
-    """The config :func:`train_for_pipeline` trains (for a status check with :func:`existing_run`).
+    """The config of a main-job run of ``vpipe run``: a BiLSTM with the head's default
+    aggregation, sized by :data:`vpipe.train.config.QUICK` for the built-in synthetic
+    dataset on a laptop CPU (``TrainStep`` trains it, :func:`existing_run` checks it).
 
     ``overrides`` may name training options or head options (``clusters=8``).
     """
