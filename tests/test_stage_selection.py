@@ -61,12 +61,20 @@ def test_cli_until_runs_the_prefix_dry_run_counts_and_changes_nothing(tmp_path: 
     counts = json.loads(dry.stdout)
     assert list(counts) == ["probe", "plan", "flow"]
     assert (counts["probe"]["done"], counts["probe"]["failed"], counts["probe"]["total"]) == (10, 3, 13)
-    assert (counts["flow"]["done"], counts["flow"]["total"]) == (0, 10), "flow: nothing done yet, ten videos to do"
+    assert (counts["flow"]["done"], counts["flow"]["total"], counts["flow"]["new"]) == (0, 10, 10), "flow: ten videos to do"
     assert {p: p.stat().st_mtime_ns for p in workspace.rglob("*") if p.is_file()} == before, "a dry run writes nothing"
     assert not (workspace / "flow").exists()
 
     only = invoke(*base, "--only", "flow", "--json")
     assert [s["stage"] for s in json.loads(only.stdout)["stages"]] == ["flow"]
     assert json.loads(invoke(*base, "--until", "flow", "--dry-run", "--json").stdout)["flow"]["done"] == 10
+    assert "flow: 10 done, 0 failed, 10 total\n" in invoke(*base, "--until", "flow", "--dry-run").stdout
+    changed = [*base[: base.index("need=8")], "need=6", *base[base.index("need=8") + 1 :]]
+    stale = json.loads(invoke(*changed, "--until", "flow", "--dry-run", "--json").stdout)
+    assert (stale["plan"]["stale"], stale["plan"]["done"]) == (10, 0), "a changed sampler option makes the plan stale"
+    assert "stale" not in stale["probe"] and "new" not in stale["plan"]
+    assert "plan: 0 done, 0 failed, 10 total, 10 stale (an input or option changed)" in invoke(
+        *changed, "--until", "plan", "--dry-run"
+    ).stdout
     text = invoke(*base, "--only", "extract:li3d-rbg").output
     assert "no stage named 'extract:li3d-rbg'" in text and "extract:li3d-rgb" in text

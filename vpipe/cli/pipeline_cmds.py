@@ -179,13 +179,21 @@ def status(
 
 
 def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> None:
-    """Per stage: done, failed and total items, or why it cannot run yet (status and --dry-run)."""
+    """Per stage: done, failed and total items, or why it cannot run yet (status and --dry-run).
+
+    Items a run would compute are split into stale (recorded under another fingerprint:
+    an input or option changed) and new (never run). A stage is judged on the inputs on
+    disk now: a changed plan option makes the plan stale, and flow turns stale only once
+    the plan is rewritten.
+    """
     if json_output:
         emit_json(
             {
                 r.stage: {"done": r.done, "failed": r.failed, "total": r.total, "ready": r.ready, "artifact": r.artifact}
                 | ({"reason": r.reason} if not r.ready else {})
                 | ({"damaged": r.damaged} if r.damaged else {})
+                | ({"stale": r.stale} if r.stale else {})
+                | ({"new": r.new} if r.new else {})
                 for r in reports
             }
         )
@@ -193,6 +201,8 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
     for report in reports:
         typer.echo(
             report.summary() if not report.ready else f"{report.stage}: {report.done} done, {report.failed} failed, {report.total} total"
+            + (f", {report.stale} stale (an input or option changed)" if report.stale else "")
+            + (f", {report.new} new" if report.new else "")
             + (f", {report.damaged} damaged: run `vpipe verify --dataset {dataset} --repair`" if report.damaged else "")
         )
 

@@ -49,6 +49,8 @@ def stage_status(stage: Stage) -> StageReport:
         done=done_count - len(damaged),
         failed=states.count("failed"),
         damaged=len(damaged),
+        stale=states.count("stale"),
+        new=states.count("new"),
         artifact=str(stage.artifact),
     )
 

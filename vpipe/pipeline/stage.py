@@ -40,6 +40,10 @@ class StageReport:
     reason: str = ""
     #: Items recorded as done whose stored output is missing or damaged (see ``damaged_items``).
     damaged: int = 0
+    #: Items recorded under another fingerprint: an input or option changed since (status only).
+    stale: int = 0
+    #: Items with no record at all: never run (status only).
+    new: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
