@@ -145,8 +145,3 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"--{option} {value!r} is not one of {', '.join(allowed)}")
 
-
-#: Settings for the built-in synthetic dataset on a 2-core laptop: a small BiLSTM and
-#: codebook, so that the whole run takes well under a minute for ~140 videos.
-QUICK: dict[str, Any] = dict(batch_size=16, max_epochs=40, patience=10, lr=3e-3)
-QUICK_HEAD: dict[str, Any] = dict(hidden=64, clusters=16)

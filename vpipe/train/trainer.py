@@ -40,7 +40,7 @@ from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.progress import progress
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.train import runs
-from vpipe.train.config import QUICK, QUICK_HEAD, TrainConfig
+from vpipe.train.config import TrainConfig
 from vpipe.train.data import DEFAULT_CACHE_BYTES, InputReader, Splits, features_record, loader, make_splits
 from vpipe.train.model import build_model, run_files, run_inputs
 from vpipe.train.scoring import Scores, amp_dtype, predict, seed_everything, test_metrics, torch_threads
@@ -384,18 +384,3 @@ def _fit(
         best_epoch=best.epoch,
         stopped_early=len(rows) < config.max_epochs,
     )
-
-
-def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
-    """The config of a main-job run of ``vpipe run``: a BiLSTM with the head's default
-    aggregation, sized by :data:`vpipe.train.config.QUICK` for the built-in synthetic
-    dataset on a laptop CPU (``TrainStage`` trains it, :func:`existing_run` checks it).
-
-    ``overrides`` may name training options or head options (``clusters=8``).
-    """
-    head_overrides = {k: overrides.pop(k) for k in list(overrides) if k in QUICK_HEAD or k not in _TRAIN_FIELDS}
-    head_options = {**QUICK_HEAD, **overrides.pop("head_options", {}), **head_overrides}
-    return TrainConfig(features=features, head_options=head_options, **{**QUICK, **overrides})
-
-
-_TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
