@@ -73,15 +73,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError, StageError, WeightsError
-from vpipe.models.heads.registry import (
-    Head,
-    HeadBatch,
-    HeadInput,
-    HeadOption,
-    PrepareData,
-    TrainingDefaults,
-    register_head,
-)
+from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, HeadOption, PrepareData, TrainingDefaults
+from vpipe.models.heads.registry import register_head
 from vpipe.models.weights import read_state_dict
 
 #: The torchvision VGG-16 keys of fc6, the layer ``fc6_weights`` loads.

@@ -80,15 +80,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
-from vpipe.models.heads.registry import (
-    Head,
-    HeadBatch,
-    HeadInput,
-    HeadOption,
-    PrepareData,
-    TrainingDefaults,
-    register_head,
-)
+from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, HeadOption, PrepareData, TrainingDefaults
+from vpipe.models.heads.registry import register_head
 
 __all__ = ["ROLES", "STMANet", "SpatialAttention", "TemporalAttention", "diversity"]
 
