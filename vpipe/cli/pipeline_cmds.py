@@ -9,28 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from vpipe import catalog
-from vpipe.cli.options import (
-    Adapter,
-    Backbone,
-    Clusters,
-    Compute,
-    Dataset,
-    Decoder,
-    Device,
-    Json,
-    Option,
-    Root,
-    Split,
-    Workspace,
-    compute_options,
-    dataset_workspace,
-    emit_json,
-    executor_for,
-    gpu_stage_executor,
-    option_group,
-    parse_key_values,
-    user_errors,
-)
+from vpipe.cli.options import Adapter, Backbone, Clusters, Compute, Dataset, Decoder, Device, Json, Option, Root
+from vpipe.cli.options import Split, Workspace, compute_options, dataset_workspace, emit_json, executor_for
+from vpipe.cli.options import gpu_stage_executor, option_group, parse_key_values, user_errors
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 if TYPE_CHECKING:
