@@ -13,9 +13,12 @@ is not added here fails the suite instead of silently missing from ``--help``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from vpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vpipe.head_specs import HeadSpec
 
 #: ``vpipe.device.DEVICES``.
 DEVICES = ("auto", "cpu", "cuda")
@@ -28,6 +31,28 @@ BACKBONES = ("clip", "hoghofmbh", "i3d", "li3d", "r3d50", "resnet101", "resnet50
 
 #: ``vpipe.models.heads.list_heads()``.
 HEADS = ("bilstm-softagg", "deep-fusion", "st-manet", "vcm-sdd")
+
+#: ``describe_head(name).parameters`` (at 101 classes) for every built-in head, so that
+#: ``vpipe heads`` lists them without building each model under torch.
+HEAD_PARAMETERS: dict[str, int] = {
+    "bilstm-softagg": 28214885, "deep-fusion": 119050922, "st-manet": 128636133, "vcm-sdd": 6923621,
+}  # fmt: skip
+
+
+def head_spec(name: str) -> type[HeadSpec]:
+    """What head ``name`` declares (options, training defaults, inputs, tag, files), torch-free.
+
+    A built-in head's declaration is its class in :mod:`vpipe.head_specs`, which the
+    registered head inherits; a head registered at run time is its registered class, so
+    asking for it imports the registry (and torch), which registered it in the first place.
+    """
+    from vpipe.head_specs import HEAD_SPECS
+
+    if name in HEAD_SPECS:
+        return HEAD_SPECS[name]
+    from vpipe.models.heads import head_class
+
+    return head_class(name)
 
 #: ``vpipe.video.plan.SAMPLERS``.
 SAMPLERS = ("li3d", "uniform", "tsn", "dense", "strided")

@@ -22,11 +22,11 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from vpipe.artifacts import atomic_write_text
-from vpipe.errors import StageError
+from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.stage import StageReport
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.train import TrainConfig, completed_runs, evaluate, existing_run, load_run, train
+from vpipe.train import TrainConfig, completed_runs, current_run, load_run
 
 #: Bumped when the report's content changes for the same runs.
 REPORT_VERSION = "report/2"
@@ -40,7 +40,7 @@ class DatasetStep(ABC):
     def status(self) -> StageReport:
         try:
             current = self.is_current()
-        except StageError as error:
+        except (StageError, ConfigError) as error:  # e.g. a split with no validation videos
             return StageReport(stage=self.label, ready=False, reason=str(error))
         return StageReport(stage=self.label, total=1, done=int(current), artifact=self.artifact)
 
@@ -107,9 +107,11 @@ class TrainStep(DatasetStep):
         return str(self.ws.run_dir(self.config.default_run_id()))
 
     def is_current(self) -> bool:
-        return existing_run(self.ws, self.config) is not None
+        return current_run(self.ws, self.config) is not None
 
     def run(self) -> StageReport:
+        from vpipe.train import train
+
         started = time.perf_counter()
         result = train(self.ws, self.config, reuse=True, progress=True, threads=self.threads)
         return StageReport(
@@ -145,7 +147,7 @@ class ReportStep(DatasetStep):
         return self.ws.state_dir / "report" / "artifact.json"
 
     def _runs(self) -> list[str]:
-        found = [existing_run(self.ws, config) for config in self.configs]
+        found = [current_run(self.ws, config) for config in self.configs]
         if any(run is None for run in found):
             raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {self.ws.dataset}`")
         return [run.run_id for run in found]
@@ -162,6 +164,7 @@ class ReportStep(DatasetStep):
 
     def run(self) -> StageReport:
         from vpipe.report import build_report
+        from vpipe.train import evaluate
 
         started = time.perf_counter()
         run_ids = self._runs()
