@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -84,6 +85,16 @@ def test_status_of_every_stage_imports_no_heavy_library(tmp_path):
     assert not {"torch", "h5py", "sklearn", "faiss", "dask", "distributed", "matplotlib"} & set(heavy), heavy
 
 
+@pytest.mark.parametrize("command", ["heads", "backbones"])
+def test_listings_build_no_model(command):
+    """``vpipe heads`` and ``vpipe backbones`` list from the declarations and the static
+    tables (checked below against the built models), without torch."""
+    code, heavy, out = _imported_by([command, "--json"])
+    assert code == 0
+    assert {row["name"] for row in json.loads(out)} == set(catalog.HEADS if command == "heads" else catalog.BACKBONES)
+    assert not {"torch", "h5py", "sklearn", "faiss", "pandas"} & set(heavy), heavy
+
+
 def test_help_lists_the_registered_names():
     _, _, out = _imported_by(["extract", "--help"])
     assert all(name in out for name in catalog.BACKBONES)
@@ -143,6 +154,8 @@ def test_catalog_head_declarations_are_the_registered_heads(name):
     redefined = [n for n in declared if inspect.getattr_static(cls, n) is not inspect.getattr_static(spec, n)]
     assert redefined == [], f"declare {redefined} in vpipe/head_specs.py"
     assert catalog.HEAD_PARAMETERS[name] == describe_head(name).parameters, "update HEAD_PARAMETERS in vpipe/catalog.py"
+    assert catalog.HEAD_HOOKS[name] == describe_head(name).hooks, "update HEAD_HOOKS in vpipe/catalog.py"
+    assert {row["name"]: row for row in catalog.describe_heads()}[name] == describe_head(name).__dict__
 
 
 def test_head_declaration_constants_equal_the_modules():
@@ -150,7 +163,7 @@ def test_head_declaration_constants_equal_the_modules():
     from vpipe.models.aggregation import AGGREGATIONS
 
     assert head_specs.AGGREGATIONS == AGGREGATIONS
-    assert set(catalog.HEAD_PARAMETERS) == set(catalog.HEADS)
+    assert set(catalog.HEAD_PARAMETERS) == set(catalog.HEAD_HOOKS) == set(catalog.HEADS)
 
 
 @pytest.mark.parametrize("name", catalog.BACKBONES)
@@ -166,6 +179,10 @@ def test_catalog_backbone_descriptions_equal_the_registry(name):
     for stream in ("rgb", "flow"):
         assert catalog.backbone_inputs(name, stream) == registry.backbone_inputs(name, stream), fix
     assert set(catalog.BACKBONE_DEFAULTS) == set(registry.list_backbones()), fix
+    with warnings.catch_warnings():  # built without weights: only its spec is read
+        warnings.simplefilter("ignore")
+        spec = registry.backbone(name).spec
+    assert catalog.BACKBONE_LISTING[name] == catalog._listing(spec), "update BACKBONE_LISTING in vpipe/catalog.py"
 
 
 def test_per_video_stage_status_imports_no_heavy_library(tmp_path):

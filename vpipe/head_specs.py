@@ -428,6 +428,27 @@ def prefixed_files(files: list[dict[str, Path]]) -> dict[str, Path]:
     return {stream_prefix(i) + key: path for i, part in enumerate(files) for key, path in part.items()}
 
 
+def describe_spec(spec: type[HeadSpec], *, parameters: int | None, hooks: list[str]) -> dict[str, Any]:
+    """A head as ``vpipe heads`` lists it (the fields of ``HeadInfo``), from its
+    declaration; the parameter count and the hooks it overrides come from its module."""
+    options = spec.validate_options({})
+    streams = tuple(f"<features{i + 1}>" for i in range(spec.streams))
+    return {
+        "name": spec.name,
+        "summary": spec.summary,
+        "inputs": [entry.to_dict() for entry in spec.input_spec(streams, options)],
+        "options": [
+            {"name": o.name, "default": o.default, "choices": list(o.choices) if o.choices else None, "help": o.help}
+            for o in spec.options
+        ],
+        "hooks": hooks,
+        "parameters": parameters,
+        "example_shapes": {role: list(shape) for role, shape in spec.example_shapes.items()},
+        "training": spec.training.to_dict(),
+        "version": spec.version,
+    }
+
+
 #: Every built-in head's declaration by name.
 HEAD_SPECS: dict[str, type[HeadSpec]] = {
     spec.name: spec for spec in (BiLSTMSoftAggSpec, DeepFusionSpec, STMANetSpec, VCMSDDSpec)

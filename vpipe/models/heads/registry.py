@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
 # The declarations are torch-free and live apart; re-exported, as heads and the trainer use them from here.
-from vpipe.head_specs import HeadInput, HeadOption, HeadSpec, TrainingDefaults  # noqa: F401
+from vpipe.head_specs import HeadInput, HeadOption, HeadSpec, TrainingDefaults, describe_spec  # noqa: F401
 
 
 @dataclass
@@ -196,25 +196,9 @@ class HeadInfo:
 def describe_head(name: str, num_classes: int = 101) -> HeadInfo:
     """Inputs, options, hooks, training defaults and the parameter count at ``example_shapes``."""
     cls = head_class(name)
-    options = cls.validate_options({})
-    streams = tuple(f"<features{i + 1}>" for i in range(cls.streams))
-    inputs = [spec.to_dict() for spec in cls.input_spec(streams, options)]
     parameters = None
     if cls.example_shapes:
         with torch.device("meta"):  # sizes only: no memory, no initialisation time
-            model = cls(dict(cls.example_shapes), num_classes, **options)
+            model = cls(dict(cls.example_shapes), num_classes, **cls.validate_options({}))
         parameters = int(sum(p.numel() for p in model.parameters()))
-    return HeadInfo(
-        name=name,
-        summary=cls.summary,
-        inputs=inputs,
-        options=[
-            {"name": o.name, "default": o.default, "choices": list(o.choices) if o.choices else None, "help": o.help}
-            for o in cls.options
-        ],
-        hooks=cls.hooks(),
-        parameters=parameters,
-        example_shapes={role: list(shape) for role, shape in cls.example_shapes.items()},
-        training=cls.training.to_dict(),
-        version=cls.version,
-    )
+    return HeadInfo(**describe_spec(cls, parameters=parameters, hooks=cls.hooks()))
