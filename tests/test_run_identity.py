@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vpipe.errors import ConfigError
 from vpipe.head_specs import HEAD_SPECS
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.store import ShardWriter, shard_name, write_index
@@ -102,3 +103,22 @@ def test_current_run_finds_the_run_train_reuses(tmp_path):
     assert current_run(ws, config) is None
     result = train(ws, config, reuse=True, threads=1)
     assert current_run(ws, config).run_id == result.run_id == existing_run(ws, config).run_id
+
+
+def test_index_columns_give_the_feature_set_s_numbers(tmp_path):
+    """What encode's plan reads from the columns equals what it read from the open set."""
+    from tests.fake_cache import make_workspace as make_sequences
+    from vpipe.encode.fit import descriptor_dim, train_descriptor_total
+    from vpipe.store.index_columns import index_columns
+
+    ws = make_sequences(tmp_path / "seq")
+    with ws.open_features("li3d-rgb") as features:
+        columns = index_columns(features.directory)
+        some = features.video_ids()[::3]
+        assert columns.sha256 == features.index_sha256
+        assert columns.layers == features.layers
+        assert columns.view0_ids == set(features.index.loc[features.index["view"] == 0, "video_id"])
+        assert columns.descriptor_dim("pool") == descriptor_dim(features, "pool")
+        assert columns.descriptor_total(some, "pool") == train_descriptor_total(features, some, "pool") > 0
+    with pytest.raises(ConfigError, match="no layer 'grid'"):
+        columns.descriptor_total(some, "grid")

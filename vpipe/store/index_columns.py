@@ -28,7 +28,7 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.store.index import INDEX_FILE, missing_index, producing_command
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IndexColumns:
     """The columns of one feature set's index that fingerprints and plans read.
 

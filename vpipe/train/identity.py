@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,10 +122,24 @@ def run_fingerprint(
 def status_fingerprint(ws: DatasetWorkspace, config: TrainConfig) -> str:
     """The fingerprint ``train(ws, config)`` would give its run, from the indexes as columns."""
     indexes = {name: feature_index(ws, name) for name in input_features(config)}
-    splits = assign_splits(ws, {name: index.view0_ids for name, index in indexes.items()}, config.val_fraction, config.seed)
+    splits = _splits(ws, tuple(indexes.values()), config.val_fraction, config.seed, _state(ws.manifest_path))
     require_test_videos(ws, config, splits)
     files = {key: file_identity(path) for key, path in run_files(ws, config).items()}
     return run_fingerprint(config, {name: index.sha256 for name, index in indexes.items()}, splits, files)
+
+
+def _state(path: Path) -> tuple[int, int]:
+    stat = path.stat() if path.exists() else None
+    return (stat.st_size, stat.st_mtime_ns) if stat else (-1, -1)
+
+
+@lru_cache(maxsize=16)
+def _splits(
+    ws: DatasetWorkspace, indexes: tuple[IndexColumns, ...], val_fraction: float, seed: int, manifest: tuple[int, int]
+) -> Splits:
+    """:func:`assign_splits` once per input sets, options and manifest state: status asks
+    again for every run that reads the same sets (the evaluate step for all of them)."""
+    return assign_splits(ws, {index.directory.name: index.view0_ids for index in indexes}, val_fraction, seed)
 
 
 def current_run(ws: DatasetWorkspace, config: TrainConfig) -> RunRecord | None:
