@@ -173,7 +173,7 @@ BACKBONE_LISTING: dict[str, dict[str, object]] = {
         "clip_length": 16,
         "mean": [0.0, 0.0, 0.0, 0.5, 0.5],
         "std": [1.0, 1.0, 1.0, 0.025, 0.025],
-        "layers": {"pool": [14, 396], "local": [180, 396]},
+        "layers": {"pool": [14, 504], "local": [180, 504]},
         "checkpoint_layout": "none",
         "licence": "",
     },
