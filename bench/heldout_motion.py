@@ -7,15 +7,18 @@ seeds) for the 11 classes whose only difference is motion or temporal order (dir
 4, rhythm: 3, order: 4), at half resolution (about 56-80 × 42-60 pixels) and 24 frames
 so that the flow fits the time of a benchmark, then runs the pipeline's own chain in
 process: TV-L1 (a coarse setting, stated in the JSON), the flow cache's uint8 coding,
-``hoghofmbh`` ``pool`` steps of the li3d plan's two 16-frame clips (28 steps of 396
+``hoghofmbh`` ``pool`` steps of the li3d plan's two 16-frame clips (28 steps of 504
 values per video). Videos ``k < --train`` of each class are fit, the last 12 are test.
+``--cache`` keeps the rendered frames and flow codes, so a changed descriptor is
+measured again on the same videos in seconds.
 
 Heads: :class:`vpipe.models.heads.bilstm.BiLSTMSoftAggHead` with ``temporal`` none,
 lstm and bilstm and ``aggregation=avg`` (the order-less row and two ordered rows), the
 main job's quick settings (hidden 64, dropout 0.5, AdamW lr 3e-3, weight decay 1e-2,
 batch 16, 40 epochs; no validation split, the epoch count is fixed), inputs
-standardised with train statistics per dimension (the head's rule) or with one shared
-scale (``--standardise global``). Reported per seed: top-1, accuracy per family, and
+standardised with train statistics as the head's ``prepare`` does (``head``: one shared
+scale for the columns the backbone declares histograms), per dimension (``dimension``,
+the rule for learned features) or with one scale for all (``global``). Reported per seed: top-1, accuracy per family, and
 the share of the order family's test videos predicted as their time-reversed partner.
 
     python bench/heldout_motion.py --cache /tmp/heldout.npz --out bench/results/heldout_motion.json
@@ -37,7 +40,8 @@ from vpipe.extract.inputs import LoadedClip
 from vpipe.flow.quantize import quantize_flow
 from vpipe.flow.tvl1 import tvl1
 from vpipe.models import backbone
-from vpipe.models.heads.bilstm import BiLSTMSoftAggHead
+from vpipe.models.backbones.registry import backbone_version, histogram_blocks
+from vpipe.models.heads.bilstm import BiLSTMSoftAggHead, input_scales
 from vpipe.video.sampling import li3d_clips
 
 CLASSES = (*FAMILIES["direction"], *FAMILIES["rhythm"], *FAMILIES["order"])
@@ -47,13 +51,17 @@ TVL1 = {"nscales": 3, "warps": 2, "outer_iterations": 2, "inner_iterations": 10}
 SEED = 7
 
 
-def video_steps(class_name: str, k: int, model: torch.nn.Module) -> np.ndarray:
-    """(28, 396) ``pool`` steps of one rendered video, as the extract stage computes them."""
+def render(class_name: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half-resolution frames (T, h, w, 3) and their uint8 flow codes (T - 1, h, w, 2) of one video."""
     frames = torch.from_numpy(render_video(class_name, video_seed(SEED, f"{class_name}_{k:03d}"), num_frames=FRAMES))
     half = torch.nn.functional.avg_pool2d(frames.permute(0, 3, 1, 2).float(), 2)
     x = half.round().clamp(0, 255).byte().permute(0, 2, 3, 1).contiguous()
     codes = quantize_flow(tvl1(x[:-1], x[1:], **TVL1)).numpy().transpose(0, 2, 3, 1)
-    rgb = x.numpy()
+    return x.numpy(), np.ascontiguousarray(codes)
+
+
+def video_steps(rgb: np.ndarray, codes: np.ndarray, model: torch.nn.Module) -> np.ndarray:
+    """(28, D) ``pool`` steps of one rendered video, as the extract stage computes them."""
     steps = []
     for index in li3d_clips(FRAMES - 1, 16, 2, np.random.default_rng(0)):
         clip = LoadedClip(0, 0, np.concatenate([rgb[index], codes[index]], -1))
@@ -61,21 +69,32 @@ def video_steps(class_name: str, k: int, model: torch.nn.Module) -> np.ndarray:
     return np.concatenate(steps)
 
 
-def dataset(per_class: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Steps (n, 28, 396), labels, per-class index k, and the seconds it took (0 from the cache)."""
+def rendered(per_class: int, cache: Path | None) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray, float]:
+    """Frames and flow codes of every video, labels, per-class index k, and the seconds it took (0 from the cache).
+
+    The cache keeps the frames and flow, the expensive part (minutes per core), not the
+    descriptors, so a changed descriptor is measured on the same videos without rendering again.
+    """
     if cache is not None and cache.is_file():
         saved = np.load(cache)
         if len(saved["y"]) == per_class * len(CLASSES):
-            return saved["X"], saved["y"], saved["k"], 0.0
-    model = backbone("hoghofmbh")
+            videos = [(saved[f"rgb_{i}"], saved[f"flow_{i}"]) for i in range(len(saved["y"]))]
+            return videos, saved["y"], saved["k"], 0.0
     start = time.perf_counter()
-    rows = [(label, k, video_steps(name, k, model)) for label, name in enumerate(CLASSES) for k in range(per_class)]
+    keys = [(label, k) for label in range(len(CLASSES)) for k in range(per_class)]
+    videos = [render(CLASSES[label], k) for label, k in keys]
     seconds = time.perf_counter() - start
-    x = np.stack([r[2] for r in rows])
-    y, k = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+    y, k = np.array([key[0] for key in keys]), np.array([key[1] for key in keys])
     if cache is not None:
-        np.savez(cache, X=x, y=y, k=k)
-    return x, y, k, seconds
+        arrays = {f"rgb_{i}": v[0] for i, v in enumerate(videos)} | {f"flow_{i}": v[1] for i, v in enumerate(videos)}
+        np.savez(cache, y=y, k=k, **arrays)
+    return videos, y, k, seconds
+
+
+def histogram_columns(width: int) -> tuple[tuple[int, int], ...]:
+    """The range of histogram columns ``hoghofmbh`` declares for steps ``width`` wide, as the trainer reads it."""
+    widths = histogram_blocks("hoghofmbh", "pool", backbone_version("hoghofmbh"), width)
+    return ((0, sum(widths)),) if widths else ()
 
 
 def train_and_test(temporal: str, x: torch.Tensor, y: torch.Tensor, fit: np.ndarray, test: np.ndarray,
@@ -84,7 +103,11 @@ def train_and_test(temporal: str, x: torch.Tensor, y: torch.Tensor, fit: np.ndar
     torch.manual_seed(seed)
     head = BiLSTMSoftAggHead(x.shape[-1], len(CLASSES), temporal=temporal, hidden=64, aggregation="avg")
     steps = x[fit].reshape(-1, x.shape[-1]).double()
-    std = steps.std(0).clamp_min(1e-6) if standardise == "dimension" else steps.std().expand(x.shape[-1])
+    if standardise == "global":
+        std = steps.std().expand(x.shape[-1])
+    else:
+        histograms = histogram_columns(x.shape[-1]) if standardise == "head" else ()
+        std = torch.from_numpy(input_scales(steps.numpy(), histograms))
     head.set_input_statistics(steps.mean(0), std)
     optimiser = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-2)
     rng = np.random.default_rng(seed)
@@ -123,12 +146,16 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=40, help="videos per class (the last 12 are test)")
     parser.add_argument("--train", type=int, default=28, help="fit videos per class (k < train)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--standardise", choices=("dimension", "global"), default="dimension")
-    parser.add_argument("--cache", type=Path, default=None, help="npz of the rendered set's steps, reused when present")
+    parser.add_argument("--standardise", choices=("head", "dimension", "global"), default="head",
+                        help="the head's rule (one scale for declared histogram columns), per dimension, or one scale")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="npz of the rendered set's frames and flow codes, reused when present")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    x, y, k, seconds = dataset(args.per_class, args.cache)
+    videos, y, k, seconds = rendered(args.per_class, args.cache)
+    model = backbone("hoghofmbh")
+    x = np.stack([video_steps(rgb, codes, model) for rgb, codes in videos])
     fit = np.flatnonzero(k < min(args.train, args.per_class - TEST))
     test = np.flatnonzero(k >= args.per_class - TEST)
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)

@@ -6,7 +6,8 @@ made of the same two kinds of step in opposite temporal order (P then Q vs Q the
 so any order-less pooling of the raw steps is at chance on them and only a temporal
 model separates all four. Train videos have a second, noisier cached view.
 ``make_workspace(root, features=("li3d-rgb", "li3d-flow"))`` writes the same videos
-into several feature sets (different noise per set), as rgb and flow streams.
+into several feature sets (different noise per set), as rgb and flow streams;
+``provenance`` replaces the shards' ``{"backbone": "fake"}``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def make_workspace(
     videos: int = 10,
     test: int = 3,
     features: tuple[str, ...] = (FEATURES,),
+    provenance: dict | None = None,
 ) -> DatasetWorkspace:
     rng = np.random.default_rng(seed)
     modes = rng.normal(scale=2.0, size=(4, D))
@@ -56,7 +58,8 @@ def make_workspace(
             views = 2 if split == "train" else 1
             for name in features:
                 directory = ws.features_dir(name)
-                with ShardWriter(directory / shard_name("extract", video_id), attrs={"backbone": "fake"}) as writer:
+                attrs = provenance or {"backbone": "fake"}
+                with ShardWriter(directory / shard_name("extract", video_id), attrs=attrs) as writer:
                     for view in range(views):
                         jitter = rng.normal(scale=0.3 * view, size=(tau * clips, D))
                         sequence = _steps(label, tau * clips, modes, rng) + jitter

@@ -40,9 +40,11 @@ from vpipe.stages.extract import ExtractStage
 from vpipe.stages.flow import FlowStage
 
 NAME = "hoghofmbh"
-BINS = {"hog": 8, "hof": 9, "mbhx": 8, "mbhy": 8}
+BINS = {"hog": 8, "hof": 9, "mbhx": 8, "mbhy": 8, "colour": 9}
+DIM = 12 * sum(BINS.values())
 LUMA = np.array([0.299, 0.587, 0.114])
 NO_MOTION = 0.4
+NO_COLOUR = 0.15
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +65,12 @@ def np_gradients(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[-1, 0, 1] differences of a 2-D image with its border pixels repeated."""
     p = np.pad(image, 1, mode="edge")
     return p[1:-1, 2:] - p[1:-1, :-2], p[2:, 1:-1] - p[:-2, 1:-1]
+
+
+def np_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Opponent colour of (..., 3) values in [0, 1]: red against green, and yellow against blue."""
+    r, g, b = np.moveaxis(rgb, -1, 0)
+    return (r - g) / math.sqrt(2), (r + g - 2 * b) / math.sqrt(6)
 
 
 def np_votes(dx: np.ndarray, dy: np.ndarray, no_motion: float | None = None) -> np.ndarray:
@@ -89,7 +97,8 @@ def lower_median(a: np.ndarray) -> float:
 
 def np_frame_votes(rgb: np.ndarray, flow: np.ndarray, camera: str = "median") -> dict[str, np.ndarray]:
     """Per descriptor type, (T, bins, H, W) from uint8 frames (T, H, W, 3) and flow codes (T, 2, H, W);
-    with ``camera="median"`` HOF reads the flow less each frame's median flow."""
+    with ``camera="median"`` HOF reads the flow less each frame's median flow. Colour votes each
+    pixel's opponent chroma like a gradient, with a grey bin for chroma up to NO_COLOUR."""
     grey = rgb.astype(np.float64) / 255.0 @ LUMA
     uv = flow.astype(np.float64) * 40.0 / 255.0 - 20.0
     out = {name: [] for name in BINS}
@@ -102,6 +111,7 @@ def np_frame_votes(rgb: np.ndarray, flow: np.ndarray, camera: str = "median") ->
             out["hof"].append(np_votes(u, v, NO_MOTION))
         out["mbhx"].append(np_votes(*np_gradients(u)))
         out["mbhy"].append(np_votes(*np_gradients(v)))
+        out["colour"].append(np_votes(*np_chroma(rgb[t] / 255.0), NO_COLOUR))
     return {name: np.stack(v) for name, v in out.items()}
 
 
@@ -202,6 +212,33 @@ def test_each_type_is_root_l1_normalised() -> None:
         assert (block(got["local"], name) >= 0).all()
 
 
+def test_grey_frames_vote_only_the_grey_bin_of_colour() -> None:
+    """Any grey level has zero chroma: the colour block is all in its last (grey) bin."""
+    grey = np.repeat(texture(6, 32, 32, 3)[..., :1], 3, axis=-1)
+    colour = block(forward(grey, uniform(0.0, 0.0, (6, 32, 32)))["pool"], "colour")
+    expected = np.zeros((12, 9))
+    expected[:, 8] = np.sqrt(1 / 12)
+    np.testing.assert_allclose(colour, np.broadcast_to(expected, colour.shape), atol=1e-6)
+
+
+def test_colour_block_orders_a_red_then_blue_patch() -> None:
+    """A patch turning from red to blue on grey: the first temporal cell holds red's hue bin,
+    the last blue's, and the time-reversed clip swaps them, which grey levels cannot show
+    (the synthetic set's red (220, 30, 30) and blue (30, 60, 230) differ by 17 in luma)."""
+    frames = np.full((3, 32, 32, 3), 128, np.uint8)
+    frames[0, 8:24, 8:24] = (220, 30, 30)
+    frames[1, 8:24, 8:24] = (220, 30, 30)
+    frames[2, 8:24, 8:24] = (30, 60, 230)
+    red = int(np.argmax(np_votes(*np_chroma(np.array([220, 30, 30]) / 255.0))))
+    blue = int(np.argmax(np_votes(*np_chroma(np.array([30, 60, 230]) / 255.0))))
+    assert red != blue
+    still = uniform(0.0, 0.0, (3, 32, 32))
+    forward_, backward = (block(forward(f, still)["pool"][0], "colour").reshape(3, 4, 9) for f in (frames, frames[::-1]))
+    assert forward_[0, :, red].sum() > 0 and forward_[0, :, blue].sum() == 0
+    assert forward_[2, :, blue].sum() > 0 and forward_[2, :, red].sum() == 0
+    np.testing.assert_allclose(backward, forward_[::-1], atol=1e-6)
+
+
 @pytest.mark.parametrize(("u", "v", "bin_"), [(2.0, 0.0, 0), (1.5, 1.5, 1), (0.0, -3.0, 6), (-2.0, 0.0, 4)])
 def test_pure_translation_puts_hof_in_one_bin(u: float, v: float, bin_: int) -> None:
     """Every pixel moving by (u, v): HOF is the bin of that direction (y points down)."""
@@ -270,7 +307,7 @@ def test_registry_lists_it_without_weights_or_warning() -> None:
     built = model()
     assert built.weights_info.sha256 == "none" and built.spec.num_params == 0 and not built.training
     # 16 frames of 112 x 112: 14 frame-pair windows, 5 disjoint ones x 36 patches
-    assert built.spec.layer_shapes() == {"pool": (14, 396), "local": (180, 396)}
+    assert built.spec.layer_shapes() == {"pool": (14, DIM), "local": (180, DIM)}
     with pytest.raises(ConfigError, match="no weights to load"):
         backbone(NAME, weights="x.pt")
     with pytest.raises(ConfigError, match="leave --stream at rgb"):
@@ -320,13 +357,13 @@ def test_stage_caches_the_descriptors_of_frames_and_cached_flow(tmp_path: Path) 
         expected = np_layers(rgb, flow["flow"], **STAGE_OPTIONS)
         arrays, provenance = read_row(ws.features_dir(NAME), row.video_id, row.clip, row.view)
         assert {k: (v.shape, v.dtype) for k, v in arrays.items()} == {
-            "pool": ((1, 396), np.float16), "local": ((9, 396), np.float16)}
+            "pool": ((1, DIM), np.float16), "local": ((9, DIM), np.float16)}
         for layer in ("pool", "local"):
             np.testing.assert_allclose(arrays[layer].astype(np.float32), expected[layer], atol=2e-3)
         hof = block(arrays["pool"].astype(np.float32)[0], "hof").sum(0)
         assert np.argmax(hof) == (4 if row.flip else 0), "a rightward texture moves left once flipped"
     assert provenance["inputs"] == ["rgb", "flow"] and provenance["weights_sha256"] == "none"
-    assert provenance["resolved_options"] == {**STAGE_OPTIONS, "stride": 8} and provenance["backbone_version"] == 2
+    assert provenance["resolved_options"] == {**STAGE_OPTIONS, "stride": 8} and provenance["backbone_version"] == 3
 
 
 @pytest.mark.slow
@@ -389,11 +426,11 @@ def test_a_bumped_backbone_version_makes_cached_features_stale(tmp_path: Path, m
     from vpipe.pipeline.workspace import DatasetWorkspace
 
     ws = DatasetWorkspace(tmp_path, "clips")
-    assert registry.backbone_version(NAME) == 2 and registry.backbone_version("li3d") == 1
+    assert registry.backbone_version(NAME) == 3 and registry.backbone_version("li3d") == 1
     now = ExtractStage(ws, backbone=NAME).model_fingerprint()
     li3d = ExtractStage(ws, backbone="li3d").model_fingerprint()
     # Stages read the static copy of the versions (kept equal to the registry's by tests/test_cli_imports.py).
-    monkeypatch.setitem(catalog.BACKBONE_VERSIONS, NAME, 3)
+    monkeypatch.setitem(catalog.BACKBONE_VERSIONS, NAME, 4)
     monkeypatch.setitem(catalog.BACKBONE_VERSIONS, "li3d", 1)
     assert ExtractStage(ws, backbone=NAME).model_fingerprint() != now
     assert ExtractStage(ws, backbone="li3d").model_fingerprint() == li3d

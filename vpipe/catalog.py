@@ -84,7 +84,7 @@ BACKBONE_PLANS: dict[str, tuple[str, dict[str, object]]] = {
 }
 
 #: ``backbone_version(name)`` where it is not 1.
-BACKBONE_VERSIONS: dict[str, int] = {"hoghofmbh": 2}
+BACKBONE_VERSIONS: dict[str, int] = {"hoghofmbh": 3}
 
 #: Backbones for which ``is_weightless(name)`` holds.
 WEIGHTLESS_BACKBONES = ("hoghofmbh",)

@@ -161,6 +161,29 @@ class InputReader:
             shapes[spec.role] = tuple(int(n) for n in shape)
         return shapes
 
+    def histogram_columns(self, role: str) -> tuple[tuple[int, int], ...]:
+        """Per feature set of ``role``, the (start, stop) range of its columns that are declared histograms.
+
+        A feature set's backbone and version come from its provenance; the backbone
+        registry says which layers of that version are histograms, block by block
+        (:func:`vpipe.models.backbones.registry.histogram_blocks`), and a set's blocks
+        make one range. Sets joined along the feature axis keep their offsets; a set that
+        declares none contributes no range.
+        """
+        from vpipe.models.backbones.registry import histogram_blocks
+
+        spec = next(s for s in self.inputs if s.role == role)
+        ranges, offset = [], 0
+        for name in spec.features:
+            fs = self.sets[name]
+            width = json.loads(fs.index["layers"].iloc[0])[spec.layer]["shape"][-1]
+            version = fs.provenance.get("backbone_version")
+            blocks = histogram_blocks(str(fs.provenance.get("backbone")), spec.layer, version, width)
+            if blocks:
+                ranges.append((offset, offset + sum(blocks)))
+            offset += width
+        return tuple(ranges)
+
     def check_alignment(self, video_ids: Sequence[str], *, all_views: bool) -> None:
         """One clear error, before training, for a video missing or misaligned in a set."""
         first = next(iter(self.sets.values()))

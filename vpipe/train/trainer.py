@@ -290,6 +290,7 @@ def _prepare(model: Head, config: TrainConfig, reader: InputReader, inputs: _Inp
         files={key: Path(entry["path"]) for key, entry in inputs.files.items()},
         fit_videos=len(fit),
         seed=config.seed,
+        histogram_columns=reader.histogram_columns,
     )
     return model.prepare(data)
 

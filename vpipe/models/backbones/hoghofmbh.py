@@ -1,13 +1,33 @@
-"""HOG, HOF and MBH on a dense grid: motion descriptors that need no weights.
+"""HOG, HOF and MBH (and a colour histogram) on a dense grid: motion descriptors that need no weights.
 
 These are the descriptors of Wang et al.'s dense trajectories, computed on fixed
 grid positions instead of along tracked points: per frame, every pixel votes its
 magnitude into orientation bins of the image gradient (HOG, 8 bins), of the flow
 (HOF, 8 bins plus a no-motion bin) and of the spatial gradients of each flow
-component (MBHx, MBHy, 8 bins each). Votes are averaged in nx = 2 x ny = 2 x nt = 3
-spatio-temporal cells, and each descriptor type is L1-normalised over its cells and
-square-rooted (RootSIFT), as in the improved-trajectories recipe. MBH ignores a
+component (MBHx, MBHy, 8 bins each), and its colour votes its chroma into hue bins
+(colour, 8 bins plus a no-colour bin; below). Votes are averaged in nx = 2 x ny = 2 x
+nt = 3 spatio-temporal cells, and each descriptor type is L1-normalised over its cells
+and square-rooted (RootSIFT), as in the improved-trajectories recipe. MBH ignores a
 constant flow, so camera translation does not reach it.
+
+Colour (not in Wang et al., whose descriptors are grey-level): a pixel's opponent chroma
+``((r - g) / sqrt 2, (r + g - 2b) / sqrt 6)`` (r, g, b in [0, 1]) is a 2-D vector whose
+angle is the hue and whose length is the colourfulness; it votes like a gradient into 8
+hue bins, and pixels of chroma below ``NO_COLOUR`` vote that amount into a grey bin, as
+still pixels do in HOF. Why: grey levels cannot tell apart actions that differ only in the
+colour of what is seen when (a light turning from red to green, a red then a blue object:
+the synthetic set's ``RedThenBlue`` / ``BlueThenRed`` pair, time-reversed partners, whose
+colours have luma 87 and 70 and were at chance with grey descriptors). A histogram rather
+than a per-cell mean chroma: a small saturated object moves a cell's mean little against
+a tinted background, but its mass in its hue bin stands out against the grey bin, the way
+HOF's no-motion bin lets a small moving object stand out. It costs one more histogram pass
+(the cheapest of the five: no gradients) and 108 values per step.
+
+Blocks are commensurable by construction: each type is normalised over its own cells, so
+every block of a step has unit L2 norm after the square root whatever its number of
+bins; it is the spread of a block across videos, not its size, that can make a head
+favour it, which the head's input scaling decides (the declared histograms share one
+scale; see :data:`HISTOGRAM_BLOCKS` and :func:`vpipe.models.heads.bilstm.input_scales`).
 
 The input is a clip of the frames and their cached TV-L1 flow stacked as five
 channels (r, g, b in [0, 1]; u, v in pixels). Two layers are cached:
@@ -34,8 +54,8 @@ actor's own motion; ``none`` keeps the raw flow. MBH needs no compensation: it i
 gradient of the flow, which a translation does not change. The option is part of the
 extract fingerprint and of the feature set's provenance.
 
-D = 12 cells x (8 + 9 + 8 + 8) bins = 396, laid out type by type (HOG, HOF, MBHx,
-MBHy), each type as (t-cell, y-cell, x-cell, bin).
+D = 12 cells x (8 + 9 + 8 + 8 + 9) bins = 504, laid out type by type (HOG, HOF, MBHx,
+MBHy, colour), each type as (t-cell, y-cell, x-cell, bin).
 """
 
 from __future__ import annotations
@@ -60,9 +80,24 @@ ORIENTATIONS = 8
 #: codes to a zero flow are +-0.08 px.
 NO_MOTION = 0.4
 NT, NY, NX = 3, 2, 2
-DESCRIPTORS = (("hog", ORIENTATIONS), ("hof", ORIENTATIONS + 1), ("mbhx", ORIENTATIONS), ("mbhy", ORIENTATIONS))
+#: Chroma (opponent-colour vector length, colour values in [0, 1]) at or below which a
+#: pixel votes for the colour block's grey bin: above the tint of a grey surface under
+#: coloured light (up to ~0.1 for channel gains 0.9-1.1) and camera noise, well below a
+#: saturated colour (0.5-0.7).
+NO_COLOUR = 0.15
+DESCRIPTORS = (
+    ("hog", ORIENTATIONS),
+    ("hof", ORIENTATIONS + 1),
+    ("mbhx", ORIENTATIONS),
+    ("mbhy", ORIENTATIONS),
+    ("colour", ORIENTATIONS + 1),
+)
 CELLS = NT * NY * NX
 DIM = CELLS * sum(bins for _, bins in DESCRIPTORS)
+#: Widths of the consecutive histogram blocks of both layers, in layout order: what the
+#: backbone declares so that heads scale them as histograms (one shared scale) instead of
+#: per bin.
+HISTOGRAM_BLOCKS = tuple(CELLS * bins for _, bins in DESCRIPTORS)
 #: Camera-motion handling for HOF: ``median`` subtracts each frame's median flow (a
 #: translation-only stand-in for improved trajectories' homography), so a panning
 #: background stops drowning the actors' motion; MBH needs none. See the module docstring.
@@ -72,6 +107,8 @@ CAMERA_DEFAULT = "median"
 STEP, STRIDE = NT, 1
 #: ITU-R BT.601 luma, the grey level OpenCV (and so the dense-trajectory code) uses.
 LUMA = (0.299, 0.587, 0.114)
+#: Opponent-colour axes (r - g, and r + g against b), orthonormal and orthogonal to grey.
+CHROMA = ((1 / math.sqrt(2), -1 / math.sqrt(2), 0.0), (1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)))
 #: Flow codes q in 0..255 map to q * 40 / 255 - 20 pixels (bound 20) through the spec's
 #: mean/std, which apply to values scaled to [0, 1]: (q / 255 - 0.5) / 0.025.
 FLOW_MEAN, FLOW_STD = 0.5, 0.025
@@ -251,14 +288,22 @@ class DenseDescriptors(nn.Module):
         return {"pool": torch.cat(pooled, -1), "local": torch.cat(local, -1).reshape(n, -1, DIM)}
 
     def _vectors(self, x: Tensor) -> list[tuple[Tensor, Tensor, float | None]]:
-        """(N, T, H, W) x/y components and no-motion threshold of HOG, HOF, MBHx and MBHy."""
+        """(N, T, H, W) x/y components and no-vote threshold of HOG, HOF, MBHx, MBHy and colour."""
         luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
         grey = (x[:, :3] * luma).sum(1)
+        chroma = torch.tensor(CHROMA, dtype=x.dtype, device=x.device).view(2, 1, 3, 1, 1, 1)
+        opponent = (x[None, :, :3] * chroma).sum(2)
         u, v = x[:, 3], x[:, 4]
         moving = (u, v)
         if self.camera == "median":
             moving = tuple(c - c.flatten(-2).median(-1).values[..., None, None] for c in (u, v))
-        return [(*gradients(grey), None), (*moving, NO_MOTION), (*gradients(u), None), (*gradients(v), None)]
+        return [
+            (*gradients(grey), None),
+            (*moving, NO_MOTION),
+            (*gradients(u), None),
+            (*gradients(v), None),
+            (opponent[0], opponent[1], NO_COLOUR),
+        ]
 
 
 def _patch_descriptors(cells: Tensor, steps: int) -> Tensor:
@@ -270,11 +315,17 @@ def _patch_descriptors(cells: Tensor, steps: int) -> Tensor:
     return grouped.reshape(n, steps, rows * cols, CELLS * bins)
 
 
-@register_backbone("hoghofmbh", inputs=("rgb", "flow"), weightless=True, version=2)
+@register_backbone(
+    "hoghofmbh",
+    inputs=("rgb", "flow"),
+    weightless=True,
+    version=3,
+    histograms={"pool": HISTOGRAM_BLOCKS, "local": HISTOGRAM_BLOCKS},
+)
 def hoghofmbh(
     *, stream: str = "rgb", step: int = STEP, stride: int = STRIDE, cell: int = 16, camera: str = CAMERA_DEFAULT
 ) -> DenseDescriptors:
-    """Dense HOG/HOF/MBH of the frames and their cached flow: one feature set, no streams."""
+    """Dense HOG/HOF/MBH/colour of the frames and their cached flow: one feature set, no streams."""
     if stream != "rgb":
         raise ConfigError(
             "backbone hoghofmbh reads the frames and their flow together as one input: "

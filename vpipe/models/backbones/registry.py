@@ -96,6 +96,7 @@ _INPUTS: dict[str, tuple[str, ...]] = {}
 _WEIGHTLESS: set[str] = set()
 _VERSIONS: dict[str, int] = {}
 _PLANS: dict[str, tuple[str, dict[str, object]]] = {}
+_HISTOGRAMS: dict[str, dict[str, tuple[int, ...]]] = {}
 
 
 def register_backbone(
@@ -105,6 +106,7 @@ def register_backbone(
     weightless: bool = False,
     version: int = 1,
     plan: tuple[str, dict[str, object]] | None = None,
+    histograms: dict[str, tuple[int, ...]] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register a builder ``fn(*, stream, **options) -> module`` under ``name``.
 
@@ -117,6 +119,9 @@ def register_backbone(
     everything fitted on them go stale. ``plan`` = (sampler, options) is how the
     backbone's paper samples its clips: the plan ``vpipe run`` and ``vpipe plan`` make
     for it when no sampler is named, under the backbone's name (see :func:`backbone_plan`).
+    ``histograms`` = {layer: block widths} declares that a layer's last axis is made of
+    consecutive normalised histograms of those widths, at this version (see
+    :func:`histogram_blocks`).
     """
     if version < 1:
         raise ValueError(f"backbone {name!r}: version must be a positive integer, got {version}")
@@ -132,6 +137,8 @@ def register_backbone(
         _VERSIONS[name] = version
         if plan is not None:
             _PLANS[name] = (plan[0], dict(plan[1]))
+        if histograms:
+            _HISTOGRAMS[name] = {layer: tuple(widths) for layer, widths in histograms.items()}
         return fn
 
     return decorator
@@ -166,6 +173,24 @@ def backbone_plan(name: str) -> DefaultPlan:
 def backbone_version(name: str) -> int:
     """The registered output version of backbone ``name`` (1 unless its code was bumped)."""
     return _VERSIONS.get(name, 1)
+
+
+def histogram_blocks(name: str, layer: str, version: int | None, width: int) -> tuple[int, ...]:
+    """Widths of the histogram blocks of ``layer`` of features extracted by backbone ``name``
+    at ``version`` whose entries are ``width`` wide, or ``()`` for features that are not
+    declared histograms.
+
+    Why a declaration: the bins of a normalised histogram are one quantity split between
+    bins, and a bin that is near-constant (a still background's orientations) has no more
+    meaning when scaled up to unit spread; heads that standardise their inputs give such a
+    block one shared scale (see ``bilstm-softagg``), and learned features, whose dimensions
+    are unrelated, keep one scale per dimension. Only features of the registered version
+    are declared, so a set extracted with another layout keeps per-dimension scaling.
+    """
+    widths = _HISTOGRAMS.get(name, {}).get(layer, ())
+    if not widths or version != backbone_version(name) or sum(widths) != width:
+        return ()
+    return widths
 
 
 def is_weightless(name: str) -> bool:

@@ -67,6 +67,7 @@ class LateFusion(Head):
                 files={k[len(prefix) :]: v for k, v in data.files.items() if k.startswith(prefix)},
                 fit_videos=data.fit_videos,
                 seed=data.seed,
+                histogram_columns=_prefixed_columns(data.histogram_columns, prefix),
             )
             records[str(i)] = head.prepare(part)
         return records
@@ -74,6 +75,10 @@ class LateFusion(Head):
 
 def _prefixed_sample(sample: Callable[[str, int], Any], prefix: str) -> Callable[[str, int], Any]:
     return lambda role, limit: sample(prefix + role, limit)
+
+
+def _prefixed_columns(columns: Callable[[str], Any], prefix: str) -> Callable[[str], Any]:
+    return lambda role: columns(prefix + role)
 
 
 def _prefixed_batches(batches: Callable[[], Any], prefix: str) -> Callable[[], Any]:

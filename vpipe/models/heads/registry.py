@@ -162,7 +162,9 @@ class PrepareData:
     ``sample(role, limit)`` gives up to ``limit`` view-0 entries of ``role`` from the fit
     videos in a seeded random order, stacked ``(n, *shape)`` float32; ``batches()`` yields
     the fit videos' view-0 :class:`HeadBatch` es in loader order; ``files`` holds the
-    resolved :meth:`Head.external_files`.
+    resolved :meth:`Head.external_files`; ``histogram_columns(role)`` gives, per feature
+    set of ``role``, the (start, stop) range of its columns that its backbone declares
+    normalised histograms (none for learned features), for heads that scale their inputs.
     """
 
     sample: Callable[[str, int], np.ndarray]
@@ -170,6 +172,7 @@ class PrepareData:
     files: dict[str, Path]
     fit_videos: int
     seed: int
+    histogram_columns: Callable[[str], tuple[tuple[int, int], ...]] = lambda role: ()
 
 
 class Head(nn.Module):
