@@ -164,7 +164,7 @@ QUICK_HEAD: dict[str, Any] = dict(hidden=64, clusters=16)
 def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
     """The config of a main-job run of ``vpipe run``: a BiLSTM with the head's default
     aggregation, sized by :data:`QUICK` for the built-in synthetic dataset on a laptop
-    CPU (``TrainStep`` trains it, :func:`vpipe.train.identity.current_run` checks it).
+    CPU (``TrainStage`` trains it, :func:`vpipe.train.identity.current_run` checks it).
 
     ``overrides`` may name training options or head options (``clusters=8``).
     """

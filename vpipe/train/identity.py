@@ -8,11 +8,11 @@ returns a finished run of the same fingerprint instead of training again, which 
 
 Nothing here needs torch or h5py: the head's part comes from its declaration
 (:mod:`vpipe.head_specs`), and the feature sets' part from their indexes read as Arrow
-columns, each once per process (:mod:`vpipe.store.index_columns`). Unlike training,
+columns, each once per process (:mod:`vpipe.store.index_columns`). The trainer computes
+the fingerprint from the same functions with the feature sets it has open, so the two
+agree by construction; a test checks that they do for every head. Unlike training,
 status opens no shard, so a run whose inputs would fail the reader's own checks (a
-missing layer, sets from different plans) shows as to do, and training names the error. The trainer computes the
-fingerprint from the same functions with the feature sets it has open, so the two agree
-by construction; a test checks that they do for every head.
+missing layer, sets from different plans) shows as to do, and training names the error.
 """
 
 from __future__ import annotations
