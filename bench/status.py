@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import cpu_model, load_average
 from vpipe.pipeline.executor import Outcome, WorkItem
 from vpipe.pipeline.runner import run_stage
-from vpipe.pipeline.stage import Stage
+from vpipe.pipeline.stage import WholeDatasetStage
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.chain import ChainOptions, build_chain
+from vpipe.stages.main_job import ChainOptions, main_job
 from vpipe.stages.dataset import configure_dataset
 from vpipe.video.jobs import VideoJob
 
@@ -95,8 +95,8 @@ def build(root: Path, videos: int) -> dict[str, float]:
     ws = DatasetWorkspace(root, DATASET)
     configure_dataset(ws, adapter="folder", root=source)
     seconds = {}
-    for step in build_chain(ws, ws.read_config(), ChainOptions()):
-        if isinstance(step, Stage):
+    for step in main_job(ws, ws.read_config(), ChainOptions()):
+        if not isinstance(step, WholeDatasetStage):
             started = time.perf_counter()
             run_stage(step, FabricatedExecutor(), progress=False)
             seconds[step.label] = round(time.perf_counter() - started, 2)
@@ -108,8 +108,8 @@ def rerun(root: Path) -> dict[str, float]:
     """Every per-video stage again with nothing to do: the engine's resume path, per stage."""
     ws = DatasetWorkspace(root, DATASET)
     seconds = {}
-    for step in build_chain(ws, ws.read_config(), ChainOptions()):
-        if isinstance(step, Stage):
+    for step in main_job(ws, ws.read_config(), ChainOptions()):
+        if not isinstance(step, WholeDatasetStage):
             started = time.perf_counter()
             report = run_stage(step, FabricatedExecutor(), progress=False)
             assert report.computed == 0, f"{step.label} recomputed {report.computed} items"

@@ -20,7 +20,7 @@ from vpipe import catalog
 from vpipe.cli.app import app
 from vpipe.data.base import PAPER_DEFAULTS
 from vpipe.data.synthetic import SyntheticDataset
-from vpipe.stages.chain import ChainOptions
+from vpipe.stages.main_job import ChainOptions
 from vpipe.video.plan import sampler_config
 from vpipe.video.sampling import strided_clips
 

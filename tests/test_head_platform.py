@@ -30,7 +30,9 @@ from vpipe.models.heads import (
 )
 from vpipe.models.heads.fusion import LateFusion
 from vpipe.models.heads.registry import HeadInput, unregister_head
-from vpipe.stages.dataset_steps import ReportStep, TrainStep
+from vpipe.pipeline.executor import InProcessExecutor
+from vpipe.pipeline.runner import run_stage, stage_status
+from vpipe.stages.dataset_steps import ReportStage, TrainStage
 from vpipe.store import ShardWriter, shard_name, write_index
 from vpipe.train import TrainConfig, evaluate, train
 from vpipe.train.data import InputReader, assemble, loader
@@ -252,20 +254,28 @@ def test_streaming_from_shards_equals_reading_through_the_cache(ws):
 
 def test_status_says_what_run_would_do(ws):
     configs = [TrainConfig(head_options=SMALL, **QUICK), TrainConfig(features=FLOW, head_options=SMALL, **QUICK)]
-    steps = [*(TrainStep(ws, c) for c in configs), ReportStep(ws, configs, tsne=False)]
-    assert [s.status().done for s in steps[:2]] == [0, 0]
-    assert not steps[2].status().ready
-    assert [s.run().computed for s in steps] == [1, 1, 1]
-    assert [s.status().done for s in steps] == [1, 1, 1]
-    assert [s.run().computed for s in steps] == [0, 0, 0]
+    trains = [TrainStage(ws, c, inputs=()) for c in configs]
+    stages = [*trains, ReportStage(ws, trains, tsne=False)]
+
+    def status() -> list[int]:
+        return [stage_status(stage).done for stage in stages]
+
+    def run() -> list[int]:
+        return [run_stage(stage, InProcessExecutor(), progress=False).computed for stage in stages]
+
+    assert status()[:2] == [0, 0]
+    assert not stage_status(stages[2]).ready
+    assert run() == [1, 1, 1]
+    assert status() == [1, 1, 1]
+    assert run() == [0, 0, 0]
 
     # A re-extracted flow set changes the flow run's fingerprint, hence the report's.
     index_path = ws.features_dir(FLOW) / "index.parquet"
     index = pd.read_parquet(index_path)
     index.iloc[::-1].reset_index(drop=True).to_parquet(index_path)
-    assert [s.status().done for s in steps[:2]] == [1, 0]
-    assert [s.run().computed for s in steps] == [0, 1, 1]
-    assert steps[2].status().done == 1
+    assert status()[:2] == [1, 0]
+    assert run() == [0, 1, 1]
+    assert status()[2] == 1
 
 
 def test_describe_head_counts_parameters_at_the_example_size():

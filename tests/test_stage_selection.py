@@ -10,7 +10,7 @@ import pytest
 
 from tests.test_cli import TINY, invoke, make_folder_tree
 from vpipe.errors import ConfigError
-from vpipe.stages.chain import select_steps, step_name
+from vpipe.pipeline.dag import select_stages, stage_name
 
 
 @dataclass
@@ -24,8 +24,8 @@ MAIN_JOB = [Named(label) for label in (
 )]  # fmt: skip
 
 
-def names(steps) -> list[str]:
-    return [step_name(step) for step in steps]
+def names(stages) -> list[str]:
+    return [stage_name(stage) for stage in stages]
 
 
 def test_names_join_kind_and_subject_with_a_colon() -> None:
@@ -33,18 +33,18 @@ def test_names_join_kind_and_subject_with_a_colon() -> None:
 
 
 def test_until_keeps_everything_up_to_the_named_stage_and_only_the_named_ones() -> None:
-    assert names(select_steps(MAIN_JOB, until="extract:li3d-rgb")) == ["probe", "plan", "flow", "extract:li3d-rgb"]
-    assert names(select_steps(MAIN_JOB, until="extract"))[-1] == "extract:hoghofmbh", "a kind: up to its last step"
-    assert names(select_steps(MAIN_JOB, only=["flow", "train"])) == ["flow", "train:li3d-rgb", "train:li3d-flow"]
-    assert names(select_steps(MAIN_JOB, only=["train", "probe"], until="train:li3d-rgb")) == ["probe", "train:li3d-rgb"]
-    assert select_steps(MAIN_JOB) == MAIN_JOB
+    assert names(select_stages(MAIN_JOB, until="extract:li3d-rgb")) == ["probe", "plan", "flow", "extract:li3d-rgb"]
+    assert names(select_stages(MAIN_JOB, until="extract"))[-1] == "extract:hoghofmbh", "a kind: up to its last step"
+    assert names(select_stages(MAIN_JOB, only=["flow", "train"])) == ["flow", "train:li3d-rgb", "train:li3d-flow"]
+    assert names(select_stages(MAIN_JOB, only=["train", "probe"], until="train:li3d-rgb")) == ["probe", "train:li3d-rgb"]
+    assert select_stages(MAIN_JOB) == MAIN_JOB
 
 
 def test_an_unknown_name_lists_the_stages_of_the_run() -> None:
     with pytest.raises(ConfigError, match=r"no stage named 'extract:li3d-rbg' in this run; its stages: probe, plan, flow"):
-        select_steps(MAIN_JOB, until="extract:li3d-rbg")
+        select_stages(MAIN_JOB, until="extract:li3d-rbg")
     with pytest.raises(ConfigError, match="no stage named 'trian'"):
-        select_steps(MAIN_JOB, only=["trian"])
+        select_stages(MAIN_JOB, only=["trian"])
 
 
 def test_cli_until_runs_the_prefix_dry_run_counts_and_changes_nothing(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_cli_until_runs_the_prefix_dry_run_counts_and_changes_nothing(tmp_path: 
     stale = json.loads(invoke(*changed, "--until", "flow", "--dry-run", "--json").stdout)
     assert (stale["plan"]["stale"], stale["plan"]["done"]) == (10, 0), "a changed sampler option makes the plan stale"
     assert "stale" not in stale["probe"] and "new" not in stale["plan"]
-    assert "plan: 0 done, 0 failed, 10 total, 10 stale (an input or option changed)" in invoke(
+    assert "plan: 0 done, 0 failed, 10 total, 10 stale (sampler.need: 8 -> 6)" in invoke(
         *changed, "--until", "plan", "--dry-run"
     ).stdout
     text = invoke(*base, "--only", "extract:li3d-rbg").output

@@ -112,12 +112,14 @@ def probe(
 
     Example: vpipe probe --dataset ucf101 --root /data/ucf101 --split 1
     """
-    from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain, select_steps
+    from vpipe.pipeline.dag import select_stages
+    from vpipe.pipeline.runner import run_stages
+    from vpipe.stages.main_job import ChainOptions, main_job
 
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
-    stages = build_chain(ws, config, ChainOptions(decoder=decoder))[:1]
+    stages = select_stages(main_job(ws, config, ChainOptions(decoder=decoder)), only=["probe"])
     with executor_for(compute) as executor:
-        return run_chain(stages, executor, retry_failed=flags.retry_failed)
+        return run_stages(stages, executor, retry_failed=flags.retry_failed)
 
 
 @user_errors
@@ -139,15 +141,17 @@ def plan(
 
     Example: vpipe plan --dataset ucf101 --sampler li3d -o need=64 -o train_views=3
     """
-    from vpipe.stages.chain import ChainOptions, build_chain, run_chain
+    from vpipe.pipeline.dag import select_stages
+    from vpipe.pipeline.runner import run_stages
+    from vpipe.stages.main_job import ChainOptions, main_job
 
     ws = dataset_workspace(dataset, workspace)
     options = ChainOptions(
         sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name, backbone=backbone
     )
-    stages = build_chain(ws, ws.read_config(), options)[1:2]
+    stages = select_stages(main_job(ws, ws.read_config(), options), only=["plan"])
     with executor_for(Compute(workers=0)) as executor:
-        return run_chain(stages, executor, retry_failed=flags.retry_failed)
+        return run_stages(stages, executor, retry_failed=flags.retry_failed)
 
 
 @user_errors
@@ -165,7 +169,8 @@ def status(
 
     Example: vpipe status --dataset synthetic --json
     """
-    from vpipe.stages.chain import ChainOptions, build_chain, chain_status
+    from vpipe.pipeline.runner import stages_status
+    from vpipe.stages.main_job import ChainOptions, main_job
 
     ws = dataset_workspace(dataset, workspace)
     options = ChainOptions(
@@ -175,14 +180,15 @@ def status(
         plan_name=plan_name,
         backbone=backbone,
     )
-    show_status(chain_status(build_chain(ws, ws.read_config(), options)), dataset, json_output)
+    show_status(stages_status(main_job(ws, ws.read_config(), options)), dataset, json_output)
 
 
 def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> None:
     """Per stage: done, failed and total items, or why it cannot run yet (status and --dry-run).
 
     Items a run would compute are split into stale (recorded under another fingerprint:
-    an input or option changed) and new (never run). A stage is judged on the inputs on
+    an input or option changed, named by :func:`vpipe.pipeline.reasons.why_stale`) and new
+    (never run). A stage is judged on the inputs on
     disk now: a changed plan option makes the plan stale, and flow turns stale only once
     the plan is rewritten.
     """
@@ -192,7 +198,7 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
                 r.stage: {"done": r.done, "failed": r.failed, "total": r.total, "ready": r.ready, "artifact": r.artifact}
                 | ({"reason": r.reason} if not r.ready else {})
                 | ({"damaged": r.damaged} if r.damaged else {})
-                | ({"stale": r.stale} if r.stale else {})
+                | ({"stale": r.stale, "why": r.why} if r.stale else {})
                 | ({"new": r.new} if r.new else {})
                 for r in reports
             }
@@ -201,7 +207,7 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
     for report in reports:
         typer.echo(
             report.summary() if not report.ready else f"{report.stage}: {report.done} done, {report.failed} failed, {report.total} total"
-            + (f", {report.stale} stale (an input or option changed)" if report.stale else "")
+            + (f", {report.stale} stale ({report.why})" if report.stale else "")
             + (f", {report.new} new" if report.new else "")
             + (f", {report.damaged} damaged: run `vpipe verify --dataset {dataset} --repair`" if report.damaged else "")
         )
@@ -256,7 +262,9 @@ def run(
     Example: vpipe run --dataset synthetic
     """
     from vpipe.pipeline.local_gpus import check_gpus_option, local_gpu_executor
-    from vpipe.stages.chain import ChainOptions, build_chain, chain_status, run_chain, select_steps
+    from vpipe.pipeline.dag import select_stages
+    from vpipe.pipeline.runner import run_stages, stages_status
+    from vpipe.stages.main_job import ChainOptions, main_job
 
     ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
     options = ChainOptions(
@@ -272,14 +280,14 @@ def run(
     )
     if gpus is not None:  # the option's own errors come before any stage's
         check_gpus_option(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
-    steps = select_steps(build_chain(ws, config, options), only, until)
+    stages = select_stages(main_job(ws, config, options), only, until)
     if dry_run:
-        show_status(chain_status(steps), dataset, flags.json_output)
+        show_status(stages_status(stages), dataset, flags.json_output)
         return None
     gpu_workers = local_gpu_executor(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
     with gpu_workers as pinned, executor_for(compute) as executor:
-        reports = run_chain(
-            steps,
+        reports = run_stages(
+            stages,
             executor,
             gpu_executor=pinned or gpu_stage_executor(device, compute),
             retry_failed=flags.retry_failed,

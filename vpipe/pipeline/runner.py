@@ -13,46 +13,49 @@ import time
 from collections.abc import Sequence
 
 from vpipe.errors import StageError
-from vpipe.pipeline.executor import Executor, InProcessExecutor, WorkItem
+from vpipe.pipeline.executor import Executor, InProcessExecutor
 from vpipe.pipeline.failures import replace_stage_failures
-from vpipe.pipeline.item_state import stage_item_states
+from vpipe.pipeline.fingerprint import one_stat_per_file
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.progress import progress as track
-from vpipe.pipeline.stage import Stage, StageReport
+from vpipe.pipeline.reasons import why_stale
+from vpipe.pipeline.stage import Stage, StageReport, valid_records
+
+__all__ = ["run_stage", "run_stages", "stage_status", "stages_status", "valid_records"]
 
 log = logging.getLogger(__name__)
 
 
-def valid_records(items: Sequence[WorkItem], records: dict[str, Record]) -> dict[str, Record]:
-    """The records that still describe ``items`` as they are now."""
-    return {
-        item.key: records[item.key]
-        for item in items
-        if item.key in records and records[item.key].fingerprint == item.fingerprint
-    }
-
-
 def stage_status(stage: Stage) -> StageReport:
-    """What is done and failed, without running anything."""
+    """What is done and failed, and why items are stale, without running anything."""
     try:
-        keys, fingerprints = stage.item_fingerprints()
+        states = stage.item_states()
+        why = why_stale(stage) if states.count("stale") else ""
     except StageError as error:
-        return StageReport(stage=stage.label, ready=False, reason=str(error), artifact=str(stage.artifact))
-    states = stage_item_states(keys, fingerprints, stage.journal_dir)
+        return StageReport(stage=stage.label, ready=False, reason=str(error), artifact=_artifact(stage))
     damaged_items = stage.damaged_items()
     done = set(states.keys_in("done")) if damaged_items else ()
     damaged = [key for key in damaged_items if key in done]
     done_count = states.count("done")
     return StageReport(
         stage=stage.label,
-        total=len(keys),
+        total=len(states.keys),
         done=done_count - len(damaged),
         failed=states.count("failed"),
         damaged=len(damaged),
         stale=states.count("stale"),
         new=states.count("new"),
-        artifact=str(stage.artifact),
+        why=why,
+        artifact=_artifact(stage),
     )
+
+
+def _artifact(stage: Stage) -> str:
+    """The artifact's path for a report; empty when even naming it needs inputs that are missing."""
+    try:
+        return str(stage.artifact)
+    except StageError:
+        return ""
 
 
 def run_stage(
@@ -72,7 +75,7 @@ def run_stage(
     journal = Journal(stage.journal_dir)
     journal.merge()
     records = journal.load()
-    current = valid_records(items, records)
+    current = stage.current_records(items, records)
     for key, reason in stage.damaged_items().items():
         if key in current and current[key].ok:
             log.warning("%s: recomputing %s: its stored output is damaged (%s)", stage.label, key, reason)
@@ -107,12 +110,13 @@ def run_stage(
             finally:
                 journal.flush()
         records = journal.load()
-        current = valid_records(items, records)
+        current = stage.current_records(items, records)
 
     artifact_fp = stage.artifact_fingerprint(items)
-    if todo or not stage.artifact_is_current(artifact_fp):
+    target = stage.output()
+    if todo or not target.complete(artifact_fp):
         stage.write_artifact(items, current, artifact_fp)
-        stage.mark_artifact(artifact_fp)
+        target.mark(artifact_fp, stage.components())
         replace_stage_failures(
             stage.workspace.failures_path,
             stage.label,
@@ -123,6 +127,8 @@ def run_stage(
             ],
         )
         journal.compact(records)
+    elif "components" not in target.recorded():  # made before reasons were recorded: record them now
+        target.mark(artifact_fp, stage.components())
     failed = sum(not r.ok for r in current.values())
     return StageReport(
         stage=stage.label,
@@ -133,5 +139,29 @@ def run_stage(
         up_to_date=len(items) - len(todo),
         seconds=time.perf_counter() - started,
         artifact=str(stage.artifact),
+        details=stage.details(),
     )
 
+
+
+def run_stages(
+    stages: Sequence[Stage],
+    executor: Executor,
+    *,
+    gpu_executor: Executor | None = None,
+    progress: bool = True,
+    retry_failed: bool = False,
+) -> list[StageReport]:
+    """Run every stage in the order given; stages asking for a GPU use ``gpu_executor`` when given."""
+    reports = []
+    for stage in stages:
+        wants_gpu = bool(stage.resources and "GPU" in stage.resources)
+        chosen = gpu_executor if wants_gpu and gpu_executor is not None else executor
+        reports.append(run_stage(stage, chosen, progress=progress, retry_failed=retry_failed))
+    return reports
+
+
+def stages_status(stages: Sequence[Stage]) -> list[StageReport]:
+    """Every stage's report, from one snapshot of the source files (see :func:`one_stat_per_file`)."""
+    with one_stat_per_file():
+        return [stage_status(stage) for stage in stages]

@@ -1,28 +1,46 @@
 """Stages: functions from artifacts to artifacts, run item by item.
 
-A stage lists its work items (each with a fingerprint of its configuration and
-inputs), names a picklable per-item function, and writes its artifact from the
-rows its items produced. The runner (:mod:`vpipe.pipeline.runner`) decides which
-items are missing or stale, runs only those, and records failures; stages hold no
-resume logic of their own.
+Every stage, per video or over the whole dataset, is one protocol:
+
+* :meth:`Stage.requires`: the stages whose artifacts it reads. ``vpipe run`` derives its
+  order from these declarations (:mod:`vpipe.pipeline.dag`), and a stage reads an input
+  through the stage that makes it, never by rebuilding that stage's names;
+* :meth:`Stage.output`: a target of the artifact layer (:mod:`vpipe.artifacts.targets`)
+  that owns the artifact's path, its fingerprint and ``complete()``;
+* :meth:`Stage.items`: its work items, each with a fingerprint of its configuration and
+  inputs, and a picklable per-item function; a whole-dataset step
+  (:class:`WholeDatasetStage`) is a stage with one item.
+
+The runner (:mod:`vpipe.pipeline.runner`) decides which items are missing or stale,
+runs only those, and records failures; stages hold no resume logic of their own.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
-from vpipe.artifacts import atomic_write_text
+from vpipe.artifacts.targets import MarkedTarget, SelfCheckedTarget, Target
 from vpipe.pipeline.executor import ItemFn, WorkItem
 from vpipe.pipeline.fingerprint import fingerprint
-from vpipe.pipeline.journal import Record
+from vpipe.pipeline.item_state import DONE, FAILED, NEW, STALE, ItemStates, stage_item_states
+from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.workspace import DatasetWorkspace
 
+
+def valid_records(items: Sequence[WorkItem], records: dict[str, Record]) -> dict[str, Record]:
+    """The records that still describe ``items`` as they are now."""
+    return {
+        item.key: records[item.key]
+        for item in items
+        if item.key in records and records[item.key].fingerprint == item.fingerprint
+    }
 
 @dataclass
 class StageReport:
@@ -44,6 +62,8 @@ class StageReport:
     stale: int = 0
     #: Items with no record at all: never run (status only).
     new: int = 0
+    #: Why items are stale: the options or inputs that changed since the artifact was made (status only).
+    why: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,22 +99,42 @@ class Stage(ABC):
 
     @property
     def label(self) -> str:
-        """How reports, status and failure records name this stage instance."""
+        """How reports, status, failure records and ``--only`` / ``--until`` name this stage."""
         return self.name
 
     @property
     def journal_name(self) -> str:
-        """Distinguishes several artifacts of one stage (two plans, two feature sets)."""
+        """Distinguishes several artifacts of one stage (two plans, two feature sets); also the
+        stage's identity in the DAG, since two stages with one state directory make one artifact."""
         return self.name
 
     @property
     def journal_dir(self) -> Path:
         return self.workspace.state_dir / self.journal_name
 
+    def requires(self) -> Sequence[Stage]:
+        """The stages whose artifacts this one reads; the DAG is derived from these."""
+        return ()
+
     @property
     @abstractmethod
     def artifact(self) -> Path:
         """The file or directory this stage produces."""
+
+    def output(self) -> Target:
+        """The artifact as a target: current when its marker holds the fingerprint of today's items."""
+        return MarkedTarget(self.artifact, self.journal_dir / "artifact.json", lambda: self.artifact_fingerprint(self.items()))
+
+    def settings(self) -> dict[str, Any]:
+        """The stage's own settings that enter its fingerprints, by name: what a dry run
+        names when they changed since the artifact was made."""
+        return {}
+
+    def components(self) -> dict[str, Any]:
+        """What the fingerprint is made of, stored beside it: the options, and each input's
+        fingerprint as its stage last recorded it."""
+        inputs = {stage.label: stage.output().recorded().get("fingerprint") for stage in self.requires()}
+        return {"options": self.settings(), "inputs": inputs}
 
     @abstractmethod
     def items(self) -> list[WorkItem]:
@@ -113,6 +153,15 @@ class Stage(ABC):
             pa.array([item.key for item in items], pa.string()),
             pa.array([item.fingerprint for item in items], pa.string()),
         )
+
+    def item_states(self) -> ItemStates:
+        """Each item done, failed, stale or new, by its journal; what status and a dry run count."""
+        keys, fingerprints = self.item_fingerprints()
+        return stage_item_states(keys, fingerprints, self.journal_dir)
+
+    def current_records(self, items: list[WorkItem], records: dict[str, Record]) -> dict[str, Record]:
+        """The records that count as done or failed for ``items`` now: those made under their fingerprints."""
+        return valid_records(items, records)
 
     @abstractmethod
     def item_fn(self) -> ItemFn:
@@ -137,14 +186,86 @@ class Stage(ABC):
         """Changes whenever any item's fingerprint, or the item set, changes."""
         return fingerprint(self.name, sorted((item.key, item.fingerprint) for item in items))
 
-    def artifact_is_current(self, artifact_fingerprint: str) -> bool:
-        marker = self.journal_dir / "artifact.json"
-        if not self.artifact.exists() or not marker.exists():
-            return False
-        return json.loads(marker.read_text()).get("fingerprint") == artifact_fingerprint
+    def details(self) -> dict[str, Any]:
+        """What the stage's report shows beyond counts (figures, tables), read from its artifact."""
+        return {}
 
-    def mark_artifact(self, artifact_fingerprint: str) -> None:
-        atomic_write_text(
-            self.journal_dir / "artifact.json",
-            json.dumps({"fingerprint": artifact_fingerprint, "artifact": str(self.artifact)}),
-        )
+
+class WholeDatasetStage(Stage):
+    """A stage whose one item is the whole dataset: a codebook, a training run, an index, the report.
+
+    Its artifact carries its own fingerprints (:class:`SelfCheckedTarget`): the item is
+    done when :meth:`is_current` says so, whether or not the journal ever saw it, so a
+    workspace made before these stages kept a journal is not redone. A failure is
+    recorded like any item's and kept until its fingerprint changes or ``--retry-failed``.
+    """
+
+    in_process = True
+
+    @property
+    def subject(self) -> str:
+        """The one item's key: what the stage is about (a feature set, a run)."""
+        return self.label
+
+    @abstractmethod
+    def item_fingerprint(self) -> str:
+        """The fingerprint of the stage's options; raises StageError when inputs are missing."""
+
+    @abstractmethod
+    def is_current(self) -> bool:
+        """Whether the artifact is there for today's inputs and options; raises StageError
+        when inputs are missing."""
+
+    @abstractmethod
+    def work(self) -> dict[str, Any]:
+        """Bring the artifact up to date (it may find parts of it current and keep them);
+        return what the report shows of it."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the report shows of an artifact this invocation did not make, read from it."""
+        return {}
+
+    def output(self) -> Target:
+        marker = self.journal_dir / "components.json"  # only for reasons: the artifact says itself if it is current
+        return SelfCheckedTarget(self.artifact, marker, self.item_fingerprint, self.is_current)
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def items(self) -> list[WorkItem]:
+        return [WorkItem(key=self.subject, fingerprint=self.item_fingerprint(), payload=None, path=str(self.artifact))]
+
+    def item_fn(self) -> ItemFn:
+        return self._run_item
+
+    def _run_item(self, payload: None) -> list[dict[str, Any]]:
+        self._worked = self.work()
+        return []
+
+    def details(self) -> dict[str, Any]:
+        worked = getattr(self, "_worked", None)
+        return worked if worked is not None else self.describe()
+
+    def artifact_fingerprint(self, items: list[WorkItem]) -> str:
+        return items[0].fingerprint
+
+    def current_records(self, items: list[WorkItem], records: dict[str, Record]) -> dict[str, Record]:
+        item = items[0]
+        record = valid_records(items, records).get(item.key)
+        if record is not None and not record.ok:
+            return {item.key: record}
+        if self.is_current():
+            return {item.key: record or Record(key=item.key, fingerprint=item.fingerprint, ok=True, path=item.path)}
+        return {}
+
+    def item_states(self) -> ItemStates:
+        items = self.items()
+        current = self.current_records(items, Journal(self.journal_dir).load()).get(self.subject)
+        if current is not None:
+            state = DONE if current.ok else FAILED
+        else:
+            state = STALE if self.artifact.exists() or self.output().recorded() else NEW
+        return ItemStates(pa.array([self.subject], pa.string()), np.array([state]))
+
+    def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
+        """Nothing: :meth:`work` wrote the artifact."""

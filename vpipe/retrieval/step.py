@@ -12,13 +12,15 @@ rerun with nothing changed does nothing.
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from vpipe.errors import StageError
-from vpipe.pipeline.stage import StageReport
+from vpipe.pipeline.fingerprint import fingerprint
+from vpipe.pipeline.stage import Stage, WholeDatasetStage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.retrieval import store
-from vpipe.stages.dataset_steps import DatasetStep
 
 #: The figures the main job prints.
 SUMMARY_KEYS = ("R@1", "R@5", "mAP")
@@ -29,60 +31,69 @@ def default_embedding(features: str, clusters: int | None) -> str:
     return f"encodings:{features}-k{clusters}-vlad" if clusters else f"features:{features}"
 
 
-class IndexStep(DatasetStep):
-    """Build (or keep) the default index and evaluate it, test queries against the train gallery."""
+class IndexStage(WholeDatasetStage):
+    """Build (or keep) the default index and evaluate it, test queries against the train gallery.
 
-    label = "retrieval"
+    ``source`` is the stage that makes the embedding: the encode stage for an encoding,
+    the extract stage for mean-pooled features.
+    """
 
-    def __init__(self, ws: DatasetWorkspace, embedding: str) -> None:
-        self.ws, self.embedding = ws, embedding
+    name = "retrieval"
+
+    def __init__(self, ws: DatasetWorkspace, embedding: str, source: Stage) -> None:
+        super().__init__(ws)
+        self.embedding, self.source = embedding, source
+
+    def requires(self) -> Sequence[Stage]:
+        return (self.source,)
 
     @property
-    def artifact(self) -> str:
+    def artifact(self) -> Path:
         from vpipe.retrieval.index import index_status
 
-        name, _ = index_status(self.ws, self.embedding)
-        return str(store.faiss_path(self.ws, name))
+        name, _ = index_status(self.workspace, self.embedding)
+        return store.faiss_path(self.workspace, name)
+
+    def settings(self) -> dict[str, Any]:
+        return {"embedding": self.embedding}
+
+    def item_fingerprint(self) -> str:
+        return fingerprint(self.name, self.settings())
 
     def _evaluation(self, name: str) -> dict | None:
-        path = store.evaluation_path(self.ws, name)
+        path = store.evaluation_path(self.workspace, name)
         return json.loads(path.read_text()) if path.is_file() else None
 
     def is_current(self) -> bool:
         from vpipe.retrieval.index import index_status
 
-        name, intact = index_status(self.ws, self.embedding)
+        name, intact = index_status(self.workspace, self.embedding)
         if not intact:
             return False
-        evaluation, stored = self._evaluation(name), store.read_metadata(self.ws, name)
+        evaluation, stored = self._evaluation(name), store.read_metadata(self.workspace, name)
         if evaluation is None:
-            splits = set(store.read_rows(self.ws, name)["split"])
+            splits = set(store.read_rows(self.workspace, name)["split"])
             return not {"train", "test"} <= splits  # nothing to evaluate: the index is all there is
         return stored is not None and evaluation.get("index_fingerprint") == stored["fingerprint"]
 
-    def run(self) -> StageReport:
+    def work(self) -> dict[str, Any]:
         from vpipe.retrieval.evaluation import evaluate_index
         from vpipe.retrieval.index import Index, build_index
 
-        started = time.perf_counter()
-        current = self.is_current()
-        summary = build_index(self.ws, self.embedding)
-        name = summary["name"]
-        evaluation = self._evaluation(name) if current else None
-        if evaluation is None:
-            try:
-                evaluation = evaluate_index(Index.open(self.ws, name=name), device="cpu")
-            except StageError as error:  # a dataset without a test or train split: index only
-                evaluation = {"skipped": str(error)}
+        name = build_index(self.workspace, self.embedding)["name"]
+        try:
+            evaluation = evaluate_index(Index.open(self.workspace, name=name), device="cpu")
+        except StageError as error:  # a dataset without a test or train split: index only
+            evaluation = {"skipped": str(error)}
+        return self._figures(name, evaluation)
+
+    def describe(self) -> dict[str, Any]:
+        from vpipe.retrieval.index import index_status
+
+        name, _ = index_status(self.workspace, self.embedding)
+        return self._figures(name, self._evaluation(name) or {"skipped": "no train and test split to evaluate"})
+
+    def _figures(self, name: str, evaluation: dict[str, Any]) -> dict[str, Any]:
         figures = {key: evaluation.get(key) for key in SUMMARY_KEYS if key in evaluation}
-        return StageReport(
-            stage=self.label,
-            total=1,
-            done=1,
-            computed=int(not current),
-            up_to_date=int(current),
-            seconds=time.perf_counter() - started,
-            artifact=str(store.faiss_path(self.ws, name)),
-            details={"retrieval": {"index": name, "embedding": summary["embedding"], **figures,
-                                   **({"skipped": evaluation["skipped"]} if "skipped" in evaluation else {})}},
-        )  # fmt: skip
+        skipped = {"skipped": evaluation["skipped"]} if "skipped" in evaluation else {}
+        return {"retrieval": {"index": name, "embedding": self.embedding, **figures, **skipped}}

@@ -1,8 +1,8 @@
 """Whole-dataset stages: fitting a codebook, training a head, evaluating and reporting.
 
-They do one job over the whole dataset rather than one per video, so they have no item
-journal; freshness still comes from fingerprints of their declared inputs, never from
-file existence or modification times:
+Each does one job over the whole dataset rather than one per video, so each is a stage
+with one item (:class:`~vpipe.pipeline.stage.WholeDatasetStage`); freshness comes from
+fingerprints of their declared inputs, never from file existence or modification times:
 
 * encode: the codebook, encodings and baseline fingerprints of
   :func:`vpipe.stages.encode.encode_status` (features index, train videos, options);
@@ -10,21 +10,21 @@ file existence or modification times:
   split, external files such as a codebook), matched against finished runs;
 * report: the ids and fingerprints of every completed run, stored beside the report.
 
-``status()`` computes the same fingerprints as ``run()`` without doing the work, so
+``is_current`` computes the same fingerprints as the work without doing it, so
 ``vpipe status`` says exactly what ``vpipe run`` would do.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vpipe.artifacts import atomic_write_text
 from vpipe.errors import StageError
 from vpipe.pipeline.fingerprint import fingerprint
-from vpipe.pipeline.stage import StageReport
+from vpipe.pipeline.stage import Stage, WholeDatasetStage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.train import TrainConfig, completed_runs, evaluate, existing_run, load_run, train
 
@@ -32,65 +32,52 @@ from vpipe.train import TrainConfig, completed_runs, evaluate, existing_run, loa
 REPORT_VERSION = "report/2"
 
 
-class DatasetStep(ABC):
-    """A stage over the whole dataset: ``status`` without work, ``run`` to bring it up to date."""
-
-    label: str
-
-    def status(self) -> StageReport:
-        try:
-            current = self.is_current()
-        except StageError as error:
-            return StageReport(stage=self.label, ready=False, reason=str(error))
-        return StageReport(stage=self.label, total=1, done=int(current), artifact=self.artifact)
-
-    @property
-    @abstractmethod
-    def artifact(self) -> str: ...
-
-    @abstractmethod
-    def is_current(self) -> bool:
-        """Whether ``run`` would find nothing to do; raises StageError when inputs are missing."""
-
-    @abstractmethod
-    def run(self) -> StageReport: ...
-
-
-class EncodeStep(DatasetStep):
+class EncodeStage(WholeDatasetStage):
     """Codebook, BoF / VLAD / FV encodings and the linear baseline of one feature set."""
 
-    def __init__(self, ws: DatasetWorkspace, features: str, clusters: int, **options: Any) -> None:
-        self.ws, self.features, self.clusters, self.options = ws, features, clusters, options
-        self.label = f"encode {features}"
+    name = "encode"
+
+    def __init__(self, ws: DatasetWorkspace, features: Stage, clusters: int, **options: Any) -> None:
+        super().__init__(ws)
+        self.features_stage, self.clusters, self.encode_options = features, clusters, options
+        self.features: str = features.set_name  # type: ignore[attr-defined]
 
     @property
-    def artifact(self) -> str:
-        return str(self.ws.codebook_path(self.features, self.clusters))
+    def label(self) -> str:
+        return f"encode {self.features}"
+
+    @property
+    def journal_name(self) -> str:
+        return f"encode-{self.features}-k{self.clusters}"
+
+    def requires(self) -> Sequence[Stage]:
+        return (self.features_stage,)
+
+    @property
+    def artifact(self) -> Path:
+        return self.workspace.codebook_path(self.features, self.clusters)
+
+    def settings(self) -> dict[str, Any]:
+        return {"clusters": self.clusters, **self.encode_options}
+
+    def item_fingerprint(self) -> str:
+        return fingerprint(self.name, self.features, self.settings())
 
     def is_current(self) -> bool:
         from vpipe.stages.encode import encode_status
 
-        return all(encode_status(self.ws, self.features, self.clusters, **self.options).values())
+        return all(encode_status(self.workspace, self.features, self.clusters, **self.encode_options).values())
 
-    def run(self) -> StageReport:
+    def work(self) -> dict[str, Any]:
         from vpipe.stages.encode import run_encode
 
-        started = time.perf_counter()
-        summary = run_encode(self.ws, self.features, self.clusters, **self.options)
-        computed = int(summary["codebook"]["fitted"]) + sum(bool(e.get("written")) for e in summary["encodings"].values())
-        return StageReport(
-            stage=self.label,
-            total=1,
-            done=1,
-            computed=computed,
-            up_to_date=0 if computed else 1,
-            seconds=time.perf_counter() - started,
-            artifact=summary["codebook"]["path"],
-            details=summary,
-        )
+        return run_encode(self.workspace, self.features, self.clusters, **self.encode_options)
+
+    def describe(self) -> dict[str, Any]:
+        return {"codebook": {"path": str(self.artifact)}}
 
 
-class TrainStep(DatasetStep):
+class TrainStage(WholeDatasetStage):
     """One training run; a finished run with the same fingerprint is reused, not retrained.
 
     The main job's runs are small and train on one torch thread by default: on a busy
@@ -98,90 +85,108 @@ class TrainStep(DatasetStep):
     whose busy-waiting fought the other processes (on quieter cores: 15 s and 13 s).
     """
 
-    def __init__(self, ws: DatasetWorkspace, config: TrainConfig, *, threads: int | None = 1) -> None:
-        self.ws, self.config, self.threads = ws, config, threads
-        self.label = f"train {config.inputs_name()}"
+    name = "train"
+
+    def __init__(self, ws: DatasetWorkspace, config: TrainConfig, inputs: Sequence[Stage], *, threads: int | None = 1) -> None:
+        super().__init__(ws)
+        self.config, self.inputs, self.threads = config, tuple(inputs), threads
 
     @property
-    def artifact(self) -> str:
-        return str(self.ws.run_dir(self.config.default_run_id()))
+    def label(self) -> str:
+        return f"train {self.config.inputs_name()}"
+
+    @property
+    def journal_name(self) -> str:
+        return f"train-{self.config.inputs_name()}"
+
+    def requires(self) -> Sequence[Stage]:
+        return self.inputs
+
+    @property
+    def artifact(self) -> Path:
+        return self.workspace.run_dir(self.config.default_run_id())
+
+    def settings(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def item_fingerprint(self) -> str:
+        """The config's: the run fingerprint adds the inputs' content, which
+        :meth:`is_current` matches against finished runs."""
+        return fingerprint(self.name, self.settings())
 
     def is_current(self) -> bool:
-        return existing_run(self.ws, self.config) is not None
+        return existing_run(self.workspace, self.config) is not None
 
-    def run(self) -> StageReport:
-        started = time.perf_counter()
-        result = train(self.ws, self.config, reuse=True, progress=True, threads=self.threads)
-        return StageReport(
-            stage=self.label,
-            total=1,
-            done=1,
-            computed=int(not result.reused),
-            up_to_date=int(result.reused),
-            seconds=time.perf_counter() - started,
-            artifact=str(result.directory),
-            details={"run_id": result.run_id, "test_accuracy": result.metrics["accuracy"]},
-        )
+    def work(self) -> dict[str, Any]:
+        result = train(self.workspace, self.config, reuse=True, progress=True, threads=self.threads)
+        return {"run_id": result.run_id, "test_accuracy": result.metrics["accuracy"]}
+
+    def describe(self) -> dict[str, Any]:
+        run = existing_run(self.workspace, self.config)
+        return {} if run is None else {"run_id": run.run_id, "test_accuracy": run.metrics["accuracy"]}
 
 
-class ReportStep(DatasetStep):
+class ReportStage(WholeDatasetStage):
     """Re-score the main job's runs, plot every completed run and write ``report.md``.
 
-    ``configs`` are the runs the main job trains; they must exist. The report covers
+    ``trains`` are the runs the main job trains; they must exist. The report covers
     every completed run of the dataset, so a run trained by hand appears there too.
     """
 
-    label = "evaluate"
+    name = "report"
 
-    def __init__(self, ws: DatasetWorkspace, configs: list[TrainConfig], *, tsne: bool = True) -> None:
-        self.ws, self.configs, self.tsne = ws, configs, tsne
-
-    @property
-    def artifact(self) -> str:
-        return str(self.ws.report_path)
+    def __init__(self, ws: DatasetWorkspace, trains: Sequence[TrainStage], *, tsne: bool = True) -> None:
+        super().__init__(ws)
+        self.trains, self.tsne = tuple(trains), tsne
 
     @property
-    def _marker(self):
-        return self.ws.state_dir / "report" / "artifact.json"
+    def label(self) -> str:
+        return "evaluate"
+
+    def requires(self) -> Sequence[Stage]:
+        return self.trains
+
+    @property
+    def artifact(self) -> Path:
+        return self.workspace.report_path
+
+    @property
+    def _stamp(self) -> Path:
+        return self.journal_dir / "artifact.json"
+
+    def settings(self) -> dict[str, Any]:
+        return {"tsne": self.tsne}
 
     def _runs(self) -> list[str]:
-        found = [existing_run(self.ws, config) for config in self.configs]
+        found = [existing_run(self.workspace, stage.config) for stage in self.trains]
         if any(run is None for run in found):
-            raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {self.ws.dataset}`")
+            raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {self.workspace.dataset}`")
         return [run.run_id for run in found]
 
-    def _fingerprint(self) -> str:
-        stamps = [(run_id, load_run(self.ws, run_id).config.fingerprint) for run_id in completed_runs(self.ws)]
+    def item_fingerprint(self) -> str:
+        self._runs()
+        stamps = [(run_id, load_run(self.workspace, run_id).config.fingerprint) for run_id in completed_runs(self.workspace)]
         return fingerprint(REPORT_VERSION, self.tsne, stamps)
 
     def is_current(self) -> bool:
-        self._runs()
-        if not self.ws.report_path.exists() or not self._marker.exists():
+        if not self.artifact.exists() or not self._stamp.exists():
             return False
-        return json.loads(self._marker.read_text()).get("fingerprint") == self._fingerprint()
+        return json.loads(self._stamp.read_text()).get("fingerprint") == self.item_fingerprint()
 
-    def run(self) -> StageReport:
+    def work(self) -> dict[str, Any]:
         from vpipe.report import build_report
 
-        started = time.perf_counter()
         run_ids = self._runs()
-        if self.is_current():
-            report = {"report": str(self.ws.report_path), "table": self.ws.report_path.read_text(), "plots": {}}
-            computed = 0
-        else:
-            for run_id in run_ids:
-                evaluate(self.ws, run_id)
-            report = build_report(self.ws, tsne=self.tsne)
-            atomic_write_text(self._marker, json.dumps({"fingerprint": self._fingerprint(), "runs": run_ids}))
-            computed = 1
-        accuracies = {run_id: load_run(self.ws, run_id).metrics["accuracy"] for run_id in run_ids}
-        return StageReport(
-            stage=self.label,
-            total=1,
-            done=1,
-            computed=computed,
-            up_to_date=1 - computed,
-            seconds=time.perf_counter() - started,
-            artifact=report["report"],
-            details={"runs": run_ids, "accuracy": accuracies, **report},
-        )
+        for run_id in run_ids:
+            evaluate(self.workspace, run_id)
+        report = build_report(self.workspace, tsne=self.tsne)
+        atomic_write_text(self._stamp, json.dumps({"fingerprint": self.item_fingerprint(), "runs": run_ids}))
+        return {"runs": run_ids, "accuracy": self._accuracies(run_ids), **report}
+
+    def describe(self) -> dict[str, Any]:
+        run_ids = self._runs()
+        report = {"report": str(self.artifact), "table": self.artifact.read_text(), "plots": {}} if self.artifact.exists() else {}
+        return {"runs": run_ids, "accuracy": self._accuracies(run_ids), **report}
+
+    def _accuracies(self, run_ids: list[str]) -> dict[str, float]:
+        return {run_id: load_run(self.workspace, run_id).metrics["accuracy"] for run_id in run_ids}

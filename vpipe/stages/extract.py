@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from vpipe.store.index import damaged_videos, orphan_shards, write_index
 
 if TYPE_CHECKING:
     from vpipe.extract.features import ExtractConfig
+    from vpipe.stages.flow import FlowStage
 
 #: Bumped when the same configuration would store different features.
 EXTRACT_FORMAT = 1
@@ -83,6 +84,11 @@ def _plan_cache(workspace: DatasetWorkspace, plan: str) -> tuple[tuple | None, d
     return entry
 
 
+def extract_journal_name(feature_set: str) -> str:
+    """The extract stage's state directory for one feature set."""
+    return f"extract-{feature_set}"
+
+
 class ExtractStage(Stage):
     name = "extract"
     batched = True
@@ -103,9 +109,12 @@ class ExtractStage(Stage):
         decode_workers: int | None = None,
         videos_per_task: int | None = None,
         decoder: str = "auto",
+        plan_stage: Stage | None = None,
+        flow: FlowStage | None = None,
     ):
         super().__init__(workspace)
         self.backbone, self.stream, self.plan = backbone, stream, plan
+        self.plan_stage, self._flow = plan_stage, flow
         self.inputs = backbone_inputs(backbone, stream)
         self.weights = str(Path(weights).expanduser().resolve()) if weights else None
         self.options = dict(options or {})
@@ -123,15 +132,37 @@ class ExtractStage(Stage):
 
     @property
     def journal_name(self) -> str:
-        return f"extract-{self.set_name}"
+        return extract_journal_name(self.set_name)
 
     @property
     def artifact(self) -> Path:
         return self.workspace.features_dir(self.set_name)
 
     @property
+    def flow(self) -> FlowStage:
+        """The stage whose flow this backbone reads: the job's, else the plan's flow with its
+        default settings (whose journal and directory are the plan's, whatever the settings)."""
+        if self._flow is None:
+            from vpipe.stages.flow import FlowStage
+
+            self._flow = FlowStage(self.workspace, plan=self.plan, device=self.device, decoder=self.decoder)
+        return self._flow
+
+    @property
     def flow_dir(self) -> Path:
-        return self.workspace.flow_dir(self.plan)
+        return self.flow.artifact
+
+    def requires(self) -> Sequence[Stage]:
+        """The plan stage when the job names it, and the flow stage for a backbone reading flow."""
+        plan = (self.plan_stage,) if self.plan_stage is not None else ()
+        return (*plan, self.flow) if "flow" in self.inputs else plan
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone, "stream": self.stream, "weights": self.weights or "none",
+            "options": self.resolved_options(), "backbone_version": backbone_version(self.backbone),
+            "compute": list(self.compute.fingerprint_parts()),
+        }  # fmt: skip
 
     @property
     def weights_sha256(self) -> str:
@@ -258,7 +289,7 @@ class ExtractStage(Stage):
                 f"no optical flow for plan {self.plan!r}, which features {self.set_name} are computed from: "
                 f"run `vpipe flow --dataset {self.workspace.dataset} --plan {self.plan}` first"
             )
-        records = latest_records(self.workspace.state_dir / f"flow-{self.plan}")
+        records = latest_records(self.flow.journal_dir)
         where = pc.index_in(videos["video_id"], value_set=records["key"].combine_chunks())
         found = pc.fill_null(pc.take(records["ok"], where.fill_null(0)), False) if records.num_rows else None
         if found is None:

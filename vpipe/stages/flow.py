@@ -6,6 +6,7 @@ TV-L1 solver sees large batches of pairs (what makes it fast on a GPU).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ from vpipe.store.index import damaged_videos, write_index
 FLOW_FORMAT = 1
 
 
+def flow_journal_name(plan: str) -> str:
+    """The flow stage's state directory for ``plan``: one flow artifact per plan."""
+    return f"flow-{plan}"
+
+
 class FlowStage(Stage):
     name = "flow"
     batched = True
@@ -49,8 +55,10 @@ class FlowStage(Stage):
         pairs_per_batch: int | None = None,
         videos_per_task: int | None = None,
         decoder: str = "auto",
+        plan_stage: Stage | None = None,
     ):
         super().__init__(workspace)
+        self.plan_stage = plan_stage
         self.plan, self.stack, self.encoding, self.bound = plan, stack, encoding, bound
         self.tvl1_params = dict(tvl1_params or {})
         resolved_tvl1_params(self.tvl1_params)  # an unknown name fails here, not in every task
@@ -61,11 +69,22 @@ class FlowStage(Stage):
 
     @property
     def journal_name(self) -> str:
-        return f"flow-{self.plan}"
+        return flow_journal_name(self.plan)
 
     @property
     def artifact(self) -> Path:
         return self.workspace.flow_dir(self.plan)
+
+    def requires(self) -> Sequence[Stage]:
+        """The plan stage, when the job names it."""
+        return (self.plan_stage,) if self.plan_stage is not None else ()
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "format": FLOW_FORMAT, "stack": self.stack, "encoding": self.encoding, "bound": self.bound,
+            "tvl1_params": tvl1_params_off_reference(self.tvl1_params), "decoder": self.decoder,
+            "compute": list(self.compute.fingerprint_parts()),
+        }  # fmt: skip
 
     def item_fingerprints(self) -> tuple[pa.Array, pa.Array]:
         """Per video, ``fingerprint(config, file_fingerprint(path), clip signature)``, the flow

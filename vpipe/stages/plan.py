@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,20 @@ class PlanStage(Stage):
     name = "plan"
     in_process = True
 
-    def __init__(self, workspace: DatasetWorkspace, config: SamplerConfig, *, plan_name: str | None = None):
+    def __init__(
+        self, workspace: DatasetWorkspace, config: SamplerConfig, *, plan_name: str | None = None, probe: Stage | None = None
+    ):
         super().__init__(workspace)
         self.config = config
         self.plan_name = plan_name or config.name
+        self.probe = probe
+
+    def requires(self) -> Sequence[Stage]:
+        """The probe stage that writes the manifest, when the job names it."""
+        return (self.probe,) if self.probe is not None else ()
+
+    def settings(self) -> dict[str, Any]:
+        return {"sampler": asdict(self.config)}
 
     @property
     def journal_name(self) -> str:

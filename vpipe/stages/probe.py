@@ -56,6 +56,9 @@ class ProbeStage(Stage):
     def artifact(self) -> Path:
         return self.workspace.manifest_path
 
+    def settings(self) -> dict[str, Any]:
+        return {"decoder": self.decoder, "adapter": self.config.adapter, "split": self.config.split}
+
     @property
     def entries(self) -> list[VideoEntry]:
         if self._entries is None:

@@ -389,7 +389,7 @@ def _fit(
 def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
     """The config of a main-job run of ``vpipe run``: a BiLSTM with the head's default
     aggregation, sized by :data:`vpipe.train.config.QUICK` for the built-in synthetic
-    dataset on a laptop CPU (``TrainStep`` trains it, :func:`existing_run` checks it).
+    dataset on a laptop CPU (``TrainStage`` trains it, :func:`existing_run` checks it).
 
     ``overrides`` may name training options or head options (``clusters=8``).
     """

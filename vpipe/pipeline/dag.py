@@ -1,0 +1,76 @@
+"""The order of a job's stages, derived from what each declares it reads.
+
+Stages are identified by their state directory (:attr:`Stage.journal_name`): the
+stage a declaration names may be another object built for the same artifact, and two
+stages of one job never share one. The order is topological and stable: among the
+stages whose requirements have all been placed, the one listed first comes next, so
+a job lists its stages in the order it prefers and the declarations only ever move a
+stage later, after what it reads. A stage that requires one outside the job (the
+standalone ``vpipe extract`` reading an existing plan) finds its input on disk, or
+says it is not ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vpipe.errors import ConfigError
+from vpipe.pipeline.stage import Stage
+
+
+def stage_order(stages: Sequence[Stage]) -> list[Stage]:
+    """``stages`` in an order where each comes after every stage it requires."""
+    position = {stage.journal_name: index for index, stage in enumerate(stages)}
+    if len(position) != len(stages):
+        names = [stage.journal_name for stage in stages]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise ConfigError(f"two stages of this job make the same artifact: {', '.join(twice)}")
+    needs = [
+        {position[required.journal_name] for required in stage.requires() if required.journal_name in position}
+        for stage in stages
+    ]
+    placed: list[int] = []
+    waiting = list(range(len(stages)))
+    while waiting:
+        ready = next((index for index in waiting if needs[index] <= set(placed)), None)
+        if ready is None:
+            cycle = ", ".join(stages[index].label for index in waiting)
+            raise ConfigError(f"the stages {cycle} require each other: no order runs them")
+        placed.append(ready)
+        waiting.remove(ready)
+    return [stages[index] for index in placed]
+
+
+def stage_name(stage: Stage) -> str:
+    """The name ``--only`` and ``--until`` take: the label, kind and subject joined by ``:``.
+
+    ``probe``, ``plan``, ``flow``, ``extract:li3d-rgb``, ``encode:li3d-rgb``,
+    ``retrieval``, ``train:li3d-rgb``, ``evaluate``. A bare kind (``extract``) names every
+    stage of that kind.
+    """
+    return stage.label.replace(" ", ":", 1)
+
+
+def select_stages(stages: Sequence[Stage], only: Sequence[str] | None = None, until: str | None = None) -> list[Stage]:
+    """The stages ``--only`` and ``--until`` name, in run order; unknown names are an error.
+
+    ``until`` keeps every stage up to the last one it names in the derived order,
+    inclusive; ``only`` keeps the stages it names. Given both, a stage must pass both.
+    Selection never reorders: a stage still reads what the stages before it made, and
+    says it is not ready when that is missing.
+    """
+    names = [stage_name(stage) for stage in stages]
+
+    def matches(name: str, wanted: str) -> bool:
+        return name == wanted or name.split(":", 1)[0] == wanted
+
+    for wanted in [*(only or []), *([until] if until else [])]:
+        if not any(matches(name, wanted) for name in names):
+            raise ConfigError(f"no stage named {wanted!r} in this run; its stages: {', '.join(names)}")
+    keep = [True] * len(stages)
+    if until:
+        last = max(i for i, name in enumerate(names) if matches(name, until))
+        keep = [i <= last for i in range(len(stages))]
+    if only:
+        keep = [k and any(matches(name, wanted) for wanted in only) for k, name in zip(keep, names)]
+    return [stage for stage, k in zip(stages, keep) if k]
