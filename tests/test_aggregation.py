@@ -15,6 +15,8 @@ from vpipe.models.aggregation import (
     SoftBoF,
     SoftFV,
     SoftVLAD,
+    _masked,
+    _PowerL2,
     alpha_from_data,
     codebook_statistics,
     make_aggregation,
@@ -161,6 +163,75 @@ def test_fv_gradient_finite_when_a_cluster_gets_no_mass():
 def test_parameter_counts():
     counts = {c: sum(p.numel() for p in c(K, D).parameters()) for c in (SoftBoF, SoftVLAD, SoftFV)}
     assert counts == {SoftBoF: K * (D + 1), SoftVLAD: K * (2 * D + 1), SoftFV: K * (3 * D + 2)}
+
+
+# --- the fused forwards against the formulas as written, values and gradients -------------
+
+
+def formula_vlad(m, x, mask):
+    """Soft VLAD as eq. 3 and Algorithm 3 read, composed of autograd's own operations."""
+    x, w = _masked(x, mask)
+    a = m.assign(x) * w.unsqueeze(-1)
+    v = a.transpose(1, 2) @ x - a.sum(1).unsqueeze(-1) * m.centers
+    return torch.nn.functional.normalize(torch.nn.functional.normalize(v, dim=2).flatten(1), dim=1)
+
+
+def formula_fv(m, x, mask):
+    """Soft FV as §3.1.2 reads (Φ1, Φ2, signed square root, L2), in autograd's operations."""
+    x, w = _masked(x, mask)
+    a = m.assign(x) * w.unsqueeze(-1)
+    n = w.sum(1).clamp_min(1.0)[:, None, None]
+    at, mass = a.transpose(1, 2), a.sum(1).unsqueeze(-1)
+    s1, s2, mu = at @ x, at @ (x * x), m.centers
+    inv_var = torch.exp(-m.log_var)
+    pi = m.mix_logits.softmax(0).unsqueeze(-1)
+    phi1 = (s1 - mass * mu) * inv_var.sqrt() / (n * pi.sqrt())
+    phi2 = ((s2 - 2.0 * mu * s1 + mass * mu * mu) * inv_var - mass) / (n * (2.0 * pi).sqrt())
+    z = torch.cat([phi1.flatten(1), phi2.flatten(1)], dim=1)
+    return torch.nn.functional.normalize(signed_sqrt(z), dim=1)
+
+
+def value_and_gradients(fn, m, x, mask, upstream):
+    x = x.clone().requires_grad_(True)
+    m.zero_grad(set_to_none=True)
+    out = fn(x, mask)
+    (out * upstream).sum().backward()
+    return [out.detach(), x.grad] + [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("cls, formula", [(SoftVLAD, formula_vlad), (SoftFV, formula_fv)])
+def test_fused_encoding_has_the_formulas_values_and_gradients(cls, formula):
+    """float64, padded steps, and one cluster that gets no mass (its FV entries are 0, where
+    the signed square root is steepest and the fused backward's saved slope is used)."""
+    m = randomize(cls(K, D).double(), seed=3)
+    with torch.no_grad():
+        m.assign.logits.bias[-1] = -500.0
+    x, mask = padded_batch(garbage=1e6)
+    upstream = torch.randn(len(LENGTHS), m.out_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    fused = value_and_gradients(m, m, x, mask, upstream)
+    reference = value_and_gradients(lambda x, mask: formula(m, x, mask), m, x, mask, upstream)
+    for got, want in zip(fused, reference):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_power_l2_backward_passes_gradcheck_and_matches_autograd(seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(3, 12, dtype=torch.float64, generator=g)
+    z[0, :4] = 0.0  # entries at 0, where the slope is 1/√ε
+    z.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: _PowerL2.apply(t, POWER_EPS), (z,), eps=1e-9, atol=1e-6)
+    # Norms below F.normalize's floor δ = 1e-12, where its clamp passes no gradient: 0 and δ/2.
+    tiny = torch.randn(1, 12, dtype=torch.float64, generator=g)
+    tiny *= 0.5e-12 * POWER_EPS**0.5 / tiny.norm()
+    z = torch.cat([z.detach(), torch.zeros(1, 12, dtype=torch.float64), tiny])
+    upstream = torch.randn(z.shape, dtype=torch.float64, generator=g)
+    fused = value_and_gradients(lambda t, _: _PowerL2.apply(t, POWER_EPS), torch.nn.Linear(1, 1), z, None, upstream)
+    composed = value_and_gradients(
+        lambda t, _: torch.nn.functional.normalize(signed_sqrt(t), dim=1), torch.nn.Linear(1, 1), z, None, upstream
+    )
+    for got, want in zip(fused[:2], composed[:2]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
 
 
 # --- codebook initialisation --------------------------------------------------------------

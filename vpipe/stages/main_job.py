@@ -87,7 +87,7 @@ class ChainOptions:
 
 def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
     """The config of a main-job run: a BiLSTM with the head's default aggregation, sized
-    by :data:`QUICK` (``TrainStage`` trains it, :func:`vpipe.train.existing_run` checks it).
+    by :data:`QUICK` (``TrainStage`` trains it, :func:`vpipe.train.current_run` checks it).
 
     ``overrides`` may name training options or head options (``clusters=8``).
     """

@@ -3,8 +3,9 @@
 ``train(ws, TrainConfig(...))`` fits a head and writes ``runs/<run_id>/``;
 ``evaluate(ws, run_id)`` rebuilds it from that directory and re-scores the test split;
 ``embed_videos`` gives a run's video embeddings (retrieval, t-SNE); ``existing_run``
-tells, without training, whether a config is already trained. The runs ``vpipe run``
-trains are the main job's recipe (:mod:`vpipe.stages.main_job`).
+tells, without training, whether a config is already trained (``current_run`` tells it
+without torch). The runs ``vpipe run`` trains are the main job's recipe
+(:mod:`vpipe.stages.main_job`).
 
 The names load on first use (:mod:`vpipe.lazy`): the command line reads
 :class:`TrainConfig`'s defaults without importing torch.
@@ -17,6 +18,7 @@ __all__ = [
     "TrainConfig",
     "classification_metrics",
     "completed_runs",
+    "current_run",
     "embed_clip_arrays",
     "embed_videos",
     "evaluate",
@@ -34,6 +36,7 @@ __getattr__, __dir__ = lazy_exports(
         "evaluate": "vpipe.train.evaluation",
         "classification_metrics": "vpipe.train.metrics",
         "completed_runs": "vpipe.train.runs",
+        "current_run": "vpipe.train.identity",
         "load_run": "vpipe.train.runs",
         "RunResult": "vpipe.train.trainer",
         "existing_run": "vpipe.train.trainer",
