@@ -15,7 +15,9 @@ measured again on the same videos in seconds.
 Heads: :class:`vpipe.models.heads.bilstm.BiLSTMSoftAggHead` with ``temporal`` none,
 lstm and bilstm and ``aggregation=avg`` (the order-less row and two ordered rows), the
 main job's quick settings (hidden 64, dropout 0.5, AdamW lr 3e-3, weight decay 1e-2,
-batch 16, 40 epochs; no validation split, the epoch count is fixed), inputs
+batch 16, 40 epochs; no validation split, the epoch count is fixed) or, with
+``--training declared``, the optimiser settings ``vpipe train`` uses with no flags (the
+head's declared lr, epochs and schedule, the trainer's batch size and gradient clip), inputs
 standardised with train statistics as the head's ``prepare`` does (``head``: one shared
 scale for the columns the backbone declares histograms), per dimension (``dimension``,
 the rule for learned features) or with one scale for all (``global``). Reported per seed: top-1, accuracy per family, and
@@ -39,9 +41,12 @@ from vpipe.extract.features import run_model
 from vpipe.extract.inputs import LoadedClip
 from vpipe.flow.quantize import quantize_flow
 from vpipe.flow.tvl1 import tvl1
+from vpipe.catalog import head_spec
 from vpipe.models import backbone
 from vpipe.models.backbones.registry import backbone_version, histogram_blocks
 from vpipe.models.heads.bilstm import BiLSTMSoftAggHead, input_scales
+from vpipe.train.config import TrainConfig
+from vpipe.train.trainer import _warmup_cosine
 from vpipe.video.sampling import li3d_clips
 
 CLASSES = (*FAMILIES["direction"], *FAMILIES["rhythm"], *FAMILIES["order"])
@@ -49,6 +54,16 @@ FRAMES, TEST = 24, 12
 #: TV-L1 coarse enough for 440 videos in minutes on one core (the descriptor bench's setting).
 TVL1 = {"nscales": 3, "warps": 2, "outer_iterations": 2, "inner_iterations": 10}
 SEED = 7
+#: The main job's quick settings: constant lr, no gradient clipping, batch 16, 40 epochs.
+QUICK = {"lr": 3e-3, "max_epochs": 40, "schedule": "constant", "batch_size": 16, "warmup_epochs": 0.0, "grad_clip": 0.0}
+
+
+def declared_training() -> dict[str, object]:
+    """What ``vpipe train --head bilstm-softagg`` uses with no flags: the head's declared lr,
+    epochs and schedule and the trainer's batch size, warm-up and gradient clipping."""
+    spec, config = head_spec("bilstm-softagg").training, TrainConfig()
+    return {"lr": spec.lr, "max_epochs": spec.max_epochs, "schedule": spec.schedule, "batch_size": config.batch_size,
+            "warmup_epochs": config.warmup_epochs, "grad_clip": config.grad_clip}
 
 
 def render(class_name: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +113,9 @@ def histogram_columns(width: int) -> tuple[tuple[int, int], ...]:
 
 
 def train_and_test(temporal: str, x: torch.Tensor, y: torch.Tensor, fit: np.ndarray, test: np.ndarray,
-                   seed: int, standardise: str) -> np.ndarray:
-    """Test predictions of one head trained with the quick settings for 40 epochs."""
+                   seed: int, standardise: str, training: dict[str, object]) -> np.ndarray:
+    """Test predictions of one head trained for a fixed number of epochs with ``training``'s
+    AdamW settings (weight decay 1e-2 in both; ``warmup-cosine`` stepped per batch as the trainer does)."""
     torch.manual_seed(seed)
     head = BiLSTMSoftAggHead(x.shape[-1], len(CLASSES), temporal=temporal, hidden=64, aggregation="avg")
     steps = x[fit].reshape(-1, x.shape[-1]).double()
@@ -109,18 +125,26 @@ def train_and_test(temporal: str, x: torch.Tensor, y: torch.Tensor, fit: np.ndar
         histograms = histogram_columns(x.shape[-1]) if standardise == "head" else ()
         std = torch.from_numpy(input_scales(steps.numpy(), histograms))
     head.set_input_statistics(steps.mean(0), std)
-    optimiser = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-2)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=training["lr"], weight_decay=1e-2)
+    size, epochs = int(training["batch_size"]), int(training["max_epochs"])
+    per_epoch = -(-len(fit) // size)
+    factor = (_warmup_cosine(epochs * per_epoch, round(training["warmup_epochs"] * per_epoch))
+              if training["schedule"] == "warmup-cosine" else (lambda step: 1.0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
     rng = np.random.default_rng(seed)
     order = fit.copy()
-    for _ in range(40):
+    for _ in range(epochs):
         head.train()
         rng.shuffle(order)
-        for start in range(0, len(order), 16):
-            batch = order[start : start + 16]
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
             loss = torch.nn.functional.cross_entropy(head(x[batch], torch.full((len(batch),), x.shape[1])), y[batch])
             optimiser.zero_grad()
             loss.backward()
+            if training["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), training["grad_clip"])
             optimiser.step()
+            scheduler.step()
     head.eval()
     with torch.no_grad():
         return head(x[test], torch.full((len(test),), x.shape[1])).argmax(1).numpy()
@@ -148,6 +172,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--standardise", choices=("head", "dimension", "global"), default="head",
                         help="the head's rule (one scale for declared histogram columns), per dimension, or one scale")
+    parser.add_argument("--training", choices=("quick", "declared"), default="quick",
+                        help="the main job's quick settings, or the head's declared defaults (what vpipe train uses)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="npz of the rendered set's frames and flow codes, reused when present")
     parser.add_argument("--out", type=Path, default=None)
@@ -159,10 +185,11 @@ def main() -> None:
     fit = np.flatnonzero(k < min(args.train, args.per_class - TEST))
     test = np.flatnonzero(k >= args.per_class - TEST)
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
+    training = QUICK if args.training == "quick" else declared_training()
     rows = {}
     for temporal in ("none", "lstm", "bilstm"):
         per_seed = [
-            scores(y[test], train_and_test(temporal, xt, yt, fit, test, seed, args.standardise)) for seed in args.seeds
+            scores(y[test], train_and_test(temporal, xt, yt, fit, test, seed, args.standardise, training)) for seed in args.seeds
         ]
         rows[f"{temporal} + avg"] = {
             "per_seed": per_seed,
@@ -178,6 +205,7 @@ def main() -> None:
         "videos": {"fit": len(fit), "test": len(test), "per_class_fit": len(fit) // len(CLASSES)},
         "render": {"frames": FRAMES, "scale": 0.5, "seed": SEED, "tvl1": TVL1, "seconds": seconds},
         "standardise": args.standardise,
+        "training": {"name": args.training, **training},
         "chance": 100 / len(CLASSES),
         "goal_top1": 80.0,
         "rows": rows,

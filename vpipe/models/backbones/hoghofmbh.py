@@ -78,7 +78,8 @@ from vpipe.models.backbones.registry import (
 ORIENTATIONS = 8
 #: Flow slower than this (pixels per frame) votes for HOF's no-motion bin: a little
 #: over two steps of the uint8 flow cache (40 / 255 px at bound 20), whose nearest
-#: codes to a zero flow are +-0.08 px.
+#: codes to a zero flow are +-0.08 px. It is also the dense-trajectory reference code's
+#: ``min_flow`` (Wang et al.).
 NO_MOTION = 0.4
 NT, NY, NX = 3, 2, 2
 #: Chroma (opponent-colour vector length, colour values in [0, 1]) at or below which a
