@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -56,12 +57,42 @@ def test_help_imports_no_heavy_library(args):
 
 
 def test_status_imports_no_training_or_plotting_library(tmp_path):
-    """``vpipe status`` still imports torch and h5py (the training steps' configs and run
-    lookup: heads are torch modules) but none of the libraries that only fitting,
-    searching or plotting use."""
+    """Even where nothing is probed, ``vpipe status`` imports only its own path."""
     code, heavy, _ = _imported_by(["status", "--dataset", "synthetic", "--workspace", str(tmp_path)])
     assert code == 1  # nothing probed there: the command still imported its whole path
-    assert not {"sklearn", "faiss", "dask", "distributed", "matplotlib"} & set(heavy), heavy
+    assert not {"torch", "sklearn", "faiss", "dask", "distributed", "matplotlib", "h5py"} & set(heavy), heavy
+
+
+def test_status_of_every_stage_imports_no_heavy_library(tmp_path):
+    """``vpipe status`` over a whole main job (bench/status.py's workspace: every
+    per-video stage done; encode, train and evaluate asked about) computes every
+    fingerprint, down to the training runs' data split, without torch, h5py,
+    scikit-learn or faiss: heads are described by :mod:`vpipe.head_specs` and feature
+    indexes read as columns (:mod:`vpipe.store.index_columns`). That the split and the
+    rest of the run fingerprint equal the trainer's is tests/test_run_identity.py.
+
+    pandas is not in the list: pyarrow imports it the first time it converts a Python
+    or numpy sequence (``pa.array``), to check whether it is a pandas object."""
+    from bench.status import DATASET, build
+
+    build(tmp_path, 12)
+    code, heavy, out = _imported_by(["status", "--dataset", DATASET, "--workspace", str(tmp_path), "--json"])
+    assert code == 0, out
+    report = json.loads(out)
+    assert [report[f"extract:{name}"]["done"] for name in ("li3d-rgb", "li3d-flow", "hoghofmbh")] == [12] * 3
+    # One video in each of 12 of its 400 classes: the run's split was computed, and has no validation part.
+    assert "no validation videos" in report["train li3d-rgb"]["reason"], report
+    assert not {"torch", "h5py", "sklearn", "faiss", "dask", "distributed", "matplotlib"} & set(heavy), heavy
+
+
+@pytest.mark.parametrize("command", ["heads", "backbones"])
+def test_listings_build_no_model(command):
+    """``vpipe heads`` and ``vpipe backbones`` list from the declarations and the static
+    tables (checked below against the built models), without torch."""
+    code, heavy, out = _imported_by([command, "--json"])
+    assert code == 0
+    assert {row["name"] for row in json.loads(out)} == set(catalog.HEADS if command == "heads" else catalog.BACKBONES)
+    assert not {"torch", "h5py", "sklearn", "faiss", "pandas"} & set(heavy), heavy
 
 
 def test_help_lists_the_registered_names():
@@ -107,6 +138,34 @@ def test_catalog_tvl1_defaults_equal_the_solver_s():
     assert catalog.TVL1_DEFAULTS == tvl1.__kwdefaults__, "update TVL1_DEFAULTS in vpipe/catalog.py"
 
 
+@pytest.mark.parametrize("name", catalog.HEADS)
+def test_catalog_head_declarations_are_the_registered_heads(name):
+    """A registered built-in head inherits its torch-free declaration and redefines none
+    of it, so status, ``vpipe heads`` and the trainer read one set of options, defaults,
+    inputs, tags and files."""
+    import inspect
+
+    from vpipe.head_specs import HEAD_SPECS, HeadSpec
+    from vpipe.models.heads import describe_head, head_class
+
+    spec, cls = catalog.head_spec(name), head_class(name)
+    assert spec is HEAD_SPECS[name] and issubclass(cls, spec)
+    declared = [n for n in vars(HeadSpec) if not n.startswith("__")]
+    redefined = [n for n in declared if inspect.getattr_static(cls, n) is not inspect.getattr_static(spec, n)]
+    assert redefined == [], f"declare {redefined} in vpipe/head_specs.py"
+    assert catalog.HEAD_PARAMETERS[name] == describe_head(name).parameters, "update HEAD_PARAMETERS in vpipe/catalog.py"
+    assert catalog.HEAD_HOOKS[name] == describe_head(name).hooks, "update HEAD_HOOKS in vpipe/catalog.py"
+    assert {row["name"]: row for row in catalog.describe_heads()}[name] == describe_head(name).__dict__
+
+
+def test_head_declaration_constants_equal_the_modules():
+    from vpipe import head_specs
+    from vpipe.models.aggregation import AGGREGATIONS
+
+    assert head_specs.AGGREGATIONS == AGGREGATIONS
+    assert set(catalog.HEAD_PARAMETERS) == set(catalog.HEAD_HOOKS) == set(catalog.HEADS)
+
+
 @pytest.mark.parametrize("name", catalog.BACKBONES)
 def test_catalog_backbone_descriptions_equal_the_registry(name):
     """The static copies the extract fingerprint reads (``vpipe status`` has no torch)."""
@@ -120,6 +179,10 @@ def test_catalog_backbone_descriptions_equal_the_registry(name):
     for stream in ("rgb", "flow"):
         assert catalog.backbone_inputs(name, stream) == registry.backbone_inputs(name, stream), fix
     assert set(catalog.BACKBONE_DEFAULTS) == set(registry.list_backbones()), fix
+    with warnings.catch_warnings():  # built without weights: only its spec is read
+        warnings.simplefilter("ignore")
+        spec = registry.backbone(name).spec
+    assert catalog.BACKBONE_LISTING[name] == catalog._listing(spec), "update BACKBONE_LISTING in vpipe/catalog.py"
 
 
 def test_per_video_stage_status_imports_no_heavy_library(tmp_path):

@@ -79,8 +79,8 @@ def fit_and_score(temporal: str, x_fit, y_fit, x_test, y_test) -> float:
     divided by one shared spread over the histogram columns the backbone declares
     (:func:`vpipe.models.heads.bilstm.input_scales`). Scaling each bin by its own spread
     lifts near-constant bins (the still background's HOG, which differs per video) to the
-    level of the few bins that move, which a head then memorises from 32 videos (0.75 test
-    accuracy here with per-dimension or per-histogram scales).
+    level of the few bins that move, which a head then memorises from 32 videos (test
+    accuracy 0.69 here per dimension, 0.75 with one scale per histogram, 0.88 shared).
     """
     torch.manual_seed(0)
     head = BiLSTMSoftAggHead(x_fit.shape[-1], 2, temporal=temporal, hidden=16, aggregation="avg", dropout=0.0)

@@ -294,3 +294,23 @@ def test_html_report_at_400_classes_is_a_clustered_svg_named_on_hover(ws):
     assert sum(span == 4 for span in spans) >= 76 and np.median(label_spans) > 100
     per_class = next(t for t in page["tables"] if t[0] == ["class", "accuracy", "correct", "videos"])
     assert len(per_class) == 1 + 400
+
+
+def test_a_run_whose_features_changed_layout_is_reported_without_tsne(tmp_path, monkeypatch, caplog):
+    """Features re-extracted with another width (a backbone version that adds a block): the
+    stale run keeps its table row and training figures, its t-SNE is skipped with a
+    warning, and loading it says to retrain instead of failing inside the model."""
+    import tests.fake_cache as fake_cache
+    from vpipe.train.evaluation import load
+
+    torch.set_num_threads(1)
+    ws = make_workspace(tmp_path)
+    train(ws, cfg(temporal="none", aggregation="avg", max_epochs=2), run_id="old")
+    shutil.rmtree(ws.features_dir(fake_cache.FEATURES))
+    monkeypatch.setattr(fake_cache, "D", fake_cache.D + 8)
+    make_workspace(tmp_path)
+    with pytest.raises(StageError, match=r"run 'old' was trained on inputs of shape .*32.*now give .*40.*train the run again"):
+        load(ws, "old", device="cpu")
+    result = build_report(ws, device="cpu")
+    assert [Path(p).name for p in result["plots"]["old"]] == ["curves.png", "confusion.png"]
+    assert "no t-SNE for run old" in caplog.text

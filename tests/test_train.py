@@ -150,7 +150,7 @@ def test_a_bumped_head_version_makes_finished_runs_stale(ws, monkeypatch):
     config = cfg(max_epochs=1)
     first = train(ws, config, reuse=True)
     assert first.run_id == config.default_run_id()
-    monkeypatch.setattr(config.head_cls, "version", 2)
+    monkeypatch.setattr(config.head_spec, "version", 2)  # declared in vpipe.head_specs
     bumped = train(ws, config, reuse=True)
     assert not bumped.reused and bumped.run_id == f"{first.run_id}-2"
     assert train(ws, config, reuse=True).reused, "the new version's run is reused in turn"

@@ -13,9 +13,14 @@ is not added here fails the suite instead of silently missing from ``--help``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import sys
+import warnings
+from typing import TYPE_CHECKING, NamedTuple
 
 from vpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vpipe.head_specs import HeadSpec
 
 #: ``vpipe.device.DEVICES``.
 DEVICES = ("auto", "cpu", "cuda")
@@ -28,6 +33,88 @@ BACKBONES = ("clip", "hoghofmbh", "i3d", "li3d", "r3d50", "resnet101", "resnet50
 
 #: ``vpipe.models.heads.list_heads()``.
 HEADS = ("bilstm-softagg", "deep-fusion", "st-manet", "vcm-sdd")
+
+#: ``describe_head(name).parameters`` (at 101 classes) and ``.hooks`` for every built-in
+#: head, so that ``vpipe heads`` lists them without building each model under torch.
+HEAD_PARAMETERS: dict[str, int] = {
+    "bilstm-softagg": 28214885, "deep-fusion": 119050922, "st-manet": 128636133, "vcm-sdd": 6923621,
+}  # fmt: skip
+HEAD_HOOKS: dict[str, list[str]] = {
+    "bilstm-softagg": ["prepare", "external_files"], "deep-fusion": ["prepare", "external_files"],
+    "st-manet": ["prepare", "training_loss"], "vcm-sdd": ["prepare"],
+}  # fmt: skip
+
+
+def describe_heads() -> list[dict[str, object]]:
+    """``describe_head(name)`` of every head, as ``vpipe heads`` lists them, sorted by name.
+
+    The built-in heads come from their declarations and the tables above, without torch;
+    a head registered at run time (only possible once the registry is imported) from the
+    registry.
+    """
+    from vpipe.head_specs import HEAD_SPECS, describe_spec
+
+    rows = {
+        name: describe_spec(HEAD_SPECS[name], parameters=HEAD_PARAMETERS[name], hooks=list(HEAD_HOOKS[name]))
+        for name in HEADS
+    }
+    registry = sys.modules.get("vpipe.models.heads.registry")
+    if registry is not None:
+        rows |= {name: registry.describe_head(name).__dict__ for name in registry.list_heads() if name not in rows}
+    return [rows[name] for name in sorted(rows)]
+
+
+def describe_backbones() -> list[dict[str, object]]:
+    """Every backbone as ``vpipe backbones`` lists it, sorted by name: the built-in ones
+    from :data:`BACKBONE_LISTING` and their plans, without building a model; one
+    registered at run time (only possible once the registry is imported) from its spec."""
+    from vpipe.video.plan import sampler_config
+
+    rows = {name: dict(listing) for name, listing in BACKBONE_LISTING.items()}
+    registry = sys.modules.get("vpipe.models.backbones.registry")
+    if registry is not None:
+        for name in registry.list_backbones():
+            if name not in rows:
+                with warnings.catch_warnings():  # built without weights only to be described
+                    warnings.simplefilter("ignore")
+                    rows[name] = _listing(registry.backbone(name).spec)
+    described = []
+    for name in sorted(rows):
+        plan = backbone_plan(name)
+        params = sampler_config(plan.sampler, **plan.options).params()
+        described.append({"name": name, **rows[name], "plan": {**params, "name": plan.name, "sampler": plan.sampler}})
+    return described
+
+
+def _listing(spec: object) -> dict[str, object]:
+    """The :data:`BACKBONE_LISTING` entry of a built backbone's spec."""
+    return {
+        "params": spec.num_params,
+        "input": spec.input_kind,
+        "input_shape": list(spec.default_input_shape),
+        "clip_length": spec.clip_length,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "layers": {k: list(v) for k, v in spec.layer_shapes().items()},
+        "checkpoint_layout": spec.checkpoint_layout,
+        "licence": spec.licence,
+    }
+
+
+def head_spec(name: str) -> type[HeadSpec]:
+    """What head ``name`` declares (options, training defaults, inputs, tag, files), torch-free.
+
+    A built-in head's declaration is its class in :mod:`vpipe.head_specs`, which the
+    registered head inherits; a head registered at run time is its registered class, so
+    asking for it imports the registry (and torch), which registered it in the first place.
+    """
+    from vpipe.head_specs import HEAD_SPECS
+
+    if name in HEAD_SPECS:
+        return HEAD_SPECS[name]
+    from vpipe.models.heads import head_class
+
+    return head_class(name)
 
 #: ``vpipe.video.plan.SAMPLERS``.
 SAMPLERS = ("li3d", "uniform", "tsn", "dense", "strided")
@@ -57,6 +144,138 @@ BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
     "vgg16": {"grid": None, "flow_stack": 4},
     "videomae": {"size": "base"},
     "vjepa": {"size": "large", "grid": False},
+}
+
+
+#: What ``vpipe backbones`` lists of each backbone's ``BackboneSpec`` (parameters, input,
+#: normalisation, cached layers, checkpoint layout, licence), so that the listing builds no
+#: model under torch (a test checks every entry against the built model's spec).
+BACKBONE_LISTING: dict[str, dict[str, object]] = {
+    "clip": {
+        "params": 87849216,
+        "input": "frames",
+        "input_shape": [3, 224, 224],
+        "clip_length": 1,
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "layers": {"pool": [512], "cls": [768]},
+        "checkpoint_layout": (
+            "OpenAI / open_clip CLIP (visual.conv1, visual.transformer.resblocks.N, "
+            "visual.proj) or transformers CLIPVisionModelWithProjection (vision_model.*, "
+            "visual_projection)"
+        ),
+        "licence": "",
+    },
+    "hoghofmbh": {
+        "params": 0,
+        "input": "clip",
+        "input_shape": [5, 16, 112, 112],
+        "clip_length": 16,
+        "mean": [0.0, 0.0, 0.0, 0.5, 0.5],
+        "std": [1.0, 1.0, 1.0, 0.025, 0.025],
+        "layers": {"pool": [14, 504], "local": [180, 504]},
+        "checkpoint_layout": "none",
+        "licence": "",
+    },
+    "i3d": {
+        "params": 12287264,
+        "input": "clip",
+        "input_shape": [3, 64, 224, 224],
+        "clip_length": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "layers": {"pool": [8, 1024]},
+        "checkpoint_layout": "pytorch-i3d InceptionI3d",
+        "licence": "",
+    },
+    "li3d": {
+        "params": 8047904,
+        "input": "clip",
+        "input_shape": [3, 64, 224, 224],
+        "clip_length": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "layers": {"pool": [8, 1024]},
+        "checkpoint_layout": "vpipe LI3D, or pytorch-i3d InceptionI3d (converted)",
+        "licence": "",
+    },
+    "r3d50": {
+        "params": 46198976,
+        "input": "clip",
+        "input_shape": [3, 16, 112, 112],
+        "clip_length": 16,
+        "mean": [0.4345, 0.4051, 0.3775],
+        "std": [0.2768, 0.2713, 0.2737],
+        "layers": {
+            "layer1": [256, 8, 4, 4], "layer2": [512, 4, 4, 4], "layer3": [1024, 2, 4, 4], "layer4": [2048, 1, 4, 4],
+            "pool": [2048],
+        },
+        "checkpoint_layout": "3D-ResNets-PyTorch generate_model(50)",
+        "licence": "",
+    },
+    "resnet101": {
+        "params": 42500160,
+        "input": "frames",
+        "input_shape": [3, 224, 224],
+        "clip_length": 1,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "layers": {"pool": [2048], "grid": [2048, 7, 7]},
+        "checkpoint_layout": "torchvision ResNet",
+        "licence": "",
+    },
+    "resnet50": {
+        "params": 23508032,
+        "input": "frames",
+        "input_shape": [3, 224, 224],
+        "clip_length": 1,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "layers": {"pool": [2048], "grid": [2048, 7, 7]},
+        "checkpoint_layout": "torchvision ResNet",
+        "licence": "",
+    },
+    "vgg16": {
+        "params": 117479232,
+        "input": "frames",
+        "input_shape": [3, 224, 224],
+        "clip_length": 1,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "layers": {"conv5_3": [512, 14, 14], "fc6": [4096]},
+        "checkpoint_layout": "torchvision VGG",
+        "licence": "",
+    },
+    "videomae": {
+        "params": 86227200,
+        "input": "clip",
+        "input_shape": [3, 16, 224, 224],
+        "clip_length": 16,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "layers": {"pool": [768]},
+        "checkpoint_layout": (
+            "official VideoMAE .pth (patch_embed/blocks/fc_norm) or transformers VideoMAE "
+            "(videomae.embeddings/encoder.layer)"
+        ),
+        "licence": "CC-BY-NC-4.0 (published VideoMAE weights)",
+    },
+    "vjepa": {
+        "params": 303885312,
+        "input": "clip",
+        "input_shape": [3, 16, 224, 224],
+        "clip_length": 16,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "layers": {"pool": [1024]},
+        "checkpoint_layout": (
+            "official V-JEPA .pth.tar (target_encoder/encoder: patch_embed, pos_embed, "
+            "blocks.N.attn.qkv, norm) or transformers VJEPA2Model "
+            "(encoder.embeddings.patch_embeddings, encoder.layer.N.attention.query, "
+            "encoder.layernorm)"
+        ),
+        "licence": "CC-BY-NC-4.0 (published V-JEPA and V-JEPA 2 weights)",
+    },
 }
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
+from vpipe import catalog
 from vpipe.cli.options import (
     Backbone,
     Compute,
@@ -47,45 +45,13 @@ VideosPerTask = Annotated[
 ]
 
 
-@contextmanager
-def quiet_random_weights() -> Iterator[None]:
-    """Listing builds every model without weights; the warning about that is noise here."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 def backbones(json_output: Json = False) -> None:
     """List every backbone with its parameter count, input, cached layers and, where the
     published checkpoints restrict use, their licence.
 
     Example: vpipe backbones --json
     """
-    from vpipe.models import backbone as build_backbone
-    from vpipe.models import list_backbones
-    from vpipe.models.backbones.registry import backbone_plan
-    from vpipe.video.plan import sampler_config
-
-    rows = []
-    for name in list_backbones():
-        with quiet_random_weights():
-            spec = build_backbone(name).spec
-        plan = backbone_plan(name)
-        rows.append(
-            {
-                "name": name,
-                "params": spec.num_params,
-                "input": spec.input_kind,
-                "input_shape": list(spec.default_input_shape),
-                "clip_length": spec.clip_length,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "layers": {k: list(v) for k, v in spec.layer_shapes().items()},
-                "checkpoint_layout": spec.checkpoint_layout,
-                "licence": spec.licence,
-                "plan": {**sampler_config(plan.sampler, **plan.options).params(), "name": plan.name, "sampler": plan.sampler},
-            }
-        )
+    rows = catalog.describe_backbones()
     if json_output:
         emit_json(rows)
         return

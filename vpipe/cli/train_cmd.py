@@ -102,29 +102,27 @@ def heads(json_output: Json = False) -> None:
 
     Example: vpipe heads --json
     """
-    from vpipe.models.heads import describe_head, list_heads
-
-    rows = [describe_head(name) for name in list_heads()]
+    rows = catalog.describe_heads()
     if json_output:
-        emit_json([row.__dict__ for row in rows])
+        emit_json(rows)
         return
     for row in rows:
-        size = "?" if row.parameters is None else f"{row.parameters / 1e6:.2f}M"
-        shapes = ", ".join(f"{role} {tuple(shape)}" for role, shape in row.example_shapes.items())
-        typer.echo(f"{row.name} v{row.version}  ({size} parameters at {shapes or 'no example input'})")
-        typer.echo(f"  {row.summary}")
-        for spec in row.inputs:
+        size = "?" if row["parameters"] is None else f"{row['parameters'] / 1e6:.2f}M"
+        shapes = ", ".join(f"{role} {tuple(shape)}" for role, shape in row["example_shapes"].items())
+        typer.echo(f"{row['name']} v{row['version']}  ({size} parameters at {shapes or 'no example input'})")
+        typer.echo(f"  {row['summary']}")
+        for spec in row["inputs"]:
             typer.echo(f"  input {spec['role']}: layer {spec['layer']} of {' + '.join(spec['features'])} ({spec['layout']})")
-        for option in row.options:
+        for option in row["options"]:
             choices = f" [{'|'.join(map(str, option['choices']))}]" if option["choices"] else ""
             typer.echo(f"  -O {option['name']}={option['default']}{choices}  {option['help']}")
-        training = row.training
+        training = row["training"]
         typer.echo(
             f"  training: --lr {training['lr']:g} --epochs {training['max_epochs']} --schedule {training['schedule']}"
             f"  ({training['reason']})"
         )
-        if row.hooks:
-            typer.echo(f"  hooks: {', '.join(row.hooks)}")
+        if row["hooks"]:
+            typer.echo(f"  hooks: {', '.join(row['hooks'])}")
 
 
 @user_errors

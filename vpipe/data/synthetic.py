@@ -52,7 +52,6 @@ import numpy as np
 from vpipe.artifacts import atomic_write_text
 from vpipe.data.base import MainJobDefaults, VideoEntry
 from vpipe.errors import ConfigError, DatasetError
-from vpipe.video.write import write_video
 
 #: Class families, in label order.
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -338,6 +337,8 @@ def generate_synthetic(
     }
     if not overwrite and _is_complete(root, params):
         return root
+    from vpipe.video.write import write_video  # PyAV: only when the videos are (re)written
+
     _clear(root)
     num_test = min(videos_per_class - 1, max(1, round(videos_per_class * test_fraction)))
     rows = []

@@ -36,13 +36,16 @@ standard deviations near 1e-40, which float32 would flush to zero.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, check_budget
-from vpipe.encode.encoding_io import EncodingReader
+
+if TYPE_CHECKING:
+    import torch
+
+    from vpipe.encode.encoding_io import EncodingReader
 
 #: Candidate C values, ascending (the warm-started path runs in this order).
 C_GRID = (0.001, 0.01, 0.1, 1.0)
@@ -101,6 +104,8 @@ def _objective_and_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The objective of the module docstring and its gradient, by hand: two matrix products,
     no autograd graph (whose bookkeeping costs more than the products on small problems)."""
+    import torch
+
     n = z.shape[0]
     slack = torch.clamp(1.0 - targets * (z @ weights + bias), min=0.0)
     loss = (slack * slack).sum() / n + ((weights * weights).sum() + (bias * bias).sum()) / (2.0 * c * n)
@@ -112,6 +117,8 @@ def fit_svm(
     z: torch.Tensor, y: np.ndarray, classes: np.ndarray, c: float, init: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One-vs-rest squared-hinge weights (dim, classes), bias and function evaluations used."""
+    import torch
+
     targets = torch.from_numpy(np.where(y[:, None] == classes[None, :], 1.0, -1.0).astype(np.float32))
     if init is None:
         weights, bias = torch.zeros(z.shape[1], len(classes)), torch.zeros(len(classes))
@@ -174,6 +181,8 @@ def select_c(z: torch.Tensor, y: np.ndarray, classes: np.ndarray, seed: int) -> 
 
 def _restandardised(z: torch.Tensor, fit_rows: np.ndarray, held_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Copies of the fit and held-out rows, both standardised with the fit rows' statistics."""
+    import torch
+
     z_fit, z_held = z[torch.from_numpy(fit_rows)], z[torch.from_numpy(held_rows)]
     mean, std = train_statistics(array_blocks(z_fit.numpy()), np.arange(len(fit_rows)), z.shape[1])
     for part in (z_fit, z_held):
@@ -207,6 +216,8 @@ def fit_and_evaluate(
 ) -> dict[str, Any]:
     """Fit on the ``train`` rows, report metrics on the ``test`` rows (confusion rows/columns:
     sorted labels of both splits)."""
+    import torch
+
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score  # as above
 
     train_rows, test_rows = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from vpipe.artifacts import atomic_path, write_digest_file
@@ -81,6 +80,8 @@ class Codebook:
 
 def save_codebook(path: Path, codebook: Codebook) -> None:
     """Write ``codebook`` to ``path`` atomically (temporary file, fsync, rename)."""
+    import h5py
+
     with atomic_path(Path(path)) as tmp, h5py.File(tmp, "w") as handle:
         for name in _ARRAYS:
             handle.create_dataset(name, data=np.asarray(getattr(codebook, name), dtype=np.float32))
@@ -95,6 +96,8 @@ def save_codebook(path: Path, codebook: Codebook) -> None:
 
 def load_codebook(path: Path) -> Codebook:
     """Read a codebook written by :func:`save_codebook`."""
+    import h5py
+
     path = Path(path)
     if not path.is_file():
         raise StageError(f"no codebook at {path}: run `vpipe encode` to fit it")
@@ -115,6 +118,8 @@ def stored_fingerprint(path: Path) -> str:
     """The fingerprint attribute of an HDF5 artifact, or "" if it is missing or foreign."""
     if not Path(path).is_file():
         return ""
+    import h5py  # here, not at the top: status imports this module for workspaces with no codebook yet
+
     try:
         with h5py.File(path, "r") as handle:
             return str(handle.attrs.get("fingerprint", ""))

@@ -22,15 +22,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
-import pandas as pd
 
 from vpipe.artifacts import commit, discard, temp_path, write_digest_file
 from vpipe.encode.budget import check_budget
 from vpipe.errors import StageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENCODING_FORMAT = "vpipe.encoding/1"
 _CHUNK_BYTES = 1 << 20
@@ -45,6 +46,8 @@ class EncodingWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = temp_path(self.path)
+        import h5py
+
         self._file = h5py.File(self._tmp, "w")
         rows = max(1, min(len(videos), _CHUNK_BYTES // (4 * dim)))
         self._x = self._file.create_dataset("X", shape=(len(videos), dim), dtype=np.float32, chunks=(rows, dim))
@@ -92,6 +95,8 @@ class EncodingReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise StageError(f"no encodings at {self.path}: run `vpipe encode` to build them")
+        import h5py
+
         self._file = h5py.File(self.path, "r")
         if self._file.attrs.get("format") != ENCODING_FORMAT:
             self._file.close()

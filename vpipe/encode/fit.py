@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, check_budget
 from vpipe.encode.codebook_io import Codebook
@@ -27,7 +27,11 @@ from vpipe.encode.gmm import column_variance, partition_gmm
 from vpipe.encode.kmeans import fit_kmeans, import_faiss
 from vpipe.encode.pca import fit_pca
 from vpipe.errors import ConfigError, StageError
-from vpipe.store import FeatureSet
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from vpipe.store import FeatureSet
 
 #: Default cap on the k-means sample (all train descriptors when there are fewer).
 DEFAULT_SAMPLE_SIZE = 100_000

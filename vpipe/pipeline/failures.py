@@ -7,15 +7,19 @@ so the file always describes the latest run of every stage.
 from __future__ import annotations
 
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from vpipe.artifacts import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ["stage", "video_id", "path", "error", "time"]
 
 
 def read_failures(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
     return pd.read_parquet(path)
@@ -23,6 +27,8 @@ def read_failures(path: Path) -> pd.DataFrame:
 
 def replace_stage_failures(path: Path, stage: str, failures: list[dict]) -> pd.DataFrame:
     """Drop ``stage``'s old rows, add the new ones, write atomically."""
+    import pandas as pd
+
     table = read_failures(path)
     table = table[table["stage"] != stage]
     new = pd.DataFrame(failures, columns=COLUMNS)

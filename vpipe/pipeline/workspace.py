@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vpipe.artifacts.records import DatasetConfig
@@ -23,6 +23,8 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.store.index import INDEX_FILE
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from vpipe.store.reader import FeatureSet
 
 WORKSPACE_ENV = "VPIPE_WORKSPACE"
@@ -75,8 +77,8 @@ class DatasetWorkspace:
     def features_dir(self, name: str) -> Path:
         return self.dir / "features" / name
 
-    def open_features(self, name: str, *, max_open_files: int = 16) -> FeatureSet:
-        """The feature set ``features/<name>``; a :class:`StageError` naming ``vpipe extract`` if absent."""
+    def features_index(self, name: str) -> Path:
+        """``features/<name>/index.parquet``; a :class:`StageError` naming ``vpipe extract`` if absent."""
         directory = self.features_dir(name)
         if not (directory / INDEX_FILE).is_file():
             available = sorted(p.name for p in directory.parent.glob("*") if (p / INDEX_FILE).is_file())
@@ -85,6 +87,11 @@ class DatasetWorkspace:
                 f"run `vpipe extract --dataset {self.dataset}` first"
                 + (f"; extracted feature sets: {', '.join(available)}" if available else "")
             )
+        return directory / INDEX_FILE
+
+    def open_features(self, name: str, *, max_open_files: int = 16) -> FeatureSet:
+        """The feature set ``features/<name>``; a :class:`StageError` naming ``vpipe extract`` if absent."""
+        directory = self.features_index(name).parent
         from vpipe.store.reader import FeatureSet  # torch: only for callers that read features
 
         return FeatureSet.open(directory, max_open_files=max_open_files)
@@ -134,6 +141,8 @@ class DatasetWorkspace:
         takes no part. Returns the rows (``video_id``, ``label``, ``label_name``,
         ``split``) and how many ``ok`` videos were left out.
         """
+        import pandas as pd
+
         manifest = self.read_manifest()
         ok = manifest[manifest["status"] == "ok"]
         present = pd.Series(True, index=ok.index)
@@ -141,6 +150,17 @@ class DatasetWorkspace:
             present &= ok["video_id"].isin(set(index.loc[index["view"] == 0, "video_id"]))
         rows = ok.loc[present, ["video_id", "label", "label_name", "split"]].reset_index(drop=True)
         return rows, int((~present).sum())
+
+    def usable_video_columns(self, view0: Iterable[Iterable[str]]) -> tuple[pa.Table, int]:
+        """:meth:`usable_videos` as Arrow columns: ``view0`` holds, per input, the ids of the
+        videos with view 0 in it. For status and run identities, which need no DataFrame."""
+        manifest = self.read_manifest_columns(["video_id", "label", "label_name", "split", "status"])
+        ok = manifest.filter(pc.equal(manifest["status"], "ok"))
+        present = pa.array([True] * ok.num_rows, pa.bool_())
+        for ids in view0:
+            present = pc.and_(present, pc.is_in(ok["video_id"], value_set=pa.array(list(ids), pa.string())))
+        rows = ok.filter(present).select(["video_id", "label", "label_name", "split"])
+        return rows, ok.num_rows - rows.num_rows
 
     def read_config(self) -> DatasetConfig:
         """The dataset options recorded by the last probe (adapter, root, split)."""

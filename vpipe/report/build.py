@@ -9,6 +9,7 @@ figures of different runs under one name.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from vpipe.train import runs
 from vpipe.train.evaluation import LoadedRun, load
 from vpipe.train.scoring import predict
 from vpipe.train.trainer import best_epoch
+
+log = logging.getLogger(__name__)
 
 #: t-SNE is quadratic in the number of points and embeddings can be 10⁵-dimensional,
 #: so at most this many test videos (a seeded random subset) are embedded.
@@ -51,7 +54,8 @@ def _tsne_inputs(loaded: LoadedRun, max_videos: int) -> tuple[np.ndarray, np.nda
 
 
 def plot_run(ws: DatasetWorkspace, run: RunRecord, *, tsne: bool = True, device: str = "auto") -> list[Path]:
-    """Draw the figures of one completed run; return their paths."""
+    """Draw the figures of one completed run; return their paths. A run that cannot read its
+    features any more (re-extracted with another layout) gets no t-SNE, with a warning."""
     run_id = run.run_id
     out = run.directory / runs.PLOTS_DIR
     history = run.history
@@ -66,7 +70,11 @@ def plot_run(ws: DatasetWorkspace, run: RunRecord, *, tsne: bool = True, device:
         ),
     ]
     if tsne and run.metrics["videos"] >= 4:
-        loaded = load(ws, run, device=device)
+        try:
+            loaded = load(ws, run, device=device)
+        except StageError as exc:
+            log.warning("no t-SNE for run %s: %s", run_id, exc)
+            return paths
         try:
             before, after, labels = _tsne_inputs(loaded, MAX_TSNE_VIDEOS)
         finally:

@@ -25,22 +25,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from vpipe.artifacts import sha256_file
 from vpipe.artifacts.provenance import FeatureProvenance
 from vpipe.encode.classic import ENCODERS, METHODS
 from vpipe.encode.codebook_io import load_codebook, stored_fingerprint
 from vpipe.encode.encoding_io import EncodingReader
 from vpipe.errors import ConfigError, StageError
-from vpipe.models import sha256_file
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.retrieval.faiss_index import normalise
 from vpipe.retrieval.query_video import QueryVideo
-from vpipe.store import FeatureSet
+
+if TYPE_CHECKING:
+    from vpipe.store.reader import FeatureSet
 
 #: Bumped when the same sources would give different vectors.
 EMBEDDING_VERSION = 1
@@ -92,6 +94,8 @@ def _feature_provenance(ws: DatasetWorkspace, features: FeatureSet) -> dict[str,
     """A feature set's provenance, plus its flow cache's when the backbone reads flow."""
     provenance = dict(features.provenance)
     if "flow" in (provenance.get("inputs") or [provenance.get("stream")]):
+        from vpipe.store.reader import FeatureSet
+
         with FeatureSet.open(ws.flow_dir(str(provenance["plan"]))) as flow:
             provenance["flow"] = flow.provenance
     return provenance

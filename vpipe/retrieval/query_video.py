@@ -41,8 +41,8 @@ import pandas as pd
 
 from vpipe.artifacts.provenance import FeatureProvenance, FlowProvenance
 from vpipe.errors import DecodeError, StageError, VpipeError, WeightsError
-from vpipe.models import sha256_file
-from vpipe.store import FeatureSet, write_index
+from vpipe.artifacts import sha256_file
+from vpipe.store.index import write_index
 from vpipe.video.decode import VideoInfo, probe_video
 from vpipe.video.jobs import ClipSpec, VideoJob
 from vpipe.video.plan import SamplerConfig, plan_video
@@ -50,6 +50,7 @@ from vpipe.video.views import Crop
 
 if TYPE_CHECKING:
     from vpipe.extract.features import ExtractConfig
+    from vpipe.store.reader import FeatureSet
     from vpipe.flow.compute import FlowConfig
 
 
@@ -233,4 +234,6 @@ class QueryVideo:
                 _raise(result, self.path)
             write_index(directory, result)
             self._features[name] = directory
+        from vpipe.store.reader import FeatureSet  # torch: only when a query reads its features
+
         return FeatureSet.open(self._features[name])

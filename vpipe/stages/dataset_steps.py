@@ -19,14 +19,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpipe.artifacts import atomic_write_text
-from vpipe.errors import StageError
+from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.stage import Stage, WholeDatasetStage
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.train import TrainConfig, completed_runs, evaluate, existing_run, load_run, train
+from vpipe.train import TrainConfig, completed_runs, current_run, load_run
+
+if TYPE_CHECKING:
+    from vpipe.artifacts.run_record import RunRecord
 
 #: Bumped when the report's content changes for the same runs.
 REPORT_VERSION = "report/2"
@@ -115,15 +118,26 @@ class TrainStage(WholeDatasetStage):
         return fingerprint(self.name, self.settings())
 
     def is_current(self) -> bool:
-        return existing_run(self.workspace, self.config) is not None
+        return _current_run(self.workspace, self.config) is not None
 
     def work(self) -> dict[str, Any]:
+        from vpipe.train import train
+
         result = train(self.workspace, self.config, reuse=True, progress=True, threads=self.threads)
         return {"run_id": result.run_id, "test_accuracy": result.metrics["accuracy"]}
 
     def describe(self) -> dict[str, Any]:
-        run = existing_run(self.workspace, self.config)
+        run = _current_run(self.workspace, self.config)
         return {} if run is None else {"run_id": run.run_id, "test_accuracy": run.metrics["accuracy"]}
+
+
+def _current_run(workspace: DatasetWorkspace, config: TrainConfig) -> RunRecord | None:
+    """:func:`vpipe.train.current_run`, with a split the options cannot make (no validation
+    videos) reported as the stage not being ready, like missing inputs, not as a crash."""
+    try:
+        return current_run(workspace, config)
+    except ConfigError as error:
+        raise StageError(str(error)) from error
 
 
 class ReportStage(WholeDatasetStage):
@@ -158,7 +172,7 @@ class ReportStage(WholeDatasetStage):
         return {"tsne": self.tsne}
 
     def _runs(self) -> list[str]:
-        found = [existing_run(self.workspace, stage.config) for stage in self.trains]
+        found = [_current_run(self.workspace, stage.config) for stage in self.trains]
         if any(run is None for run in found):
             raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {self.workspace.dataset}`")
         return [run.run_id for run in found]
@@ -175,6 +189,7 @@ class ReportStage(WholeDatasetStage):
 
     def work(self) -> dict[str, Any]:
         from vpipe.report import build_report
+        from vpipe.train import evaluate
 
         run_ids = self._runs()
         for run_id in run_ids:

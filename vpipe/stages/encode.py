@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
 from vpipe.artifacts import atomic_write_text
@@ -41,18 +44,14 @@ from vpipe.encode.baseline import required_bytes, run_baseline_file
 from vpipe.encode.budget import DEFAULT_MEMORY_BUDGET, WITHIN_BUDGET, check_budget, format_bytes
 from vpipe.encode.classic import ENCODERS, METHODS, encoding_dim, method_dim
 from vpipe.encode.codebook_io import Codebook, load_codebook, save_codebook, stored_fingerprint
-from vpipe.encode.encoding_io import EncodingReader, EncodingWriter
-from vpipe.encode.fit import (
-    codebook_sample_size,
-    descriptor_dim,
-    fit_codebook,
-    resolve_pca,
-    train_descriptor_total,
-)
+from vpipe.encode.fit import codebook_sample_size, fit_codebook, resolve_pca
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.store import FeatureSet
+from vpipe.store.index_columns import IndexColumns, index_columns
+
+if TYPE_CHECKING:
+    from vpipe.store import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,8 @@ def _parse_methods(methods: Sequence[str]) -> list[str]:
 class EncodePlan:
     """What a run would read and the fingerprint of every artifact it would write."""
 
-    videos: pd.DataFrame
+    #: The usable videos' ``video_id``, ``label``, ``label_name`` and ``split``, in manifest order.
+    videos: pa.Table
     missing: int
     train_ids: list[str]
     index_sha256: str
@@ -94,7 +94,7 @@ class EncodePlan:
 
 def _plan(
     ws: DatasetWorkspace,
-    features: FeatureSet,
+    features: IndexColumns,
     features_name: str,
     clusters: int,
     *,
@@ -109,31 +109,32 @@ def _plan(
     run_baseline: bool | str = True,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> EncodePlan:
-    """Fingerprints from the manifest, the features index and the options: nothing is fitted."""
+    """Fingerprints from the manifest, the features index (as columns: no shard, no
+    pandas) and the options: nothing is fitted."""
     methods = _parse_methods(methods)
     if not 0 <= seed < 2**31:
         raise ConfigError(f"--seed must be between 0 and 2^31-1, got {seed}")
-    videos, missing = ws.usable_videos([features.index])
-    train_ids = videos.loc[videos["split"] == "train", "video_id"].tolist()
+    videos, missing = ws.usable_video_columns([features.view0_ids])
+    train_ids = videos.filter(pc.equal(videos["split"], "train"))["video_id"].to_pylist()
     if not train_ids:
         raise StageError(
             f"no train videos of dataset {ws.dataset!r} have {features_name} features: the codebook is fitted on "
             f"the train split only; check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
         )
-    input_dim = descriptor_dim(features, layer)
-    samples = codebook_sample_size(train_descriptor_total(features, train_ids, layer), sample_size)
+    input_dim = features.descriptor_dim(layer)
+    samples = codebook_sample_size(features.descriptor_total(train_ids, layer), sample_size)
     reduced = resolve_pca(pca, input_dim, samples)
-    index_sha256 = features.index_sha256
+    index_sha256 = features.sha256
     book = fingerprint(
         CODEBOOK_METHOD, features_name, index_sha256, layer, clusters, sample_size, seed, niter, train_ids,
         reduced, whiten and reduced is not None,
     )  # fmt: skip
-    listing = videos[["video_id", "label", "split"]].values.tolist()
+    listing = [list(row) for row in zip(*(videos[name].to_pylist() for name in ("video_id", "label", "split")))]
     encodings = {m: fingerprint(ENCODING_VERSION, m, book, index_sha256, layer, listing) for m in methods}
     if run_baseline not in (True, False, WITHIN_BUDGET):
         raise ConfigError(f"baseline must be true, false or {WITHIN_BUDGET!r}, got {run_baseline!r}")
     plan = EncodePlan(videos, missing, train_ids, index_sha256, reduced, reduced or input_dim, book, encodings, None)
-    if not run_baseline or not (videos["split"] == "test").any():
+    if not run_baseline or "test" not in videos["split"].to_pylist():
         return plan
     plan.baseline_methods = list(methods)
     if run_baseline == WITHIN_BUDGET:
@@ -154,7 +155,8 @@ def _plan(
 
 def _baseline_bytes(plan: EncodePlan, clusters: int) -> dict[str, int]:
     """Method -> bytes its baseline holds (train matrix, its per-fold copy, solver state)."""
-    classes = plan.videos.loc[plan.videos["split"] == "train", "label"].nunique()
+    train = plan.videos.filter(pc.equal(plan.videos["split"], "train"))
+    classes = len(set(train["label"].to_pylist()))
     return {
         method: required_bytes(len(plan.train_ids), method_dim(method, clusters, plan.code_dim), classes)
         for method in plan.encoding_fingerprints
@@ -226,7 +228,9 @@ def _encode(
     pays for waking a thread pool, and on a loaded machine the pool's spinning threads
     made each video 10× slower.
     """
-    videos = plan.videos
+    from vpipe.encode.encoding_io import EncodingWriter
+
+    videos = plan.videos.to_pandas()
     info: dict[str, dict[str, Any]] = {}
     stale: dict[str, tuple[Path, str]] = {}
     for method, fp in plan.encoding_fingerprints.items():
@@ -286,6 +290,8 @@ def _baseline(
     """Test metrics per method, reused when the stored JSON has the same fingerprint."""
     if _stored_json_fingerprint(path) == plan.baseline_fingerprint:
         return json.loads(path.read_text()), False
+    from vpipe.encode.encoding_io import EncodingReader
+
     results: dict[str, Any] = {}
     for method in plan.baseline_methods:
         entry = encodings[method]
@@ -336,12 +342,11 @@ def encode_status(
     Reads the manifest and the features index only; ``use_gpu`` does not enter any
     fingerprint and is accepted so callers can pass one option set.
     """
-    with ws.open_features(features_name) as features:
-        plan = _plan(
-            ws, features, features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
-            methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten, run_baseline=baseline,
-            memory_budget=memory_budget,
-        )  # fmt: skip
+    plan = _plan(
+        ws, index_columns(ws.features_index(features_name).parent), features_name, clusters,
+        sample_size=sample_size, seed=seed, niter=niter, methods=methods, layer=layer, svm_c=svm_c, pca=pca,
+        whiten=whiten, run_baseline=baseline, memory_budget=memory_budget,
+    )  # fmt: skip
     status = {"codebook": stored_fingerprint(ws.codebook_path(features_name, clusters)) == plan.codebook_fingerprint}
     for method, fp in plan.encoding_fingerprints.items():
         status[method] = stored_fingerprint(ws.encoding_path(features_name, clusters, method)) == fp
@@ -381,7 +386,7 @@ def run_encode(
     seconds: dict[str, float] = {}
     with ws.open_features(features_name) as features:
         plan = _plan(
-            ws, features, features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
+            ws, index_columns(features.directory), features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
             methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten, run_baseline=baseline,
             memory_budget=memory_budget,
         )  # fmt: skip
@@ -399,7 +404,7 @@ def run_encode(
         started = time.perf_counter()
         encodings = _encode(ws, features, features_name, codebook, plan, layer=layer)
         seconds["encodings"] = time.perf_counter() - started
-    videos = plan.videos
+    videos = plan.videos.to_pandas()
     summary: dict[str, Any] = {
         "dataset": ws.dataset,
         "features": features_name,

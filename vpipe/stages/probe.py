@@ -25,12 +25,13 @@ from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import write_table
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.dataset import list_videos
-from vpipe.video.decode import probe_video
 
 MANIFEST_COLUMNS = columns(ManifestRow)
 
 
 def probe_item(decoder: str, path: str) -> list[dict[str, Any]]:
+    from vpipe.video.decode import probe_video  # PyAV: only where a video is opened
+
     info = probe_video(path, decoder=decoder)
     return [
         {

@@ -22,14 +22,17 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vpipe.artifacts import FileDigest, atomic_path
 from vpipe.errors import StageError
 from vpipe.store.shards import SHARD_BYTES, SHARD_SHA256
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INDEX_FILE = "index.parquet"
 
@@ -75,6 +78,8 @@ def write_index(directory: Path, rows: Iterable[Mapping[str, object]] | pd.DataF
     reader's iteration order is stable. The file is written under a temporary name
     and renamed, so readers see the old index or the new one, never half of one.
     """
+    import pandas as pd
+
     directory = Path(directory)
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     if frame.empty:
@@ -157,11 +162,16 @@ def read_index(directory: Path) -> pd.DataFrame:
     directory = Path(directory)
     path = directory / INDEX_FILE
     if not path.is_file():
-        raise StageError(
-            f"no {INDEX_FILE} in {directory}: the artifact is missing or its stage did not "
-            f"finish; run `{producing_command(directory)}` to build it (a rerun resumes)"
-        )
+        raise missing_index(directory)
     return pq.read_table(path, schema=INDEX_SCHEMA).to_pandas()
+
+
+def missing_index(directory: Path) -> StageError:
+    """The one error for an artifact without an index: its stage never finished."""
+    return StageError(
+        f"no {INDEX_FILE} in {directory}: the artifact is missing or its stage did not "
+        f"finish; run `{producing_command(directory)}` to build it (a rerun resumes)"
+    )
 
 
 def orphan_shards(directory: Path, index: pd.DataFrame) -> list[Path]:

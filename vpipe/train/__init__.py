@@ -4,7 +4,7 @@
 ``evaluate(ws, run_id)`` rebuilds it from that directory and re-scores the test split;
 ``embed_videos`` gives a run's video embeddings (retrieval, t-SNE);
 ``pipeline_config`` is the small default run of ``vpipe run`` (``existing_run`` tells,
-without training, whether it is already done).
+without training, whether it is already done; ``current_run`` tells it without torch).
 
 The names load on first use (:mod:`vpipe.lazy`): the command line reads
 :class:`TrainConfig`'s defaults without importing torch.
@@ -17,6 +17,7 @@ __all__ = [
     "TrainConfig",
     "classification_metrics",
     "completed_runs",
+    "current_run",
     "embed_clip_arrays",
     "embed_videos",
     "evaluate",
@@ -35,10 +36,11 @@ __getattr__, __dir__ = lazy_exports(
         "evaluate": "vpipe.train.evaluation",
         "classification_metrics": "vpipe.train.metrics",
         "completed_runs": "vpipe.train.runs",
+        "current_run": "vpipe.train.identity",
         "load_run": "vpipe.train.runs",
         "RunResult": "vpipe.train.trainer",
         "existing_run": "vpipe.train.trainer",
-        "pipeline_config": "vpipe.train.trainer",
+        "pipeline_config": "vpipe.train.config",
         "train": "vpipe.train.trainer",
     },
 )

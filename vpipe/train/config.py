@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from vpipe.errors import ConfigError
 
 if TYPE_CHECKING:
+    from vpipe.head_specs import HeadSpec
     from vpipe.models.heads.registry import Head
 
 #: How a one-stream head reads several feature sets: ``late`` trains one head per set and
@@ -62,14 +63,13 @@ class TrainConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
-        # Imported here, not at the top: the command line reads this class's defaults
-        # for ``--help`` and must not pay for torch, which the heads import.
-        from vpipe.device import DEVICES
-        from vpipe.models.heads import head_class
+        # The head's declaration, not its module: status and the command line build
+        # configs without torch (see :mod:`vpipe.head_specs`).
+        from vpipe.catalog import DEVICES, head_spec
 
         features = (self.features,) if isinstance(self.features, str) else tuple(self.features)
         object.__setattr__(self, "features", features)
-        cls = head_class(self.head)
+        cls = head_spec(self.head)
         object.__setattr__(self, "head_options", cls.validate_options(dict(self.head_options)))
         for name in ("lr", "max_epochs", "schedule"):
             if getattr(self, name) is None:
@@ -107,24 +107,33 @@ class TrainConfig:
 
     @property
     def head_cls(self) -> type[Head]:
+        """The registered head (imports torch); :attr:`head_spec` when its declaration is enough."""
         from vpipe.models.heads import head_class
 
         return head_class(self.head)
 
     @property
+    def head_spec(self) -> type[HeadSpec]:
+        """The head's declaration (options, inputs, tag, files), without torch."""
+        from vpipe.catalog import head_spec
+
+        return head_spec(self.head)
+
+    @property
     def late_fusion(self) -> bool:
         """Whether the run trains one head per feature set and averages their probabilities."""
-        return self.head_cls.streams == 1 and len(self.features) > 1 and self.fusion == "late"
+        return self.head_spec.streams == 1 and len(self.features) > 1 and self.fusion == "late"
 
     def inputs_name(self) -> str:
         """The inputs as a run id names them: ``li3d-rgb``, ``li3d-rgb+li3d-flow-late``."""
         joined = "+".join(self.features)
-        return f"{joined}-{self.fusion}" if self.head_cls.streams == 1 and len(self.features) > 1 else joined
+        return f"{joined}-{self.fusion}" if self.head_spec.streams == 1 and len(self.features) > 1 else joined
 
     def default_run_id(self) -> str:
         """``<inputs>-<head tag>-s<seed>``, readable in a listing (e.g. ``li3d-rgb-bilstm-mean-k128-s0``)."""
-        schedule = "" if self.schedule == self.head_cls.training.schedule else f"-{self.schedule}"
-        return f"{self.inputs_name()}-{self.head_cls.tag(self.head_options)}{schedule}-s{self.seed}"
+        spec = self.head_spec
+        schedule = "" if self.schedule == spec.training.schedule else f"-{self.schedule}"
+        return f"{self.inputs_name()}-{spec.tag(self.head_options)}{schedule}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -150,3 +159,18 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
 #: codebook, so that the whole run takes well under a minute for ~140 videos.
 QUICK: dict[str, Any] = dict(batch_size=16, max_epochs=40, patience=10, lr=3e-3)
 QUICK_HEAD: dict[str, Any] = dict(hidden=64, clusters=16)
+
+
+def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
+    """The config of a main-job run of ``vpipe run``: a BiLSTM with the head's default
+    aggregation, sized by :data:`QUICK` for the built-in synthetic dataset on a laptop
+    CPU (``TrainStage`` trains it, :func:`vpipe.train.identity.current_run` checks it).
+
+    ``overrides`` may name training options or head options (``clusters=8``).
+    """
+    head_overrides = {k: overrides.pop(k) for k in list(overrides) if k in QUICK_HEAD or k not in _TRAIN_FIELDS}
+    head_options = {**QUICK_HEAD, **overrides.pop("head_options", {}), **head_overrides}
+    return TrainConfig(features=features, head_options=head_options, **{**QUICK, **overrides})
+
+
+_TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)

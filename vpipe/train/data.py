@@ -1,11 +1,4 @@
-"""Which videos a run trains, validates and tests on, and how their inputs reach the head.
-
-The manifest decides membership: ``train`` videos are split once more into a fit part
-and a validation part (stratified per class and seeded, so early stopping never looks at
-the test split); the manifest's own ``val`` videos, where a dataset has them, join the
-validation part. ``test`` videos are scored only after training. Only videos that probed
-``ok`` and have view 0 in every feature set the run reads take part
-(:meth:`DatasetWorkspace.usable_videos`); the others are counted, not hidden.
+"""How a run's inputs reach the head; which videos take part is :mod:`vpipe.train.splits`.
 
 Training reads every cached view of a fit video (augmented crops and flips act as
 augmentation); validation and test read view 0, the centre view, as at test time.
@@ -22,7 +15,6 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +26,7 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.models.heads.registry import HeadBatch, HeadInput
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.store import FeatureSet
+from vpipe.train.splits import Splits, assign_splits, carve_validation  # noqa: F401 (re-exported)
 
 #: Decoded videos kept between epochs; the synthetic and UCF101 pooled caches fit.
 DEFAULT_CACHE_BYTES = 2 * 1024**3
@@ -41,28 +34,6 @@ DEFAULT_CACHE_BYTES = 2 * 1024**3
 #: LRU reopens an HDF5 file for nearly every clip (half of a streamed epoch's time at
 #: UCF101 size with 16); a handle costs a few hundred KB.
 OPEN_SHARDS = 512
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Video ids per role, labels for all of them, and the class names by label."""
-
-    train: list[str]
-    val: list[str]
-    test: list[str]
-    labels: dict[str, int]
-    class_names: list[str]
-    without_features: int
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "train": self.train,
-            "val": self.val,
-            "test": self.test,
-            "class_names": self.class_names,
-            "labels": {video: self.labels[video] for video in (*self.train, *self.val, *self.test)},
-            "videos_without_features": self.without_features,
-        }
 
 
 def assemble(spec: HeadInput, stacks: Sequence[np.ndarray]) -> np.ndarray:
@@ -269,65 +240,10 @@ def collate_heads(batch: Sequence[tuple[dict[str, torch.Tensor], int]]) -> HeadB
     return HeadBatch(inputs, lengths, torch.tensor([label for _, label in batch], dtype=torch.long))
 
 
-def class_names(manifest: pd.DataFrame) -> list[str]:
-    """Names by label 0..max(label); a label that never occurs is named by its number."""
-    names = {int(label): str(name) for label, name in zip(manifest["label"], manifest["label_name"])}
-    return [names.get(label, str(label)) for label in range(max(names) + 1)]
-
-
-def carve_validation(ids: list[str], labels: dict[str, int], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split ``ids`` into (fit, val), ``fraction`` of every class to val, seeded.
-
-    Each class with at least two videos gives at least one to validation and keeps at
-    least one, so tiny classes are represented in both; a class of one stays in fit.
-    """
-    if fraction == 0.0:
-        return list(ids), []
-    rng = np.random.default_rng(seed)
-    fit, val = [], []
-    by_class: dict[int, list[str]] = {}
-    for video_id in ids:
-        by_class.setdefault(labels[video_id], []).append(video_id)
-    for label in sorted(by_class):
-        members = sorted(by_class[label])
-        order = rng.permutation(len(members))
-        n_val = min(max(int(round(fraction * len(members))), 1), len(members) - 1)
-        chosen = {members[i] for i in order[:n_val]}
-        fit += [v for v in members if v not in chosen]
-        val += [v for v in members if v in chosen]
-    return fit, val
-
-
 def make_splits(ws: DatasetWorkspace, reader: InputReader, val_fraction: float, seed: int) -> Splits:
-    """Roles of the manifest's videos for one run (see the module docstring)."""
-    manifest = ws.read_manifest()
-    ok = manifest[manifest["status"] == "ok"]
-    if ok.empty:
-        raise StageError(f"no video of dataset {ws.dataset!r} was probed successfully; see its manifest")
-    present, missing = ws.usable_videos(reader.indexes)
-    labels = {str(v): int(label) for v, label in zip(present["video_id"], present["label"])}
-    role = dict(zip(present["video_id"], present["split"]))
-    train = sorted(v for v, s in role.items() if s == "train")
-    if not train:
-        raise StageError(
-            f"no train video of dataset {ws.dataset!r} has features in all of {', '.join(reader.sets)}: "
-            f"check the manifest's split column or run `vpipe extract --dataset {ws.dataset}`"
-        )
-    fit, val = carve_validation(train, labels, val_fraction, seed)
-    val = sorted(val + [v for v, s in role.items() if s == "val"])
-    if not val:
-        raise ConfigError(
-            "no validation videos: the manifest has no val split, so --val-fraction must be above 0 "
-            "(early stopping needs them)"
-        )
-    return Splits(
-        train=fit,
-        val=val,
-        test=sorted(v for v, s in role.items() if s == "test"),
-        labels=labels,
-        class_names=class_names(ok),
-        without_features=missing,
-    )
+    """Roles of the manifest's videos for one run (:func:`vpipe.train.splits.assign_splits`)."""
+    view0 = {name: set(fs.index.loc[fs.index["view"] == 0, "video_id"]) for name, fs in reader.sets.items()}
+    return assign_splits(ws, view0, val_fraction, seed)
 
 
 def loader(

@@ -67,7 +67,10 @@ class LoadedRun:
 def load(ws: DatasetWorkspace, run: str | runs.RunRecord, *, device: str = "auto") -> LoadedRun:
     """Rebuild a run's model from its config and load its best checkpoint.
 
-    ``run`` is a run id, or the run's record when the caller has read it already.
+    ``run`` is a run id, or the run's record when the caller has read it already. Features
+    re-extracted since the run was trained are only a warning while their entries keep the
+    run's shapes; with other shapes (a backbone version that changed its layout) the run
+    cannot read them, which is one line asking to retrain it.
     """
     if isinstance(run, str):
         run = runs.load_run(ws, run)
@@ -84,6 +87,11 @@ def load(ws: DatasetWorkspace, run: str | runs.RunRecord, *, device: str = "auto
         target = resolve_device(device)
         shape = run.config.model
         shapes = {role: tuple(s) for role, s in shape["shapes"].items()}
+        if (current := reader.shapes()) != shapes:
+            raise StageError(
+                f"run {run_id!r} was trained on inputs of shape {shapes}, but its features now give {current}: "
+                f"they were re-extracted with another layout; train the run again (`vpipe train`)"
+            )
         model = build_model(config, shapes, int(shape["num_classes"]))
         checkpoint = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint["state_dict"])

@@ -17,7 +17,6 @@ identical run instead of training again, which is what keeps ``vpipe run`` idemp
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -34,19 +33,15 @@ from torch.utils.data import DataLoader
 from vpipe import __version__
 from vpipe.artifacts import atomic_path, atomic_write_text, write_digest_file
 from vpipe.device import autocast, resolve_device
-from vpipe.errors import StageError
 from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, PrepareData
-from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.progress import progress
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.train import runs
-from vpipe.train.config import QUICK, QUICK_HEAD, TrainConfig
+from vpipe.train.config import TrainConfig
 from vpipe.train.data import DEFAULT_CACHE_BYTES, InputReader, Splits, features_record, loader, make_splits
-from vpipe.train.model import build_model, run_files, run_inputs
+from vpipe.train.identity import file_identity, require_test_videos, run_files, run_fingerprint, run_inputs
+from vpipe.train.model import build_model
 from vpipe.train.scoring import Scores, amp_dtype, predict, seed_everything, test_metrics, torch_threads
-
-#: Bumped when training changes what the same config produces (invalidates reuse).
-TRAINER_VERSION = "head-trainer/3"
 
 
 @dataclass
@@ -220,23 +215,12 @@ class _Inputs:
     fingerprint: str
 
 
-def _file_identity(path: Path) -> dict[str, str]:
-    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
 def _inputs(ws: DatasetWorkspace, config: TrainConfig, reader: InputReader) -> _Inputs:
     shapes = reader.shapes()
     splits = make_splits(ws, reader, config.val_fraction, config.seed)
-    if not splits.test:
-        raise StageError(
-            f"dataset {ws.dataset!r} has no test videos with {', '.join(config.features)} features; test metrics "
-            f"need them: check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
-        )
-    files = {key: _file_identity(path) for key, path in run_files(ws, config).items()}
-    # A head at version 1 adds nothing, so runs from before heads had versions keep their fingerprint.
-    head_version = config.head_cls.version
-    bumped = () if head_version == 1 else ({"head_version": head_version},)
-    fp = fingerprint(TRAINER_VERSION, config.to_dict(), reader.index_sha256(), splits.to_dict(), files, *bumped)
+    require_test_videos(ws, config, splits)
+    files = {key: file_identity(path) for key, path in run_files(ws, config).items()}
+    fp = run_fingerprint(config, reader.index_sha256(), splits, files)
     return _Inputs(reader.inputs, shapes, splits, files, fp)
 
 
@@ -404,18 +388,3 @@ def _fit(
         best_epoch=best.epoch,
         stopped_early=len(rows) < config.max_epochs,
     )
-
-
-def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
-    """The config of a main-job run of ``vpipe run``: a BiLSTM with the head's default
-    aggregation, sized by :data:`vpipe.train.config.QUICK` for the built-in synthetic
-    dataset on a laptop CPU (``TrainStage`` trains it, :func:`existing_run` checks it).
-
-    ``overrides`` may name training options or head options (``clusters=8``).
-    """
-    head_overrides = {k: overrides.pop(k) for k in list(overrides) if k in QUICK_HEAD or k not in _TRAIN_FIELDS}
-    head_options = {**QUICK_HEAD, **overrides.pop("head_options", {}), **head_overrides}
-    return TrainConfig(features=features, head_options=head_options, **{**QUICK, **overrides})
-
-
-_TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)

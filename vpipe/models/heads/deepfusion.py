@@ -64,7 +64,6 @@ Choices where the paper is silent or ambiguous:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +72,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError, StageError, WeightsError
+from vpipe.head_specs import DeepFusionSpec
 from vpipe.models.heads.registry import (
     Head,
     HeadBatch,
-    HeadInput,
-    HeadOption,
     PrepareData,
-    TrainingDefaults,
     register_head,
 )
 from vpipe.models.weights import read_state_dict
@@ -214,35 +211,11 @@ class ConvFusion(nn.Module):
 
 
 @register_head
-class DeepFusion(Head):
+class DeepFusion(DeepFusionSpec, Head):
     """``deep-fusion``: the network of two-stream-deep-fusion-ln-lstm on cached conv5_3 maps.
 
     See the module docstring for the equations and every choice the paper leaves open.
     """
-
-    name = "deep-fusion"
-    summary = "Two-stream deep fusion: 3x3x3 conv fusion of rgb+flow maps, Fc6, LN-LSTMs with region attention"
-    options = (
-        HeadOption("layer", "conv5_3", "Cached map layer of both streams (C, H, W) per frame."),
-        HeadOption("fused", 512, "Channels D' after the fusion conv (the paper: 512, Fc6's input).", minimum=1),
-        HeadOption("fc6", 4096, "Fc6 width (the paper: VGG-16's 4096).", minimum=1),
-        HeadOption("fc6_grid", 7, "Cells per side of the pooled map Fc6 reads (VGG: 7).", minimum=1),
-        HeadOption("hidden", 101, "Hidden size of every LN-LSTM (the paper: 101).", minimum=1),
-        HeadOption("attention", None, "Region-attention size (None: the hidden size).", kind=int, minimum=1),
-        HeadOption("fc6_dropout", 0.5, "Dropout after Fc6 (the paper: 0.5).", minimum=0.0),
-        HeadOption("lstm_dropout", 0.25, "Dropout on every LSTM's outputs (the paper: 0.25).", minimum=0.0),
-        HeadOption("fusion_init", "identity", "Fusion conv start: mean of the two streams, or random.",
-                   choices=("identity", "random")),
-        HeadOption("fc6_weights", None, "torchvision VGG-16 checkpoint to start Fc6 from (None: random).", kind=str),
-    )
-    example_shapes = {"rgb": (512, 14, 14), "flow": (512, 14, 14)}
-    training = TrainingDefaults(
-        lr=1e-5,
-        max_epochs=186,
-        schedule="two-phase",
-        reason="§4: 1e-5 until converged (140 epochs), then 1e-6 from that result (46 epochs); above 1e-5 it diverges",
-    )
-    streams = 2
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
         super().__init__()
@@ -272,33 +245,6 @@ class DeepFusion(Head):
         self.lstm_dropout = nn.Dropout(options["lstm_dropout"])
         self.classifier = nn.Linear(hidden, num_classes)
         self.num_features = hidden
-
-    @classmethod
-    def input_spec(cls, features: tuple[str, ...], options: dict[str, Any]) -> list[HeadInput]:
-        """Per-frame maps of the rgb set (first) and the flow set (second), frames in order."""
-        if len(features) != 2:
-            raise ConfigError(
-                f"head {cls.name!r} reads two feature sets, rgb then flow (e.g. vgg16-rgb vgg16-flow), got {list(features)}"
-            )
-        return [HeadInput("rgb", (features[0],), options["layer"]), HeadInput("flow", (features[1],), options["layer"])]
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        for name in ("fc6_dropout", "lstm_dropout"):
-            if not 0.0 <= options[name] < 1.0:
-                raise ConfigError(f"head option {name} must lie in [0, 1), got {options[name]}")
-
-    @classmethod
-    def external_files(
-        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path | None]
-    ) -> dict[str, Path]:
-        """The VGG-16 checkpoint Fc6 starts from, when one is given (it must exist)."""
-        if options["fc6_weights"] is None:
-            return {}
-        path = Path(options["fc6_weights"]).expanduser()
-        if not path.is_file():
-            raise StageError(f"head option fc6_weights: no file at {path}; pass a local torchvision VGG-16 checkpoint")
-        return {"fc6_weights": path.resolve()}
 
     def prepare(self, data: PrepareData) -> dict[str, Any] | None:
         """Start Fc6 from the checkpoint's ``classifier.0`` when ``fc6_weights`` is given."""

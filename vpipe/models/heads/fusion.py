@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from vpipe.head_specs import prefixed_files, stream_prefix  # noqa: F401 (re-exported)
 from vpipe.models.heads.registry import Head, HeadBatch, PrepareData
-
-
-def stream_prefix(index: int) -> str:
-    """The role prefix of stream ``index``'s inputs in a fused batch."""
-    return f"{index}/"
 
 
 class LateFusion(Head):
@@ -83,8 +78,3 @@ def _prefixed_columns(columns: Callable[[str], Any], prefix: str) -> Callable[[s
 
 def _prefixed_batches(batches: Callable[[], Any], prefix: str) -> Callable[[], Any]:
     return lambda: (b.select(prefix) for b in batches())
-
-
-def prefixed_files(files: list[dict[str, Path]]) -> dict[str, Path]:
-    """Stream heads' :meth:`Head.external_files`, keyed as :meth:`LateFusion.prepare` reads them."""
-    return {stream_prefix(i) + key: path for i, part in enumerate(files) for key, path in part.items()}

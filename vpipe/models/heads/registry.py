@@ -20,7 +20,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,94 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
-
-Layout = Literal["steps", "clips"]
-
-
-@dataclass(frozen=True)
-class HeadInput:
-    """One cached input of a head, delivered in the batch under ``role``.
-
-    ``features`` names feature sets (``li3d-rgb``); with several, their ``layer`` rows are
-    concatenated along the last axis (early fusion), which needs equal shapes otherwise.
-    ``layout`` says how a video's clips are laid out:
-
-    * ``"steps"``: clips joined along the first axis of their rows, so per-step vectors
-      ``(τ, D)`` become one sequence ``(Σ τ, D)`` per video (1-D rows count one step each);
-    * ``"clips"``: one entry per clip, ``(clips, *row_shape)``, for heads that keep the
-      clip (window, segment) structure, e.g. to average scores over windows.
-    """
-
-    role: str
-    features: tuple[str, ...]
-    layer: str
-    layout: Layout = "steps"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "features": list(self.features), "layer": self.layer, "layout": self.layout}
-
-
-@dataclass(frozen=True)
-class HeadOption:
-    """One option of a head: its default, help text and allowed values.
-
-    Values from the command line arrive as strings and are converted to the type of the
-    default (``kind`` where the default is None).
-    """
-
-    name: str
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-    kind: type | None = None
-    minimum: float | None = None
-
-    @property
-    def type(self) -> type:
-        return self.kind or type(self.default)
-
-    def convert(self, value: Any) -> Any:
-        """``value`` as this option's type; a :class:`ConfigError` naming the option if it is not."""
-        if value is None or (isinstance(value, str) and value.lower() == "none" and self.default is None):
-            if self.default is not None:
-                raise ConfigError(f"head option {self.name!r} needs a value")
-            return None
-        kind = self.type
-        try:
-            if kind is bool and isinstance(value, str):
-                lowered = value.lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                converted: Any = lowered in ("true", "1", "yes")
-            elif kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            else:
-                converted = kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"head option {self.name}={value!r} is not a valid {kind.__name__}") from None
-        if self.choices is not None and converted not in self.choices:
-            raise ConfigError(f"head option {self.name}={converted!r} is not one of {', '.join(map(str, self.choices))}")
-        if self.minimum is not None and converted < self.minimum:
-            raise ConfigError(f"head option {self.name} must be at least {self.minimum}, got {converted}")
-        return converted
-
-
-@dataclass(frozen=True)
-class TrainingDefaults:
-    """The optimiser settings a head trains with when the command line names none.
-
-    The trainer's optimiser is AdamW; ``schedule`` is one of the trainer's schedules
-    (``warmup-cosine`` or ``two-phase``). ``reason`` says where the values come from (the
-    paper, or why they were chosen) and is shown by ``vpipe heads``.
-    """
-
-    lr: float = 1e-3
-    max_epochs: int = 50
-    schedule: str = "warmup-cosine"
-    reason: str = "the trainer's AdamW settings"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "max_epochs": self.max_epochs, "schedule": self.schedule, "reason": self.reason}
+# The declarations are torch-free and live apart; re-exported, as heads and the trainer use them from here.
+from vpipe.head_specs import HeadInput, HeadOption, HeadSpec, TrainingDefaults, describe_spec  # noqa: F401
 
 
 @dataclass
@@ -175,74 +89,22 @@ class PrepareData:
     histogram_columns: Callable[[str], tuple[tuple[int, int], ...]] = lambda role: ()
 
 
-class Head(nn.Module):
-    """Base class of registered heads.
+class Head(HeadSpec, nn.Module):
+    """Base class of registered heads: a declaration (:class:`vpipe.head_specs.HeadSpec`:
+    name, options, training defaults, inputs, tag, files) and the module.
 
-    Subclasses set ``name`` (via :func:`register_head`), ``summary`` (one line for
-    ``vpipe heads``), ``options``, ``example_shapes`` (the paper's input size per role,
-    for parameter counts), ``training`` (the optimiser settings a run uses unless the
-    command line overrides them) and implement ``__init__(shapes, num_classes, **options)``,
-    :meth:`forward_features` and :meth:`forward_head`; they set ``num_features``.
-    ``streams`` is how many feature sets the head reads natively: a head of one stream
-    given several feature sets is fused by the trainer (late: one head per stream, or
-    early: concatenated inputs); a two-stream head (rgb + flow) sets 2. ``version`` is
-    bumped whenever the head's code changes what the same options and data train into
-    (a new default, a fixed equation): it enters the run fingerprint, so finished runs
-    of the old code are no longer reused as if they were current.
+    Subclasses implement ``__init__(shapes, num_classes, **options)``,
+    :meth:`forward_features` and :meth:`forward_head`, and set ``num_features``. A
+    built-in head declares itself in :mod:`vpipe.head_specs` and inherits that
+    declaration, so that status and listings read it without torch; a head of one's
+    own may declare everything on its own class. ``streams`` is how many feature sets
+    the head reads natively: a head of one stream given several feature sets is fused
+    by the trainer (late: one head per stream, or early: concatenated inputs); a
+    two-stream head (rgb + flow) sets 2. ``version`` enters the run fingerprint, so
+    finished runs of older code are no longer reused as if they were current.
     """
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    options: ClassVar[tuple[HeadOption, ...]] = ()
-    example_shapes: ClassVar[dict[str, tuple[int, ...]]] = {}
-    streams: ClassVar[int] = 1
-    training: ClassVar[TrainingDefaults] = TrainingDefaults()
-    version: ClassVar[int] = 1
     num_features: int
-
-    @classmethod
-    def input_spec(cls, features: tuple[str, ...], options: dict[str, Any]) -> list[HeadInput]:
-        """The cached inputs the head reads from ``features`` under ``options``.
-
-        The default suits one-input heads with a ``layer`` option: role ``x``, per-step
-        sequences of every given feature set, concatenated (early fusion).
-        """
-        return [HeadInput("x", tuple(features), options.get("layer", "pool"))]
-
-    @classmethod
-    def validate_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        """Every option with its default filled in and ``given`` converted and checked."""
-        known = {option.name: option for option in cls.options}
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            hint = ", ".join(f"{o.name} (default {o.default!r})" for o in cls.options) or "none"
-            raise ConfigError(f"head {cls.name!r} has no option {', '.join(unknown)}; its options: {hint}")
-        values = {name: option.convert(given[name]) if name in given else option.default for name, option in known.items()}
-        cls.check_options(values)
-        return values
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Rules between options (raise :class:`ConfigError`); none by default."""
-
-    @classmethod
-    def tag(cls, options: dict[str, Any]) -> str:
-        """A short name for runs of this head: its name, plus a hash of non-default options."""
-        from vpipe.pipeline.fingerprint import fingerprint
-
-        changed = {o.name: options[o.name] for o in cls.options if options.get(o.name, o.default) != o.default}
-        return cls.name + (f"-{fingerprint(changed)[:6]}" if changed else "")
-
-    @classmethod
-    def external_files(
-        cls, options: dict[str, Any], features: tuple[str, ...], codebook_path: Callable[[str, int], Path | None]
-    ) -> dict[str, Path]:
-        """Files outside the feature cache a run reads (e.g. a codebook); their content is
-        part of the run's fingerprint and they reach :meth:`prepare` as ``data.files``.
-        ``codebook_path(features, K)`` is the codebook ``vpipe encode`` fitted on ``features``
-        as they are now, or None when there is none or it was fitted on an earlier
-        extraction of them (its recorded features index differs from the current one)."""
-        return {}
 
     def prepare(self, data: PrepareData) -> dict[str, Any] | None:
         """Set data-dependent state (input statistics, codebook) before training; return a
@@ -337,25 +199,9 @@ class HeadInfo:
 def describe_head(name: str, num_classes: int = 101) -> HeadInfo:
     """Inputs, options, hooks, training defaults and the parameter count at ``example_shapes``."""
     cls = head_class(name)
-    options = cls.validate_options({})
-    streams = tuple(f"<features{i + 1}>" for i in range(cls.streams))
-    inputs = [spec.to_dict() for spec in cls.input_spec(streams, options)]
     parameters = None
     if cls.example_shapes:
         with torch.device("meta"):  # sizes only: no memory, no initialisation time
-            model = cls(dict(cls.example_shapes), num_classes, **options)
+            model = cls(dict(cls.example_shapes), num_classes, **cls.validate_options({}))
         parameters = int(sum(p.numel() for p in model.parameters()))
-    return HeadInfo(
-        name=name,
-        summary=cls.summary,
-        inputs=inputs,
-        options=[
-            {"name": o.name, "default": o.default, "choices": list(o.choices) if o.choices else None, "help": o.help}
-            for o in cls.options
-        ],
-        hooks=cls.hooks(),
-        parameters=parameters,
-        example_shapes={role: list(shape) for role, shape in cls.example_shapes.items()},
-        training=cls.training.to_dict(),
-        version=cls.version,
-    )
+    return HeadInfo(**describe_spec(cls, parameters=parameters, hooks=cls.hooks()))

@@ -72,7 +72,7 @@ R50, + TDA, + SDA, + TDA + SDA, + MF, and all of them (``bench/stmanet.py`` ROWS
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,21 +80,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
+from vpipe.head_specs import STMANET_ROLES as ROLES, STMANetSpec
 from vpipe.models.heads.registry import (
     Head,
     HeadBatch,
-    HeadInput,
-    HeadOption,
     PrepareData,
-    TrainingDefaults,
     register_head,
 )
 
 __all__ = ["ROLES", "STMANet", "SpatialAttention", "TemporalAttention", "diversity"]
-
-#: Head roles (the paper's stages 2–5) and the r3d50 cache layers they read.
-ROLES = ("stage2", "stage3", "stage4", "stage5")
-LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 #: Train windows the per-channel input statistics are taken from.
 SAMPLE_CLIPS = 256
@@ -191,66 +185,12 @@ def diversity(maps: list[Tensor]) -> Tensor:
 
 
 @register_head
-class STMANet(Head):
+class STMANet(STMANetSpec, Head):
     """``st-manet``: TDA + SDA per cached r3d50 stage, multi-level fusion, diversity loss.
 
     See the module docstring for the equations and the choices made where the paper is
     silent; the backbone is frozen and cached, unlike the paper's end-to-end training.
     """
-
-    name = "st-manet"
-    summary = "ST-MANet: temporal (TDA) and spatial (SDA) attention on r3d50 stage maps, multi-level fusion"
-    options = (
-        HeadOption("tda", True, "Temporal deep aggregation (eq. 1-3)."),
-        HeadOption("sda", True, "Spatial deep aggregation (eq. 4-5)."),
-        HeadOption("multilevel", True, "Multi-level fusion: concatenate stages 2-5 (eq. 8); false: stage 5 only."),
-        HeadOption("lambda_s", 0.01, "λ1, weight of the spatial diversity L_s (eq. 9; §4.5).", minimum=0.0),
-        HeadOption("lambda_t", 0.001, "λ2, weight of the temporal diversity L_t (eq. 9; §4.5).", minimum=0.0),
-        HeadOption("reduction", 1, "Divide the query/key widths of TDA and SDA by this (1: the paper's).", minimum=1),
-        HeadOption("dropout", 0.5, "Dropout on the fused embedding before the classifier.", minimum=0.0),
-    )
-    example_shapes: ClassVar[dict[str, tuple[int, ...]]] = {
-        "stage2": (256, 16, 4, 4),
-        "stage3": (512, 8, 4, 4),
-        "stage4": (1024, 4, 4, 4),
-        "stage5": (2048, 2, 4, 4),
-    }
-    training = TrainingDefaults(
-        lr=1e-4,
-        max_epochs=90,
-        reason=(
-            "epochs: the paper's 90 (§4.1); lr: its 0.01 is for SGD through the whole network, "
-            "AdamW on the attention branches diverges at 1e-3 and trains at 1e-4"
-        ),
-    )
-
-    @classmethod
-    def input_spec(cls, features: tuple[str, ...], options: dict[str, Any]) -> list[HeadInput]:
-        """The four stage maps of one feature set, one entry per clip (window)."""
-        return [HeadInput(role, tuple(features), layer, "clips") for role, layer in zip(ROLES, LAYERS)]
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        if not 0.0 <= options["dropout"] < 1.0:
-            raise ConfigError(f"head option dropout must lie in [0, 1), got {options['dropout']}")
-        if options["lambda_s"] > 0 and not (options["sda"] and options["multilevel"]):
-            raise ConfigError(
-                "lambda_s weighs the diversity between SDA maps of different stages, which needs sda=true and "
-                "multilevel=true: pass -O lambda_s=0"
-            )
-        if options["lambda_t"] > 0 and not options["tda"]:
-            raise ConfigError("lambda_t weighs the diversity between TDA maps, which needs tda=true: pass -O lambda_t=0")
-
-    @classmethod
-    def tag(cls, options: dict[str, Any]) -> str:
-        """``st-manet[-tda][-sda][-mf][-div]``: the rows of Table 4."""
-        parts = [cls.name]
-        parts += [name for name in ("tda", "sda") if options[name]]
-        if options["multilevel"]:
-            parts.append("mf")
-        if options["lambda_s"] > 0 or options["lambda_t"] > 0:
-            parts.append("div")
-        return "-".join(parts)
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
         super().__init__()

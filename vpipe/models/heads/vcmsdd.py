@@ -76,13 +76,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
+from vpipe.head_specs import VCMSDDSpec
 from vpipe.models.heads.registry import (
     Head,
     HeadBatch,
-    HeadInput,
-    HeadOption,
     PrepareData,
-    TrainingDefaults,
     register_head,
 )
 
@@ -177,7 +175,7 @@ class CrossAttention(nn.Module):
 
 
 @register_head
-class VCMSDD(Head):
+class VCMSDD(VCMSDDSpec, Head):
     """``vcm-sdd``: STC per stream, MFF between streams, segment averaging, classifier.
 
     Reads the ``grid`` layer of an rgb and a flow feature set (in that order) as per-frame
@@ -186,26 +184,6 @@ class VCMSDD(Head):
     and ``mff`` switch the blocks off for the ablation of the paper's Table 2. The
     choices the paper leaves open are listed in the module docstring.
     """
-
-    name = "vcm-sdd"
-    summary = "VCM-SDD: geometric graph attention (STC) per stream, rgb<->flow cross-attention (MFF), segment average"
-    streams = 2
-    options = (
-        HeadOption("layer", "grid", "Cached layer of per-frame grids (C, h, w)."),
-        HeadOption("frames", 6, "Frames per segment k (the tsn plan's frames_per_segment; paper: 6).", minimum=1),
-        HeadOption("stc", True, "Spatio-temporal consistency block (eq. 4-10)."),
-        HeadOption("mff", True, "Multimodal cross-attention fusion block (eq. 11-12)."),
-        HeadOption("heads", 8, "Attention heads of MFF.", minimum=1),
-        HeadOption("dim", 512, "Width of MFF's query/key/value projections.", minimum=1),
-        HeadOption("relation_dim", 32, "Columns of W_p (paper: 32).", minimum=1),
-        HeadOption("dropout", 0.5, "Dropout on the video embedding before the classifier.", minimum=0.0),
-    )
-    example_shapes = {"rgb": (2048, 7, 7), "flow": (2048, 7, 7)}
-    training = TrainingDefaults(
-        lr=2e-3,
-        max_epochs=100,
-        reason="Table 1: AdamW, 100 epochs, lr 0.008 at batch 128, scaled linearly to the trainer's batch of 32",
-    )
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
         super().__init__()
@@ -227,30 +205,6 @@ class VCMSDD(Head):
         self.num_features = 2 * width
         self.dropout = nn.Dropout(options["dropout"])
         self.classifier = nn.Linear(self.num_features, num_classes)
-
-    @classmethod
-    def input_spec(cls, features: tuple[str, ...], options: dict[str, Any]) -> list[HeadInput]:
-        if len(features) != 2:
-            raise ConfigError(
-                f"head {cls.name!r} reads an rgb and a flow feature set, got {len(features)} "
-                f"({', '.join(features)}): pass --features resnet101-rgb --features resnet101-flow"
-            )
-        return [HeadInput("rgb", (features[0],), options["layer"]), HeadInput("flow", (features[1],), options["layer"])]
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        if not 0.0 <= options["dropout"] < 1.0:
-            raise ConfigError(f"head option dropout must lie in [0, 1), got {options['dropout']}")
-        if options["mff"] and options["dim"] % options["heads"]:
-            raise ConfigError(f"head option dim={options['dim']} must be a multiple of heads={options['heads']}")
-
-    @classmethod
-    def tag(cls, options: dict[str, Any]) -> str:
-        """``vcm-sdd-[no]stc-[no]mff``, the rows of Table 2, plus a hash of other changes."""
-        blocks = f"{'' if options['stc'] else 'no'}stc-{'' if options['mff'] else 'no'}mff"
-        rest = {k: v for k, v in options.items() if k not in ("stc", "mff")}
-        base = super().tag({**rest, "stc": True, "mff": True})
-        return f"{cls.name}-{blocks}{base[len(cls.name):]}"
 
     def prepare(self, data: PrepareData) -> dict[str, Any]:
         """Per-channel mean and std of each stream's train frames (see the module docstring)."""
