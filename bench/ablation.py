@@ -2,7 +2,7 @@
 
 Given a workspace whose features are extracted (``vpipe run`` does that), this trains,
 for every seed, the configurations of the papers' ablations on the same data split
-and with the same optimisation settings (:data:`vpipe.train.config.QUICK`, the
+and with the same optimisation settings (:data:`vpipe.stages.main_job.QUICK`, the
 settings ``vpipe run`` trains with):
 
 1. features + average pooling            (temporal none,   aggregation avg)
@@ -64,7 +64,8 @@ from vpipe.errors import ConfigError
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.encode import run_encode
 from vpipe.models.heads.registry import HeadInput
-from vpipe.train.config import QUICK, QUICK_HEAD, TrainConfig
+from vpipe.stages.main_job import QUICK, QUICK_HEAD
+from vpipe.train.config import TrainConfig
 from vpipe.train.data import InputReader, make_splits
 from vpipe.train.trainer import RunResult, existing_run, train
 from machine import cpu_model  # bench/machine.py, beside this script

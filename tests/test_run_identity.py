@@ -18,7 +18,8 @@ from vpipe.errors import ConfigError
 from vpipe.head_specs import HEAD_SPECS
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.store import ShardWriter, shard_name, write_index
-from vpipe.train import TrainConfig, current_run, existing_run, pipeline_config, train
+from vpipe.stages.main_job import pipeline_config
+from vpipe.train import TrainConfig, current_run, existing_run, train
 from vpipe.train.data import InputReader
 from vpipe.train.identity import run_inputs, status_fingerprint
 from vpipe.train.trainer import _inputs

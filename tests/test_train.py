@@ -24,7 +24,8 @@ from vpipe.errors import ConfigError, StageError
 from vpipe.models.heads import create_head
 from vpipe.models.heads.registry import PrepareData
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.train import TrainConfig, evaluate, existing_run, pipeline_config, train
+from vpipe.stages.main_job import pipeline_config
+from vpipe.train import TrainConfig, evaluate, existing_run, train
 from vpipe.train.data import carve_validation
 from vpipe.train.metrics import TIMING_KEYS
 

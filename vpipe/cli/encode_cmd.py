@@ -9,20 +9,8 @@ from rich.markup import escape
 
 from vpipe import catalog
 
-from vpipe.cli.options import (
-    Dataset,
-    Device,
-    Features,
-    Json,
-    Seed,
-    Verbose,
-    Workspace,
-    dataset_workspace,
-    emit_json,
-    err,
-    setup_logging,
-    user_errors,
-)
+from vpipe.cli.options import Dataset, Device, Features, Json, Seed, Verbose, Workspace, dataset_workspace, emit_json
+from vpipe.cli.options import err, setup_logging, user_errors
 from vpipe.errors import ConfigError
 
 Clusters = Annotated[int, typer.Option("--clusters", "-k", min=1, help="Codebook size K (the paper uses 128).")]

@@ -8,22 +8,8 @@ from typing import Annotated, Literal
 import typer
 
 from vpipe import catalog
-from vpipe.cli.options import (
-    Backbone,
-    Compute,
-    Dataset,
-    Decoder,
-    Device,
-    Json,
-    Option,
-    Workspace,
-    compute_options,
-    dataset_workspace,
-    emit_json,
-    parse_key_values,
-    run_single_stage,
-    user_errors,
-)
+from vpipe.cli.options import Backbone, Compute, Dataset, Decoder, Device, Json, Option, Workspace, compute_options
+from vpipe.cli.options import dataset_workspace, emit_json, parse_key_values, run_single_stage, user_errors
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]

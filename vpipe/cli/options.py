@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import typer
 from rich.markup import escape
@@ -223,6 +223,27 @@ def with_options(
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper
+
+
+def option_group(
+    replaces: str, build: Callable[..., Any], aliases: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator giving a command the options ``aliases`` (name -> ``Annotated`` option),
+    passed to it as one object ``build(**chosen)`` under the parameter ``replaces``.
+
+    Options missing from ``defaults`` default to ``None``.
+    """
+    options = [(name, *get_args(alias)[:2]) for name, alias in aliases.items()]
+    defaults = {**dict.fromkeys(aliases), **(defaults or {})}
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            chosen = {name: kwargs.pop(name, defaults[name]) for name in aliases}
+            return command(*args, **{replaces: build(**chosen)}, **kwargs)
+
+        return with_options(command, call, replaces=replaces, options=options, defaults=defaults)
+
+    return decorate
 
 
 def compute_from_options(

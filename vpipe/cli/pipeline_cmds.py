@@ -3,38 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from vpipe import catalog
-from vpipe.cli.options import (
-    Adapter,
-    Backbone,
-    Clusters,
-    Compute,
-    Dataset,
-    Decoder,
-    Device,
-    Json,
-    Option,
-    Root,
-    Split,
-    Workspace,
-    compute_options,
-    dataset_workspace,
-    emit_json,
-    executor_for,
-    gpu_stage_executor,
-    parse_key_values,
-    user_errors,
-)
+from vpipe.cli.options import Adapter, Backbone, Clusters, Compute, Dataset, Decoder, Device, Json, Option, Root
+from vpipe.cli.options import Split, Workspace, compute_options, dataset_workspace, emit_json, executor_for
+from vpipe.cli.options import gpu_stage_executor, option_group, parse_key_values, user_errors
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 if TYPE_CHECKING:
     from vpipe.artifacts.records import DatasetConfig
     from vpipe.pipeline.stage import StageReport
     from vpipe.pipeline.workspace import DatasetWorkspace
+    from vpipe.stages.main_job import ChainOptions
 
 # The stages are imported inside each command: they bring torch, h5py and pandas, which
 # ``--help`` must not wait for.
@@ -76,35 +60,62 @@ WeightsOption = Annotated[
     typer.Option("--weights", help="STREAM=PATH of a local checkpoint, repeatable.", show_default="random init"),
 ]
 
-def _configure(
-    dataset: str, workspace, root, split, adapter, videos_per_class=None, synthetic_seed=None
-) -> tuple[DatasetWorkspace, DatasetConfig]:
-    from vpipe.stages.dataset import configure_dataset
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's videos are and which split is used: what commands that may be the
+    first to name a dataset accept (``probe``, ``run``)."""
 
-    ws = dataset_workspace(dataset, workspace)
-    config = configure_dataset(
-        ws,
-        adapter=adapter,
-        root=root,
-        split=split,
-        synthetic_options={"videos_per_class": videos_per_class, "seed": synthetic_seed},
-    )
-    return ws, config
+    root: Path | None = None
+    split: int | None = None
+    adapter: str | None = None
+    workspace: Path | None = None
+    videos_per_class: int | None = None
+    synthetic_seed: int | None = None
+
+    def configure(self, dataset: str) -> tuple[DatasetWorkspace, DatasetConfig]:
+        """The workspace, and the dataset's configuration with these options merged over the recorded ones."""
+        from vpipe.stages.dataset import configure_dataset
+
+        ws = dataset_workspace(dataset, self.workspace)
+        synthetic = {"videos_per_class": self.videos_per_class, "seed": self.synthetic_seed}
+        return ws, configure_dataset(ws, adapter=self.adapter, root=self.root, split=self.split, synthetic_options=synthetic)
+
+
+dataset_source = option_group(
+    "source",
+    DatasetSource,
+    {"root": Root, "split": Split, "adapter": Adapter, "workspace": Workspace, "videos_per_class": VideosPerClass,
+     "synthetic_seed": SyntheticSeed},
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Planning:
+    """The plan options ``plan``, ``status`` and ``run`` share."""
+
+    sampler: str | None = None
+    option: list[str] | None = None
+    plan_name: str | None = None
+
+    def chain_options(self, **more: Any) -> ChainOptions:
+        from vpipe.stages.main_job import ChainOptions
+
+        sampler_options = parse_key_values(self.option, "--option")
+        return ChainOptions(sampler=self.sampler, sampler_options=sampler_options, plan_name=self.plan_name, **more)
+
+
+planning = option_group("planning", Planning, {"sampler": Sampler, "option": Option, "plan_name": PlanName})
 
 
 @user_errors
 @stage_command
 @compute_options
+@dataset_source
 def probe(
     dataset: Dataset,
-    root: Root = None,
-    split: Split = None,
-    adapter: Adapter = None,
-    workspace: Workspace = None,
     decoder: Decoder = "auto",
-    videos_per_class: VideosPerClass = None,
-    synthetic_seed: SyntheticSeed = None,
     *,
+    source: DatasetSource,
     flags: RunFlags,
     compute: Compute,
 ) -> Reports | None:
@@ -116,7 +127,7 @@ def probe(
     from vpipe.pipeline.runner import run_stages
     from vpipe.stages.main_job import ChainOptions, main_job
 
-    ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
+    ws, config = source.configure(dataset)
     stages = select_stages(main_job(ws, config, ChainOptions(decoder=decoder)), only=["probe"])
     with executor_for(compute) as executor:
         return run_stages(stages, executor, retry_failed=flags.retry_failed)
@@ -124,14 +135,13 @@ def probe(
 
 @user_errors
 @stage_command
+@planning
 def plan(
     dataset: Dataset,
-    sampler: Sampler = None,
-    option: Option = None,
-    plan_name: PlanName = None,
     backbone: PlanBackbone = "li3d",
     workspace: Workspace = None,
     *,
+    planning: Planning,
     flags: RunFlags,
 ) -> Reports:
     """Choose the frames and crops of every clip: writes plans/<name>.parquet.
@@ -143,43 +153,34 @@ def plan(
     """
     from vpipe.pipeline.dag import select_stages
     from vpipe.pipeline.runner import run_stages
-    from vpipe.stages.main_job import ChainOptions, main_job
+    from vpipe.stages.main_job import main_job
 
     ws = dataset_workspace(dataset, workspace)
-    options = ChainOptions(
-        sampler=sampler, sampler_options=parse_key_values(option, "--option"), plan_name=plan_name, backbone=backbone
-    )
-    stages = select_stages(main_job(ws, ws.read_config(), options), only=["plan"])
+    stages = select_stages(main_job(ws, ws.read_config(), planning.chain_options(backbone=backbone)), only=["plan"])
     with executor_for(Compute(workers=0)) as executor:
         return run_stages(stages, executor, retry_failed=flags.retry_failed)
 
 
 @user_errors
+@planning
 def status(
     dataset: Dataset,
-    sampler: Sampler = None,
-    option: Option = None,
-    plan_name: PlanName = None,
     backbone: Backbone = "li3d",
     decoder: Decoder = "auto",
     workspace: Workspace = None,
     json_output: Json = False,
+    *,
+    planning: Planning,
 ) -> None:
     """Show, per stage, how many items are done, failed and in total.
 
     Example: vpipe status --dataset synthetic --json
     """
     from vpipe.pipeline.runner import stages_status
-    from vpipe.stages.main_job import ChainOptions, main_job
+    from vpipe.stages.main_job import main_job
 
     ws = dataset_workspace(dataset, workspace)
-    options = ChainOptions(
-        decoder=decoder,
-        sampler=sampler,
-        sampler_options=parse_key_values(option, "--option"),
-        plan_name=plan_name,
-        backbone=backbone,
-    )
+    options = planning.chain_options(decoder=decoder, backbone=backbone)
     show_status(stages_status(main_job(ws, ws.read_config(), options)), dataset, json_output)
 
 
@@ -216,16 +217,11 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
 @user_errors
 @stage_command
 @compute_options
+@dataset_source
+@planning
 def run(
     dataset: Dataset,
-    root: Root = None,
-    split: Split = None,
-    adapter: Adapter = None,
-    workspace: Workspace = None,
     decoder: Decoder = "auto",
-    sampler: Sampler = None,
-    option: Option = None,
-    plan_name: PlanName = None,
     backbone: Backbone = "li3d",
     stream: Streams = None,
     weights: WeightsOption = None,
@@ -235,8 +231,6 @@ def run(
         str | None,
         typer.Option("--gpus", help="all or N: flow and extract on one worker process per GPU, each pinned to it."),
     ] = None,
-    videos_per_class: VideosPerClass = None,
-    synthetic_seed: SyntheticSeed = None,
     only: Annotated[
         list[str] | None,
         typer.Option("--only", metavar="NAME", help="Run only this stage (repeatable), by name: flow, extract:li3d-rgb, or a kind such as extract."),
@@ -248,6 +242,8 @@ def run(
         bool, typer.Option("--dry-run", help="Show what each selected stage has done and would do; run nothing.")
     ] = False,
     *,
+    source: DatasetSource,
+    planning: Planning,
     flags: RunFlags,
     compute: Compute,
 ) -> Reports | None:
@@ -264,14 +260,11 @@ def run(
     from vpipe.pipeline.local_gpus import check_gpus_option, local_gpu_executor
     from vpipe.pipeline.dag import select_stages
     from vpipe.pipeline.runner import run_stages, stages_status
-    from vpipe.stages.main_job import ChainOptions, main_job
+    from vpipe.stages.main_job import main_job
 
-    ws, config = _configure(dataset, workspace, root, split, adapter, videos_per_class, synthetic_seed)
-    options = ChainOptions(
+    ws, config = source.configure(dataset)
+    options = planning.chain_options(
         decoder=decoder,
-        sampler=sampler,
-        sampler_options=parse_key_values(option, "--option"),
-        plan_name=plan_name,
         backbone=backbone,
         streams=tuple(stream or ("rgb", "flow")),
         weights={k: str(v) for k, v in parse_key_values(weights, "--weights").items()},

@@ -8,17 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vpipe.cli.options import (
-    Dataset,
-    Device,
-    Json,
-    Verbose,
-    Workspace,
-    dataset_workspace,
-    emit_json,
-    setup_logging,
-    user_errors,
-)
+from vpipe.cli.options import Dataset, Device, Json, Verbose, Workspace, dataset_workspace, emit_json, setup_logging
+from vpipe.cli.options import user_errors
 
 if TYPE_CHECKING:
     from vpipe.retrieval import Hit

@@ -9,20 +9,8 @@ import typer
 
 from vpipe import catalog
 
-from vpipe.cli.options import (
-    Dataset,
-    Device,
-    Json,
-    Seed,
-    Verbose,
-    Workspace,
-    dataset_workspace,
-    emit_json,
-    err,
-    parse_key_values,
-    setup_logging,
-    user_errors,
-)
+from vpipe.cli.options import Dataset, Device, Json, Seed, Verbose, Workspace, dataset_workspace, emit_json, err
+from vpipe.cli.options import parse_key_values, setup_logging, user_errors
 from vpipe.train.config import FUSIONS, SCHEDULES, TrainConfig
 
 # The dataclass's defaults, read without building one (that would import the heads, and

@@ -16,6 +16,7 @@ Dims = Literal[2, 3]
 
 _CONV: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
 _NORM: dict[int, type[nn.Module]] = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_POOL: dict[int, type[nn.Module]] = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
 class Bottleneck(nn.Module):
@@ -60,3 +61,15 @@ def bottleneck_layers(depths: tuple[int, int, int, int], *, dims: Dims = 2) -> t
     return tuple(
         bottleneck_stage(c, w, d, s, dims=dims) for c, w, d, s in zip(in_channels, widths, depths, strides, strict=True)
     )
+
+
+def build_trunk(net: nn.Module, in_channels: int, depths: tuple[int, int, int, int], *, dims: Dims, stride: int | tuple) -> None:
+    """Give ``net`` a bottleneck ResNet's stem (a 7×7(×7) conv with ``stride``, batch norm,
+    ReLU, 3×3(×3) max pool) and ``layer1``–``layer4``, under the reference layouts' names and
+    in their order, so checkpoints load by key; ``net.num_features`` is the pooled width."""
+    net.conv1 = _CONV[dims](in_channels, 64, 7, stride=stride, padding=3, bias=False)
+    net.bn1 = _NORM[dims](64)
+    net.relu = nn.ReLU(inplace=True)
+    net.maxpool = _POOL[dims](3, stride=2, padding=1)
+    net.layer1, net.layer2, net.layer3, net.layer4 = bottleneck_layers(depths, dims=dims)
+    net.num_features = 512 * Bottleneck.expansion

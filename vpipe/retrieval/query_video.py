@@ -43,13 +43,13 @@ from vpipe.artifacts.provenance import FeatureProvenance, FlowProvenance
 from vpipe.errors import DecodeError, StageError, VpipeError, WeightsError
 from vpipe.artifacts import sha256_file
 from vpipe.store.index import write_index
-from vpipe.video.decode import VideoInfo, probe_video
 from vpipe.video.jobs import ClipSpec, VideoJob
 from vpipe.video.plan import SamplerConfig, plan_video
 from vpipe.video.views import Crop
 
 if TYPE_CHECKING:
     from vpipe.extract.features import ExtractConfig
+    from vpipe.video.decode import VideoInfo
     from vpipe.store.reader import FeatureSet
     from vpipe.flow.compute import FlowConfig
 
@@ -143,6 +143,8 @@ def probe_query(path: str | Path) -> VideoInfo:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise DecodeError(f"query video {path} does not exist; give the path of a video file")
+    from vpipe.video.decode import probe_video  # PyAV: only when a query is searched
+
     return probe_video(path)
 
 
@@ -183,6 +185,8 @@ class QueryVideo:
         """The video's view-0 clips under the recorded sampler and decoder."""
         decoder = provenance.decoder
         if decoder not in self._probes:
+            from vpipe.video.decode import probe_video
+
             self._probes[decoder] = probe_video(self.path, decoder=decoder)
         info = self._probes[decoder]
         rows = plan_video(self.video_id, info.num_frames, info.height, info.width, self.split, sampler_from(provenance))

@@ -26,11 +26,17 @@ from vpipe.stages.extract import ExtractStage
 from vpipe.stages.flow import FlowStage
 from vpipe.stages.plan import PlanStage
 from vpipe.stages.probe import ProbeStage
-from vpipe.train import TrainConfig, pipeline_config
+from vpipe.train.config import TrainConfig
 from vpipe.video.plan import SamplerConfig, sampler_config
 
 #: The weight-free motion descriptors the main job computes beside the CNN features.
 DESCRIPTORS = "hoghofmbh"
+#: Training settings of the main job's runs, sized for the built-in synthetic dataset on a
+#: 2-core laptop: a small BiLSTM and codebook, so that the whole run takes well under a
+#: minute for ~140 videos.
+QUICK: dict[str, Any] = dict(batch_size=16, max_epochs=40, patience=10, lr=3e-3)
+QUICK_HEAD: dict[str, Any] = dict(hidden=64, clusters=16)
+_TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
 
 
 @dataclass
@@ -77,6 +83,17 @@ class ChainOptions:
             return self.plan_name
         default = backbone_plan(self.backbone)
         return default.name if self.sampler in (None, default.sampler) else self.sampler
+
+
+def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
+    """The config of a main-job run: a BiLSTM with the head's default aggregation, sized
+    by :data:`QUICK` (``TrainStage`` trains it, :func:`vpipe.train.current_run` checks it).
+
+    ``overrides`` may name training options or head options (``clusters=8``).
+    """
+    head_overrides = {k: overrides.pop(k) for k in list(overrides) if k in QUICK_HEAD or k not in _TRAIN_FIELDS}
+    head_options = {**QUICK_HEAD, **overrides.pop("head_options", {}), **head_overrides}
+    return TrainConfig(features=features, head_options=head_options, **{**QUICK, **overrides})
 
 
 def main_job_runs(features: dict[str, str], clusters: int) -> list[TrainConfig]:

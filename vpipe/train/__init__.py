@@ -2,9 +2,10 @@
 
 ``train(ws, TrainConfig(...))`` fits a head and writes ``runs/<run_id>/``;
 ``evaluate(ws, run_id)`` rebuilds it from that directory and re-scores the test split;
-``embed_videos`` gives a run's video embeddings (retrieval, t-SNE);
-``pipeline_config`` is the small default run of ``vpipe run`` (``existing_run`` tells,
-without training, whether it is already done; ``current_run`` tells it without torch).
+``embed_videos`` gives a run's video embeddings (retrieval, t-SNE); ``existing_run``
+tells, without training, whether a config is already trained (``current_run`` tells it
+without torch). The runs ``vpipe run`` trains are the main job's recipe
+(:mod:`vpipe.stages.main_job`).
 
 The names load on first use (:mod:`vpipe.lazy`): the command line reads
 :class:`TrainConfig`'s defaults without importing torch.
@@ -23,7 +24,6 @@ __all__ = [
     "evaluate",
     "existing_run",
     "load_run",
-    "pipeline_config",
     "train",
 ]
 
@@ -40,7 +40,6 @@ __getattr__, __dir__ = lazy_exports(
         "load_run": "vpipe.train.runs",
         "RunResult": "vpipe.train.trainer",
         "existing_run": "vpipe.train.trainer",
-        "pipeline_config": "vpipe.train.config",
         "train": "vpipe.train.trainer",
     },
 )

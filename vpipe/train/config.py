@@ -153,24 +153,3 @@ class TrainConfig:
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"--{option} {value!r} is not one of {', '.join(allowed)}")
-
-
-#: Settings for the built-in synthetic dataset on a 2-core laptop: a small BiLSTM and
-#: codebook, so that the whole run takes well under a minute for ~140 videos.
-QUICK: dict[str, Any] = dict(batch_size=16, max_epochs=40, patience=10, lr=3e-3)
-QUICK_HEAD: dict[str, Any] = dict(hidden=64, clusters=16)
-
-
-def pipeline_config(features: str | tuple[str, ...] = "li3d-rgb", **overrides: Any) -> TrainConfig:
-    """The config of a main-job run of ``vpipe run``: a BiLSTM with the head's default
-    aggregation, sized by :data:`QUICK` for the built-in synthetic dataset on a laptop
-    CPU (``TrainStage`` trains it, :func:`vpipe.train.identity.current_run` checks it).
-
-    ``overrides`` may name training options or head options (``clusters=8``).
-    """
-    head_overrides = {k: overrides.pop(k) for k in list(overrides) if k in QUICK_HEAD or k not in _TRAIN_FIELDS}
-    head_options = {**QUICK_HEAD, **overrides.pop("head_options", {}), **head_overrides}
-    return TrainConfig(features=features, head_options=head_options, **{**QUICK, **overrides})
-
-
-_TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)

@@ -18,6 +18,7 @@ missing layer, sets from different plans) shows as to do, and training names the
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
@@ -121,11 +122,22 @@ def run_fingerprint(
 
 def status_fingerprint(ws: DatasetWorkspace, config: TrainConfig) -> str:
     """The fingerprint ``train(ws, config)`` would give its run, from the indexes as columns."""
-    indexes = {name: feature_index(ws, name) for name in input_features(config)}
-    splits = _splits(ws, tuple(indexes.values()), config.val_fraction, config.seed, _state(ws.manifest_path))
-    require_test_videos(ws, config, splits)
+    indexes = tuple(feature_index(ws, name) for name in input_features(config))
     files = {key: file_identity(path) for key, path in run_files(ws, config).items()}
-    return run_fingerprint(config, {name: index.sha256 for name, index in indexes.items()}, splits, files)
+    settings = json.dumps([config.to_dict(), files], sort_keys=True, default=str)
+    return _fingerprint(ws, settings, indexes, _state(ws.manifest_path))
+
+
+@lru_cache(maxsize=16)
+def _fingerprint(ws: DatasetWorkspace, settings: str, indexes: tuple[IndexColumns, ...], manifest: tuple[int, int]) -> str:
+    """:func:`status_fingerprint` once per config, external files, inputs and manifest
+    state: the evaluate step asks again about every run, and at Kinetics size each
+    fingerprint hashes the JSON of a 240k-video split."""
+    config_dict, files = json.loads(settings)
+    config = TrainConfig.from_dict(config_dict)
+    splits = _splits(ws, indexes, config.val_fraction, config.seed, manifest)
+    require_test_videos(ws, config, splits)
+    return run_fingerprint(config, {index.directory.name: index.sha256 for index in indexes}, splits, files)
 
 
 def _state(path: Path) -> tuple[int, int]:

@@ -25,6 +25,12 @@ from vpipe.models.weights import WeightsInfo, load_weights
 from vpipe.pipeline.fingerprint import stable_seed
 
 STREAMS = ("rgb", "flow")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Flow fields scaled to [0, 1] centre on 0.5; their spread is taken as ImageNet's mean std,
+#: so a flow conv initialised from an rgb one sees inputs of the same scale.
+FLOW_MEAN = 0.5
+FLOW_STD = sum(IMAGENET_STD) / 3
 
 StateDict = dict[str, Tensor]
 CheckpointFilter = Callable[[StateDict, nn.Module], StateDict]
@@ -74,6 +80,36 @@ class BackboneSpec:
     def layer_shapes(self, input_shape: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
         """Per-sample shape of every cached layer for an input of ``input_shape`` (no batch)."""
         return self.shape_fn(tuple(input_shape or self.default_input_shape))
+
+
+def frame_inputs(name: str, stream: str, flow_stack: int) -> dict[str, Any]:
+    """The input fields of a 2D CNN's :class:`BackboneSpec`: an rgb frame, or a stack of
+    ``flow_stack`` flow fields (2 channels each), at 224², ImageNet-normalised."""
+    if flow_stack < 1:
+        raise ConfigError(f"{name}: flow_stack must be >= 1, got {flow_stack}")
+    rgb = stream == "rgb"
+    return dict(
+        input_kind="frames",
+        in_channels=3 if rgb else 2 * flow_stack,
+        clip_length=1 if rgb else flow_stack,
+        input_size=(224, 224),
+        mean=IMAGENET_MEAN if rgb else (FLOW_MEAN,) * 2 * flow_stack,
+        std=IMAGENET_STD if rgb else (FLOW_STD,) * 2 * flow_stack,
+    )
+
+
+def video_vit_inputs(stream: str) -> dict[str, Any]:
+    """The input fields of a video ViT's :class:`BackboneSpec` (VideoMAE, V-JEPA): 16
+    frames at 224², ImageNet-normalised rgb, or 2-channel flow centred on 0.5."""
+    rgb = stream == "rgb"
+    return dict(
+        input_kind="clip",
+        in_channels=3 if rgb else 2,
+        clip_length=16,
+        input_size=(224, 224),
+        mean=IMAGENET_MEAN if rgb else (0.5, 0.5),
+        std=IMAGENET_STD if rgb else (0.226, 0.226),
+    )
 
 
 def finalize_spec(spec: BackboneSpec, module: nn.Module) -> BackboneSpec:

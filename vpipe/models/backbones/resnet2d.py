@@ -22,15 +22,10 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vpipe.errors import ConfigError
-from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
-from vpipe.models.bottleneck import Bottleneck, bottleneck_layers
+from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, frame_inputs, register_backbone
+from vpipe.models.bottleneck import build_trunk
 from vpipe.models.weights import adapt_first_conv
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FLOW_MEAN = 0.5
-FLOW_STD = sum(IMAGENET_STD) / 3
 
 
 class ResNet2D(nn.Module):
@@ -38,13 +33,8 @@ class ResNet2D(nn.Module):
 
     def __init__(self, spec: BackboneSpec, depths: tuple[int, int, int, int], grid: tuple[int, int] | None) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(spec.in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1, self.layer2, self.layer3, self.layer4 = bottleneck_layers(depths, dims=2)
+        build_trunk(self, spec.in_channels, depths, dims=2, stride=2)
         self.grid = grid
-        self.num_features = 512 * Bottleneck.expansion
         self.spec = finalize_spec(spec, self)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
@@ -78,18 +68,10 @@ def _downsampled(size: int) -> int:
 def _resnet(
     name: str, depths: tuple[int, int, int, int], stream: str, grid: tuple[int, int] | None, flow_stack: int
 ) -> ResNet2D:
-    if flow_stack < 1:
-        raise ConfigError(f"{name}: flow_stack must be >= 1, got {flow_stack}")
-    rgb = stream == "rgb"
     spec = BackboneSpec(
         name=name,
         stream=stream,
-        input_kind="frames",
-        in_channels=3 if rgb else 2 * flow_stack,
-        clip_length=1 if rgb else flow_stack,
-        input_size=(224, 224),
-        mean=IMAGENET_MEAN if rgb else (FLOW_MEAN,) * 2 * flow_stack,
-        std=IMAGENET_STD if rgb else (FLOW_STD,) * 2 * flow_stack,
+        **frame_inputs(name, stream, flow_stack),
         layers=("pool", "grid"),
         shape_fn=_shape_fn(grid),
         checkpoint_layout="torchvision ResNet",

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
-from vpipe.models.bottleneck import Bottleneck, bottleneck_layers
+from vpipe.models.bottleneck import build_trunk
 from vpipe.models.weights import adapt_first_conv
 
 KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
@@ -56,13 +56,8 @@ class ResNet3D(nn.Module):
 
     def __init__(self, spec: BackboneSpec, depths: tuple[int, int, int, int], grid: tuple[int, int]) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(spec.in_channels, 64, (7, 7, 7), stride=(1, 2, 2), padding=(3, 3, 3), bias=False)
-        self.bn1 = nn.BatchNorm3d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(3, stride=2, padding=1)
-        self.layer1, self.layer2, self.layer3, self.layer4 = bottleneck_layers(depths, dims=3)
+        build_trunk(self, spec.in_channels, depths, dims=3, stride=(1, 2, 2))
         self.grid = grid
-        self.num_features = 512 * Bottleneck.expansion
         self.spec = finalize_spec(spec, self)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:

@@ -27,13 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError
-from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
+from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, frame_inputs, register_backbone
 from vpipe.models.weights import adapt_first_conv
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FLOW_MEAN = 0.5
-FLOW_STD = sum(IMAGENET_STD) / 3
 VGG16_LAYOUT: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"
 )
@@ -103,18 +99,10 @@ def _shape_fn(grid: tuple[int, int] | None):
 def vgg16(*, stream: str = "rgb", grid: int | tuple[int, int] | None = None, flow_stack: int = 4) -> VGG:
     """VGG-16 (torchvision layout); ``grid`` pools conv5_3 (None: native 14×14), ``flow_stack`` = L flow fields."""
     grid = _grid(grid)
-    if flow_stack < 1:
-        raise ConfigError(f"vgg16: flow_stack must be >= 1, got {flow_stack}")
-    rgb = stream == "rgb"
     spec = BackboneSpec(
         name="vgg16",
         stream=stream,
-        input_kind="frames",
-        in_channels=3 if rgb else 2 * flow_stack,
-        clip_length=1 if rgb else flow_stack,
-        input_size=(224, 224),
-        mean=IMAGENET_MEAN if rgb else (FLOW_MEAN,) * 2 * flow_stack,
-        std=IMAGENET_STD if rgb else (FLOW_STD,) * 2 * flow_stack,
+        **frame_inputs("vgg16", stream, flow_stack),
         layers=("conv5_3", "fc6"),
         shape_fn=_shape_fn(grid),
         checkpoint_layout="torchvision VGG",

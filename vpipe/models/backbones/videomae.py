@@ -44,12 +44,10 @@ import torch
 from torch import Tensor, nn
 
 from vpipe.errors import ConfigError, WeightsError
-from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
+from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone, video_vit_inputs
 from vpipe.models.vit import Block, sinusoid_table
 from vpipe.models.weights import adapt_input_conv
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TUBELET = 2
 PATCH = 16
 #: (width, depth, heads) of the published sizes; MLP ratio 4 throughout.
@@ -178,16 +176,10 @@ def videomae(*, stream: str = "rgb", size: str = "base") -> VideoMAE:
     if size not in SIZES:
         raise ConfigError(f"videomae: size must be one of {', '.join(SIZES)}, got {size!r}")
     width, depth, heads = SIZES[size]
-    rgb = stream == "rgb"
     spec = BackboneSpec(
         name="videomae",
         stream=stream,
-        input_kind="clip",
-        in_channels=3 if rgb else 2,
-        clip_length=16,
-        input_size=(224, 224),
-        mean=IMAGENET_MEAN if rgb else (0.5, 0.5),
-        std=IMAGENET_STD if rgb else (0.226, 0.226),
+        **video_vit_inputs(stream),
         layers=("pool",),
         shape_fn=_shape_fn(width),
         checkpoint_layout=LAYOUTS,
