@@ -374,3 +374,23 @@ def test_cli_mean_aggregation_trains_with_no_other_option(cli, ws):
     config = json.loads((ws.dir / "runs" / summary["run_id"] / "config.json").read_text())
     assert config["train"]["head_options"]["aggregation"] == "mean"
     assert config["train"]["head_options"]["hidden"] == 256
+
+
+@pytest.mark.parametrize("scale, blow_up", [(1e-3, False), (1e3, False), (1e-3, True)])
+def test_clip_gradients_is_torchs_clipping_bit_for_bit(scale, blow_up):
+    """Below the bound nothing changes, above it every gradient is scaled, and an infinite
+    gradient (norm inf, scale 0) zeroes the others as torch's does."""
+    from vpipe.train.trainer import clip_gradients
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 7, generator=g)) for _ in range(3)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape, generator=g) * scale
+        b.grad = a.grad.clone()
+    if blow_up:
+        ours[0].grad[0, 0] = theirs[0].grad[0, 0] = float("inf")
+    clip_gradients(ours, 5.0)
+    torch.nn.utils.clip_grad_norm_(theirs, 5.0)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a.grad, b.grad, rtol=0.0, atol=0.0, equal_nan=True)
