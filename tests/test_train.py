@@ -151,12 +151,12 @@ def test_a_bumped_head_version_makes_finished_runs_stale(ws, monkeypatch):
     config = cfg(max_epochs=1)
     first = train(ws, config, reuse=True)
     assert first.run_id == config.default_run_id()
-    monkeypatch.setattr(config.head_spec, "version", 2)  # declared in vpipe.head_specs
+    monkeypatch.setattr(config.head_spec, "version", config.head_spec.version + 1)  # declared in vpipe.head_specs
     bumped = train(ws, config, reuse=True)
     assert not bumped.reused and bumped.run_id == f"{first.run_id}-2"
     assert train(ws, config, reuse=True).reused, "the new version's run is reused in turn"
     monkeypatch.undo()
-    assert train(ws, config, reuse=True).run_id == first.run_id, "version 1 keeps the fingerprint it always had"
+    assert train(ws, config, reuse=True).run_id == first.run_id, "the declared version keeps the fingerprint it always had"
 
 
 def test_pipeline_entry_trains_once_then_reuses(ws):
