@@ -110,7 +110,8 @@ class TrainStage(WholeDatasetStage):
         return self.workspace.run_dir(self.config.default_run_id())
 
     def settings(self) -> dict[str, Any]:
-        return self.config.to_dict()
+        """The config and the head's version, so a dry run names a version bump too."""
+        return {**self.config.to_dict(), "head_version": self.config.head_spec.version}
 
     def item_fingerprint(self) -> str:
         """The config's: the run fingerprint adds the inputs' content, which
