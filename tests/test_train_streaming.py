@@ -44,7 +44,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> DatasetWorkspace:
     for name in STREAMS:
         rows = []
         for first in range(0, VIDEOS, 4):
-            with ShardWriter(ws.features_dir(name) / shard_name("extract", ids[first]), attrs={"plan": "tsn"}) as writer:
+            path = ws.features_dir(name) / shard_name("extract", ids[first])
+            with ShardWriter(path, attrs={"plan": "tsn"}) as writer:
                 for i in range(first, first + 4):
                     grid = rng.normal(size=(FRAMES, *GRID))
                     grid[:, i % CLASSES :: CLASSES] += 1.0
