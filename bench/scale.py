@@ -38,9 +38,9 @@ the largest size asked for, in UCF101's train/test proportion; smaller sizes are
 first videos of each split. Such caches outgrow the trainer's 2 GiB input cache at a
 few hundred videos, so each point also records the largest batch and the most decoded
 input the trainer held, beside the input bytes it read: the streamed path keeps memory
-flat in the dataset size. Per head, the epoch is fitted as ``t = a + b·n`` over the
-measured sizes and extrapolated to 13,320 videos (``extrapolated``), and each point is
-divided by the default head's epoch at the same size, measured in the same run:
+flat in the dataset size. Per head, the epoch's CPU seconds are extrapolated to 13,320
+videos from the measured sizes (:func:`extrapolated`), and each point is divided by the
+default head's epoch at the same size, measured in the same run:
 
     python bench/scale.py --root /tmp/scale --stages train --epochs 1 --threads 2 \
         --head bilstm-softagg st-manet --sizes 250 1000
