@@ -19,18 +19,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vpipe.artifacts import atomic_write_text
+from vpipe.artifacts.run_record import RunRecord, finished_runs
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.stage import Stage, WholeDatasetStage
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.artifacts.run_record import finished_runs
 from vpipe.train import TrainConfig, current_run
-
-if TYPE_CHECKING:
-    from vpipe.artifacts.run_record import RunRecord
 
 #: Bumped when the report's content changes for the same runs.
 REPORT_VERSION = "report/2"
@@ -177,10 +174,13 @@ class ReportStage(WholeDatasetStage):
 
     def _runs(self, finished: Sequence[RunRecord]) -> list[RunRecord]:
         """The main job's runs among the ``finished`` ones; not ready while one is missing."""
-        found = [_current_run(self.workspace, stage.config, finished) for stage in self.trains]
-        if any(run is None for run in found):
-            raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {self.workspace.dataset}`")
-        return found  # type: ignore[return-value]
+        found = []
+        for stage in self.trains:
+            run = _current_run(self.workspace, stage.config, finished)
+            if run is None:
+                raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {self.workspace.dataset}`")
+            found.append(run)
+        return found
 
     def _fingerprint(self, finished: Sequence[RunRecord]) -> str:
         """Of every finished run, since the report shows them all, not only the main job's."""
