@@ -41,8 +41,8 @@ def flow(
     workspace: Workspace = None,
     decoder: Decoder = "auto",
     *,
-    flags: RunFlags,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports:
     """Compute TV-L1 optical flow for every clip of a plan and cache it (uint8, bound 20).
 

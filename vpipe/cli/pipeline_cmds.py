@@ -116,8 +116,8 @@ def probe(
     decoder: Decoder = "auto",
     *,
     source: DatasetSource,
-    flags: RunFlags,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports | None:
     """List a dataset's videos and record what decodes: writes manifest.parquet.
 
@@ -242,10 +242,10 @@ def run(
         bool, typer.Option("--dry-run", help="Show what each selected stage has done and would do; run nothing.")
     ] = False,
     *,
-    source: DatasetSource,
     planning: Planning,
-    flags: RunFlags,
+    source: DatasetSource,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports | None:
     """Run every stage in order, doing only what is missing or stale.
 
