@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vpipe.cli.options import Json, Verbose, Workspace, dataset_workspace, declared, setup_logging, show, with_options
+from vpipe.cli.options import Json, Verbose, Workspace, dataset_workspace, declared, setup_logging, show, user_errors
+from vpipe.cli.options import with_options
 
 if TYPE_CHECKING:
     from vpipe.pipeline.workspace import DatasetWorkspace
@@ -35,7 +36,8 @@ class CommandContext:
 
 
 def dataset_command(command: Callable[..., None]) -> Callable[..., None]:
-    """Give ``command`` ``--workspace --json --verbose``, passed to it as ``context``.
+    """Give ``command`` ``--workspace --json --verbose``, passed to it as ``context``, and
+    :func:`~vpipe.cli.options.user_errors`.
 
     ``--dataset`` stays the command's own first parameter, so that ``--help`` lists it
     first; the workspace is opened from it and ``--workspace`` before the command runs,
@@ -48,4 +50,4 @@ def dataset_command(command: Callable[..., None]) -> Callable[..., None]:
         workspace = dataset_workspace(kwargs["dataset"], chosen["workspace"])
         command(*args, context=CommandContext(workspace, chosen["json_output"]), **kwargs)
 
-    return with_options(command, call, replaces="context", options=_OPTIONS, defaults=_DEFAULTS)
+    return with_options(command, user_errors(call), replaces="context", options=_OPTIONS, defaults=_DEFAULTS)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from vpipe import catalog
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Dataset, Device, Features, Seed, err, user_errors
+from vpipe.cli.options import Dataset, Device, Features, Seed, err
 from vpipe.errors import ConfigError
 
 Clusters = Annotated[int, typer.Option("--clusters", "-k", min=1, help="Codebook size K (the paper uses 128).")]
@@ -89,7 +89,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
         )
 
 
-@user_errors
 @dataset_command
 def encode(
     dataset: Dataset,

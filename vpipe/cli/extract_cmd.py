@@ -9,7 +9,7 @@ import typer
 
 from vpipe import catalog
 from vpipe.cli.options import Backbone, Compute, Dataset, Decoder, Device, Json, Option, Workspace, compute_options
-from vpipe.cli.options import dataset_workspace, parse_key_values, run_single_stage, show, user_errors
+from vpipe.cli.options import dataset_workspace, parse_key_values, run_single_stage, show
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]
@@ -59,7 +59,6 @@ def describe_plan(plan: dict[str, object]) -> str:
     return f"{plan['name']} = {plan['sampler']} {own}, {plan['size']}² {plan['view0']} crop of short side {plan['short_side']}"
 
 
-@user_errors
 @stage_command
 @compute_options
 def extract(

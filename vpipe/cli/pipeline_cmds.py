@@ -107,7 +107,6 @@ class Planning:
 planning = option_group("planning", Planning, {"sampler": Sampler, "option": Option, "plan_name": PlanName})
 
 
-@user_errors
 @stage_command
 @compute_options
 @dataset_source
@@ -133,7 +132,6 @@ def probe(
         return run_stages(stages, executor, retry_failed=flags.retry_failed)
 
 
-@user_errors
 @stage_command
 @planning
 def plan(
@@ -214,7 +212,6 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
         )
 
 
-@user_errors
 @stage_command
 @compute_options
 @dataset_source

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Dataset, Device, user_errors
+from vpipe.cli.options import Dataset, Device
 
 Embedding = Annotated[
     str,
@@ -50,7 +50,6 @@ Expect = Annotated[
 ]
 
 
-@user_errors
 @dataset_command
 def index(
     dataset: Dataset,
@@ -129,7 +128,6 @@ def _print_evaluation(result: dict[str, Any]) -> None:
     typer.echo(f"per label -> {result['path']}")
 
 
-@user_errors
 @dataset_command
 def search(
     dataset: Dataset,
@@ -171,7 +169,6 @@ Output = Annotated[Path, typer.Option("--output", help="The Parquet file to writ
 ExportClips = Annotated[bool, typer.Option("--clips", help="One row per clip (features: embeddings), with its time span.")]
 
 
-@user_errors
 @dataset_command
 def export(
     dataset: Dataset,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from vpipe.cli.options import Json, LogEvery, Quiet, RetryFailed, Strict, Verbose, declared, emit_json, err, setup_logging
-from vpipe.cli.options import with_options
+from vpipe.cli.options import user_errors, with_options
 from vpipe.pipeline.notices import summarise as summarise_notices
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ _RUN_DEFAULTS = {
 
 
 def stage_command(command: Callable[..., Reports | None]) -> Callable[..., None]:
-    """Give ``command`` the run flags, passed to it as ``flags``.
+    """Give ``command`` the run flags, passed to it as ``flags``, and :func:`user_errors`.
 
     Logging and progress are set up before the command runs, so its first stage already
     reports in the batch-job format; the reports it returns are printed by :func:`finish`.
@@ -60,7 +60,7 @@ def stage_command(command: Callable[..., Reports | None]) -> Callable[..., None]
         if reports is not None:
             finish(reports, chosen["json_output"], chosen["strict"])
 
-    return with_options(command, call, replaces="flags", options=_RUN_OPTIONS, defaults=_RUN_DEFAULTS)
+    return with_options(command, user_errors(call), replaces="flags", options=_RUN_OPTIONS, defaults=_RUN_DEFAULTS)
 
 
 def finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:

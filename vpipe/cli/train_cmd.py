@@ -11,7 +11,7 @@ import typer
 from vpipe import catalog
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Dataset, Device, Json, Seed, err, option_group, parse_key_values, show, user_errors
+from vpipe.cli.options import Dataset, Device, Json, Seed, err, option_group, parse_key_values, show
 from vpipe.train.config import FUSIONS, SCHEDULES, TrainConfig
 
 # The dataclass's defaults, read without building one (that would import the heads, and
@@ -146,7 +146,6 @@ def _print_training(summary: dict[str, Any]) -> None:
     _print_metrics(summary["metrics"])
 
 
-@user_errors
 @dataset_command
 @train_config
 def train(
@@ -172,7 +171,6 @@ def train(
 RunOption = Annotated[str, typer.Option("--run", "-r", help="Run id under runs/ (see `vpipe report`).")]
 
 
-@user_errors
 @dataset_command
 def evaluate(
     dataset: Dataset,
@@ -211,7 +209,6 @@ Tsne = Annotated[
 ]
 
 
-@user_errors
 @dataset_command
 def report(
     dataset: Dataset,

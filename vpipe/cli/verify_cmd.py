@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Dataset, user_errors
+from vpipe.cli.options import Dataset
 
 if TYPE_CHECKING:
     from vpipe.stages.verify import VerifyReport
@@ -26,7 +26,6 @@ Repair = Annotated[
 ]
 
 
-@user_errors
 @dataset_command
 def verify(
     dataset: Dataset,
