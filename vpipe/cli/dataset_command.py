@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vpipe.cli.options import Json, Verbose, Workspace, dataset_workspace, declared, setup_logging, show, user_errors
-from vpipe.cli.options import with_options
+from vpipe.cli.options import Dataset, Json, Verbose, Workspace, dataset_workspace, declared, setup_logging, show
+from vpipe.cli.options import user_errors, with_options
 
 if TYPE_CHECKING:
     from vpipe.pipeline.workspace import DatasetWorkspace
 
+_DATASET = declared({"dataset": Dataset})
 _OPTIONS = declared({"workspace": Workspace, "json_output": Json, "verbose": Verbose})
 _DEFAULTS = {"workspace": None, "json_output": False, "verbose": False}
 
@@ -36,18 +37,19 @@ class CommandContext:
 
 
 def dataset_command(command: Callable[..., None]) -> Callable[..., None]:
-    """Give ``command`` ``--workspace --json --verbose``, passed to it as ``context``, and
+    """Give ``command`` ``--dataset`` (first in its ``--help``) and ``--workspace --json
+    --verbose`` (where it puts ``context``), passed to it as ``context``, and
     :func:`~vpipe.cli.options.user_errors`.
 
-    ``--dataset`` stays the command's own first parameter, so that ``--help`` lists it
-    first; the workspace is opened from it and ``--workspace`` before the command runs,
-    after logging is set up.
+    Logging is set up, then the dataset's workspace opened, before the command runs.
     """
 
-    def call(*args: Any, **kwargs: Any) -> None:
+    def call(*args: Any, dataset: str, **kwargs: Any) -> None:
         chosen = {name: kwargs.pop(name, _DEFAULTS[name]) for name, _, _ in _OPTIONS}
         setup_logging(chosen["verbose"])
-        workspace = dataset_workspace(kwargs["dataset"], chosen["workspace"])
+        workspace = dataset_workspace(dataset, chosen["workspace"])
         command(*args, context=CommandContext(workspace, chosen["json_output"]), **kwargs)
 
-    return with_options(command, user_errors(call), replaces="context", options=_OPTIONS, defaults=_DEFAULTS)
+    return with_options(
+        command, user_errors(call), replaces="context", options=_OPTIONS, defaults=_DEFAULTS, leading=_DATASET
+    )

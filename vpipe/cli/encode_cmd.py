@@ -10,7 +10,7 @@ from rich.markup import escape
 from vpipe import catalog
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Dataset, Device, Features, Seed, err
+from vpipe.cli.options import Device, Features, Seed, err
 from vpipe.errors import ConfigError
 
 Clusters = Annotated[int, typer.Option("--clusters", "-k", min=1, help="Codebook size K (the paper uses 128).")]
@@ -91,7 +91,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @dataset_command
 def encode(
-    dataset: Dataset,
     features: Features = "li3d-rgb",
     clusters: Clusters = 128,
     sample_size: SampleSize = None,

@@ -205,6 +205,7 @@ def with_options(
     replaces: str,
     options: list[tuple[str, Any, Any]],
     defaults: dict[str, Any],
+    leading: list[tuple[str, Any, Any]] | None = None,
 ) -> Callable[..., Any]:
     """``call`` presented to typer as ``command`` whose parameter ``replaces`` became ``options``.
 
@@ -212,17 +213,24 @@ def with_options(
     options (and hands the command one object built from them) rewrites that signature
     here, so the family is declared once however many commands take it. The options
     stand where ``replaces`` stood, so a command orders its ``--help`` by where it puts
-    each family's parameter.
+    each family's parameter; ``leading`` options (required unless in ``defaults``) come
+    before all of the command's own.
     """
     signature = inspect.signature(command, eval_str=True)
     at = list(signature.parameters).index(replaces)
     own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name], annotation=Annotated[kind, info])
-        for name, kind, info in options
-    ]
+
+    def declare(declared: list[tuple[str, Any, Any]]) -> list[inspect.Parameter]:
+        return [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(name, inspect.Parameter.empty),
+                annotation=Annotated[kind, info],
+            )
+            for name, kind, info in declared
+        ]  # fmt: skip
+
     wrapper = wraps(command)(call)
-    parameters = own[:at] + added + own[at + 1 :]
+    parameters = declare(leading or []) + own[:at] + declare(options) + own[at + 1 :]
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper

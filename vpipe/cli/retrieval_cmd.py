@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Dataset, Device
+from vpipe.cli.options import Device
 
 Embedding = Annotated[
     str,
@@ -52,7 +52,6 @@ Expect = Annotated[
 
 @dataset_command
 def index(
-    dataset: Dataset,
     embedding: Embedding,
     name: Name = None,
     exact: Exact = False,
@@ -130,7 +129,6 @@ def _print_evaluation(result: dict[str, Any]) -> None:
 
 @dataset_command
 def search(
-    dataset: Dataset,
     index_name: IndexName,
     video_id: VideoId = None,
     video: VideoFile = None,
@@ -171,7 +169,6 @@ ExportClips = Annotated[bool, typer.Option("--clips", help="One row per clip (fe
 
 @dataset_command
 def export(
-    dataset: Dataset,
     embedding: Embedding,
     output: Output,
     clips: ExportClips = False,

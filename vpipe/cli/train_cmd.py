@@ -11,7 +11,7 @@ import typer
 from vpipe import catalog
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Dataset, Device, Json, Seed, err, option_group, parse_key_values, show
+from vpipe.cli.options import Device, Json, Seed, err, option_group, parse_key_values, show
 from vpipe.train.config import FUSIONS, SCHEDULES, TrainConfig
 
 # The dataclass's defaults, read without building one (that would import the heads, and
@@ -149,7 +149,6 @@ def _print_training(summary: dict[str, Any]) -> None:
 @dataset_command
 @train_config
 def train(
-    dataset: Dataset,
     *,
     config: TrainConfig,
     run_id: RunId = None,
@@ -173,7 +172,6 @@ RunOption = Annotated[str, typer.Option("--run", "-r", help="Run id under runs/ 
 
 @dataset_command
 def evaluate(
-    dataset: Dataset,
     run: RunOption,
     device: Device = "auto",
     *,
@@ -211,7 +209,6 @@ Tsne = Annotated[
 
 @dataset_command
 def report(
-    dataset: Dataset,
     runs: Runs = None,
     tsne: Tsne = True,
     device: Device = "auto",

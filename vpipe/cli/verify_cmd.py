@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Dataset
 
 if TYPE_CHECKING:
     from vpipe.stages.verify import VerifyReport
@@ -28,7 +27,6 @@ Repair = Annotated[
 
 @dataset_command
 def verify(
-    dataset: Dataset,
     stage: StageOption = None,
     repair: Repair = False,
     *,
@@ -50,7 +48,7 @@ def verify(
     repaired = repair_damage(context.workspace, report.problems) if repair and report.problems else None
     context.show(
         report.to_dict() | ({"repaired": repaired} if repaired is not None else {}),
-        lambda _: _print_verification(report, repaired, dataset),
+        lambda _: _print_verification(report, repaired, context.workspace.dataset),
     )
     if report.problems:
         raise typer.Exit(1)
