@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import TypeVar
 
 from vpipe.errors import VpipeError
 
@@ -110,6 +110,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+_Open = TypeVar("_Open", bound="Closing")
+
+
 class Closing:
     """``with`` for an open artifact: leaving the block calls :meth:`close`, or :meth:`abort`
     when an exception leaves it.
@@ -119,7 +122,7 @@ class Closing:
     looks finished.
     """
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Open) -> _Open:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
