@@ -188,7 +188,8 @@ def test_a_budget_too_small_is_one_clear_error(tmp_path) -> None:
     with pytest.raises(MemoryBudgetError, match=r"the fv linear baseline \(15 train videos × 128\).*--no-baseline"):
         run_encode(ws, FEATURES, 4, EncodeOptions(memory_budget=40_000, pca=16))
     assert not ws.codebook_path(FEATURES, 4).exists()
-    assert run_encode(ws, FEATURES, 4, EncodeOptions(niter=5, memory_budget=40_000, baseline=False, pca=16))["baseline"] is None
+    options = EncodeOptions(niter=5, memory_budget=40_000, baseline=False, pca=16)
+    assert run_encode(ws, FEATURES, 4, options)["baseline"] is None
     x = np.zeros((20, 100), dtype=np.float32)
     with pytest.raises(MemoryBudgetError, match=r"linear baseline on encodings \(10 train videos × 100\)"):
         fit_and_evaluate(array_blocks(x), 100, np.arange(20) % 2, np.array(["train", "test"] * 10), memory_budget=8000)
@@ -222,7 +223,8 @@ def test_within_budget_leaves_out_only_the_baselines_that_do_not_fit(tmp_path, c
 def test_encode_status_agrees_with_what_run_does(tmp_path) -> None:
     ws, _ = make_workspace(tmp_path)
     options = {"methods": ["bof", "vlad"], "niter": 5, "svm_c": 1.0, "pca": 8}
-    assert encode_status(ws, FEATURES, 4, EncodeOptions(**options)) == dict.fromkeys(["codebook", "bof", "vlad", "baseline"], False)
+    status = encode_status(ws, FEATURES, 4, EncodeOptions(**options))
+    assert status == dict.fromkeys(["codebook", "bof", "vlad", "baseline"], False)
     run_encode(ws, FEATURES, 4, EncodeOptions(**options))
     assert all(encode_status(ws, FEATURES, 4, EncodeOptions(**options)).values())
     assert encode_status(ws, FEATURES, 4, EncodeOptions(**{**options, "svm_c": 0.1})) == {

@@ -192,7 +192,8 @@ BACKBONE_LISTING: dict[str, dict[str, object]] = {
     ),
     "i3d": _listed(12287264, [3, 64, 224, 224], {"pool": [8, 1024]}, "pytorch-i3d InceptionI3d", _SYMMETRIC),
     "li3d": _listed(
-        8047904, [3, 64, 224, 224], {"pool": [8, 1024]}, "vpipe LI3D, or pytorch-i3d InceptionI3d (converted)", _SYMMETRIC
+        8047904, [3, 64, 224, 224], {"pool": [8, 1024]}, "vpipe LI3D, or pytorch-i3d InceptionI3d (converted)",
+        _SYMMETRIC,
     ),
     "r3d50": _listed(
         46198976, [3, 16, 112, 112],
@@ -206,7 +207,8 @@ BACKBONE_LISTING: dict[str, dict[str, object]] = {
     "vgg16": _listed(117479232, [3, 224, 224], {"conv5_3": [512, 14, 14], "fc6": [4096]}, "torchvision VGG"),
     "videomae": _listed(
         86227200, [3, 16, 224, 224], {"pool": [768]},
-        "official VideoMAE .pth (patch_embed/blocks/fc_norm) or transformers VideoMAE (videomae.embeddings/encoder.layer)",
+        "official VideoMAE .pth (patch_embed/blocks/fc_norm) or transformers VideoMAE "
+        "(videomae.embeddings/encoder.layer)",
         licence="CC-BY-NC-4.0 (published VideoMAE weights)",
     ),
     "vjepa": _listed(

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from vpipe.cli.options import Json, LogEvery, Quiet, RetryFailed, Strict, Verbose, declared, emit_json, err, setup_logging
-from vpipe.cli.options import user_errors, with_options
+from vpipe.cli.options import Json, LogEvery, Quiet, RetryFailed, Strict, Verbose, declared, emit_json, err
+from vpipe.cli.options import setup_logging, user_errors, with_options
 from vpipe.pipeline.notices import summarise as summarise_notices
 
 if TYPE_CHECKING:

@@ -114,7 +114,9 @@ def _print_heads(rows: list[dict[str, Any]]) -> None:
             typer.echo(f"  hooks: {', '.join(row['hooks'])}")
 
 
-def _train_config(features: list[str] | None, head_option: list[str] | None, epochs: int | None, **same: Any) -> TrainConfig:
+def _train_config(
+    features: list[str] | None, head_option: list[str] | None, epochs: int | None, **same: Any
+) -> TrainConfig:
     """The config the training options describe; the options not named here are the
     config's fields of the same name."""
     return TrainConfig(
@@ -132,9 +134,8 @@ _CONFIG_OPTIONS = {
 }  # fmt: skip
 #: An option named as a config field defaults to the field's default; ``--features``
 #: shows its default in words, and the others map onto fields of other names.
-train_config = option_group(
-    "config", _train_config, _CONFIG_OPTIONS, {name: _DEFAULTS[name] for name in (_CONFIG_OPTIONS.keys() & _DEFAULTS.keys()) - {"features"}}
-)
+_CONFIG_DEFAULTS = {name: _DEFAULTS[name] for name in (_CONFIG_OPTIONS.keys() & _DEFAULTS.keys()) - {"features"}}
+train_config = option_group("config", _train_config, _CONFIG_OPTIONS, _CONFIG_DEFAULTS)
 
 
 def _print_training(summary: dict[str, Any]) -> None:

@@ -69,7 +69,8 @@ class EncodeStage(WholeDatasetStage):
     def is_current(self) -> bool:
         from vpipe.stages.encode import EncodeOptions, encode_status
 
-        return all(encode_status(self.workspace, self.features, self.clusters, EncodeOptions(**self.encode_options)).values())
+        options = EncodeOptions(**self.encode_options)
+        return all(encode_status(self.workspace, self.features, self.clusters, options).values())
 
     def work(self) -> dict[str, Any]:
         from vpipe.stages.encode import EncodeOptions, run_encode
