@@ -107,7 +107,6 @@ class Planning:
 planning = option_group("planning", Planning, {"sampler": Sampler, "option": Option, "plan_name": PlanName})
 
 
-@user_errors
 @stage_command
 @compute_options
 @dataset_source
@@ -116,8 +115,8 @@ def probe(
     decoder: Decoder = "auto",
     *,
     source: DatasetSource,
-    flags: RunFlags,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports | None:
     """List a dataset's videos and record what decodes: writes manifest.parquet.
 
@@ -133,7 +132,6 @@ def probe(
         return run_stages(stages, executor, retry_failed=flags.retry_failed)
 
 
-@user_errors
 @stage_command
 @planning
 def plan(
@@ -215,7 +213,6 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
         )
 
 
-@user_errors
 @stage_command
 @compute_options
 @dataset_source
@@ -243,10 +240,10 @@ def run(
         bool, typer.Option("--dry-run", help="Show what each selected stage has done and would do; run nothing.")
     ] = False,
     *,
-    source: DatasetSource,
     planning: Planning,
-    flags: RunFlags,
+    source: DatasetSource,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports | None:
     """Run every stage in order, doing only what is missing or stale.
 
