@@ -224,12 +224,12 @@ def run_point(root: Path, dataset: str, clusters: int, options: dict[str, Any]) 
     """One encode in this process (called in a fresh subprocess by :func:`measure`)."""
     import torch
 
-    from vpipe.stages.encode import run_encode
+    from vpipe.stages.encode import EncodeOptions, run_encode
 
     torch.set_num_threads(os.cpu_count() or 1)
     ws = DatasetWorkspace(root, dataset)
     started = time.perf_counter()
-    summary = run_encode(ws, FEATURES, clusters, **options)
+    summary = run_encode(ws, FEATURES, clusters, EncodeOptions(**options))
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     disk = {"codebook": Path(summary["codebook"]["path"]).stat().st_size}
