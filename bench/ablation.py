@@ -62,7 +62,7 @@ from threadpoolctl import threadpool_limits
 from vpipe.data.synthetic import FAMILIES, REVERSED_PAIRS
 from vpipe.errors import ConfigError
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.encode import run_encode
+from vpipe.stages.encode import EncodeOptions, run_encode
 from vpipe.models.heads.registry import HeadInput
 from vpipe.stages.main_job import QUICK, QUICK_HEAD
 from vpipe.train.config import TrainConfig
@@ -282,14 +282,14 @@ def _encode_baselines(
     errors: dict[str, str] = {}
     label_names: dict[str, str] = {}
     try:
-        summary = run_encode(ws, features_name, k, methods=BASELINE_METHODS)
+        summary = run_encode(ws, features_name, k, EncodeOptions(methods=BASELINE_METHODS))
     except Exception as exc:  # noqa: BLE001 - recorded in the report, then each method alone
         attempts = [(m,) for m in BASELINE_METHODS]
         summary = None
         first_error = _error(exc)
     for methods in attempts if summary is None else []:
         try:
-            one = run_encode(ws, features_name, k, methods=methods)
+            one = run_encode(ws, features_name, k, EncodeOptions(methods=methods))
         except Exception as exc:  # noqa: BLE001
             errors[methods[0]] = _error(exc)
             continue

@@ -133,6 +133,29 @@ def test_second_run_does_nothing_and_status_counts(tiny_run):
     assert status["extract:li3d-rgb"]["done"] == status["extract:li3d-flow"]["done"] == 10
 
 
+def test_dry_run_on_finished_runs_then_on_stale_ones_runs_evaluate_after_train(tiny_run):
+    args, ws, _ = tiny_run
+
+    def artifacts() -> dict[Path, int]:  # the state directory caches fingerprints: not an artifact
+        return {p: p.stat().st_mtime_ns for p in ws.rglob("*") if p.is_file() and ".state" not in p.parts}
+
+    before = artifacts()
+    finished = json.loads(invoke(*args, "--dry-run", "--json").stdout)
+    assert all(s["done"] == s["total"] - s["failed"] and "after" not in s for s in finished.values()), finished
+
+    clusters = args.index("--clusters")
+    changed = [*args[: clusters + 1], "5", *args[clusters + 2 :]]
+    stale = json.loads(invoke(*changed, "--dry-run", "--json").stdout)
+    assert stale["extract:li3d-rgb"]["done"] == 10 and "after" not in stale["extract:li3d-rgb"]
+    assert stale["encode li3d-rgb"]["new"] == 1, "a codebook of another K is another artifact"
+    assert stale["retrieval"]["after"] == ["encode:li3d-rgb"]
+    trains = [name for name in stale if name.startswith("train ")]
+    assert all(stale[name]["why"] == "head_options.clusters: 4 -> 5" for name in trains), "each head takes K from --clusters"
+    assert stale["evaluate"]["after"] == [name.replace(" ", ":") for name in trains]
+    assert "evaluate: will run after train (4 stages)" in invoke(*changed, "--dry-run").stdout
+    assert artifacts() == before, "a dry run writes no artifact"
+
+
 def test_replacing_a_broken_video_reprobes_only_it(folder_tree, tmp_path):
     args = ["probe", "--dataset", "clips", "--adapter", "folder", "--root", folder_tree,
             "--workspace", tmp_path / "ws", "--workers", "0", "--json"]

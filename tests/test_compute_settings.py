@@ -26,7 +26,8 @@ from vpipe.extract.features import ExtractConfig, extract_videos
 from vpipe.extract.inputs import crop_rgb_clips
 from vpipe.pipeline.executor import InProcessExecutor
 from vpipe.pipeline.runner import run_stage, stage_status
-from vpipe.stages.extract import ExtractStage, plan_jobs
+from vpipe.stages.extract import ExtractStage
+from vpipe.stages.planned_videos import plan_jobs
 from vpipe.stages.flow import FlowStage
 from vpipe.store.reader import FeatureSet
 from tests.test_flow_stage import FAST_TVL1, build_workspace, moving_texture

@@ -36,7 +36,7 @@ from vpipe.encode.gmm import VARIANCE_FLOOR, partition_gmm
 from vpipe.encode.kmeans import kmeans_parameters
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.encode import run_encode
+from vpipe.stages.encode import EncodeOptions, run_encode
 from vpipe.store import FeatureSet, ShardWriter, shard_name, write_index
 
 D = 32
@@ -269,7 +269,7 @@ def test_requested_sample_size_is_used_and_reported(fake) -> None:
 
 def test_run_encode_writes_codebook_encodings_and_a_baseline(fake) -> None:
     ws, sequences = fake
-    summary = run_encode(ws, FEATURES, 4, seed=0, niter=20, pca=D // 2)
+    summary = run_encode(ws, FEATURES, 4, EncodeOptions(seed=0, niter=20, pca=D // 2))
     book = load_codebook(Path(summary["codebook"]["path"]))
     assert book.centroids.shape == (4, D // 2) and book.centroids.dtype == np.float32
     assert book.input_dim == D and summary["codebook"]["pca"]["dim"] == D // 2
@@ -293,17 +293,17 @@ def test_run_encode_writes_codebook_encodings_and_a_baseline(fake) -> None:
 
 def test_rerun_skips_and_changes_rewrite(fake) -> None:
     ws, _ = fake
-    first = run_encode(ws, FEATURES, 6, methods=["bof"], niter=5, svm_c=1.0)
+    first = run_encode(ws, FEATURES, 6, EncodeOptions(methods=["bof"], niter=5, svm_c=1.0))
     paths = [Path(first["codebook"]["path"]), Path(first["encodings"]["bof"]["path"]), Path(first["baseline"]["path"])]
     mtimes = [p.stat().st_mtime_ns for p in paths]
-    again = run_encode(ws, FEATURES, 6, methods=["bof"], niter=5, svm_c=1.0)
+    again = run_encode(ws, FEATURES, 6, EncodeOptions(methods=["bof"], niter=5, svm_c=1.0))
     assert not again["codebook"]["fitted"] and not again["encodings"]["bof"]["written"]
     assert not again["baseline"]["written"]
     assert [p.stat().st_mtime_ns for p in paths] == mtimes
-    reseeded = run_encode(ws, FEATURES, 6, methods=["bof"], niter=5, seed=1, svm_c=1.0)
+    reseeded = run_encode(ws, FEATURES, 6, EncodeOptions(methods=["bof"], niter=5, seed=1, svm_c=1.0))
     assert reseeded["codebook"]["fitted"] and reseeded["encodings"]["bof"]["written"]
     assert paths[0].stat().st_mtime_ns != mtimes[0]
-    other_k = run_encode(ws, FEATURES, 4, methods=["bof"], niter=5, svm_c=1.0)
+    other_k = run_encode(ws, FEATURES, 4, EncodeOptions(methods=["bof"], niter=5, svm_c=1.0))
     assert other_k["codebook"]["fitted"] and other_k["codebook"]["path"].endswith(f"{FEATURES}-k4.h5")
     with h5py.File(other_k["encodings"]["bof"]["path"]) as handle:
         assert handle["X"].shape == (24, 4)
@@ -325,9 +325,9 @@ def test_no_train_videos_is_an_error(tmp_path: Path) -> None:
 def test_bad_options_are_config_errors(fake) -> None:
     ws, _ = fake
     with pytest.raises(ConfigError, match="larger than the sample"):
-        run_encode(ws, FEATURES, 6, sample_size=5)
+        run_encode(ws, FEATURES, 6, EncodeOptions(sample_size=5))
     with pytest.raises(ConfigError, match="unknown encoding"):
-        run_encode(ws, FEATURES, 6, methods=["netvlad"])
+        run_encode(ws, FEATURES, 6, EncodeOptions(methods=["netvlad"]))
 
 
 # --- the command ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from vpipe.encode.fit import resolve_pca
 from vpipe.encode.pca import fit_pca
 from vpipe.errors import ConfigError
 from vpipe.stages import encode as encode_stage
-from vpipe.stages.encode import encode_status, run_encode
+from vpipe.stages.encode import EncodeOptions, encode_status, run_encode
 from vpipe.store import FeatureSet
 
 torch.set_num_threads(1)
@@ -52,7 +52,7 @@ def test_streamed_encodings_equal_per_video_encodings_across_shards_and_batches(
     ws, sequences = make_workspace(tmp_path)
     assert len(list(ws.features_dir(FEATURES).glob("*.h5"))) == 24
     monkeypatch.setattr(encode_stage, "BATCH_BYTES", 5 * 4 * (4 + 4 * 8 + 2 * 4 * 8))
-    summary = run_encode(ws, FEATURES, 4, niter=10, pca=8, svm_c=1.0)
+    summary = run_encode(ws, FEATURES, 4, EncodeOptions(niter=10, pca=8, svm_c=1.0))
     book = encode_stage.load_codebook(Path(summary["codebook"]["path"]))
     assert book.dim == 8 and book.input_dim == 32
     for method, encoder in (("bof", encode_bof), ("vlad", encode_vlad), ("fv", encode_fisher)):
@@ -108,14 +108,14 @@ def test_auto_pca_needs_ten_descriptors_per_dimension(tmp_path) -> None:
     assert resolve_pca("auto", 1024) == 512 and resolve_pca(0, 1024, 10**6) is None
     assert resolve_pca(16, 32, 5) == 16
     ws, _ = make_workspace(tmp_path)  # 15 train videos: far fewer descriptors than 10 per dimension
-    summary = run_encode(ws, FEATURES, 4, niter=5, baseline=False)
+    summary = run_encode(ws, FEATURES, 4, EncodeOptions(niter=5, baseline=False))
     assert summary["codebook"]["pca"] is None
-    assert run_encode(ws, FEATURES, 4, niter=5, baseline=False, pca=16)["codebook"]["pca"]["dim"] == 16
+    assert run_encode(ws, FEATURES, 4, EncodeOptions(niter=5, baseline=False, pca=16))["codebook"]["pca"]["dim"] == 16
 
 
 def test_codebook_round_trips_its_pca(tmp_path) -> None:
     ws, sequences = make_workspace(tmp_path)
-    summary = run_encode(ws, FEATURES, 4, niter=5, methods=["bof"], pca=6, whiten=True, svm_c=1.0)
+    summary = run_encode(ws, FEATURES, 4, EncodeOptions(niter=5, methods=["bof"], pca=6, whiten=True, svm_c=1.0))
     book = encode_stage.load_codebook(Path(summary["codebook"]["path"]))
     assert summary["codebook"]["pca"]["dim"] == 6 and book.pca.whiten
     x = sequences["c0_v0"]
@@ -184,11 +184,12 @@ def test_selection_uses_one_holdout_above_the_scale_threshold(monkeypatch) -> No
 def test_a_budget_too_small_is_one_clear_error(tmp_path) -> None:
     ws, _ = make_workspace(tmp_path)
     with pytest.raises(MemoryBudgetError, match=r"k-means sample .* --memory-budget of 1 KiB: lower --sample-size"):
-        run_encode(ws, FEATURES, 4, memory_budget=1024, baseline=False)
+        run_encode(ws, FEATURES, 4, EncodeOptions(memory_budget=1024, baseline=False))
     with pytest.raises(MemoryBudgetError, match=r"the fv linear baseline \(15 train videos × 128\).*--no-baseline"):
-        run_encode(ws, FEATURES, 4, memory_budget=40_000, pca=16)
+        run_encode(ws, FEATURES, 4, EncodeOptions(memory_budget=40_000, pca=16))
     assert not ws.codebook_path(FEATURES, 4).exists()
-    assert run_encode(ws, FEATURES, 4, niter=5, memory_budget=40_000, baseline=False, pca=16)["baseline"] is None
+    options = EncodeOptions(niter=5, memory_budget=40_000, baseline=False, pca=16)
+    assert run_encode(ws, FEATURES, 4, options)["baseline"] is None
     x = np.zeros((20, 100), dtype=np.float32)
     with pytest.raises(MemoryBudgetError, match=r"linear baseline on encodings \(10 train videos × 100\)"):
         fit_and_evaluate(array_blocks(x), 100, np.arange(20) % 2, np.array(["train", "test"] * 10), memory_budget=8000)
@@ -201,19 +202,19 @@ def test_within_budget_leaves_out_only_the_baselines_that_do_not_fit(tmp_path, c
     ws, _ = make_workspace(tmp_path)
     options = {"niter": 5, "svm_c": 1.0, "memory_budget": 40_000, "baseline": "within-budget", "pca": 16}
     with caplog.at_level("WARNING", logger="vpipe.stages.encode"):
-        summary = run_encode(ws, FEATURES, 4, **options)
+        summary = run_encode(ws, FEATURES, 4, EncodeOptions(**options))
     assert set(summary["encodings"]) == {"bof", "vlad", "fv"}
     assert all(Path(e["path"]).is_file() for e in summary["encodings"].values())
     assert set(summary["baseline"]["methods"]) == {"bof", "vlad"}
     assert list(summary["baseline_skipped"]) == ["fv"]
     assert "fv linear baseline needs" in summary["baseline_skipped"]["fv"]
     assert "--methods fv --memory-budget" in caplog.text
-    assert all(encode_status(ws, FEATURES, 4, **options).values())
+    assert all(encode_status(ws, FEATURES, 4, EncodeOptions(**options)).values())
     # A run with every baseline that fits reuses the same artifacts as an explicit one.
-    explicit = run_encode(ws, FEATURES, 4, **{**options, "baseline": True, "methods": ["bof", "vlad"]})
+    explicit = run_encode(ws, FEATURES, 4, EncodeOptions(**{**options, "baseline": True, "methods": ["bof", "vlad"]}))
     assert not explicit["codebook"]["fitted"]
     with pytest.raises(ConfigError, match="baseline must be"):
-        run_encode(ws, FEATURES, 4, **{**options, "baseline": "sometimes"})
+        run_encode(ws, FEATURES, 4, EncodeOptions(**{**options, "baseline": "sometimes"}))
 
 
 # --- status ------------------------------------------------------------------------------
@@ -222,15 +223,16 @@ def test_within_budget_leaves_out_only_the_baselines_that_do_not_fit(tmp_path, c
 def test_encode_status_agrees_with_what_run_does(tmp_path) -> None:
     ws, _ = make_workspace(tmp_path)
     options = {"methods": ["bof", "vlad"], "niter": 5, "svm_c": 1.0, "pca": 8}
-    assert encode_status(ws, FEATURES, 4, **options) == dict.fromkeys(["codebook", "bof", "vlad", "baseline"], False)
-    run_encode(ws, FEATURES, 4, **options)
-    assert all(encode_status(ws, FEATURES, 4, **options).values())
-    assert encode_status(ws, FEATURES, 4, **{**options, "svm_c": 0.1}) == {
+    status = encode_status(ws, FEATURES, 4, EncodeOptions(**options))
+    assert status == dict.fromkeys(["codebook", "bof", "vlad", "baseline"], False)
+    run_encode(ws, FEATURES, 4, EncodeOptions(**options))
+    assert all(encode_status(ws, FEATURES, 4, EncodeOptions(**options)).values())
+    assert encode_status(ws, FEATURES, 4, EncodeOptions(**{**options, "svm_c": 0.1})) == {
         "codebook": True, "bof": True, "vlad": True, "baseline": False,
     }  # fmt: skip
-    changed = encode_status(ws, FEATURES, 4, **{**options, "pca": 6})
+    changed = encode_status(ws, FEATURES, 4, EncodeOptions(**{**options, "pca": 6}))
     assert not any(changed.values())
-    again = run_encode(ws, FEATURES, 4, **options)
+    again = run_encode(ws, FEATURES, 4, EncodeOptions(**options))
     assert not again["codebook"]["fitted"] and not again["baseline"]["written"]
 
 

@@ -301,7 +301,7 @@ def test_plan_jobs_are_built_once_until_the_plan_or_manifest_changes(tmp_path) -
     import os
 
     from vpipe.errors import StageError
-    from vpipe.stages.extract import plan_jobs
+    from vpipe.stages.planned_videos import plan_jobs
 
     ws = DatasetWorkspace(tmp_path, "tiny")
     with pytest.raises(StageError, match="no plan 'li3d'"):
@@ -328,7 +328,7 @@ def test_item_fingerprints_equal_the_plain_fingerprint_of_their_parts(rgb_worksp
     ``fingerprint(config, input, clip_signature(job))`` so stored work stays current."""
     from tests.fingerprint_reference import clip_signature
     from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
-    from vpipe.stages.extract import plan_jobs
+    from vpipe.stages.planned_videos import plan_jobs
     from vpipe.stages.flow import FLOW_FORMAT
 
     ws = rgb_workspace

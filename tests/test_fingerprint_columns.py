@@ -24,7 +24,7 @@ from vpipe.pipeline.fingerprint_columns import (
     source_fingerprints,
 )
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.extract import plan_jobs
+from vpipe.stages.planned_videos import plan_jobs
 from vpipe.stages.plan_columns import plan_video_columns
 from vpipe.video.plan import PLAN_SCHEMA, plan_video, sampler_config
 

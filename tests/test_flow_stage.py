@@ -30,7 +30,7 @@ from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
 from vpipe.pipeline.runner import run_stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.dataset import configure_dataset
-from vpipe.stages.extract import plan_jobs
+from vpipe.stages.planned_videos import plan_jobs
 from tests.fingerprint_reference import clip_signature
 from vpipe.stages.flow import FlowStage
 from vpipe.stages.plan import PlanStage

@@ -12,7 +12,7 @@ import torch
 
 from vpipe.extract.features import ExtractConfig, extract_videos
 from vpipe.flow.compute import FlowConfig, flow_videos
-from vpipe.stages.extract import plan_jobs
+from vpipe.stages.planned_videos import plan_jobs
 from vpipe.store.index import read_index, write_index
 from vpipe.video.prefetch import default_loader_workers, loader_pool, prefetched
 from tests.test_flow_stage import FAST_TVL1, build_workspace, moving_texture

@@ -125,6 +125,16 @@ def test_a_stage_added_in_a_test_runs_after_what_it_reads(tmp_path: Path) -> Non
     assert len(counts) == 10 and all(n >= 1 for n in counts.values())
 
 
+def test_until_on_the_main_job_leaves_out_what_the_named_stage_does_not_read(tmp_path: Path) -> None:
+    stages = synthetic_job(tmp_path)
+    assert [stage_name(stage) for stage in select_stages(stages, until="extract:li3d-rgb")] == [
+        "probe", "plan", "extract:li3d-rgb",
+    ], "flow precedes in the run order, and the rgb features do not read it"  # fmt: skip
+    assert [stage_name(stage) for stage in select_stages(stages, until="train:hoghofmbh")] == [
+        "probe", "plan", "flow", "extract:hoghofmbh", "train:hoghofmbh",
+    ]  # fmt: skip
+
+
 def test_changes_name_the_option_and_the_input(tmp_path: Path) -> None:
     recorded = {"options": {"sampler": {"need": 8, "size": 32}, "decoder": "auto"}, "inputs": {"plan": "a", "flow": "b"}}
     now = {"options": {"sampler": {"need": 6, "size": 32}}, "inputs": {"plan": "a", "flow": "c"}}
@@ -145,8 +155,11 @@ def test_dry_run_on_a_fresh_a_finished_and_a_partly_stale_workspace(tmp_path: Pa
     fresh = dry_run(*base)
     assert list(fresh) == [name.replace("encode:", "encode ").replace("train:", "train ") for name in MAIN_JOB_ORDER]
     assert (fresh["probe"]["new"], fresh["probe"]["done"], fresh["probe"]["total"]) == (13, 0, 13)
-    assert not fresh["plan"]["ready"] and "manifest" in fresh["plan"]["reason"]
-    assert not fresh["evaluate"]["ready"]
+    assert fresh["plan"]["after"] == ["probe"] and "reason" not in fresh["plan"], "no manifest yet: the probe makes it"
+    assert fresh["extract:li3d-flow"]["after"] == ["plan", "flow"]
+    assert fresh["evaluate"]["after"] == [name for name in MAIN_JOB_ORDER if name.startswith("train:")]
+    text = invoke(*base, "--dry-run").stdout
+    assert "plan: will run after probe\n" in text and "evaluate: will run after train (4 stages)\n" in text
 
     assert invoke(*base, "--until", "flow").exit_code == 0
     finished = dry_run(*base, "--until", "flow")
@@ -157,11 +170,13 @@ def test_dry_run_on_a_fresh_a_finished_and_a_partly_stale_workspace(tmp_path: Pa
     need = base.index("need=8")
     changed = dry_run(*base[:need], "need=6", *base[need + 1 :], "--until", "flow")
     assert (changed["plan"]["stale"], changed["plan"]["why"]) == (10, "sampler.need: 8 -> 6")
-    assert changed["flow"]["done"] == 10, "flow is judged on the plan on disk, not yet rewritten"
+    assert changed["flow"]["after"] == ["plan"], "the plan is rewritten first, whatever flow's records say now"
+    assert changed["flow"]["done"] == 10 and "stale" not in changed["flow"], "its counts are of the plan on disk"
 
     # The plan rewritten with need=6: the flow is stale because its input changed.
     assert invoke(*base[:need], "need=6", *base[need + 1 :], "--until", "plan").exit_code == 0
     rewritten = dry_run(*base[:need], "need=6", *base[need + 1 :], "--until", "flow")
     assert (rewritten["flow"]["stale"], rewritten["flow"]["why"]) == (10, "plan was rewritten")
+    assert "after" not in rewritten["flow"] and "after" not in rewritten["plan"]
     text = invoke(*base[:need], "need=6", *base[need + 1 :], "--until", "flow", "--dry-run").stdout
     assert "flow: 0 done, 0 failed, 10 total, 10 stale (plan was rewritten)" in text

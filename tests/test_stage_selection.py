@@ -13,15 +13,34 @@ from vpipe.errors import ConfigError
 from vpipe.pipeline.dag import select_stages, stage_name
 
 
-@dataclass
+@dataclass(frozen=True)
 class Named:
+    """A stage as selection sees it: a name and what it reads."""
+
     label: str
+    reads: tuple[Named, ...] = ()
+
+    @property
+    def journal_name(self) -> str:
+        return self.label
+
+    def requires(self) -> tuple[Named, ...]:
+        return self.reads
 
 
-MAIN_JOB = [Named(label) for label in (
-    "probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "extract:hoghofmbh", "encode li3d-rgb",
-    "retrieval", "train li3d-rgb", "train li3d-flow", "evaluate",
-)]  # fmt: skip
+def main_job_shape() -> list[Named]:
+    probe = Named("probe")
+    plan = Named("plan", (probe,))
+    flow = Named("flow", (plan,))
+    rgb, motion = Named("extract:li3d-rgb", (plan,)), Named("extract:li3d-flow", (plan, flow))
+    descriptors = Named("extract:hoghofmbh", (plan, flow))
+    encode = Named("encode li3d-rgb", (rgb,))
+    trains = [Named("train li3d-rgb", (rgb,)), Named("train li3d-flow", (motion,))]
+    return [probe, plan, flow, rgb, motion, descriptors, encode, Named("retrieval", (encode,)), *trains,
+            Named("evaluate", tuple(trains))]  # fmt: skip
+
+
+MAIN_JOB = main_job_shape()
 
 
 def names(stages) -> list[str]:
@@ -32,9 +51,19 @@ def test_names_join_kind_and_subject_with_a_colon() -> None:
     assert names(MAIN_JOB)[6:9] == ["encode:li3d-rgb", "retrieval", "train:li3d-rgb"]
 
 
-def test_until_keeps_everything_up_to_the_named_stage_and_only_the_named_ones() -> None:
-    assert names(select_stages(MAIN_JOB, until="extract:li3d-rgb")) == ["probe", "plan", "flow", "extract:li3d-rgb"]
-    assert names(select_stages(MAIN_JOB, until="extract"))[-1] == "extract:hoghofmbh", "a kind: up to its last step"
+def test_until_keeps_the_named_stage_and_what_it_reads_and_only_the_named_ones() -> None:
+    assert names(select_stages(MAIN_JOB, until="extract:li3d-rgb")) == ["probe", "plan", "extract:li3d-rgb"], (
+        "flow comes earlier in the run order, but the rgb features do not read it"
+    )
+    assert names(select_stages(MAIN_JOB, until="extract:li3d-flow")) == ["probe", "plan", "flow", "extract:li3d-flow"]
+    assert names(select_stages(MAIN_JOB, until="extract")) == [
+        "probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "extract:hoghofmbh",
+    ], "a kind: every stage of it, with what they read"  # fmt: skip
+    assert names(select_stages(MAIN_JOB, until="train:li3d-flow")) == [
+        "probe", "plan", "flow", "extract:li3d-flow", "train:li3d-flow",
+    ], "neither the rgb branch nor the other train run"  # fmt: skip
+    assert names(select_stages(MAIN_JOB, until="evaluate"))[-3:] == ["train:li3d-rgb", "train:li3d-flow", "evaluate"]
+    assert "retrieval" not in names(select_stages(MAIN_JOB, until="evaluate"))
     assert names(select_stages(MAIN_JOB, only=["flow", "train"])) == ["flow", "train:li3d-rgb", "train:li3d-flow"]
     assert names(select_stages(MAIN_JOB, only=["train", "probe"], until="train:li3d-rgb")) == ["probe", "train:li3d-rgb"]
     assert select_stages(MAIN_JOB) == MAIN_JOB

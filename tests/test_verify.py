@@ -266,7 +266,7 @@ def _rewrite_records_to_typed_options(ws: DatasetWorkspace, stage: ExtractStage)
     from tests.fingerprint_reference import clip_signature
     from vpipe.pipeline.fingerprint import file_fingerprint, fingerprint
     from vpipe.pipeline.journal import Record
-    from vpipe.stages.extract import plan_jobs
+    from vpipe.stages.planned_videos import plan_jobs
 
     journal = Journal(stage.journal_dir)
     records = journal.load()

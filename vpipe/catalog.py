@@ -147,136 +147,78 @@ BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 
+#: (mean, std) of the inputs: torchvision's ImageNet statistics, the [-1, 1] scaling of the
+#: Inception nets, and CLIP's own.
+_IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+_SYMMETRIC = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+_CLIP = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+
+
+def _listed(
+    params: int,
+    input_shape: list[int],
+    layers: dict[str, list[int]],
+    checkpoint_layout: str,
+    normalisation: tuple[list[float], list[float]] = _IMAGENET,
+    licence: str = "",
+) -> dict[str, object]:
+    """One :data:`BACKBONE_LISTING` entry. As in ``BackboneSpec.default_input_shape``, a clip
+    backbone's input is (C, T, H, W) with T its clip length, a frame backbone's (C, H, W)."""
+    clip = len(input_shape) == 4
+    mean, std = normalisation
+    return {
+        "params": params, "input": "clip" if clip else "frames", "input_shape": input_shape,
+        "clip_length": input_shape[1] if clip else 1, "mean": list(mean), "std": list(std),
+        "layers": {name: list(shape) for name, shape in layers.items()},
+        "checkpoint_layout": checkpoint_layout, "licence": licence,
+    }  # fmt: skip
+
+
+_TORCHVISION_RESNET = {"pool": [2048], "grid": [2048, 7, 7]}
+
 #: What ``vpipe backbones`` lists of each backbone's ``BackboneSpec`` (parameters, input,
 #: normalisation, cached layers, checkpoint layout, licence), so that the listing builds no
 #: model under torch (a test checks every entry against the built model's spec).
 BACKBONE_LISTING: dict[str, dict[str, object]] = {
-    "clip": {
-        "params": 87849216,
-        "input": "frames",
-        "input_shape": [3, 224, 224],
-        "clip_length": 1,
-        "mean": [0.48145466, 0.4578275, 0.40821073],
-        "std": [0.26862954, 0.26130258, 0.27577711],
-        "layers": {"pool": [512], "cls": [768]},
-        "checkpoint_layout": (
-            "OpenAI / open_clip CLIP (visual.conv1, visual.transformer.resblocks.N, "
-            "visual.proj) or transformers CLIPVisionModelWithProjection (vision_model.*, "
-            "visual_projection)"
-        ),
-        "licence": "",
-    },
-    "hoghofmbh": {
-        "params": 0,
-        "input": "clip",
-        "input_shape": [5, 16, 112, 112],
-        "clip_length": 16,
-        "mean": [0.0, 0.0, 0.0, 0.5, 0.5],
-        "std": [1.0, 1.0, 1.0, 0.025, 0.025],
-        "layers": {"pool": [14, 504], "local": [180, 504]},
-        "checkpoint_layout": "none",
-        "licence": "",
-    },
-    "i3d": {
-        "params": 12287264,
-        "input": "clip",
-        "input_shape": [3, 64, 224, 224],
-        "clip_length": 64,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
-        "layers": {"pool": [8, 1024]},
-        "checkpoint_layout": "pytorch-i3d InceptionI3d",
-        "licence": "",
-    },
-    "li3d": {
-        "params": 8047904,
-        "input": "clip",
-        "input_shape": [3, 64, 224, 224],
-        "clip_length": 64,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
-        "layers": {"pool": [8, 1024]},
-        "checkpoint_layout": "vpipe LI3D, or pytorch-i3d InceptionI3d (converted)",
-        "licence": "",
-    },
-    "r3d50": {
-        "params": 46198976,
-        "input": "clip",
-        "input_shape": [3, 16, 112, 112],
-        "clip_length": 16,
-        "mean": [0.4345, 0.4051, 0.3775],
-        "std": [0.2768, 0.2713, 0.2737],
-        "layers": {
-            "layer1": [256, 8, 4, 4], "layer2": [512, 4, 4, 4], "layer3": [1024, 2, 4, 4], "layer4": [2048, 1, 4, 4],
-            "pool": [2048],
-        },
-        "checkpoint_layout": "3D-ResNets-PyTorch generate_model(50)",
-        "licence": "",
-    },
-    "resnet101": {
-        "params": 42500160,
-        "input": "frames",
-        "input_shape": [3, 224, 224],
-        "clip_length": 1,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "layers": {"pool": [2048], "grid": [2048, 7, 7]},
-        "checkpoint_layout": "torchvision ResNet",
-        "licence": "",
-    },
-    "resnet50": {
-        "params": 23508032,
-        "input": "frames",
-        "input_shape": [3, 224, 224],
-        "clip_length": 1,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "layers": {"pool": [2048], "grid": [2048, 7, 7]},
-        "checkpoint_layout": "torchvision ResNet",
-        "licence": "",
-    },
-    "vgg16": {
-        "params": 117479232,
-        "input": "frames",
-        "input_shape": [3, 224, 224],
-        "clip_length": 1,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "layers": {"conv5_3": [512, 14, 14], "fc6": [4096]},
-        "checkpoint_layout": "torchvision VGG",
-        "licence": "",
-    },
-    "videomae": {
-        "params": 86227200,
-        "input": "clip",
-        "input_shape": [3, 16, 224, 224],
-        "clip_length": 16,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "layers": {"pool": [768]},
-        "checkpoint_layout": (
-            "official VideoMAE .pth (patch_embed/blocks/fc_norm) or transformers VideoMAE "
-            "(videomae.embeddings/encoder.layer)"
-        ),
-        "licence": "CC-BY-NC-4.0 (published VideoMAE weights)",
-    },
-    "vjepa": {
-        "params": 303885312,
-        "input": "clip",
-        "input_shape": [3, 16, 224, 224],
-        "clip_length": 16,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "layers": {"pool": [1024]},
-        "checkpoint_layout": (
-            "official V-JEPA .pth.tar (target_encoder/encoder: patch_embed, pos_embed, "
-            "blocks.N.attn.qkv, norm) or transformers VJEPA2Model "
-            "(encoder.embeddings.patch_embeddings, encoder.layer.N.attention.query, "
-            "encoder.layernorm)"
-        ),
-        "licence": "CC-BY-NC-4.0 (published V-JEPA and V-JEPA 2 weights)",
-    },
-}
+    "clip": _listed(
+        87849216, [3, 224, 224], {"pool": [512], "cls": [768]},
+        "OpenAI / open_clip CLIP (visual.conv1, visual.transformer.resblocks.N, visual.proj) or transformers "
+        "CLIPVisionModelWithProjection (vision_model.*, visual_projection)",
+        _CLIP,
+    ),
+    "hoghofmbh": _listed(
+        0, [5, 16, 112, 112], {"pool": [14, 504], "local": [180, 504]}, "none",
+        ([0.0, 0.0, 0.0, 0.5, 0.5], [1.0, 1.0, 1.0, 0.025, 0.025]),
+    ),
+    "i3d": _listed(12287264, [3, 64, 224, 224], {"pool": [8, 1024]}, "pytorch-i3d InceptionI3d", _SYMMETRIC),
+    "li3d": _listed(
+        8047904, [3, 64, 224, 224], {"pool": [8, 1024]}, "vpipe LI3D, or pytorch-i3d InceptionI3d (converted)",
+        _SYMMETRIC,
+    ),
+    "r3d50": _listed(
+        46198976, [3, 16, 112, 112],
+        {"layer1": [256, 8, 4, 4], "layer2": [512, 4, 4, 4], "layer3": [1024, 2, 4, 4], "layer4": [2048, 1, 4, 4],
+         "pool": [2048]},
+        "3D-ResNets-PyTorch generate_model(50)",
+        ([0.4345, 0.4051, 0.3775], [0.2768, 0.2713, 0.2737]),
+    ),
+    "resnet101": _listed(42500160, [3, 224, 224], _TORCHVISION_RESNET, "torchvision ResNet"),
+    "resnet50": _listed(23508032, [3, 224, 224], _TORCHVISION_RESNET, "torchvision ResNet"),
+    "vgg16": _listed(117479232, [3, 224, 224], {"conv5_3": [512, 14, 14], "fc6": [4096]}, "torchvision VGG"),
+    "videomae": _listed(
+        86227200, [3, 16, 224, 224], {"pool": [768]},
+        "official VideoMAE .pth (patch_embed/blocks/fc_norm) or transformers VideoMAE "
+        "(videomae.embeddings/encoder.layer)",
+        licence="CC-BY-NC-4.0 (published VideoMAE weights)",
+    ),
+    "vjepa": _listed(
+        303885312, [3, 16, 224, 224], {"pool": [1024]},
+        "official V-JEPA .pth.tar (target_encoder/encoder: patch_embed, pos_embed, blocks.N.attn.qkv, norm) or "
+        "transformers VJEPA2Model (encoder.embeddings.patch_embeddings, encoder.layer.N.attention.query, "
+        "encoder.layernorm)",
+        licence="CC-BY-NC-4.0 (published V-JEPA and V-JEPA 2 weights)",
+    ),
+}  # fmt: skip
 
 
 class DefaultPlan(NamedTuple):

@@ -12,6 +12,7 @@ record that reads and writes itself: the dataset configuration
 """
 
 from vpipe.artifacts.atomic import (
+    Closing,
     DiskFullError,
     atomic_path,
     atomic_write_bytes,
@@ -30,6 +31,7 @@ from vpipe.artifacts.digest import (
 )
 
 __all__ = [
+    "Closing",
     "DiskFullError",
     "FileDigest",
     "atomic_path",

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from vpipe.errors import VpipeError
 
@@ -107,3 +108,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+_Open = TypeVar("_Open", bound="Closing")
+
+
+class Closing:
+    """``with`` for an open artifact: leaving the block calls :meth:`close`, or :meth:`abort`
+    when an exception leaves it.
+
+    A reader only closes. A writer's ``close`` commits the temporary file and its
+    ``abort`` discards it, so an exception inside the block never leaves a file that
+    looks finished.
+    """
+
+    def __enter__(self: _Open) -> _Open:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def close(self) -> object:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        self.close()

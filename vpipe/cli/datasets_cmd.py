@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-from vpipe.cli.options import Json, emit_json
+from vpipe.cli.options import Json, show
 
 
 def datasets(json_output: Json = False) -> None:
@@ -17,9 +19,10 @@ def datasets(json_output: Json = False) -> None:
     rows = [
         {"name": d.name, "splits": list(d.split_numbers), "summary": d.summary} for d in list_datasets()
     ]
-    if json_output:
-        emit_json(rows)
-        return
+    show(rows, _print_datasets, json_output=json_output)
+
+
+def _print_datasets(rows: list[dict[str, Any]]) -> None:
     width = max(len(r["name"]) for r in rows)
     for row in rows:
         splits = ",".join(map(str, row["splits"]))

@@ -9,8 +9,8 @@ from rich.markup import escape
 
 from vpipe import catalog
 
-from vpipe.cli.options import Dataset, Device, Features, Json, Seed, Verbose, Workspace, dataset_workspace, emit_json
-from vpipe.cli.options import err, setup_logging, user_errors
+from vpipe.cli.dataset_command import CommandContext, dataset_command
+from vpipe.cli.options import Device, Features, Seed, err
 from vpipe.errors import ConfigError
 
 Clusters = Annotated[int, typer.Option("--clusters", "-k", min=1, help="Codebook size K (the paper uses 128).")]
@@ -89,9 +89,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         )
 
 
-@user_errors
+@dataset_command
 def encode(
-    dataset: Dataset,
     features: Features = "li3d-rgb",
     clusters: Clusters = 128,
     sample_size: SampleSize = None,
@@ -105,9 +104,8 @@ def encode(
     memory_budget: MemoryBudget = catalog.ENCODE_MEMORY_BUDGET,
     baseline: Baseline = True,
     device: Device = "auto",
-    workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
+    *,
+    context: CommandContext,
 ) -> None:
     """Fit a train-only k-means codebook and encode every video as BoF, VLAD and Fisher vectors.
 
@@ -120,9 +118,8 @@ def encode(
     """
     from vpipe.encode.budget import parse_bytes
     from vpipe.encode.kmeans import MissingFaissError, import_faiss
-    from vpipe.stages.encode import run_encode
+    from vpipe.stages.encode import EncodeOptions, run_encode
 
-    setup_logging(verbose)
     try:
         import_faiss()
     except MissingFaissError as error:
@@ -130,10 +127,7 @@ def encode(
         raise typer.Exit(2) from None
     if device not in _DEVICES:
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
-    summary = run_encode(
-        dataset_workspace(dataset, workspace),
-        features,
-        clusters,
+    options = EncodeOptions(
         sample_size=sample_size,
         seed=seed,
         niter=niter,
@@ -146,10 +140,8 @@ def encode(
         memory_budget=parse_bytes(memory_budget),
         baseline=baseline,
     )
-    if json_output:
-        emit_json(summary)
-    else:
-        _print_summary(summary)
+    summary = run_encode(context.workspace, features, clusters, options)
+    context.show(summary, _print_summary)
 
 
 def register(app: typer.Typer) -> None:

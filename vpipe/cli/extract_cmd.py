@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from vpipe import catalog
 from vpipe.cli.options import Backbone, Compute, Dataset, Decoder, Device, Json, Option, Workspace, compute_options
-from vpipe.cli.options import dataset_workspace, emit_json, parse_key_values, run_single_stage, user_errors
+from vpipe.cli.options import dataset_workspace, parse_key_values, run_single_stage, show
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]
@@ -37,10 +37,10 @@ def backbones(json_output: Json = False) -> None:
 
     Example: vpipe backbones --json
     """
-    rows = catalog.describe_backbones()
-    if json_output:
-        emit_json(rows)
-        return
+    show(catalog.describe_backbones(), _print_backbones, json_output=json_output)
+
+
+def _print_backbones(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         layers = ", ".join(f"{k} {tuple(v)}" for k, v in row["layers"].items())
         licence = f"  [licence: {row['licence']}]" if row["licence"] else ""
@@ -59,7 +59,6 @@ def describe_plan(plan: dict[str, object]) -> str:
     return f"{plan['name']} = {plan['sampler']} {own}, {plan['size']}² {plan['view0']} crop of short side {plan['short_side']}"
 
 
-@user_errors
 @stage_command
 @compute_options
 def extract(
@@ -79,8 +78,8 @@ def extract(
     workspace: Workspace = None,
     decoder: Decoder = "auto",
     *,
-    flags: RunFlags,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports:
     """Run a backbone over every planned clip and cache its features in HDF5 shards.
 

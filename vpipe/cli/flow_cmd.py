@@ -8,11 +8,10 @@ import typer
 
 from vpipe.cli.extract_cmd import VideosPerTask
 from vpipe.cli.options import Compute, Dataset, Decoder, Device, Option, Workspace, compute_options, dataset_workspace
-from vpipe.cli.options import parse_key_values, run_single_stage, user_errors
+from vpipe.cli.options import parse_key_values, run_single_stage
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
 
 
-@user_errors
 @stage_command
 @compute_options
 def flow(
@@ -41,8 +40,8 @@ def flow(
     workspace: Workspace = None,
     decoder: Decoder = "auto",
     *,
-    flags: RunFlags,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports:
     """Compute TV-L1 optical flow for every clip of a plan and cache it (uint8, bound 20).
 

@@ -205,24 +205,40 @@ def with_options(
     replaces: str,
     options: list[tuple[str, Any, Any]],
     defaults: dict[str, Any],
+    leading: list[tuple[str, Any, Any]] | None = None,
 ) -> Callable[..., Any]:
     """``call`` presented to typer as ``command`` whose parameter ``replaces`` became ``options``.
 
     typer reads a command's options from its signature; a decorator that adds a family of
     options (and hands the command one object built from them) rewrites that signature
-    here, so the family is declared once however many commands take it.
+    here, so the family is declared once however many commands take it. The options
+    stand where ``replaces`` stood, so a command orders its ``--help`` by where it puts
+    each family's parameter; ``leading`` options (required unless in ``defaults``) come
+    before all of the command's own.
     """
     signature = inspect.signature(command, eval_str=True)
-    kept = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.name != replaces]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name], annotation=Annotated[kind, info])
-        for name, kind, info in options
-    ]
+    at = list(signature.parameters).index(replaces)
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
+
+    def declare(declared: list[tuple[str, Any, Any]]) -> list[inspect.Parameter]:
+        return [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(name, inspect.Parameter.empty),
+                annotation=Annotated[kind, info],
+            )
+            for name, kind, info in declared
+        ]  # fmt: skip
+
     wrapper = wraps(command)(call)
-    parameters = kept + added
+    parameters = declare(leading or []) + own[:at] + declare(options) + own[at + 1 :]
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper
+
+
+def declared(aliases: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(name, type, typer.Option)`` of each shared ``Annotated`` alias, as :func:`with_options` takes them."""
+    return [(name, *get_args(alias)[:2]) for name, alias in aliases.items()]
 
 
 def option_group(
@@ -233,7 +249,7 @@ def option_group(
 
     Options missing from ``defaults`` default to ``None``.
     """
-    options = [(name, *get_args(alias)[:2]) for name, alias in aliases.items()]
+    options = declared(aliases)
     defaults = {**dict.fromkeys(aliases), **(defaults or {})}
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -283,6 +299,14 @@ def executor_for(compute: Compute) -> Iterator[Executor]:
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def show(result: Any, text: Callable[[Any], None], *, json_output: bool) -> None:
+    """``result`` as JSON on stdout with ``--json``; otherwise as ``text`` prints it."""
+    if json_output:
+        emit_json(result)
+    else:
+        text(result)
 
 
 def setup_logging(verbose: bool, *, quiet: bool = False, log_every: float | None = None) -> None:

@@ -107,7 +107,6 @@ class Planning:
 planning = option_group("planning", Planning, {"sampler": Sampler, "option": Option, "plan_name": PlanName})
 
 
-@user_errors
 @stage_command
 @compute_options
 @dataset_source
@@ -116,8 +115,8 @@ def probe(
     decoder: Decoder = "auto",
     *,
     source: DatasetSource,
-    flags: RunFlags,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports | None:
     """List a dataset's videos and record what decodes: writes manifest.parquet.
 
@@ -133,7 +132,6 @@ def probe(
         return run_stages(stages, executor, retry_failed=flags.retry_failed)
 
 
-@user_errors
 @stage_command
 @planning
 def plan(
@@ -189,9 +187,9 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
 
     Items a run would compute are split into stale (recorded under another fingerprint:
     an input or option changed, named by :func:`vpipe.pipeline.reasons.why_stale`) and new
-    (never run). A stage is judged on the inputs on
-    disk now: a changed plan option makes the plan stale, and flow turns stale only once
-    the plan is rewritten.
+    (never run). ``vpipe status`` judges each stage on the inputs on disk now: a changed
+    plan option makes the plan stale, and flow turns stale only once the plan is
+    rewritten; a dry run (:func:`vpipe.pipeline.runner.dry_run`) says flow will run after the plan.
     """
     if json_output:
         emit_json(
@@ -201,20 +199,20 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
                 | ({"damaged": r.damaged} if r.damaged else {})
                 | ({"stale": r.stale, "why": r.why} if r.stale else {})
                 | ({"new": r.new} if r.new else {})
+                | ({"after": r.after} if r.after else {})
                 for r in reports
             }
         )
         return
     for report in reports:
         typer.echo(
-            report.summary() if not report.ready else f"{report.stage}: {report.done} done, {report.failed} failed, {report.total} total"
+            report.summary() if not report.ready or report.after else f"{report.stage}: {report.done} done, {report.failed} failed, {report.total} total"
             + (f", {report.stale} stale ({report.why})" if report.stale else "")
             + (f", {report.new} new" if report.new else "")
             + (f", {report.damaged} damaged: run `vpipe verify --dataset {dataset} --repair`" if report.damaged else "")
         )
 
 
-@user_errors
 @stage_command
 @compute_options
 @dataset_source
@@ -236,16 +234,16 @@ def run(
         typer.Option("--only", metavar="NAME", help="Run only this stage (repeatable), by name: flow, extract:li3d-rgb, or a kind such as extract."),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--until", metavar="NAME", help="Run the stages up to and including this one, by name (e.g. extract:li3d-rgb).")
+        str | None, typer.Option("--until", metavar="NAME", help="Run this stage and the stages it reads from, by name (e.g. extract:li3d-rgb).")
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what each selected stage has done and would do; run nothing.")
     ] = False,
     *,
-    source: DatasetSource,
     planning: Planning,
-    flags: RunFlags,
+    source: DatasetSource,
     compute: Compute,
+    flags: RunFlags,
 ) -> Reports | None:
     """Run every stage in order, doing only what is missing or stale.
 
@@ -259,7 +257,7 @@ def run(
     """
     from vpipe.pipeline.local_gpus import check_gpus_option, local_gpu_executor
     from vpipe.pipeline.dag import select_stages
-    from vpipe.pipeline.runner import run_stages, stages_status
+    from vpipe.pipeline import runner
     from vpipe.stages.main_job import main_job
 
     ws, config = source.configure(dataset)
@@ -275,11 +273,11 @@ def run(
         check_gpus_option(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
     stages = select_stages(main_job(ws, config, options), only, until)
     if dry_run:
-        show_status(stages_status(stages), dataset, flags.json_output)
+        show_status(runner.dry_run(stages, retry_failed=flags.retry_failed), dataset, flags.json_output)
         return None
     gpu_workers = local_gpu_executor(gpus, device=device, scheduler=compute.scheduler, cluster=compute.cluster)
     with gpu_workers as pinned, executor_for(compute) as executor:
-        reports = run_stages(
+        reports = runner.run_stages(
             stages,
             executor,
             gpu_executor=pinned or gpu_stage_executor(device, compute),

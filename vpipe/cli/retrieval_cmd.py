@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from functools import partial
+from typing import Annotated, Any
 
 import typer
 
-from vpipe.cli.options import Dataset, Device, Json, Verbose, Workspace, dataset_workspace, emit_json, setup_logging
-from vpipe.cli.options import user_errors
-
-if TYPE_CHECKING:
-    from vpipe.retrieval import Hit
+from vpipe.cli.dataset_command import CommandContext, dataset_command
+from vpipe.cli.options import Device
 
 Embedding = Annotated[
     str,
@@ -52,9 +50,8 @@ Expect = Annotated[
 ]
 
 
-@user_errors
+@dataset_command
 def index(
-    dataset: Dataset,
     embedding: Embedding,
     name: Name = None,
     exact: Exact = False,
@@ -62,9 +59,8 @@ def index(
     centre: Centre = True,
     whiten: Whiten = False,
     device: Device = "auto",
-    workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
+    *,
+    context: CommandContext,
 ) -> None:
     """Build a cosine-similarity FAISS index over an embedding of every usable video.
 
@@ -77,14 +73,14 @@ def index(
     """
     from vpipe.retrieval import build_index
 
-    setup_logging(verbose)
     summary = build_index(
-        dataset_workspace(dataset, workspace), embedding, name=name, exact=exact, clips=clips, centre=centre,
+        context.workspace, embedding, name=name, exact=exact, clips=clips, centre=centre,
         whiten=whiten, device=device,
     )  # fmt: skip
-    if json_output:
-        emit_json(summary)
-        return
+    context.show(summary, _print_index)
+
+
+def _print_index(summary: dict[str, Any]) -> None:
     state = "written" if summary["written"] else "up to date"
     params = ", ".join(f"{k}={v}" for k, v in summary["params"].items())
     typer.echo(
@@ -105,21 +101,22 @@ def _range(spread: dict[str, float]) -> str:
     return f"{spread['p1']:.4f} to {spread['p99']:.4f}"
 
 
-def _span(hit: Hit) -> str:
-    if hit.start_s is None or math.isnan(hit.start_s):
+def _span(hit: dict[str, Any]) -> str:
+    if hit["start_s"] is None or math.isnan(hit["start_s"]):
         return ""
-    return f"{hit.start_s:.2f}-{hit.end_s:.2f}s"
+    return f"{hit['start_s']:.2f}-{hit['end_s']:.2f}s"
 
 
-def _print_hits(hits: list[Hit], clips: bool) -> None:
+def _print_hits(hits: list[dict[str, Any]], *, clips: bool) -> None:
     if not hits:
         typer.echo("no hits")
         return
-    width = max(len(h.label_name) for h in hits)
+    width = max(len(h["label_name"]) for h in hits)
     for hit in hits:
-        clip = f"  clip {hit.clip} {_span(hit)}" if clips else ""
+        clip = f"  clip {hit['clip']} {_span(hit)}" if clips else ""
         typer.echo(
-            f"{hit.rank:>3}  {hit.score:7.4f}  {hit.label_name:<{width}}  {hit.split:<5}  {hit.video_id}{clip}  {hit.path}"
+            f"{hit['rank']:>3}  {hit['score']:7.4f}  {hit['label_name']:<{width}}  {hit['split']:<5}  "
+            f"{hit['video_id']}{clip}  {hit['path']}"
         )
 
 
@@ -130,9 +127,8 @@ def _print_evaluation(result: dict[str, Any]) -> None:
     typer.echo(f"per label -> {result['path']}")
 
 
-@user_errors
+@dataset_command
 def search(
-    dataset: Dataset,
     index_name: IndexName,
     video_id: VideoId = None,
     video: VideoFile = None,
@@ -142,9 +138,8 @@ def search(
     clips: Clips = False,
     embedding: Expect = None,
     device: Device = "auto",
-    workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
+    *,
+    context: CommandContext,
 ) -> None:
     """Find the videos nearest to a dataset video (--id) or a new video file (--video), or evaluate.
 
@@ -155,41 +150,31 @@ def search(
     """
     from vpipe.retrieval import Index, evaluate_index
 
-    setup_logging(verbose)
     if sum([video_id is not None, video is not None, evaluate]) != 1:
         raise typer.BadParameter("give exactly one of --id VIDEO_ID, --video FILE or --evaluate")
-    opened = Index.open(dataset_workspace(dataset, workspace), name=index_name, embedding=embedding)
+    opened = Index.open(context.workspace, name=index_name, embedding=embedding)
     if evaluate:
-        result = evaluate_index(opened, device=device)
-        if json_output:
-            emit_json(result)
-        else:
-            _print_evaluation(result)
+        context.show(evaluate_index(opened, device=device), _print_evaluation)
         return
     if video is not None:
         hits = opened.search_video(video, k, split=split, clips=clips, device=device)
     else:
         hits = opened.search(video_id, k, split=split, clips=clips, device=device)
-    if json_output:
-        emit_json([hit.as_dict() for hit in hits])
-    else:
-        _print_hits(hits, clips)
+    context.show([hit.as_dict() for hit in hits], partial(_print_hits, clips=clips))
 
 
 Output = Annotated[Path, typer.Option("--output", help="The Parquet file to write, e.g. ucf101-vlad.parquet.")]
 ExportClips = Annotated[bool, typer.Option("--clips", help="One row per clip (features: embeddings), with its time span.")]
 
 
-@user_errors
+@dataset_command
 def export(
-    dataset: Dataset,
     embedding: Embedding,
     output: Output,
     clips: ExportClips = False,
     device: Device = "auto",
-    workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
+    *,
+    context: CommandContext,
 ) -> None:
     """Write an embedding of every usable video (or clip) to Parquet, for a vector database.
 
@@ -201,11 +186,11 @@ def export(
     """
     from vpipe.retrieval.export import export_embedding
 
-    setup_logging(verbose)
-    summary = export_embedding(dataset_workspace(dataset, workspace), embedding, output, clips=clips, device=device)
-    if json_output:
-        emit_json(summary)
-        return
+    summary = export_embedding(context.workspace, embedding, output, clips=clips, device=device)
+    context.show(summary, _print_export)
+
+
+def _print_export(summary: dict[str, Any]) -> None:
     typer.echo(
         f"{summary['rows']} {summary['level']} vectors x {summary['dim']} of {summary['embedding']} "
         f"in {summary['seconds']:.1f} s -> {summary['path']}"

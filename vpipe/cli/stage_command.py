@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from vpipe.cli.options import Json, LogEvery, Quiet, RetryFailed, Strict, Verbose, emit_json, err, setup_logging, with_options
+from vpipe.cli.options import Json, LogEvery, Quiet, RetryFailed, Strict, Verbose, declared, emit_json, err
+from vpipe.cli.options import setup_logging, user_errors, with_options
 from vpipe.pipeline.notices import summarise as summarise_notices
 
 if TYPE_CHECKING:
@@ -34,26 +35,17 @@ class RunFlags:
     json_output: bool = False
 
 
-def _typer_info(alias: Any) -> Any:
-    """The ``typer.Option`` inside one of the shared ``Annotated`` aliases."""
-    return alias.__metadata__[0]
-
-
-_RUN_OPTIONS: list[tuple[str, Any, Any]] = [
-    ("retry_failed", bool, _typer_info(RetryFailed)),
-    ("strict", bool, _typer_info(Strict)),
-    ("json_output", bool, _typer_info(Json)),
-    ("verbose", bool, _typer_info(Verbose)),
-    ("quiet", bool, _typer_info(Quiet)),
-    ("log_every", float, _typer_info(LogEvery)),
-]
+_RUN_OPTIONS = declared(
+    {"retry_failed": RetryFailed, "strict": Strict, "json_output": Json, "verbose": Verbose, "quiet": Quiet,
+     "log_every": LogEvery}
+)  # fmt: skip
 _RUN_DEFAULTS = {
     "retry_failed": False, "strict": False, "json_output": False, "verbose": False, "quiet": False, "log_every": 30.0,
 }  # fmt: skip
 
 
 def stage_command(command: Callable[..., Reports | None]) -> Callable[..., None]:
-    """Give ``command`` the run flags, passed to it as ``flags``.
+    """Give ``command`` the run flags, passed to it as ``flags``, and :func:`user_errors`.
 
     Logging and progress are set up before the command runs, so its first stage already
     reports in the batch-job format; the reports it returns are printed by :func:`finish`.
@@ -68,7 +60,7 @@ def stage_command(command: Callable[..., Reports | None]) -> Callable[..., None]
         if reports is not None:
             finish(reports, chosen["json_output"], chosen["strict"])
 
-    return with_options(command, call, replaces="flags", options=_RUN_OPTIONS, defaults=_RUN_DEFAULTS)
+    return with_options(command, user_errors(call), replaces="flags", options=_RUN_OPTIONS, defaults=_RUN_DEFAULTS)
 
 
 def finish(reports: list[StageReport], json_output: bool, strict: bool) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from functools import partial
 from typing import Annotated, Any, Optional
 
 import typer
 
 from vpipe import catalog
 
-from vpipe.cli.options import Dataset, Device, Json, Seed, Verbose, Workspace, dataset_workspace, emit_json, err
-from vpipe.cli.options import parse_key_values, setup_logging, user_errors
+from vpipe.cli.dataset_command import CommandContext, dataset_command
+from vpipe.cli.options import Device, Json, Seed, err, option_group, parse_key_values, show
 from vpipe.train.config import FUSIONS, SCHEDULES, TrainConfig
 
 # The dataclass's defaults, read without building one (that would import the heads, and
@@ -90,10 +91,10 @@ def heads(json_output: Json = False) -> None:
 
     Example: vpipe heads --json
     """
-    rows = catalog.describe_heads()
-    if json_output:
-        emit_json(rows)
-        return
+    show(catalog.describe_heads(), _print_heads, json_output=json_output)
+
+
+def _print_heads(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         size = "?" if row["parameters"] is None else f"{row['parameters'] / 1e6:.2f}M"
         shapes = ", ".join(f"{role} {tuple(shape)}" for role, shape in row["example_shapes"].items())
@@ -113,29 +114,47 @@ def heads(json_output: Json = False) -> None:
             typer.echo(f"  hooks: {', '.join(row['hooks'])}")
 
 
-@user_errors
+def _train_config(
+    features: list[str] | None, head_option: list[str] | None, epochs: int | None, **same: Any
+) -> TrainConfig:
+    """The config the training options describe; the options not named here are the
+    config's fields of the same name."""
+    return TrainConfig(
+        features=tuple(features or _DEFAULTS["features"]),
+        head_options=parse_key_values(head_option, "--head-option"),
+        max_epochs=epochs,
+        **same,
+    )
+
+
+_CONFIG_OPTIONS = {
+    "features": Features, "head": Head, "head_option": HeadOptions, "fusion": Fusion, "val_fraction": ValFraction,
+    "batch_size": BatchSize, "epochs": Epochs, "patience": Patience, "lr": Lr, "weight_decay": WeightDecay,
+    "warmup_epochs": Warmup, "schedule": Schedule, "seed": Seed, "device": Device, "amp": Amp,
+}  # fmt: skip
+#: An option named as a config field defaults to the field's default; ``--features``
+#: shows its default in words, and the others map onto fields of other names.
+_CONFIG_DEFAULTS = {name: _DEFAULTS[name] for name in (_CONFIG_OPTIONS.keys() & _DEFAULTS.keys()) - {"features"}}
+train_config = option_group("config", _train_config, _CONFIG_OPTIONS, _CONFIG_DEFAULTS)
+
+
+def _print_training(summary: dict[str, Any]) -> None:
+    typer.echo(f"run {summary['run_id']}: {summary['directory']}")
+    typer.echo(
+        f"{summary['epochs']} epochs{' (stopped early)' if summary['stopped_early'] else ''}; "
+        f"kept epoch {summary['best_epoch']} with validation accuracy {summary['best_val_acc']:.3f}"
+    )
+    _print_metrics(summary["metrics"])
+
+
+@dataset_command
+@train_config
 def train(
-    dataset: Dataset,
-    features: Features = None,
-    head: Head = _DEFAULTS["head"],
-    head_option: HeadOptions = None,
-    fusion: Fusion = _DEFAULTS["fusion"],
-    val_fraction: ValFraction = _DEFAULTS["val_fraction"],
-    batch_size: BatchSize = _DEFAULTS["batch_size"],
-    epochs: Epochs = None,
-    patience: Patience = _DEFAULTS["patience"],
-    lr: Lr = None,
-    weight_decay: WeightDecay = _DEFAULTS["weight_decay"],
-    warmup_epochs: Warmup = _DEFAULTS["warmup_epochs"],
-    schedule: Schedule = None,
-    seed: Seed = _DEFAULTS["seed"],
-    device: Device = _DEFAULTS["device"],
-    amp: Amp = _DEFAULTS["amp"],
+    *,
+    config: TrainConfig,
     run_id: RunId = None,
     threads: Threads = None,
-    workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
+    context: CommandContext,
 ) -> None:
     """Train a head on cached features: writes runs/<run_id>/ (config, checkpoint, history, test metrics).
 
@@ -145,48 +164,19 @@ def train(
     """
     from vpipe.train import train as train_run
 
-    setup_logging(verbose)
-    config = TrainConfig(
-        features=tuple(features or _DEFAULTS["features"]),
-        head=head,
-        head_options=parse_key_values(head_option, "--head-option"),
-        fusion=fusion,
-        val_fraction=val_fraction,
-        batch_size=batch_size,
-        max_epochs=epochs,
-        patience=patience,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
-        schedule=schedule,
-        seed=seed,
-        device=device,
-        amp=amp,
-    )
-    result = train_run(dataset_workspace(dataset, workspace), config, run_id=run_id, progress=True, threads=threads)
-    if json_output:
-        emit_json(result.to_dict())
-        return
-    summary = result.to_dict()
-    typer.echo(f"run {result.run_id}: {result.directory}")
-    typer.echo(
-        f"{summary['epochs']} epochs{' (stopped early)' if result.stopped_early else ''}; "
-        f"kept epoch {result.best_epoch} with validation accuracy {summary['best_val_acc']:.3f}"
-    )
-    _print_metrics(result.metrics)
+    result = train_run(context.workspace, config, run_id=run_id, progress=True, threads=threads)
+    context.show(result.to_dict(), _print_training)
 
 
 RunOption = Annotated[str, typer.Option("--run", "-r", help="Run id under runs/ (see `vpipe report`).")]
 
 
-@user_errors
+@dataset_command
 def evaluate(
-    dataset: Dataset,
     run: RunOption,
     device: Device = "auto",
-    workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
+    *,
+    context: CommandContext,
 ) -> None:
     """Rebuild a run's model from its directory and re-score its test split: writes evaluation.json.
 
@@ -195,19 +185,18 @@ def evaluate(
     from vpipe.train import evaluate as evaluate_run, load_run
     from vpipe.train.metrics import TIMING_KEYS
 
-    setup_logging(verbose)
-    ws = dataset_workspace(dataset, workspace)
-    metrics = evaluate_run(ws, run, device=device)
-    stored = load_run(ws, run).metrics
+    metrics = evaluate_run(context.workspace, run, device=device)
+    stored = load_run(context.workspace, run).metrics
     keys = (set(stored) | set(metrics)) - set(TIMING_KEYS)
     differing = sorted(k for k in keys if stored.get(k) != metrics.get(k))
     if differing:
         err.print(f"[yellow]warning:[/] {', '.join(differing)} differ from the run's metrics.json")
-    if json_output:
-        emit_json(metrics)
-        return
+    context.show(metrics, partial(_print_evaluation, equal=not differing))
+
+
+def _print_evaluation(metrics: dict[str, Any], *, equal: bool) -> None:
     _print_metrics(metrics)
-    if not differing:
+    if equal:
         typer.echo("equal to the run's metrics.json")
 
 
@@ -219,15 +208,13 @@ Tsne = Annotated[
 ]
 
 
-@user_errors
+@dataset_command
 def report(
-    dataset: Dataset,
     runs: Runs = None,
     tsne: Tsne = True,
     device: Device = "auto",
-    workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
+    *,
+    context: CommandContext,
 ) -> None:
     """Plot training curves, confusion matrices and t-SNE per run; compare runs in report.md.
 
@@ -235,12 +222,11 @@ def report(
     """
     from vpipe.report import build_report
 
-    setup_logging(verbose)
     chosen = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
-    result = build_report(dataset_workspace(dataset, workspace), chosen, tsne=tsne, device=device)
-    if json_output:
-        emit_json(result)
-        return
+    context.show(build_report(context.workspace, chosen, tsne=tsne, device=device), _print_report)
+
+
+def _print_report(result: dict[str, Any]) -> None:
     typer.echo(result["table"])
     typer.echo(f"\nwritten to {result['report']}; figures under runs/<id>/plots/")
 

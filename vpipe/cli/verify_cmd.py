@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from vpipe.cli.options import Dataset, Json, Verbose, Workspace, dataset_workspace, emit_json, setup_logging, user_errors
+from vpipe.cli.dataset_command import CommandContext, dataset_command
+
+if TYPE_CHECKING:
+    from vpipe.stages.verify import VerifyReport
 
 StageOption = Annotated[
     Optional[list[str]],
@@ -22,14 +25,12 @@ Repair = Annotated[
 ]
 
 
-@user_errors
+@dataset_command
 def verify(
-    dataset: Dataset,
     stage: StageOption = None,
     repair: Repair = False,
-    workspace: Workspace = None,
-    json_output: Json = False,
-    verbose: Verbose = False,
+    *,
+    context: CommandContext,
 ) -> None:
     """Check every shard, codebook, encoding, checkpoint, retrieval index and table against its checksum.
 
@@ -40,31 +41,33 @@ def verify(
     from vpipe.errors import ConfigError
     from vpipe.stages.verify import KINDS, repair as repair_damage, verify as run_verify
 
-    setup_logging(verbose)
     unknown = sorted(set(stage or ()) - set(KINDS))
     if unknown:
         raise ConfigError(f"--stage {unknown[0]!r} is not one of {', '.join(KINDS)}")
-    ws = dataset_workspace(dataset, workspace)
-    report = run_verify(ws, tuple(stage or KINDS))
-    repaired = repair_damage(ws, report.problems) if repair and report.problems else None
-    if json_output:
-        emit_json(report.to_dict() | ({"repaired": repaired} if repaired is not None else {}))
-    else:
-        for problem in report.problems:
-            typer.echo(problem.line())
-        typer.echo(
-            f"verify: {report.files} files, {report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s, "
-            f"{len(report.problems)} damaged or missing"
-        )
-        if repaired is not None:
-            typer.echo(
-                f"repair: {repaired['videos']} videos and {repaired['files']} files marked stale; "
-                f"`vpipe run --dataset {dataset}` recomputes them"
-            )
-        elif report.problems:
-            typer.echo(f"run `vpipe verify --dataset {dataset} --repair` to mark them stale, then `vpipe run`")
+    report = run_verify(context.workspace, tuple(stage or KINDS))
+    repaired = repair_damage(context.workspace, report.problems) if repair and report.problems else None
+    context.show(
+        report.to_dict() | ({"repaired": repaired} if repaired is not None else {}),
+        lambda _: _print_verification(report, repaired, context.workspace.dataset),
+    )
     if report.problems:
         raise typer.Exit(1)
+
+
+def _print_verification(report: VerifyReport, repaired: dict[str, int] | None, dataset: str) -> None:
+    for problem in report.problems:
+        typer.echo(problem.line())
+    typer.echo(
+        f"verify: {report.files} files, {report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s, "
+        f"{len(report.problems)} damaged or missing"
+    )
+    if repaired is not None:
+        typer.echo(
+            f"repair: {repaired['videos']} videos and {repaired['files']} files marked stale; "
+            f"`vpipe run --dataset {dataset}` recomputes them"
+        )
+    elif report.problems:
+        typer.echo(f"run `vpipe verify --dataset {dataset} --repair` to mark them stale, then `vpipe run`")
 
 
 def register(app: typer.Typer) -> None:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from vpipe.data.base import VideoEntry
 from vpipe.splits import SPLITS
-from vpipe.data.folder import check_split_number, holdout, read_text
+from vpipe.data.folder import Recipe, holdout, read_text
 from vpipe.errors import DatasetError
 
 DEFAULT_NAME = "videos.csv"
@@ -137,17 +137,15 @@ def number_labels(rows: list[_Row], csv_path: Path) -> dict[str, tuple[int, str]
     return {name: (label, name) for label, name in enumerate(sorted({row.label for row in rows}))}
 
 
-class CsvList:
+class CsvList(Recipe):
     """A CSV of ``path,label[,split]`` rows."""
 
     name = "csv"
     summary = "A CSV of path,label[,split] rows; without split, every 5th video per label is test"
-    split_numbers = (1,)
 
-    def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
-        """List the videos of the CSV at (or in) ``root``."""
-        check_split_number(self, split)
-        csv_path = locate(Path(root).expanduser().resolve())
+    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+        """The videos of the CSV at (or in) ``root``."""
+        csv_path = locate(root)
         rows = read_rows(csv_path)
         labels = number_labels(rows, csv_path)
         default = holdout((row.video_id, labels[row.label][0]) for row in rows if row.split is None)

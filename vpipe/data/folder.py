@@ -56,6 +56,26 @@ def check_split_number(adapter: _HasSplits, split: int) -> None:
         raise ConfigError(f"dataset {adapter.name} has no split {split}; use --split {choices}")
 
 
+class Recipe:
+    """Base of the adapters that list a tree under ``--root``.
+
+    :meth:`prepare` rejects a split number the dataset does not define before any file is
+    read, and resolves the root once; a recipe lists the tree in :meth:`videos`.
+    """
+
+    name: str
+    summary: str
+    split_numbers: tuple[int, ...] = (1,)
+
+    def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
+        check_split_number(self, split)
+        return self.videos(Path(root).expanduser().resolve(), split)
+
+    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+        """Every video under the absolute ``root`` with its 0-based label and its membership in ``split``."""
+        raise NotImplementedError
+
+
 def require_dir(path: Path, what: str) -> None:
     """Fail early, naming the directory, when a documented directory is absent."""
     if not path.is_dir():
@@ -106,17 +126,14 @@ def holdout(videos: Iterable[tuple[str, int]]) -> dict[str, str]:
     return splits
 
 
-class Folder:
+class Folder(Recipe):
     """``root/<class>/<video>`` trees with a fixed stratified hold-out split."""
 
     name = "folder"
     summary = "Any folder of clips, one subfolder per class; every 5th video per class is test"
-    split_numbers = (1,)
 
-    def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
-        """List the videos of every class folder under ``root``."""
-        check_split_number(self, split)
-        root = Path(root).expanduser().resolve()
+    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+        """The videos of every class folder under ``root``."""
         require_dir(root, "dataset folder")
         videos = self._scan(root)
         classes = sorted({class_name for class_name, _ in videos.values()})

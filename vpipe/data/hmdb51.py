@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from vpipe.data.base import VideoEntry
-from vpipe.data.folder import check_split_number, is_video, numbered_lines, require_dir
+from vpipe.data.folder import Recipe, is_video, numbered_lines, require_dir
 from vpipe.errors import DatasetError
 
 SPLIT_DIR = "testTrainMulti_7030_splits"
@@ -53,17 +53,15 @@ def find_split_files(root: Path, split: int) -> dict[str, Path]:
     return found
 
 
-class HMDB51:
+class HMDB51(Recipe):
     """The HMDB51 recipe: per-class split files with 0/1/2 flags."""
 
     name = "hmdb51"
     summary = "HMDB51: 51 action classes, 6,766 clips, three official 70/30 splits"
     split_numbers = (1, 2, 3)
 
-    def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
-        """List every video under ``root``'s class folders with its membership in ``split``."""
-        check_split_number(self, split)
-        root = Path(root).expanduser().resolve()
+    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+        """Every video under ``root``'s class folders with its membership in ``split``."""
         require_dir(root, "dataset folder")
         split_files = find_split_files(root, split)
         self._check_class_folders(root, split_files, split)

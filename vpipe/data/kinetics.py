@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpipe.data.base import VideoEntry
-from vpipe.data.folder import check_split_number, is_video, read_text, require_dir
+from vpipe.data.folder import Recipe, is_video, read_text, require_dir
 from vpipe.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -132,17 +132,14 @@ def index_clips(root: Path, split: str) -> dict[str, Path]:
     return clips
 
 
-class Kinetics:
+class Kinetics(Recipe):
     """The Kinetics recipe: annotation CSVs plus whichever clips were downloaded."""
 
     name = "kinetics"
     summary = "Kinetics-400/600/700: official annotation CSVs; clips missing from disk are recorded as failures"
-    split_numbers = (1,)
 
-    def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
-        """List the downloaded clips of every annotated row under ``root``."""
-        check_split_number(self, split)
-        root = Path(root).expanduser().resolve()
+    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+        """The downloaded clips of every annotated row under ``root``."""
         require_dir(root, "dataset folder")
         rows = self._unique_rows(root)
         classes = sorted({row.label_name for row in rows.values() if row.split == "train"})

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from vpipe.data.base import VideoEntry
-from vpipe.data.folder import check_split_number, is_video, numbered_lines, require_dir
+from vpipe.data.folder import Recipe, is_video, numbered_lines, require_dir
 from vpipe.errors import DatasetError
 
 VIDEO_DIR = "UCF-101"
@@ -55,17 +55,15 @@ def read_class_index(path: Path) -> dict[str, int]:
     return classes
 
 
-class UCF101:
+class UCF101(Recipe):
     """The UCF101 recipe: official class index and split lists over ``UCF-101/``."""
 
     name = "ucf101"
     summary = "UCF101: 101 action classes, 13,320 clips, three official train/test splits"
     split_numbers = (1, 2, 3)
 
-    def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
-        """List every video under ``root/UCF-101`` with its split membership in ``split``."""
-        check_split_number(self, split)
-        root = Path(root).expanduser().resolve()
+    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+        """Every video under ``root/UCF-101`` with its split membership in ``split``."""
         video_dir, list_dir = root / VIDEO_DIR, root / LIST_DIR
         require_dir(video_dir, f"video folder {VIDEO_DIR}/")
         require_dir(list_dir, f"split folder {LIST_DIR}/")

@@ -21,12 +21,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vpipe.artifacts import commit, discard, temp_path, write_digest_file
+from vpipe.artifacts import Closing, commit, discard, temp_path, write_digest_file
 from vpipe.encode.budget import check_budget
 from vpipe.errors import StageError
 
@@ -39,7 +38,7 @@ _CHUNK_BYTES = 1 << 20
 BLOCK_BYTES = 64 << 20
 
 
-class EncodingWriter:
+class EncodingWriter(Closing):
     """Write ``videos`` (columns video_id, label, split) and their vectors, row by row."""
 
     def __init__(self, path: Path, videos: pd.DataFrame, dim: int, *, fingerprint: str, provenance: dict[str, Any]):
@@ -58,18 +57,15 @@ class EncodingWriter:
         self._file.attrs["fingerprint"] = fingerprint
         self._file.attrs["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
 
-    def __enter__(self) -> EncodingWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def close(self) -> None:
+        """Rename the finished file into place, with its digest."""
         self._file.close()
-        if exc_type is not None:
-            discard(self._tmp)
-            return
         commit(self._tmp, self.path)
         write_digest_file(self.path)
+
+    def abort(self) -> None:
+        self._file.close()
+        discard(self._tmp)
 
     def write(self, row: int, vector: np.ndarray) -> None:
         self._x[row] = vector
@@ -88,7 +84,7 @@ class Encodings:
     provenance: dict[str, Any]
 
 
-class EncodingReader:
+class EncodingReader(Closing):
     """An open encodings file: per-row columns in memory, ``X`` read in row blocks."""
 
     def __init__(self, path: Path) -> None:
@@ -107,12 +103,7 @@ class EncodingReader:
         self.split = self._file["split"].asstr()[()]
         self.provenance = json.loads(self._file.attrs["provenance"])
 
-    def __enter__(self) -> EncodingReader:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def close(self) -> None:
         self._file.close()
 
     @property

@@ -27,6 +27,7 @@ from vpipe.encode.gmm import column_variance, partition_gmm
 from vpipe.encode.kmeans import fit_kmeans, import_faiss
 from vpipe.encode.pca import fit_pca
 from vpipe.errors import ConfigError, StageError
+from vpipe.store.index_columns import steps_per_row
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,23 +39,9 @@ DEFAULT_SAMPLE_SIZE = 100_000
 
 
 def descriptor_counts(features: FeatureSet, layer: str) -> pd.Series:
-    """Descriptors each video's view 0 contributes to a sequence of ``layer``.
-
-    A clip row of shape ``(τ, D)`` gives τ steps and a row ``(D,)`` gives one (τ may
-    differ between shards); other shapes (spatial grids) are not descriptor sequences
-    and are refused.
-    """
-    if layer not in features.layers:
-        raise ConfigError(f"{features.directory} has no layer {layer!r}; it has {features.layers}")
-    steps = {}
-    for layers_json in features.index["layers"].unique():
-        shape = json.loads(layers_json)[layer]["shape"]
-        if len(shape) not in (1, 2):
-            raise ConfigError(
-                f"layer {layer!r} of {features.directory} has clip shape {shape}; encoding needs "
-                f"per-step vectors (τ, D) or (D,): choose a pooled layer with --layer"
-            )
-        steps[layers_json] = 1 if len(shape) == 1 else int(shape[0])
+    """Descriptors each video's view 0 contributes to a sequence of ``layer``
+    (per clip row, :func:`~vpipe.store.index_columns.steps_per_row`)."""
+    steps = steps_per_row(features.directory, features.layers, features.index["layers"].unique(), layer)
     view0 = features.index[features.index["view"] == 0]
     return view0["layers"].map(steps).groupby(view0["video_id"]).sum()
 

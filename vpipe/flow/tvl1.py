@@ -250,9 +250,7 @@ class _Solver:
                     else:
                         torch.where(active.view(-1, 1, 1, 1), filtered, work.u, out=work.u)
                 for _ in range(self.inner):
-                    error = self.iterate(
-                        work.u, work.p, work.i1w_grad, work.rho_c, work.inv_grad, work.buffers, mask
-                    )
+                    error = self.iterate(work, mask)
                     torch.logical_and(active, error > threshold, out=active)
                     count += 1
                     if count % self.sync_every == 0:
@@ -275,17 +273,8 @@ class _Solver:
             work.write_back(u, p_all)
         return u
 
-    def iterate(
-        self,
-        u: torch.Tensor,
-        p: torch.Tensor,
-        i1w_grad: torch.Tensor,
-        rho_c: torch.Tensor,
-        inv_grad: torch.Tensor,
-        buf: _Buffers,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """One inner iteration, updating ``u`` (N,2,H,W) and ``p`` (N,2,2,H,W) in place.
+    def iterate(self, work: _Working, mask: torch.Tensor | None) -> torch.Tensor:
+        """One inner iteration, updating ``work.u`` (N,2,H,W) and ``work.p`` (N,2,2,H,W) in place.
 
         Returns each pair's summed squared update of ``u``. Pairs with ``mask`` 0
         get a zero update of ``u`` and a zero flow gradient for the dual step,
@@ -295,9 +284,10 @@ class _Solver:
         the residual is beyond +-l_t |grad|^2, else the step to zero residual) are
         one clamp of ``rho / |grad|^2`` to [-l_t, l_t].
         """
+        u, p, i1w_grad, buf = work.u, work.p, work.i1w_grad, work.buffers
         torch.mul(i1w_grad, u, out=buf.pair)
         rho = torch.add(buf.pair[:, 0], buf.pair[:, 1], out=buf.rho)
-        rho.add_(rho_c).mul_(inv_grad).clamp_(-self.l_t, self.l_t)
+        rho.add_(work.rho_c).mul_(work.inv_grad).clamp_(-self.l_t, self.l_t)
         div = torch.add(p[:, :, 0], p[:, :, 1], out=buf.div)
         div[..., 1:].sub_(p[:, :, 0, :, :-1])
         div[..., 1:, :].sub_(p[:, :, 1, :-1, :])

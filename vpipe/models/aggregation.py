@@ -29,6 +29,7 @@ the classical encoding; without it the parameters start random.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -283,7 +284,41 @@ class SoftAssignment(nn.Module):
         self.logits.bias.copy_(bias if weights is None else bias + weights.log())
 
 
-class _SoftEncoding(nn.Module):
+class _FromCodebook:
+    """``init_from_codebook`` of an encoding, and of a fusion of encodings sharing one codebook."""
+
+    num_clusters: int
+    dim: int
+
+    def _encodings(self) -> Iterable[_SoftEncoding]:
+        """The encodings the codebook initialises."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_from_codebook(
+        self,
+        centers: ArrayLike,
+        alpha: float | None = None,
+        variances: ArrayLike | None = None,
+        weights: ArrayLike | None = None,
+    ) -> float:
+        """Start every encoding from a k-means codebook ``centers`` (K, D); return the α used.
+
+        The assignment is tied to the centres (:meth:`SoftAssignment.tie_to_centers`). With
+        ``alpha`` None, :func:`alpha_from_data` is applied to the centres themselves (a
+        descriptor sitting on a centre gives its nearest other centre ``DEFAULT_RATIO`` of its
+        weight); pass the α from :func:`alpha_from_data` on real descriptors when available.
+        ``variances`` (K, D) and ``weights`` (K,) are the diagonal GMM of
+        :func:`codebook_statistics`; weights act as a prior in the assignment of every
+        encoding, variances are used by :class:`SoftFV` only.
+        """
+        cb = _resolve_codebook(centers, alpha, variances, weights, self.num_clusters, self.dim)
+        for encoding in self._encodings():
+            encoding._load(cb)
+        return cb.alpha
+
+
+class _SoftEncoding(_FromCodebook, nn.Module):
     """Shared parts of the three encodings: sizes, assignment, codebook initialisation."""
 
     def __init__(self, num_clusters: int, dim: int) -> None:
@@ -298,27 +333,8 @@ class _SoftEncoding(nn.Module):
         x, w = _masked(x, mask)
         return x, self.assign(x) * w.unsqueeze(-1), w.sum(1)
 
-    @torch.no_grad()
-    def init_from_codebook(
-        self,
-        centers: ArrayLike,
-        alpha: float | None = None,
-        variances: ArrayLike | None = None,
-        weights: ArrayLike | None = None,
-    ) -> float:
-        """Start from a k-means codebook ``centers`` (K, D); return the α used.
-
-        The assignment is tied to the centres (:meth:`SoftAssignment.tie_to_centers`). With
-        ``alpha`` None, :func:`alpha_from_data` is applied to the centres themselves (a
-        descriptor sitting on a centre gives its nearest other centre ``DEFAULT_RATIO`` of its
-        weight); pass the α from :func:`alpha_from_data` on real descriptors when available.
-        ``variances`` (K, D) and ``weights`` (K,) are the diagonal GMM of
-        :func:`codebook_statistics`; weights act as a prior in the assignment of every
-        encoding, variances are used by :class:`SoftFV` only.
-        """
-        cb = _resolve_codebook(centers, alpha, variances, weights, self.num_clusters, self.dim)
-        self._load(cb)
-        return cb.alpha
+    def _encodings(self) -> Iterable[_SoftEncoding]:
+        return (self,)
 
     def _tensor(self, a: np.ndarray) -> Tensor:
         p = self.assign.logits.weight
@@ -469,7 +485,7 @@ _ENCODERS: dict[str, type[_SoftEncoding]] = {
 }
 
 
-class SoftAggregation(nn.Module):
+class SoftAggregation(_FromCodebook, nn.Module):
     """One soft encoding, or the three fused, optionally projected to ``out_dim``.
 
     ``kind``:
@@ -503,7 +519,7 @@ class SoftAggregation(nn.Module):
             raise ConfigError(f"out_dim must be a positive integer or None, got {out_dim}")
         if kind == "mean" and out_dim is None:
             out_dim = num_clusters
-        self.kind = kind
+        self.kind, self.num_clusters, self.dim = kind, num_clusters, dim
         names = ENCODINGS if kind in FUSIONS else (kind,)
         self.encoders = nn.ModuleDict({n: _ENCODERS[n](num_clusters, dim) for n in names})
         sizes = [e.out_dim for e in self.encoders.values()]
@@ -521,20 +537,8 @@ class SoftAggregation(nn.Module):
         z = torch.cat(list(codes.values()), dim=1)
         return z if self.proj is None else self.proj(z)
 
-    @torch.no_grad()
-    def init_from_codebook(
-        self,
-        centers: ArrayLike,
-        alpha: float | None = None,
-        variances: ArrayLike | None = None,
-        weights: ArrayLike | None = None,
-    ) -> float:
-        """Initialise every encoding from one codebook; see :meth:`SoftVLAD.init_from_codebook`."""
-        first = next(iter(self.encoders.values()))
-        cb = _resolve_codebook(centers, alpha, variances, weights, first.num_clusters, first.dim)
-        for encoder in self.encoders.values():
-            encoder._load(cb)
-        return cb.alpha
+    def _encodings(self) -> Iterable[_SoftEncoding]:
+        return self.encoders.values()
 
 
 def make_aggregation(

@@ -12,9 +12,13 @@ optional :class:`Rope` for families that encode positions by rotating queries an
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vpipe.errors import WeightsError
 
 
 class Rope:
@@ -147,3 +151,33 @@ def sinusoid_table(positions: int, dim: int) -> Tensor:
     table[:, 1::2] = torch.cos(angles[:, 1::2])
     return table.to(torch.float32)
 
+
+
+class FusedQkv:
+    """The separate query, key and value projections of a ``transformers`` checkpoint,
+    gathered per block and concatenated into the fused ``attn.qkv`` of :class:`Attention`.
+
+    ``projection`` matches the rest of a block's key and captures (part, weight|bias);
+    ``order`` names the parts in the q, k, v order the fused layer stacks them in.
+    """
+
+    def __init__(self, projection: str, order: tuple[str, str, str], checkpoint: str) -> None:
+        self.pattern, self.order, self.checkpoint = re.compile(projection), order, checkpoint
+        self.parts: dict[str, dict[str, Tensor]] = {}
+
+    def take(self, index: str, rest: str, value: Tensor) -> bool:
+        """Keep ``value`` if block ``index``'s key ``rest`` is one of the projections."""
+        match = self.pattern.match(rest)
+        if match is not None:
+            self.parts.setdefault(f"blocks.{index}.attn.qkv.{match.group(2)}", {})[match.group(1)] = value
+        return match is not None
+
+    def fused(self) -> dict[str, Tensor]:
+        """Fused key -> the parts concatenated; a block missing a part is refused."""
+        out = {}
+        for key, parts in self.parts.items():
+            missing = [part for part in self.order if part not in parts]
+            if missing:
+                raise WeightsError(f"transformers {self.checkpoint} {key} lacks the {'/'.join(missing)} projection")
+            out[key] = torch.cat([parts[part] for part in self.order])
+        return out

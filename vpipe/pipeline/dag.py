@@ -51,13 +51,30 @@ def stage_name(stage: Stage) -> str:
     return stage.label.replace(" ", ":", 1)
 
 
+def ancestors(stages: Sequence[Stage], chosen: Sequence[Stage]) -> list[Stage]:
+    """``chosen`` and every stage of ``stages`` they require, directly or through others,
+    in the order of ``stages``. A requirement outside ``stages`` is not followed: it is an
+    input on disk."""
+    by_name = {stage.journal_name: stage for stage in stages}
+    keep: set[str] = set()
+    waiting = [stage.journal_name for stage in chosen]
+    while waiting:
+        name = waiting.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        waiting += [required.journal_name for required in by_name[name].requires() if required.journal_name in by_name]
+    return [stage for stage in stages if stage.journal_name in keep]
+
+
 def select_stages(stages: Sequence[Stage], only: Sequence[str] | None = None, until: str | None = None) -> list[Stage]:
     """The stages ``--only`` and ``--until`` name, in run order; unknown names are an error.
 
-    ``until`` keeps every stage up to the last one it names in the derived order,
-    inclusive; ``only`` keeps the stages it names. Given both, a stage must pass both.
-    Selection never reorders: a stage still reads what the stages before it made, and
-    says it is not ready when that is missing.
+    ``until`` keeps the stages it names and what they require, transitively, as ``make
+    TARGET`` builds a target and its prerequisites: a stage earlier in the run order that
+    the named one does not read is left out. ``only`` keeps the stages it names. Given
+    both, a stage must pass both. Selection never reorders: a stage still reads what the
+    stages before it made, and says it is not ready when that is missing.
     """
     names = [stage_name(stage) for stage in stages]
 
@@ -67,10 +84,9 @@ def select_stages(stages: Sequence[Stage], only: Sequence[str] | None = None, un
     for wanted in [*(only or []), *([until] if until else [])]:
         if not any(matches(name, wanted) for name in names):
             raise ConfigError(f"no stage named {wanted!r} in this run; its stages: {', '.join(names)}")
-    keep = [True] * len(stages)
+    kept = list(stages)
     if until:
-        last = max(i for i, name in enumerate(names) if matches(name, until))
-        keep = [i <= last for i in range(len(stages))]
+        kept = ancestors(stages, [stage for stage, name in zip(stages, names) if matches(name, until)])
     if only:
-        keep = [k and any(matches(name, wanted) for wanted in only) for k, name in zip(keep, names)]
-    return [stage for stage, k in zip(stages, keep) if k]
+        kept = [stage for stage in kept if any(matches(stage_name(stage), wanted) for wanted in only)]
+    return kept

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from vpipe.errors import StageError
+from vpipe.pipeline.dag import stage_name
 from vpipe.pipeline.executor import Executor, InProcessExecutor
 from vpipe.pipeline.failures import replace_stage_failures
 from vpipe.pipeline.fingerprint import one_stat_per_file
@@ -21,7 +22,7 @@ from vpipe.pipeline.progress import progress as track
 from vpipe.pipeline.reasons import why_stale
 from vpipe.pipeline.stage import Stage, StageReport, valid_records
 
-__all__ = ["run_stage", "run_stages", "stage_status", "stages_status", "valid_records"]
+__all__ = ["dry_run", "run_stage", "run_stages", "stage_status", "stages_status", "valid_records"]
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +166,31 @@ def stages_status(stages: Sequence[Stage]) -> list[StageReport]:
     """Every stage's report, from one snapshot of the source files (see :func:`one_stat_per_file`)."""
     with one_stat_per_file():
         return [stage_status(stage) for stage in stages]
+
+
+def dry_run(stages: Sequence[Stage], *, retry_failed: bool = False) -> list[StageReport]:
+    """What :func:`run_stages` would do to ``stages``, in order, without doing it.
+
+    Each stage is judged on the inputs on disk, unless a stage before it in this run will
+    (re)make one of them first: then it runs after that stage, whatever its inputs say now
+    (evaluate on a workspace whose runs are stale runs after train, not "not ready"), and
+    its report names those stages in :attr:`StageReport.after`. A stage is (re)made when it
+    has stale, new or damaged items, failed ones with ``retry_failed``, or itself runs
+    after another.
+    """
+    by_name = {stage.journal_name: stage for stage in stages}
+    remade: set[str] = set()
+    reports = []
+    with one_stat_per_file():
+        for stage in stages:
+            report = stage_status(stage)
+            upstream = {required.journal_name for required in stage.requires()} & remade
+            if upstream:
+                if not report.ready:
+                    report = StageReport(stage=stage.label, artifact=report.artifact)
+                report.after = [stage_name(by_name[name]) for name in by_name if name in upstream]
+            works = report.ready and bool(report.stale or report.new or report.damaged or (retry_failed and report.failed))
+            if upstream or works:
+                remade.add(stage.journal_name)
+            reports.append(report)
+    return reports

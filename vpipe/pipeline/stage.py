@@ -64,12 +64,17 @@ class StageReport:
     new: int = 0
     #: Why items are stale: the options or inputs that changed since the artifact was made (status only).
     why: str = ""
+    #: The stages of this run that (re)make this one's inputs first (dry run only): its
+    #: counts are of the inputs on disk now, which those stages are about to replace.
+    after: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
+        if self.after:
+            return f"{self.stage}: will run after {_grouped(self.after)}"
         if not self.ready:
             return f"{self.stage}: not ready ({self.reason})"
         if self.computed == 0:
@@ -78,6 +83,14 @@ class StageReport:
             work = f"computed {self.computed} in {self.seconds:.1f}s, {self.up_to_date} already up to date"
         damaged = f", {self.damaged} damaged (run `vpipe verify`)" if self.damaged else ""
         return f"{self.stage}: {self.done}/{self.total} done, {self.failed} failed{damaged} ({work})"
+
+
+def _grouped(names: Sequence[str]) -> str:
+    """Stage names by kind: ``plan, flow`` or ``train (4 stages)`` for several of one kind."""
+    kinds: dict[str, list[str]] = {}
+    for name in names:
+        kinds.setdefault(name.split(":", 1)[0], []).append(name)
+    return ", ".join(group[0] if len(group) == 1 else f"{kind} ({len(group)} stages)" for kind, group in kinds.items())
 
 
 class Stage(ABC):

@@ -138,11 +138,19 @@ class Embedding(ABC):
     def provenance(self, ws: DatasetWorkspace) -> dict[str, Any]:
         """Everything :meth:`embed_file` needs to embed a new video like the gallery."""
 
-    @abstractmethod
     def batches(
         self, ws: DatasetWorkspace, *, clips: bool = False, size: int = BATCH_ROWS, device: str = "auto"
     ) -> Iterator[Gallery]:
         """The gallery in pieces of about ``size`` rows, in id-map order: memory bounded by ``size``."""
+        return self._clip_batches(ws, size) if clips else self._video_batches(ws, size, device)
+
+    @abstractmethod
+    def _video_batches(self, ws: DatasetWorkspace, size: int, device: str) -> Iterator[Gallery]:
+        """:meth:`batches` of one vector per video."""
+
+    def _clip_batches(self, ws: DatasetWorkspace, size: int) -> Iterator[Gallery]:
+        """:meth:`batches` of one vector per clip, with the clip's time span."""
+        raise ConfigError(f"clip-level indexes need a features: embedding; {self.text} has one vector per video")
 
     def gallery(self, ws: DatasetWorkspace, *, clips: bool = False, device: str = "auto") -> Gallery:
         """Every usable video's unit vector (or every clip's, with ``clips``)."""
@@ -158,9 +166,6 @@ class Embedding(ABC):
     @abstractmethod
     def embed_file(self, ws: DatasetWorkspace, query: QueryVideo, provenance: dict[str, Any], *, source: str) -> np.ndarray:
         """The unit vector of a new video, made with the recorded ``provenance`` (read from ``source``)."""
-
-    def _no_clips(self) -> ConfigError:
-        return ConfigError(f"clip-level indexes need a features: embedding; {self.text} has one vector per video")
 
 
 class EncodingEmbedding(Embedding):
@@ -217,11 +222,7 @@ class EncodingEmbedding(Embedding):
         with ws.open_features(self.features) as features:
             return {"encoding": encoding, "features": _feature_provenance(ws, features)}
 
-    def batches(
-        self, ws: DatasetWorkspace, *, clips: bool = False, size: int = BATCH_ROWS, device: str = "auto"
-    ) -> Iterator[Gallery]:
-        if clips:
-            raise self._no_clips()
+    def _video_batches(self, ws: DatasetWorkspace, size: int, device: str) -> Iterator[Gallery]:
         reader, rows = self._read(ws)
         with reader:
             for start in range(0, len(rows), size):
@@ -298,17 +299,17 @@ class FeaturesEmbedding(Embedding):
         with self._open(ws) as features:
             return {"layer": self.layer, "features": _feature_provenance(ws, features)}
 
-    def batches(
-        self, ws: DatasetWorkspace, *, clips: bool = False, size: int = BATCH_ROWS, device: str = "auto"
-    ) -> Iterator[Gallery]:
+    def _video_batches(self, ws: DatasetWorkspace, size: int, device: str) -> Iterator[Gallery]:
         with self._open(ws) as features:
             videos = _manifest_rows(ws, [features.index])
-            if not clips:
-                for start in range(0, len(videos), size):
-                    part = videos.iloc[start : start + size].reset_index(drop=True)
-                    stacked = [video_vector(features.clips(v, view=0, layer=self.layer)) for v in part["video_id"]]
-                    yield Gallery(normalise(np.stack(stacked)), part)
-                return
+            for start in range(0, len(videos), size):
+                part = videos.iloc[start : start + size].reset_index(drop=True)
+                stacked = [video_vector(features.clips(v, view=0, layer=self.layer)) for v in part["video_id"]]
+                yield Gallery(normalise(np.stack(stacked)), part)
+
+    def _clip_batches(self, ws: DatasetWorkspace, size: int) -> Iterator[Gallery]:
+        with self._open(ws) as features:
+            videos = _manifest_rows(ws, [features.index])
             spans = self._spans(ws, str(features.provenance.get("plan", "")))
             vectors, rows = [], []
             for video in videos.to_dict("records"):
@@ -402,11 +403,7 @@ class RunEmbedding(Embedding):
                 sets[name] = _feature_provenance(ws, features)
         return {"inputs": self._config(ws)["inputs"], "features": sets}
 
-    def batches(
-        self, ws: DatasetWorkspace, *, clips: bool = False, size: int = BATCH_ROWS, device: str = "auto"
-    ) -> Iterator[Gallery]:
-        if clips:
-            raise self._no_clips()
+    def _video_batches(self, ws: DatasetWorkspace, size: int, device: str) -> Iterator[Gallery]:
         rows, _ = self._rows(ws)
         for start in range(0, len(rows), size):
             part = rows.iloc[start : start + size].reset_index(drop=True)

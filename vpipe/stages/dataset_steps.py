@@ -67,14 +67,15 @@ class EncodeStage(WholeDatasetStage):
         return fingerprint(self.name, self.features, self.settings())
 
     def is_current(self) -> bool:
-        from vpipe.stages.encode import encode_status
+        from vpipe.stages.encode import EncodeOptions, encode_status
 
-        return all(encode_status(self.workspace, self.features, self.clusters, **self.encode_options).values())
+        options = EncodeOptions(**self.encode_options)
+        return all(encode_status(self.workspace, self.features, self.clusters, options).values())
 
     def work(self) -> dict[str, Any]:
-        from vpipe.stages.encode import run_encode
+        from vpipe.stages.encode import EncodeOptions, run_encode
 
-        return run_encode(self.workspace, self.features, self.clusters, **self.encode_options)
+        return run_encode(self.workspace, self.features, self.clusters, EncodeOptions(**self.encode_options))
 
     def describe(self) -> dict[str, Any]:
         return {"codebook": {"path": str(self.artifact)}}

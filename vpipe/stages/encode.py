@@ -72,6 +72,31 @@ def _parse_methods(methods: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How the codebook, the encodings and the baseline are made: what ``vpipe encode``
+    takes besides the feature set and K, given once to :func:`run_encode` and to
+    :func:`encode_status` alike.
+
+    ``pca`` is the descriptor dimension after PCA: ``"auto"`` (D/2), an integer, or
+    0/None for none. ``baseline`` is True, False or ``"within-budget"`` (methods whose
+    baseline would exceed ``memory_budget`` are left out instead of refused).
+    ``use_gpu`` (None: when faiss has one) enters no fingerprint.
+    """
+
+    sample_size: int | None = None
+    seed: int = 0
+    niter: int = 20
+    methods: Sequence[str] = METHODS
+    layer: str = "pool"
+    svm_c: float | None = None
+    use_gpu: bool | None = None
+    pca: int | str | None = DEFAULT_PCA
+    whiten: bool = False
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    baseline: bool | str = True
+
+
 @dataclass
 class EncodePlan:
     """What a run would read and the fingerprint of every artifact it would write."""
@@ -97,21 +122,12 @@ def _plan(
     features: IndexColumns,
     features_name: str,
     clusters: int,
-    *,
-    sample_size: int | None,
-    seed: int,
-    niter: int,
-    methods: Sequence[str],
-    layer: str,
-    svm_c: float | None,
-    pca: int | str | None,
-    whiten: bool,
-    run_baseline: bool | str = True,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    options: EncodeOptions,
 ) -> EncodePlan:
     """Fingerprints from the manifest, the features index (as columns: no shard, no
     pandas) and the options: nothing is fitted."""
-    methods = _parse_methods(methods)
+    methods = _parse_methods(options.methods)
+    seed, layer, run_baseline, memory_budget = options.seed, options.layer, options.baseline, options.memory_budget
     if not 0 <= seed < 2**31:
         raise ConfigError(f"--seed must be between 0 and 2^31-1, got {seed}")
     videos, missing = ws.usable_video_columns([features.view0_ids])
@@ -122,12 +138,12 @@ def _plan(
             f"the train split only; check the manifest's split column (`vpipe probe --dataset {ws.dataset} --split N`)"
         )
     input_dim = features.descriptor_dim(layer)
-    samples = codebook_sample_size(features.descriptor_total(train_ids, layer), sample_size)
-    reduced = resolve_pca(pca, input_dim, samples)
+    samples = codebook_sample_size(features.descriptor_total(train_ids, layer), options.sample_size)
+    reduced = resolve_pca(options.pca, input_dim, samples)
     index_sha256 = features.sha256
     book = fingerprint(
-        CODEBOOK_METHOD, features_name, index_sha256, layer, clusters, sample_size, seed, niter, train_ids,
-        reduced, whiten and reduced is not None,
+        CODEBOOK_METHOD, features_name, index_sha256, layer, clusters, options.sample_size, seed, options.niter,
+        train_ids, reduced, options.whiten and reduced is not None,
     )  # fmt: skip
     listing = [list(row) for row in zip(*(videos[name].to_pylist() for name in ("video_id", "label", "split")))]
     encodings = {m: fingerprint(ENCODING_VERSION, m, book, index_sha256, layer, listing) for m in methods}
@@ -149,7 +165,7 @@ def _plan(
                 )
     if plan.baseline_methods:
         chosen = {m: encodings[m] for m in plan.baseline_methods}
-        plan.baseline_fingerprint = fingerprint(BASELINE_METHOD, chosen, svm_c, seed)
+        plan.baseline_fingerprint = fingerprint(BASELINE_METHOD, chosen, options.svm_c, seed)
     return plan
 
 
@@ -182,15 +198,8 @@ def _codebook(
     features: FeatureSet,
     features_name: str,
     plan: EncodePlan,
-    *,
     clusters: int,
-    sample_size: int | None,
-    seed: int,
-    niter: int,
-    layer: str,
-    use_gpu: bool | None,
-    whiten: bool,
-    memory_budget: int,
+    options: EncodeOptions,
 ) -> tuple[Codebook, bool]:
     """The stored codebook if its fingerprint matches, else a new fit (written). Returns (codebook, fitted)."""
     path = ws.codebook_path(features_name, clusters)
@@ -199,8 +208,9 @@ def _codebook(
         return load_codebook(path), False
     log.info("fitting k=%d codebook on %d train videos", clusters, len(plan.train_ids))
     codebook = fit_codebook(
-        features, plan.train_ids, clusters=clusters, sample_size=sample_size, seed=seed, niter=niter,
-        use_gpu=use_gpu, layer=layer, pca=plan.pca, whiten=whiten, memory_budget=memory_budget,
+        features, plan.train_ids, clusters=clusters, sample_size=options.sample_size, seed=options.seed,
+        niter=options.niter, use_gpu=options.use_gpu, layer=options.layer, pca=plan.pca, whiten=options.whiten,
+        memory_budget=options.memory_budget,
     )  # fmt: skip
     codebook.provenance.update(
         features=features_name,
@@ -282,10 +292,7 @@ def _baseline(
     plan: EncodePlan,
     encodings: dict[str, dict[str, Any]],
     label_names: dict[int, str],
-    *,
-    svm_c: float | None,
-    seed: int,
-    memory_budget: int,
+    options: EncodeOptions,
 ) -> tuple[dict[str, Any], bool]:
     """Test metrics per method, reused when the stored JSON has the same fingerprint."""
     if _stored_json_fingerprint(path) == plan.baseline_fingerprint:
@@ -298,7 +305,7 @@ def _baseline(
         with EncodingReader(Path(entry["path"])) as reader:
             log.info("baseline %s: %d × %d", method, *reader.shape)
             started = time.perf_counter()
-            metrics = run_baseline_file(reader, c=svm_c, seed=seed, memory_budget=memory_budget)
+            metrics = run_baseline_file(reader, c=options.svm_c, seed=options.seed, memory_budget=options.memory_budget)
         results[method] = {"dim": entry["dim"], "seconds": round(time.perf_counter() - started, 3), **metrics}
     report = {
         "fingerprint": plan.baseline_fingerprint,
@@ -320,33 +327,14 @@ def _stored_json_fingerprint(path: Path) -> str:
 
 
 def encode_status(
-    ws: DatasetWorkspace,
-    features_name: str = "li3d-rgb",
-    clusters: int = 128,
-    *,
-    sample_size: int | None = None,
-    seed: int = 0,
-    niter: int = 20,
-    methods: Sequence[str] = METHODS,
-    layer: str = "pool",
-    svm_c: float | None = None,
-    use_gpu: bool | None = None,
-    pca: int | str | None = DEFAULT_PCA,
-    whiten: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    baseline: bool | str = True,
+    ws: DatasetWorkspace, features_name: str = "li3d-rgb", clusters: int = 128, options: EncodeOptions = EncodeOptions()
 ) -> dict[str, bool]:
     """Artifact name (``codebook``, each method, ``baseline`` when there is a test split) ->
     whether :func:`run_encode` with the same options would leave it as it is.
 
-    Reads the manifest and the features index only; ``use_gpu`` does not enter any
-    fingerprint and is accepted so callers can pass one option set.
+    Reads the manifest and the features index only.
     """
-    plan = _plan(
-        ws, index_columns(ws.features_index(features_name).parent), features_name, clusters,
-        sample_size=sample_size, seed=seed, niter=niter, methods=methods, layer=layer, svm_c=svm_c, pca=pca,
-        whiten=whiten, run_baseline=baseline, memory_budget=memory_budget,
-    )  # fmt: skip
+    plan = _plan(ws, index_columns(ws.features_index(features_name).parent), features_name, clusters, options)
     status = {"codebook": stored_fingerprint(ws.codebook_path(features_name, clusters)) == plan.codebook_fingerprint}
     for method, fp in plan.encoding_fingerprints.items():
         status[method] = stored_fingerprint(ws.encoding_path(features_name, clusters, method)) == fp
@@ -357,52 +345,30 @@ def encode_status(
 
 
 def run_encode(
-    ws: DatasetWorkspace,
-    features_name: str = "li3d-rgb",
-    clusters: int = 128,
-    *,
-    sample_size: int | None = None,
-    seed: int = 0,
-    niter: int = 20,
-    methods: Sequence[str] = METHODS,
-    layer: str = "pool",
-    svm_c: float | None = None,
-    use_gpu: bool | None = None,
-    pca: int | str | None = DEFAULT_PCA,
-    whiten: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    baseline: bool | str = True,
+    ws: DatasetWorkspace, features_name: str = "li3d-rgb", clusters: int = 128, options: EncodeOptions = EncodeOptions()
 ) -> dict[str, Any]:
     """Fit (or reuse) the codebook, encode every video, run the linear baseline; return a summary.
 
-    ``pca`` is the descriptor dimension after PCA: ``"auto"`` (D/2), an integer, or 0/None
-    for none. The baseline trains on the train split and reports on the test split; it
-    is skipped (``baseline`` is None) when either split is empty or ``baseline`` is
-    False, and refused before any work when its train matrix exceeds ``memory_budget``;
+    The baseline trains on the train split and reports on the test split; it is skipped
+    (``baseline`` is None) when either split is empty or ``options.baseline`` is False,
+    and refused before any work when its train matrix exceeds ``options.memory_budget``;
     with ``baseline="within-budget"`` such methods are left out instead, each with its
     reason in ``baseline_skipped`` and a warning in the log.
     ``seconds`` holds the wall time of each part.
     """
     seconds: dict[str, float] = {}
     with ws.open_features(features_name) as features:
-        plan = _plan(
-            ws, index_columns(features.directory), features_name, clusters, sample_size=sample_size, seed=seed, niter=niter,
-            methods=methods, layer=layer, svm_c=svm_c, pca=pca, whiten=whiten, run_baseline=baseline,
-            memory_budget=memory_budget,
-        )  # fmt: skip
+        plan = _plan(ws, index_columns(features.directory), features_name, clusters, options)
         baseline_path = ws.encoding_path(features_name, clusters, "baseline")
         if plan.baseline_fingerprint is not None and _stored_json_fingerprint(baseline_path) != plan.baseline_fingerprint:
-            _check_baseline_budget(plan, clusters, memory_budget)
+            _check_baseline_budget(plan, clusters, options.memory_budget)
         for reason in plan.baseline_skipped.values():
             log.warning(reason)
         started = time.perf_counter()
-        codebook, fitted = _codebook(
-            ws, features, features_name, plan, clusters=clusters, sample_size=sample_size, seed=seed,
-            niter=niter, layer=layer, use_gpu=use_gpu, whiten=whiten, memory_budget=memory_budget,
-        )  # fmt: skip
+        codebook, fitted = _codebook(ws, features, features_name, plan, clusters, options)
         seconds["codebook"] = time.perf_counter() - started
         started = time.perf_counter()
-        encodings = _encode(ws, features, features_name, codebook, plan, layer=layer)
+        encodings = _encode(ws, features, features_name, codebook, plan, layer=options.layer)
         seconds["encodings"] = time.perf_counter() - started
     videos = plan.videos.to_pandas()
     summary: dict[str, Any] = {
@@ -429,9 +395,7 @@ def run_encode(
         started = time.perf_counter()
         path = baseline_path
         label_names = dict(zip(videos["label"].astype(int), videos["label_name"]))
-        report, written = _baseline(
-            path, plan, encodings, label_names, svm_c=svm_c, seed=seed, memory_budget=memory_budget
-        )
+        report, written = _baseline(path, plan, encodings, label_names, options)
         summary["baseline"] = {"path": str(path), "written": written, "methods": report["methods"]}
         seconds["baseline"] = time.perf_counter() - started
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}

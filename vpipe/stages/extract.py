@@ -14,30 +14,26 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from vpipe import __version__
-from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
+from vpipe.device import ComputeSettings, concrete_device
 from vpipe.artifacts import atomic_write_text
 from vpipe.artifacts.provenance import FeatureProvenance
-from vpipe.artifacts.rows import PlanRow, read_rows
 from vpipe.errors import StageError, VpipeError
-from vpipe.video.jobs import VideoJob, jobs_from_plan
 # The static copies, equal to the registry's (tests/test_cli_imports.py): describing an
 # extract stage (status, fingerprints) does not build the backbone modules.
 from vpipe.catalog import backbone_defaults, backbone_inputs, backbone_version, is_weightless
-from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import canonical_json, fingerprint
 from vpipe.pipeline.fingerprint_columns import file_fingerprints, json_texts, row_fingerprints, source_fingerprints
 from vpipe.pipeline.item_state import latest_records
 from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.plan_columns import existing_plan, plan_video_columns, stat_key
+from vpipe.stages.plan_columns import plan_video_columns
+from vpipe.stages.planned_videos import PlannedVideoStage
 from vpipe.pipeline.tables import table_fingerprint, table_metadata
-from vpipe.store.index import damaged_videos, orphan_shards, write_index
 
 if TYPE_CHECKING:
     from vpipe.extract.features import ExtractConfig
@@ -51,48 +47,8 @@ FINGERPRINT_SCHEME = 2
 log = logging.getLogger(__name__)
 
 
-def read_plan(workspace: DatasetWorkspace, plan: str) -> pd.DataFrame:
-    return read_rows(
-        existing_plan(workspace, plan), PlanRow, fix=f"run `vpipe plan --dataset {workspace.dataset}` again"
-    )
-
-
-#: plan path -> ((its stat, the manifest's stat), the plan's jobs); see :func:`plan_jobs`.
-_JOBS_CACHE: dict[str, tuple[tuple | None, dict[str, VideoJob]]] = {}
-
-
-def plan_jobs(workspace: DatasetWorkspace, plan: str) -> dict[str, VideoJob]:
-    """The plan's :class:`VideoJob` per video, built once per process while neither the
-    plan nor the manifest changes on disk.
-
-    The flow stage and every extract stage of a plan list the same jobs; at Kinetics
-    size each build is a 240k-row sort and grouping, which ``vpipe run`` and
-    ``vpipe status`` would otherwise repeat once per stage. Both files are replaced by
-    atomic renames, so a rewrite always changes the key.
-    """
-    return _plan_cache(workspace, plan)[1]
-
-
-def _plan_cache(workspace: DatasetWorkspace, plan: str) -> tuple[tuple | None, dict[str, VideoJob]]:
-    path, manifest_path = workspace.plan_path(plan), workspace.manifest_path
-    key = (stat_key(path), stat_key(manifest_path)) if path.exists() and manifest_path.exists() else None
-    cached = _JOBS_CACHE.get(str(path))
-    if key is not None and cached is not None and cached[0] == key:
-        return cached
-    jobs = jobs_from_plan(read_plan(workspace, plan), workspace.read_manifest())  # or their clear errors
-    _JOBS_CACHE[str(path)] = entry = (key, jobs)
-    return entry
-
-
-def extract_journal_name(feature_set: str) -> str:
-    """The extract stage's state directory for one feature set."""
-    return f"extract-{feature_set}"
-
-
-class ExtractStage(Stage):
+class ExtractStage(PlannedVideoStage):
     name = "extract"
-    batched = True
-    resources = {"GPU": 1}
 
     def __init__(
         self,
@@ -112,18 +68,17 @@ class ExtractStage(Stage):
         plan_stage: Stage | None = None,
         flow: FlowStage | None = None,
     ):
-        super().__init__(workspace)
-        self.backbone, self.stream, self.plan = backbone, stream, plan
-        self.plan_stage, self._flow = plan_stage, flow
+        super().__init__(
+            workspace, plan=plan, device=device, videos_per_task=videos_per_task, decoder=decoder, plan_stage=plan_stage
+        )
+        self.backbone, self.stream, self._flow = backbone, stream, flow
         self.inputs = backbone_inputs(backbone, stream)
         self.weights = str(Path(weights).expanduser().resolve()) if weights else None
         self.options = dict(options or {})
         # A backbone built from the frames and their flow has one feature set, not one per stream.
         self.set_name = name or (backbone if len(self.inputs) > 1 else f"{backbone}-{stream}")
-        self.device, self.batch_size, self.decode_workers = device, batch_size, decode_workers
-        self.chunk_size = videos_per_task or default_videos_per_task(device)
+        self.batch_size, self.decode_workers = batch_size, decode_workers
         self.compute = ComputeSettings.for_device(device)
-        self.decoder = decoder
         self._weights_sha: str | None = None
 
     @property
@@ -132,7 +87,7 @@ class ExtractStage(Stage):
 
     @property
     def journal_name(self) -> str:
-        return extract_journal_name(self.set_name)
+        return self.journal_of(self.set_name)
 
     @property
     def artifact(self) -> Path:
@@ -154,7 +109,7 @@ class ExtractStage(Stage):
 
     def requires(self) -> Sequence[Stage]:
         """The plan stage when the job names it, and the flow stage for a backbone reading flow."""
-        plan = (self.plan_stage,) if self.plan_stage is not None else ()
+        plan = super().requires()
         return (*plan, self.flow) if "flow" in self.inputs else plan
 
     def settings(self) -> dict[str, Any]:
@@ -210,14 +165,6 @@ class ExtractStage(Stage):
     @staticmethod
     def _fingerprints(model_fingerprint: str, videos: pa.Table, inputs: pa.Array) -> pa.Array:
         return row_fingerprints(canonical_json(model_fingerprint), json_texts(inputs), videos["signature"])
-
-    def items(self) -> list[WorkItem]:
-        keys, fingerprints = self.item_fingerprints()
-        jobs = plan_jobs(self.workspace, self.plan)
-        return [
-            WorkItem(key=key, fingerprint=fp, payload=jobs[key], path=jobs[key].path)
-            for key, fp in zip(keys.to_pylist(), fingerprints.to_pylist())
-        ]
 
     def _carry_over(self, keys: pa.Array, current: pa.Array, typed: Callable[[], pa.Array]) -> None:
         """Once per feature set: records made under the typed-options fingerprint (``typed``
@@ -339,21 +286,3 @@ class ExtractStage(Stage):
 
         return partial(extract_videos, self.config())
 
-    def damaged_items(self) -> dict[str, str]:
-        return damaged_videos(self.artifact)
-
-    def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
-        rows = [row for item in items if item.key in records for row in records[item.key].rows]
-        write_index(self.artifact, rows)
-        remove_orphans(self.artifact, Journal(self.journal_dir).load())
-
-
-def remove_orphans(directory: Path, records: dict[str, Record]) -> None:
-    """Delete shards no journal record points to, and temporaries of killed writers.
-
-    Records of videos outside the current item set (another split) still count, so
-    switching back to them finds their shards.
-    """
-    referenced = [row["shard"] for record in records.values() if record.ok for row in record.rows]
-    for orphan in orphan_shards(directory, pd.DataFrame({"shard": referenced}, dtype=str)):
-        orphan.unlink(missing_ok=True)

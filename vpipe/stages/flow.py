@@ -6,7 +6,6 @@ TV-L1 solver sees large batches of pairs (what makes it fast on a GPU).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,32 +14,22 @@ import pyarrow as pa
 
 from vpipe import __version__
 from vpipe.artifacts.provenance import FlowProvenance
-from vpipe.device import ComputeSettings, concrete_device, default_videos_per_task
+from vpipe.device import ComputeSettings, concrete_device
 from vpipe.catalog import resolved_tvl1_params, tvl1_params_off_reference
-from vpipe.pipeline.executor import WorkItem
 from vpipe.pipeline.fingerprint import canonical_json, fingerprint
 from vpipe.pipeline.fingerprint_columns import file_fingerprints, json_texts, row_fingerprints
-from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.tables import table_fingerprint
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.stages.extract import plan_jobs, remove_orphans
+from vpipe.stages.planned_videos import PlannedVideoStage
 from vpipe.stages.plan_columns import plan_video_columns
-from vpipe.store.index import damaged_videos, write_index
 
 #: Bumped when the same configuration would store different flow.
 FLOW_FORMAT = 1
 
 
-def flow_journal_name(plan: str) -> str:
-    """The flow stage's state directory for ``plan``: one flow artifact per plan."""
-    return f"flow-{plan}"
-
-
-class FlowStage(Stage):
+class FlowStage(PlannedVideoStage):
     name = "flow"
-    batched = True
-    resources = {"GPU": 1}
 
     def __init__(
         self,
@@ -57,27 +46,23 @@ class FlowStage(Stage):
         decoder: str = "auto",
         plan_stage: Stage | None = None,
     ):
-        super().__init__(workspace)
-        self.plan_stage = plan_stage
-        self.plan, self.stack, self.encoding, self.bound = plan, stack, encoding, bound
+        super().__init__(
+            workspace, plan=plan, device=device, videos_per_task=videos_per_task, decoder=decoder, plan_stage=plan_stage
+        )
+        self.stack, self.encoding, self.bound = stack, encoding, bound
         self.tvl1_params = dict(tvl1_params or {})
         resolved_tvl1_params(self.tvl1_params)  # an unknown name fails here, not in every task
-        self.device, self.pairs_per_batch, self.decoder = device, pairs_per_batch, decoder
-        self.chunk_size = videos_per_task or default_videos_per_task(device)
+        self.pairs_per_batch = pairs_per_batch
         # TV-L1 runs in fp32 everywhere; the device kind still counts (CUDA sums in another order).
         self.compute = ComputeSettings.for_device(device, storage_dtype=encoding, precision="fp32")
 
     @property
     def journal_name(self) -> str:
-        return flow_journal_name(self.plan)
+        return self.journal_of(self.plan)  # one flow artifact per plan
 
     @property
     def artifact(self) -> Path:
         return self.workspace.flow_dir(self.plan)
-
-    def requires(self) -> Sequence[Stage]:
-        """The plan stage, when the job names it."""
-        return (self.plan_stage,) if self.plan_stage is not None else ()
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -96,14 +81,6 @@ class FlowStage(Stage):
         videos = plan_video_columns(self.workspace, self.plan)
         stamps = json_texts(file_fingerprints(videos["path"]))
         return videos["video_id"].combine_chunks(), row_fingerprints(canonical_json(config_fp), stamps, videos["signature"])
-
-    def items(self) -> list[WorkItem]:
-        keys, fingerprints = self.item_fingerprints()
-        jobs = plan_jobs(self.workspace, self.plan)
-        return [
-            WorkItem(key=key, fingerprint=fp, payload=jobs[key], path=jobs[key].path)
-            for key, fp in zip(keys.to_pylist(), fingerprints.to_pylist())
-        ]
 
     def item_fn(self):
         from vpipe.flow.compute import FlowConfig, flow_videos
@@ -132,11 +109,3 @@ class FlowStage(Stage):
             ).to_dict(),
         )
         return partial(flow_videos, config)
-
-    def damaged_items(self) -> dict[str, str]:
-        return damaged_videos(self.artifact)
-
-    def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
-        rows = [row for item in items if item.key in records for row in records[item.key].rows]
-        write_index(self.artifact, rows)
-        remove_orphans(self.artifact, Journal(self.journal_dir).load())

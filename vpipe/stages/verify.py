@@ -50,8 +50,8 @@ from vpipe.errors import StageError
 from vpipe.pipeline.journal import Journal
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.retrieval.store import faiss_file_intact, index_files, read_metadata
-from vpipe.stages.extract import extract_journal_name
-from vpipe.stages.flow import flow_journal_name
+from vpipe.stages.extract import ExtractStage
+from vpipe.stages.flow import FlowStage
 from vpipe.store.index import INDEX_FILE, SHARD_BYTES, SHARD_SHA256, read_index, read_shard_digests, write_index
 from vpipe.train.runs import CHECKPOINT_FILE, completed_runs
 
@@ -133,10 +133,10 @@ def _checks(workspace: DatasetWorkspace, kinds: tuple[str, ...]) -> Iterator:
     """One callable per file to check, returning ``(problem or None, bytes read)``."""
     if "flow" in kinds:
         for directory in _artifact_dirs(workspace.dir / "flow"):
-            yield from _shard_checks(directory, flow_journal_name(directory.name))
+            yield from _shard_checks(directory, FlowStage.journal_of(directory.name))
     if "extract" in kinds:
         for directory in _artifact_dirs(workspace.dir / "features"):
-            yield from _shard_checks(directory, extract_journal_name(directory.name))
+            yield from _shard_checks(directory, ExtractStage.journal_of(directory.name))
     if "encode" in kinds:
         for folder in ("codebooks", "encodings"):
             for path in sorted((workspace.dir / folder).glob("*.h5")):

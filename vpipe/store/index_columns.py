@@ -61,19 +61,8 @@ class IndexColumns:
         return list(layer_sets.pop()) if layer_sets else []
 
     def steps(self, layer: str) -> dict[str, int]:
-        """Descriptors one clip row of each ``layers`` JSON gives (as :func:`vpipe.encode.fit.descriptor_counts`)."""
-        if layer not in self.layers:
-            raise ConfigError(f"{self.directory} has no layer {layer!r}; it has {self.layers}")
-        steps = {}
-        for spec in self.layer_specs:
-            shape = json.loads(spec)[layer]["shape"]
-            if len(shape) not in (1, 2):
-                raise ConfigError(
-                    f"layer {layer!r} of {self.directory} has clip shape {shape}; encoding needs "
-                    f"per-step vectors (τ, D) or (D,): choose a pooled layer with --layer"
-                )
-            steps[spec] = 1 if len(shape) == 1 else int(shape[0])
-        return steps
+        """Descriptors one clip row of each ``layers`` JSON gives (see :func:`steps_per_row`)."""
+        return steps_per_row(self.directory, self.layers, self.layer_specs, layer)
 
     def descriptor_dim(self, layer: str) -> int:
         """D of ``layer``'s per-step descriptors (as :func:`vpipe.encode.fit.descriptor_dim`)."""
@@ -87,6 +76,26 @@ class IndexColumns:
         chosen = self.view0["layers"].filter(pc.is_in(self.view0["video_id"], value_set=wanted))
         counts = pc.value_counts(chosen).to_pylist()
         return sum(steps[entry["values"]] * entry["counts"] for entry in counts)
+
+
+def steps_per_row(directory: Path, layers: list[str], specs: Iterable[str], layer: str) -> dict[str, int]:
+    """Descriptors one clip row of ``layer`` gives, per distinct ``layers`` JSON ``specs``
+    of the feature set at ``directory``: τ for a clip row of shape ``(τ, D)``, one for
+    ``(D,)`` (τ may differ between shards). Other shapes (spatial grids) are not
+    descriptor sequences and are refused, as a layer the set does not have is.
+    """
+    if layer not in layers:
+        raise ConfigError(f"{directory} has no layer {layer!r}; it has {layers}")
+    steps = {}
+    for spec in specs:
+        shape = json.loads(spec)[layer]["shape"]
+        if len(shape) not in (1, 2):
+            raise ConfigError(
+                f"layer {layer!r} of {directory} has clip shape {shape}; encoding needs "
+                f"per-step vectors (τ, D) or (D,): choose a pooled layer with --layer"
+            )
+        steps[spec] = 1 if len(shape) == 1 else int(shape[0])
+    return steps
 
 
 def index_columns(directory: Path) -> IndexColumns:

@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 import h5py
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from vpipe.artifacts import Closing
 from vpipe.errors import CorruptArtifactError, StageError
 from vpipe.store.index import INDEX_FILE, producing_command, read_index, repair_command
 from vpipe.store.shards import SHARD_FORMAT
@@ -41,7 +41,7 @@ def _parse_layers(layers_json: str) -> dict[str, dict[str, object]]:
     return json.loads(layers_json)
 
 
-class FeatureSet:
+class FeatureSet(Closing):
     """Read access to one artifact directory (``features/<backbone>-<stream>/`` or
     ``flow/<plan>/``) through its index.
 
@@ -78,17 +78,6 @@ class FeatureSet:
     def open(cls, directory: Path, *, max_open_files: int = 16) -> FeatureSet:
         """Open the artifact at ``directory``; :class:`StageError` if it has no index."""
         return cls(directory, read_index(directory), max_open_files=max_open_files)
-
-    def __enter__(self) -> FeatureSet:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close every open shard; later reads reopen them."""

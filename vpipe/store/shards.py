@@ -42,14 +42,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from types import TracebackType
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from vpipe.artifacts import commit, discard, file_digest, temp_path
+from vpipe.artifacts import Closing, commit, discard, file_digest, temp_path
 
 if TYPE_CHECKING:
     import h5py
@@ -85,7 +84,7 @@ def _compression(dtype: np.dtype) -> dict[str, object]:
     return {}
 
 
-class ShardWriter:
+class ShardWriter(Closing):
     """Write the clips of one task to a shard at ``path``.
 
     ``attrs`` is the provenance of the whole shard (backbone, stream, weights sha256,
@@ -117,20 +116,6 @@ class ShardWriter:
         self._layers_json = ""
         #: Index rows of the shard, set by :meth:`close` (for use after a ``with`` block).
         self.rows: list[dict[str, object]] = []
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def _stored_dtype(self, layer: str, array: np.ndarray) -> np.dtype:
         if layer in self._dtypes:

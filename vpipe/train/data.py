@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vpipe.artifacts import Closing
 from vpipe.errors import ConfigError, StageError
 from vpipe.models.heads.registry import HeadBatch, HeadInput
 from vpipe.pipeline.workspace import DatasetWorkspace
@@ -59,7 +60,7 @@ def assemble(spec: HeadInput, stacks: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, axis=-1)
 
 
-class InputReader:
+class InputReader(Closing):
     """Every declared input of a run, read per (video, view) from its feature sets.
 
     Opening checks that each feature set is extracted and has each declared layer, and
@@ -99,12 +100,6 @@ class InputReader:
     def close(self) -> None:
         for features in self.sets.values():
             features.close()
-
-    def __enter__(self) -> InputReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def indexes(self) -> list[pd.DataFrame]:

@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 from vpipe.errors import ConfigError, WeightsError
 from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone
-from vpipe.models.vit import ACTIVATIONS, Block
+from vpipe.models.vit import ACTIVATIONS, Block, FusedQkv
 from vpipe.models.weights import adapt_input_conv, read_state_dict
 
 #: OpenAI's published CLIP preprocessing (``clip.py``'s ``Normalize``).
@@ -201,7 +201,7 @@ def convert_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """``transformers`` CLIP vision names → the module's; q/k/v fuse into qkv, the projection
     ``Linear`` weight (embed, width) becomes OpenAI's ``proj`` (width, embed)."""
     out: dict[str, Tensor] = {}
-    qkv: dict[str, dict[str, Tensor]] = {}
+    qkv = FusedQkv(r"^self_attn\.([qkv])_proj\.(weight|bias)$", ("q", "k", "v"), "CLIP")
     for key, value in state.items():
         if key == "visual_projection.weight":
             out["proj"] = value.t().contiguous()
@@ -214,20 +214,14 @@ def convert_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[_HF_TOP.get(key, key)] = value
             continue
         index, rest = match.groups()
-        projection = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
-        if projection is not None:
-            qkv.setdefault(f"blocks.{index}.attn.qkv.{projection.group(2)}", {})[projection.group(1)] = value
+        if qkv.take(index, rest, value):
             continue
         for old, new in _HF_RENAMES.items():
             if rest.startswith(old):
                 rest = new + rest[len(old):]
                 break
         out[f"blocks.{index}.{rest}"] = value
-    for key, parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise WeightsError(f"transformers CLIP {key} lacks the {'/'.join(sorted({'q', 'k', 'v'} - set(parts)))} projection")
-        out[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
+    return out | qkv.fused()
 
 
 def is_transformers_layout(state: dict[str, Tensor]) -> bool:

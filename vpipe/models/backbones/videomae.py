@@ -43,9 +43,9 @@ import re
 import torch
 from torch import Tensor, nn
 
-from vpipe.errors import ConfigError, WeightsError
+from vpipe.errors import ConfigError
 from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone, video_vit_inputs
-from vpipe.models.vit import Block, sinusoid_table
+from vpipe.models.vit import Block, FusedQkv, sinusoid_table
 from vpipe.models.weights import adapt_input_conv
 
 TUBELET = 2
@@ -124,7 +124,7 @@ class VideoMAE(nn.Module):
 def convert_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """``transformers`` VideoMAE keys → official ones; separate q/k/v weights fuse into qkv."""
     out: dict[str, Tensor] = {}
-    qkv: dict[str, dict[str, Tensor]] = {}
+    qkv = FusedQkv(r"^attention\.attention\.(query|key|value)\.(weight)$", ("query", "key", "value"), "VideoMAE")
     for key, value in state.items():
         key = key.removeprefix("videomae.")
         if key.startswith("embeddings.patch_embeddings.projection."):
@@ -135,16 +135,9 @@ def convert_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[key] = value
             continue
         index, rest = match.groups()
-        part = rest.removeprefix("attention.attention.").removesuffix(".weight")
-        if rest.startswith("attention.attention.") and part in ("query", "key", "value") and rest.endswith(".weight"):
-            qkv.setdefault(index, {})[part] = value
-        else:
+        if not qkv.take(index, rest, value):
             out[f"blocks.{index}.{_HF_RENAMES.get(rest, rest)}"] = value
-    for index, parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
-            raise WeightsError(f"transformers VideoMAE layer {index} lacks {sorted({'query', 'key', 'value'} - set(parts))}")
-        out[f"blocks.{index}.attn.qkv.weight"] = torch.cat([parts["query"], parts["key"], parts["value"]])
-    return out
+    return out | qkv.fused()
 
 
 def is_transformers_layout(state: dict[str, Tensor]) -> bool:

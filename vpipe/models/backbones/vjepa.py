@@ -55,9 +55,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vpipe.errors import ConfigError, WeightsError
+from vpipe.errors import ConfigError
 from vpipe.models.backbones.registry import BackboneSpec, check_input, finalize_spec, register_backbone, video_vit_inputs
-from vpipe.models.vit import Block, Rope
+from vpipe.models.vit import Block, FusedQkv, Rope
 from vpipe.models.weights import adapt_input_conv, read_state_dict
 
 TUBELET = 2
@@ -143,7 +143,7 @@ def convert_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """``transformers`` V-JEPA 2 names → the module's; the predictor and probe dropped,
     separate query/key/value fused into qkv."""
     out: dict[str, Tensor] = {}
-    qkv: dict[str, dict[str, Tensor]] = {}
+    qkv = FusedQkv(r"^attention\.(query|key|value)\.(weight|bias)$", ("query", "key", "value"), "V-JEPA 2")
     for key, value in state.items():
         key = key.removeprefix("vjepa2.")
         if key.startswith(("predictor.", "pooler.", "classifier.")):
@@ -153,16 +153,9 @@ def convert_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[_HF_TOP.get(key, key)] = value
             continue
         index, rest = match.groups()
-        projection = re.match(r"^attention\.(query|key|value)\.(weight|bias)$", rest)
-        if projection is not None:
-            qkv.setdefault(f"blocks.{index}.attn.qkv.{projection.group(2)}", {})[projection.group(1)] = value
-            continue
-        out[f"blocks.{index}." + rest.replace("attention.proj.", "attn.proj.")] = value
-    for key, parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
-            raise WeightsError(f"transformers V-JEPA 2 {key} lacks {sorted({'query', 'key', 'value'} - set(parts))}")
-        out[key] = torch.cat([parts["query"], parts["key"], parts["value"]])
-    return out
+        if not qkv.take(index, rest, value):
+            out[f"blocks.{index}." + rest.replace("attention.proj.", "attn.proj.")] = value
+    return out | qkv.fused()
 
 
 def is_transformers_layout(state: dict[str, Tensor]) -> bool:

@@ -219,13 +219,7 @@ class DeepFusion(DeepFusionSpec, Head):
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
         super().__init__()
-        rgb, flow = tuple(shapes["rgb"]), tuple(shapes["flow"])
-        if len(rgb) != 3 or rgb != flow:
-            raise ConfigError(
-                f"head {self.name!r} reads per-frame maps (C, H, W) of equal shape from both streams, got rgb "
-                f"{list(rgb)} and flow {list(flow)}: extract both with the same backbone and grid"
-            )
-        channels, height, width = rgb
+        channels, height, width = self.two_stream_grid(shapes, "extract both with the same backbone and grid")
         if height < 2 or width < 2:
             raise ConfigError(f"head {self.name!r} needs maps of at least 2 × 2 cells for pool5, got {height} × {width}")
         if options["fusion_init"] == "identity" and options["fused"] != channels:

@@ -128,6 +128,17 @@ class Head(HeadSpec, nn.Module):
         logits = self(batch)
         return F.cross_entropy(logits.float(), batch.labels), logits
 
+    def two_stream_grid(self, shapes: dict[str, tuple[int, ...]], fix: str) -> tuple[int, int, int]:
+        """The (C, H, W) per-frame map both streams give a two-stream head, which reads them
+        side by side; refused, naming ``fix``, unless rgb and flow are grids of one shape."""
+        rgb, flow = tuple(shapes["rgb"]), tuple(shapes["flow"])
+        if len(rgb) != 3 or rgb != flow:
+            raise ConfigError(
+                f"head {self.name!r} reads per-frame maps (C, H, W) of equal shape from both streams, got rgb "
+                f"{list(rgb)} and flow {list(flow)}: {fix}"
+            )
+        return rgb
+
     @classmethod
     def hooks(cls) -> list[str]:
         """The optional hooks this head overrides, for ``vpipe heads``."""

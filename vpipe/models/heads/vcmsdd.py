@@ -187,13 +187,7 @@ class VCMSDD(VCMSDDSpec, Head):
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int, **options: Any) -> None:
         super().__init__()
-        rgb, flow = tuple(shapes["rgb"]), tuple(shapes["flow"])
-        if len(rgb) != 3 or rgb != flow:
-            raise ConfigError(
-                f"head {self.name!r} needs rgb and flow grids of one shape (C, h, w); got {list(rgb)} and "
-                f"{list(flow)}: extract both streams with the same backbone and pass -O layer=grid"
-            )
-        channels = rgb[0]
+        channels = self.two_stream_grid(shapes, "extract both streams with the same backbone and pass -O layer=grid")[0]
         self.frames = options["frames"]
         self.register_buffer("mean", torch.zeros(2, channels))
         self.register_buffer("std", torch.ones(2, channels))
