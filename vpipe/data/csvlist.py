@@ -143,7 +143,7 @@ class CsvList(Recipe):
     name = "csv"
     summary = "A CSV of path,label[,split] rows; without split, every 5th video per label is test"
 
-    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+    def list_videos(self, root: Path, split: int) -> list[VideoEntry]:
         """The videos of the CSV at (or in) ``root``."""
         csv_path = locate(root)
         rows = read_rows(csv_path)

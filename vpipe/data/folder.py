@@ -60,7 +60,7 @@ class Recipe:
     """Base of the adapters that list a tree under ``--root``.
 
     :meth:`prepare` rejects a split number the dataset does not define before any file is
-    read, and resolves the root once; a recipe lists the tree in :meth:`videos`.
+    read, and resolves the root once; a recipe lists the tree in :meth:`list_videos`.
     """
 
     name: str
@@ -69,9 +69,9 @@ class Recipe:
 
     def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
         check_split_number(self, split)
-        return self.videos(Path(root).expanduser().resolve(), split)
+        return self.list_videos(Path(root).expanduser().resolve(), split)
 
-    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+    def list_videos(self, root: Path, split: int) -> list[VideoEntry]:
         """Every video under the absolute ``root`` with its 0-based label and its membership in ``split``."""
         raise NotImplementedError
 
@@ -132,7 +132,7 @@ class Folder(Recipe):
     name = "folder"
     summary = "Any folder of clips, one subfolder per class; every 5th video per class is test"
 
-    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+    def list_videos(self, root: Path, split: int) -> list[VideoEntry]:
         """The videos of every class folder under ``root``."""
         require_dir(root, "dataset folder")
         videos = self._scan(root)

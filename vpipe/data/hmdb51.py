@@ -60,7 +60,7 @@ class HMDB51(Recipe):
     summary = "HMDB51: 51 action classes, 6,766 clips, three official 70/30 splits"
     split_numbers = (1, 2, 3)
 
-    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+    def list_videos(self, root: Path, split: int) -> list[VideoEntry]:
         """Every video under ``root``'s class folders with its membership in ``split``."""
         require_dir(root, "dataset folder")
         split_files = find_split_files(root, split)

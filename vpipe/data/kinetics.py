@@ -138,7 +138,7 @@ class Kinetics(Recipe):
     name = "kinetics"
     summary = "Kinetics-400/600/700: official annotation CSVs; clips missing from disk are recorded as failures"
 
-    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+    def list_videos(self, root: Path, split: int) -> list[VideoEntry]:
         """The downloaded clips of every annotated row under ``root``."""
         require_dir(root, "dataset folder")
         rows = self._unique_rows(root)

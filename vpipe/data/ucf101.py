@@ -62,7 +62,7 @@ class UCF101(Recipe):
     summary = "UCF101: 101 action classes, 13,320 clips, three official train/test splits"
     split_numbers = (1, 2, 3)
 
-    def videos(self, root: Path, split: int) -> list[VideoEntry]:
+    def list_videos(self, root: Path, split: int) -> list[VideoEntry]:
         """Every video under ``root/UCF-101`` with its split membership in ``split``."""
         video_dir, list_dir = root / VIDEO_DIR, root / LIST_DIR
         require_dir(video_dir, f"video folder {VIDEO_DIR}/")
