@@ -6,6 +6,7 @@ training; streamed reading equals cached reading; whole-dataset stages say in
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from vpipe.pipeline.executor import InProcessExecutor
 from vpipe.pipeline.runner import run_stage, stage_status
 from vpipe.stages.dataset_steps import ReportStage, TrainStage
 from vpipe.store import ShardWriter, shard_name, write_index
-from vpipe.train import TrainConfig, evaluate, train
+from vpipe.train import TrainConfig, evaluate, runs, train
 from vpipe.train.data import InputReader, assemble, loader
 from vpipe.train.metrics import TIMING_KEYS
 
@@ -172,7 +173,7 @@ def test_late_fusion_averages_the_probabilities_of_one_head_per_stream(ws):
 
     from vpipe.train.evaluation import load
 
-    loaded = load(ws, result.run_id, device="cpu")
+    loaded = load(ws, runs.load_run(ws, result.run_id), device="cpu")
     try:
         assert isinstance(loaded.model, LateFusion) and len(loaded.model.heads) == 2
         batch = next(iter(loaded.test_loader()))
@@ -252,6 +253,22 @@ def test_streaming_from_shards_equals_reading_through_the_cache(ws):
         assert streamed._cached == 0 and cached._cached > 0
 
 
+def run_file_reads(work: Callable[[], object]) -> dict[tuple[Path, str], int]:
+    """How often ``work`` reads each run's ``config.json`` and ``metrics.json``."""
+    reads: dict[tuple[Path, str], int] = {}
+    read_text = Path.read_text
+
+    def counted(path: Path, *args: object, **kwargs: object) -> str:
+        if path.name in ("config.json", "metrics.json") and path.parent.parent.name == "runs":
+            reads[path.parent, path.name] = reads.get((path.parent, path.name), 0) + 1
+        return read_text(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "read_text", counted)
+        work()
+    return reads
+
+
 def test_status_says_what_run_would_do(ws):
     configs = [TrainConfig(head_options=SMALL, **QUICK), TrainConfig(features=FLOW, head_options=SMALL, **QUICK)]
     trains = [TrainStage(ws, c, inputs=()) for c in configs]
@@ -268,6 +285,9 @@ def test_status_says_what_run_would_do(ws):
     assert run() == [1, 1, 1]
     assert status() == [1, 1, 1]
     assert run() == [0, 0, 0]
+    assert run_file_reads(stages[2].work) == {
+        (run, name): 1 for run in ws.runs_dir.iterdir() for name in ("config.json", "metrics.json")
+    }, "evaluating and reporting read each run once and hand the record on"
 
     # A re-extracted flow set changes the flow run's fingerprint, hence the report's.
     index_path = ws.features_dir(FLOW) / "index.parquet"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
+import pytest
+
+import vpipe.stages.dataset as stages_dataset
 from vpipe.artifacts.records import DatasetConfig
-from vpipe.data.base import PAPER_DEFAULTS, MainJobDefaults, main_job_defaults
+from vpipe.data.base import GENERATED_ROOT, PAPER_DEFAULTS, MainJobDefaults, VideoEntry, main_job_defaults
 from vpipe.data.registry import DATASETS
 from vpipe.data.synthetic import SyntheticDataset
+from vpipe.errors import ConfigError
 from vpipe.pipeline.workspace import DatasetWorkspace
+from vpipe.stages.dataset import configure_dataset, list_videos
 from vpipe.stages.dataset_steps import EncodeStage, TrainStage
 from vpipe.stages.main_job import ChainOptions, main_job
 from vpipe.stages.plan import PlanStage
@@ -44,3 +50,37 @@ def test_user_options_win_over_the_dataset_defaults(tmp_path: Path) -> None:
     assert [s.clusters for s in steps if isinstance(s, EncodeStage)] == [8]
     tsn = next(s for s in chain(tmp_path, "synthetic", ChainOptions(sampler="tsn")) if isinstance(s, PlanStage))
     assert tsn.config == sampler_config("tsn"), "the dataset's clips are li3d options"
+
+
+class Painted:
+    """A dataset that writes its own videos: what the built-in synthetic set declares."""
+
+    name, summary, split_numbers = "painted", "test videos written on demand", (1,)
+
+    def __init__(self) -> None:
+        self.generated: list[tuple[Path, dict]] = []
+
+    def generate(self, root: Path, **options: object) -> Path:
+        self.generated.append((root, options))
+        return root
+
+    def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
+        return [VideoEntry("a/a_0", root / "a_0.avi", 0, "a", "train")]
+
+
+def test_an_adapter_that_writes_its_videos_declares_it_and_the_stages_name_no_dataset(tmp_path, monkeypatch) -> None:
+    painted = Painted()
+    monkeypatch.setitem(DATASETS, "painted", painted)
+    ws = DatasetWorkspace(tmp_path, "painted")
+    config = configure_dataset(ws, generator_options={"videos_per_class": 3, "seed": None})
+    assert (config.root_path, config.synthetic) == (ws.dir / GENERATED_ROOT, {"videos_per_class": 3}), "no --root needed"
+    again = configure_dataset(ws, generator_options={"seed": 5})
+    assert again.synthetic == {"videos_per_class": 3, "seed": 5}, "given options merge over the recorded ones"
+    assert painted.generated == []
+    _, entries = list_videos(again)
+    assert painted.generated == [(ws.dir / GENERATED_ROOT, {"videos_per_class": 3, "seed": 5})], "written before listing"
+    assert [entry.video_id for entry in entries] == ["a/a_0"]
+
+    with pytest.raises(ConfigError, match="needs --root"):
+        configure_dataset(DatasetWorkspace(tmp_path, "plain"), adapter="folder")
+    assert '"synthetic"' not in inspect.getsource(stages_dataset), "the stage layer names no dataset"

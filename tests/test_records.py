@@ -93,7 +93,7 @@ def test_a_changed_key_is_one_error_naming_the_source(change: dict, words: str) 
 
 def test_dataset_config_reads_and_writes_dataset_json_byte_for_byte(tmp_path: Path) -> None:
     ws = DatasetWorkspace(tmp_path, "synthetic")
-    config = configure_dataset(ws, synthetic_options={"videos_per_class": 3, "seed": None})
+    config = configure_dataset(ws, generator_options={"videos_per_class": 3, "seed": None})
     assert config == DatasetConfig("synthetic", str(ws.dir / "source"), 1, {"videos_per_class": 3})
     # as vpipe has always written it: sorted keys, two-space indent
     expected = {"adapter": "synthetic", "root": str(ws.dir / "source"), "split": 1, "synthetic": {"videos_per_class": 3}}

@@ -310,7 +310,7 @@ def test_a_run_whose_features_changed_layout_is_reported_without_tsne(tmp_path, 
     monkeypatch.setattr(fake_cache, "D", fake_cache.D + 8)
     make_workspace(tmp_path)
     with pytest.raises(StageError, match=r"run 'old' was trained on inputs of shape .*32.*now give .*40.*train the run again"):
-        load(ws, "old", device="cpu")
+        load(ws, runs.load_run(ws, "old"), device="cpu")
     result = build_report(ws, device="cpu")
     assert [Path(p).name for p in result["plots"]["old"]] == ["curves.png", "confusion.png"]
     assert "no t-SNE for run old" in caplog.text

@@ -112,8 +112,9 @@ class DatasetConfig(Record):
     """``dataset.json``: which adapter, root and split a dataset workspace uses.
 
     Recorded by the first command that names them, so later commands need only the
-    dataset name. ``synthetic`` holds the generator's options, for the synthetic
-    dataset only (the key is absent for every other adapter).
+    dataset name. ``synthetic`` holds the generator's options of an adapter that writes
+    its own videos (:func:`vpipe.data.base.generator`; the key is absent for every other
+    adapter, and keeps the name of the first such dataset, so existing workspaces read).
     """
 
     _omit_none: ClassVar[frozenset[str]] = frozenset({"synthetic"})

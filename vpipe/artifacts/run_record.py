@@ -97,3 +97,11 @@ class RunRecord:
     @property
     def checkpoint(self) -> Path:
         return self.directory / CHECKPOINT_FILE
+
+
+def finished_runs(runs_dir: Path) -> list[RunRecord]:
+    """Every run under ``runs_dir`` that finished (has ``metrics.json``), each read once, oldest first."""
+    if not runs_dir.is_dir():
+        return []
+    done = [RunRecord.from_directory(p) for p in runs_dir.iterdir() if (p / METRICS_FILE).is_file() and (p / CONFIG_FILE).is_file()]
+    return sorted(done, key=lambda run: (run.config.created, run.run_id))

@@ -77,8 +77,8 @@ class DatasetSource:
         from vpipe.stages.dataset import configure_dataset
 
         ws = dataset_workspace(dataset, self.workspace)
-        synthetic = {"videos_per_class": self.videos_per_class, "seed": self.synthetic_seed}
-        return ws, configure_dataset(ws, adapter=self.adapter, root=self.root, split=self.split, synthetic_options=synthetic)
+        generated = {"videos_per_class": self.videos_per_class, "seed": self.synthetic_seed}
+        return ws, configure_dataset(ws, adapter=self.adapter, root=self.root, split=self.split, generator_options=generated)
 
 
 dataset_source = option_group(

@@ -7,7 +7,7 @@ and unreadable files become failure records instead of adapter errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +55,22 @@ def main_job_defaults(adapter: object) -> MainJobDefaults:
     return getattr(adapter, "main_job", PAPER_DEFAULTS)
 
 
+#: Where the videos of a dataset that vpipe writes itself go when no root is given: this
+#: folder of the dataset's workspace.
+GENERATED_ROOT = "source"
+
+
+def generator(adapter: object) -> Callable[..., Path] | None:
+    """``adapter.generate`` when the adapter writes its own videos, else None.
+
+    ``generate(root, **options)`` writes the tree under ``root`` unless an identical one is
+    there already, so it runs before every listing. Such a dataset needs no ``--root``
+    (:data:`GENERATED_ROOT`), and its options are recorded in ``dataset.json`` like the
+    root and split. Declared by the adapter, so the stages have no special case for it.
+    """
+    return getattr(adapter, "generate", None)
+
+
 class DatasetAdapter(Protocol):
     """A dataset recipe: ``prepare(root, split=...)`` lists the videos of a tree."""
 
@@ -63,7 +79,8 @@ class DatasetAdapter(Protocol):
     summary: str
     #: Split numbers the dataset defines (``(1, 2, 3)`` for UCF101); ``(1,)`` when it has one.
     split_numbers: tuple[int, ...]
-    # Optional: ``main_job: MainJobDefaults`` (see :func:`main_job_defaults`).
+    # Optional: ``main_job: MainJobDefaults`` (see :func:`main_job_defaults`) and
+    # ``generate(root, **options)`` for a dataset vpipe writes itself (see :func:`generator`).
 
     def prepare(self, root: Path, *, split: int = 1) -> list[VideoEntry]:
         """List every video under ``root`` with its 0-based label and split membership.

@@ -424,6 +424,8 @@ class SyntheticDataset:
         "rhythm and temporal-order families; generated on first use"
     )
     split_numbers = (1,)
+    #: vpipe writes these videos itself (:func:`vpipe.data.base.generator`): no --root, and
+    #: ``--videos-per-class`` / ``--synthetic-seed`` are recorded and passed on here.
     generate = staticmethod(generate_synthetic)
     #: The videos are 112-160 px wide and 10-80 frames long: small crops and short clips
     #: keep the whole main job within minutes on a laptop CPU; ~100 train videos x 4 steps

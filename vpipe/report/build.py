@@ -10,6 +10,7 @@ figures of different runs under one name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,13 @@ import numpy as np
 
 from vpipe.errors import StageError
 from vpipe.artifacts import atomic_write_text
-from vpipe.artifacts.run_record import RunRecord
+from vpipe.artifacts.run_record import RunRecord, finished_runs
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.report.html import write_html
 from vpipe.report.plots import plot_confusion, plot_history, plot_tsne
 from vpipe.report.tables import markdown_table, run_row
 from vpipe.train import runs
-from vpipe.train.evaluation import LoadedRun, load
-from vpipe.train.scoring import predict
+from vpipe.train.evaluation import before_and_after
 from vpipe.train.trainer import best_epoch
 
 log = logging.getLogger(__name__)
@@ -32,25 +32,6 @@ log = logging.getLogger(__name__)
 #: t-SNE is quadratic in the number of points and embeddings can be 10⁵-dimensional,
 #: so at most this many test videos (a seeded random subset) are embedded.
 MAX_TSNE_VIDEOS = 500
-
-
-def _tsne_inputs(loaded: LoadedRun, max_videos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(raw input, head embedding, label) of up to ``max_videos`` test videos.
-
-    The raw input is the mean of the run's first input over its entries, averaged over
-    every axis but the channels, so grids and stage maps come out as one vector per video.
-    """
-    videos = loaded.run.config.test_videos
-    if len(videos) > max_videos:
-        rng = np.random.default_rng(loaded.config.seed)
-        videos = [videos[i] for i in sorted(rng.choice(len(videos), max_videos, replace=False))]
-    scores = predict(loaded.model, loaded.loader(videos, loaded.labels), loaded.device, loaded.dtype, embeddings=True)
-    role = loaded.reader.inputs[0].role
-    before = []
-    for video in videos:
-        entries = loaded.reader.read(video, 0)[role].astype(np.float32)
-        before.append(entries.reshape(len(entries), entries.shape[1] if entries.ndim > 1 else 1, -1).mean(axis=(0, 2)))
-    return np.stack(before), scores.embeddings, scores.labels
 
 
 def plot_run(ws: DatasetWorkspace, run: RunRecord, *, tsne: bool = True, device: str = "auto") -> list[Path]:
@@ -71,16 +52,14 @@ def plot_run(ws: DatasetWorkspace, run: RunRecord, *, tsne: bool = True, device:
     ]
     if tsne and run.metrics["videos"] >= 4:
         try:
-            loaded = load(ws, run, device=device)
+            embedded = before_and_after(ws, run, max_videos=MAX_TSNE_VIDEOS, device=device)
         except StageError as exc:
             log.warning("no t-SNE for run %s: %s", run_id, exc)
             return paths
-        try:
-            before, after, labels = _tsne_inputs(loaded, MAX_TSNE_VIDEOS)
-        finally:
-            loaded.close()
-        title = f"{run_id}: t-SNE of {len(labels)} test videos"
-        paths.append(plot_tsne(before, after, labels, class_names, out / "tsne.png", title, seed=loaded.config.seed))
+        title = f"{run_id}: t-SNE of {len(embedded.labels)} test videos"
+        paths.append(
+            plot_tsne(embedded.raw, embedded.embedded, embedded.labels, class_names, out / "tsne.png", title, seed=embedded.seed)
+        )
     return paths
 
 
@@ -102,19 +81,26 @@ def _markdown(ws: DatasetWorkspace, table: str, plots: dict[str, list[Path]]) ->
 
 
 def build_report(
-    ws: DatasetWorkspace, run_ids: list[str] | None = None, *, tsne: bool = True, device: str = "auto"
+    ws: DatasetWorkspace,
+    chosen: Sequence[str | RunRecord] | None = None,
+    *,
+    tsne: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Plot ``run_ids`` (default: every completed run) and write ``report.md`` and ``report.html``.
+    """Plot the ``chosen`` runs (default: every completed run) and write ``report.md`` and
+    ``report.html``.
 
+    A run is given by its id, or by its record when the caller has read it already (the
+    report stage reads every finished run once and hands the records on); each record then
+    goes to every figure, table and rebuilt model, so the report reads each run once.
     Returns the table rows, the figure paths per run, the report's path and its text.
     """
-    chosen = run_ids if run_ids else runs.completed_runs(ws)
-    if not chosen:
+    stored = [runs.load_run(ws, run) if isinstance(run, str) else run for run in chosen or ()] or finished_runs(ws.runs_dir)
+    if not stored:
         raise StageError(
             f"dataset {ws.dataset!r} has no completed runs to report: "
             f"train one with `vpipe train --dataset {ws.dataset}`"
         )
-    stored = [runs.load_run(ws, run_id) for run_id in chosen]
     plots = {run.run_id: plot_run(ws, run, tsne=tsne, device=device) for run in stored}
     rows = [run_row(run) for run in stored]
     table = markdown_table(rows)

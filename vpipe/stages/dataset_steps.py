@@ -19,17 +19,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vpipe.artifacts import atomic_write_text
+from vpipe.artifacts.run_record import RunRecord, finished_runs
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.stage import Stage, WholeDatasetStage
 from vpipe.pipeline.workspace import DatasetWorkspace
-from vpipe.train import TrainConfig, completed_runs, current_run, load_run
-
-if TYPE_CHECKING:
-    from vpipe.artifacts.run_record import RunRecord
+from vpipe.train import TrainConfig, current_run
 
 #: Bumped when the report's content changes for the same runs.
 REPORT_VERSION = "report/2"
@@ -133,11 +131,13 @@ class TrainStage(WholeDatasetStage):
         return {} if run is None else {"run_id": run.run_id, "test_accuracy": run.metrics["accuracy"]}
 
 
-def _current_run(workspace: DatasetWorkspace, config: TrainConfig) -> RunRecord | None:
+def _current_run(
+    workspace: DatasetWorkspace, config: TrainConfig, among: Sequence[RunRecord] | None = None
+) -> RunRecord | None:
     """:func:`vpipe.train.current_run`, with a split the options cannot make (no validation
     videos) reported as the stage not being ready, like missing inputs, not as a crash."""
     try:
-        return current_run(workspace, config)
+        return current_run(workspace, config, among)
     except ConfigError as error:
         raise StageError(str(error)) from error
 
@@ -173,16 +173,24 @@ class ReportStage(WholeDatasetStage):
     def settings(self) -> dict[str, Any]:
         return {"tsne": self.tsne}
 
-    def _runs(self) -> list[str]:
-        found = [_current_run(self.workspace, stage.config) for stage in self.trains]
-        if any(run is None for run in found):
-            raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {self.workspace.dataset}`")
-        return [run.run_id for run in found]
+    def _runs(self, finished: Sequence[RunRecord]) -> list[RunRecord]:
+        """The main job's runs among the ``finished`` ones; not ready while one is missing."""
+        found = []
+        for stage in self.trains:
+            run = _current_run(self.workspace, stage.config, finished)
+            if run is None:
+                raise StageError(f"no finished training run to evaluate: run `vpipe train --dataset {self.workspace.dataset}`")
+            found.append(run)
+        return found
+
+    def _fingerprint(self, finished: Sequence[RunRecord]) -> str:
+        """Of every finished run, since the report shows them all, not only the main job's."""
+        return fingerprint(REPORT_VERSION, self.tsne, [(run.run_id, run.config.fingerprint) for run in finished])
 
     def item_fingerprint(self) -> str:
-        self._runs()
-        stamps = [(run_id, load_run(self.workspace, run_id).config.fingerprint) for run_id in completed_runs(self.workspace)]
-        return fingerprint(REPORT_VERSION, self.tsne, stamps)
+        finished = finished_runs(self.workspace.runs_dir)
+        self._runs(finished)
+        return self._fingerprint(finished)
 
     def is_current(self) -> bool:
         if not self.artifact.exists() or not self._stamp.exists():
@@ -190,20 +198,24 @@ class ReportStage(WholeDatasetStage):
         return json.loads(self._stamp.read_text()).get("fingerprint") == self.item_fingerprint()
 
     def work(self) -> dict[str, Any]:
+        """Each finished run is read once here and its record handed to evaluation and the report."""
         from vpipe.report import build_report
         from vpipe.train import evaluate
 
-        run_ids = self._runs()
-        for run_id in run_ids:
-            evaluate(self.workspace, run_id)
-        report = build_report(self.workspace, tsne=self.tsne)
-        atomic_write_text(self._stamp, json.dumps({"fingerprint": self.item_fingerprint(), "runs": run_ids}))
-        return {"runs": run_ids, "accuracy": self._accuracies(run_ids), **report}
+        finished = finished_runs(self.workspace.runs_dir)
+        main = self._runs(finished)
+        for run in main:
+            evaluate(self.workspace, run)
+        report = build_report(self.workspace, finished, tsne=self.tsne)
+        run_ids = [run.run_id for run in main]
+        atomic_write_text(self._stamp, json.dumps({"fingerprint": self._fingerprint(finished), "runs": run_ids}))
+        return {"runs": run_ids, "accuracy": _accuracies(main), **report}
 
     def describe(self) -> dict[str, Any]:
-        run_ids = self._runs()
+        main = self._runs(finished_runs(self.workspace.runs_dir))
         report = {"report": str(self.artifact), "table": self.artifact.read_text(), "plots": {}} if self.artifact.exists() else {}
-        return {"runs": run_ids, "accuracy": self._accuracies(run_ids), **report}
+        return {"runs": [run.run_id for run in main], "accuracy": _accuracies(main), **report}
 
-    def _accuracies(self, run_ids: list[str]) -> dict[str, float]:
-        return {run_id: load_run(self.workspace, run_id).metrics["accuracy"] for run_id in run_ids}
+
+def _accuracies(runs: Sequence[RunRecord]) -> dict[str, float]:
+    return {run.run_id: run.metrics["accuracy"] for run in runs}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -64,19 +64,18 @@ class LoadedRun:
         self.reader.close()
 
 
-def load(ws: DatasetWorkspace, run: str | runs.RunRecord, *, device: str = "auto") -> LoadedRun:
-    """Rebuild a run's model from its config and load its best checkpoint.
+def load(ws: DatasetWorkspace, run: runs.RunRecord, *, device: str = "auto") -> LoadedRun:
+    """Rebuild a run's model from its record and load its best checkpoint.
 
-    ``run`` is a run id, or the run's record when the caller has read it already. Features
-    re-extracted since the run was trained are only a warning while their entries keep the
-    run's shapes; with other shapes (a backbone version that changed its layout) the run
+    Features re-extracted since the run was trained are only a warning while their entries
+    keep the run's shapes; with other shapes (a backbone version that changed its layout) the run
     cannot read them, which is one line asking to retrain it.
     """
-    if isinstance(run, str):
-        run = runs.load_run(ws, run)
     run_id = run.run_id
     if run.config.inputs is None:
         raise StageError(f"run {run_id!r} lists no inputs in its config; it was trained by an older vpipe: retrain it")
+    if not run.checkpoint.is_file():
+        raise StageError(f"run {run_id!r} finished but its checkpoint {run.checkpoint} is gone: `vpipe verify` lists such runs")
     config = TrainConfig.from_dict(run.config.train)
     specs = [HeadInput(spec["role"], tuple(spec["features"]), spec["layer"], spec["layout"]) for spec in run.config.inputs]
     reader = InputReader(ws, specs)
@@ -101,14 +100,15 @@ def load(ws: DatasetWorkspace, run: str | runs.RunRecord, *, device: str = "auto
     return LoadedRun(run, config, model.to(target).eval(), reader, target, amp_dtype(target, config.amp))
 
 
-def evaluate(ws: DatasetWorkspace, run_id: str, *, device: str = "auto") -> dict[str, Any]:
-    """Re-score run ``run_id`` on its test split; write and return the metrics.
+def evaluate(ws: DatasetWorkspace, run: str | runs.RunRecord, *, device: str = "auto") -> dict[str, Any]:
+    """Re-score a run (its id, or its record when read already) on its test split; write and
+    return the metrics.
 
     The result is written to ``evaluation.json`` next to the run's ``metrics.json``, which
     stays the record of training; the two agree on every key except
     :data:`vpipe.train.metrics.TIMING_KEYS`.
     """
-    loaded = load(ws, run_id, device=device)
+    loaded = load(ws, runs.load_run(ws, run) if isinstance(run, str) else run, device=device)
     try:
         metrics = test_metrics(loaded.model, loaded.test_loader(), loaded.device, loaded.dtype, loaded.class_names)
     finally:
@@ -119,12 +119,47 @@ def evaluate(ws: DatasetWorkspace, run_id: str, *, device: str = "auto") -> dict
 
 def embed_videos(ws: DatasetWorkspace, run_id: str, video_ids: Sequence[str], *, device: str = "auto") -> np.ndarray:
     """The run's pre-classifier embeddings of view 0 of ``video_ids``: ``(n, num_features)`` float32."""
-    loaded = load(ws, run_id, device=device)
+    loaded = load(ws, runs.load_run(ws, run_id), device=device)
     try:
         scores = predict(loaded.model, loaded.loader(video_ids), loaded.device, loaded.dtype, embeddings=True)
     finally:
         loaded.close()
     return scores.embeddings.astype(np.float32)
+
+
+class BeforeAndAfter(NamedTuple):
+    """Test videos' features before and after the head aggregates them (the report's t-SNE)."""
+
+    #: ``(videos, channels)``: the run's first input, averaged over every axis but the channels.
+    raw: np.ndarray
+    #: ``(videos, num_features)``: the head's pre-classifier embedding.
+    embedded: np.ndarray
+    labels: np.ndarray
+    #: The run's seed, which chose the videos and seeds whatever projects them.
+    seed: int
+
+
+def before_and_after(ws: DatasetWorkspace, run: runs.RunRecord, *, max_videos: int, device: str = "auto") -> BeforeAndAfter:
+    """Up to ``max_videos`` test videos of a run (a seeded random subset of more), embedded.
+
+    The raw input is averaged over its entries and every axis but the channels, so grids
+    and stage maps come out as one vector per video, comparable across heads.
+    """
+    loaded = load(ws, run, device=device)
+    try:
+        videos = loaded.run.config.test_videos
+        if len(videos) > max_videos:
+            rng = np.random.default_rng(loaded.config.seed)
+            videos = [videos[i] for i in sorted(rng.choice(len(videos), max_videos, replace=False))]
+        scores = predict(loaded.model, loaded.loader(videos, loaded.labels), loaded.device, loaded.dtype, embeddings=True)
+        role = loaded.reader.inputs[0].role
+        raw = []
+        for video in videos:
+            entries = loaded.reader.read(video, 0)[role].astype(np.float32)
+            raw.append(entries.reshape(len(entries), entries.shape[1] if entries.ndim > 1 else 1, -1).mean(axis=(0, 2)))
+    finally:
+        loaded.close()
+    return BeforeAndAfter(np.stack(raw), scores.embeddings, scores.labels, loaded.config.seed)
 
 
 def embed_clip_arrays(
@@ -136,7 +171,7 @@ def embed_clip_arrays(
     :meth:`FeatureSet.clips` returns for view 0; this is how a video outside the dataset
     is embedded after extracting it with the run's feature configuration.
     """
-    loaded = load(ws, run_id, device=device)
+    loaded = load(ws, runs.load_run(ws, run_id), device=device)
     try:
         assembled = {}
         for spec in loaded.reader.inputs:

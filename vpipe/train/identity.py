@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -154,6 +154,9 @@ def _splits(
     return assign_splits(ws, {index.directory.name: index.view0_ids for index in indexes}, val_fraction, seed)
 
 
-def current_run(ws: DatasetWorkspace, config: TrainConfig) -> RunRecord | None:
-    """The completed run ``train(ws, config, reuse=True)`` would return, or None if it would train."""
-    return runs.find_by_fingerprint(ws, status_fingerprint(ws, config))
+def current_run(ws: DatasetWorkspace, config: TrainConfig, among: Sequence[RunRecord] | None = None) -> RunRecord | None:
+    """The completed run ``train(ws, config, reuse=True)`` would return, or None if it would train.
+
+    ``among``: the finished runs, when the caller has read them (:func:`runs.finished_runs`).
+    """
+    return runs.find_by_fingerprint(ws, status_fingerprint(ws, config), among)

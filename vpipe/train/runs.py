@@ -17,12 +17,14 @@ history, for whoever wants to know what happened to it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vpipe.artifacts import atomic_write_text
 # The run's file names live with its record; re-exported, as the trainer writes by them.
 from vpipe.artifacts.run_record import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, RunRecord  # noqa: F401
+from vpipe.artifacts.run_record import finished_runs
 from vpipe.errors import ConfigError, StageError
 from vpipe.pipeline.workspace import DatasetWorkspace
 
@@ -71,11 +73,7 @@ def read_json(path: Path) -> Any:
 
 def completed_runs(ws: DatasetWorkspace) -> list[str]:
     """Ids of runs that finished (have ``metrics.json``), oldest first."""
-    root = ws.runs_dir
-    if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if (p / METRICS_FILE).is_file() and (p / CONFIG_FILE).is_file()]
-    return [p.name for p in sorted(done, key=lambda p: (read_json(p / CONFIG_FILE).get("created", ""), p.name))]
+    return [run.run_id for run in finished_runs(ws.runs_dir)]
 
 
 def load_run(ws: DatasetWorkspace, run_id: str) -> RunRecord:
@@ -96,10 +94,15 @@ def load_run(ws: DatasetWorkspace, run_id: str) -> RunRecord:
     return RunRecord.from_directory(directory)
 
 
-def find_by_fingerprint(ws: DatasetWorkspace, fingerprint: str) -> RunRecord | None:
-    """The newest completed run trained from exactly these inputs and options, if any."""
-    for run_id in reversed(completed_runs(ws)):
-        run = load_run(ws, run_id)
+def find_by_fingerprint(
+    ws: DatasetWorkspace, fingerprint: str, among: Sequence[RunRecord] | None = None
+) -> RunRecord | None:
+    """The newest completed run trained from exactly these inputs and options, if any.
+
+    ``among`` are the finished runs when the caller has read them already
+    (:func:`~vpipe.artifacts.run_record.finished_runs`), so asking for several fingerprints reads each run once.
+    """
+    for run in reversed(finished_runs(ws.runs_dir) if among is None else among):
         if run.config.fingerprint == fingerprint:
             return run
     return None
