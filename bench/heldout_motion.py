@@ -6,11 +6,29 @@ This benchmark renders more videos of the same generator (``render_video``, othe
 seeds) for the 11 classes whose only difference is motion or temporal order (direction:
 4, rhythm: 3, order: 4), at half resolution (about 56-80 × 42-60 pixels) and 24 frames
 so that the flow fits the time of a benchmark, then runs the pipeline's own chain in
-process: TV-L1 (a coarse setting, stated in the JSON), the flow cache's uint8 coding,
-``hoghofmbh`` ``pool`` steps of the li3d plan's two 16-frame clips (28 steps of 504
-values per video). Videos ``k < --train`` of each class are fit, the last 12 are test.
-``--cache`` keeps the rendered frames and flow codes, so a changed descriptor is
-measured again on the same videos in seconds.
+process: TV-L1 (``--flow coarse``, the default: 3 scales, 2 warps, 2 x 10 iterations;
+or ``--flow stage``, the flow stage's own parameters, OpenCV's defaults, 4.3 times the
+CPU time: 0.64 against 0.15 s of one core for a 60 x 45 video), the flow cache's uint8 coding, ``hoghofmbh`` ``pool``
+steps of the li3d plan's two 16-frame clips (28 steps per video). Videos ``k < --train``
+of each class are fit, the last 12 are test. ``--cache`` keeps the rendered frames and
+the flow codes of each setting, so a changed descriptor is measured again on the same
+videos in seconds.
+
+Why the coarse flow stays the default: it underestimates fast motion (the 99th
+percentile of a rhythm video's camera-compensated flow speed has a median of 2.2, 2.7
+and 3.4 px/frame for ``BounceSlow``, ``BounceMedium`` and ``BounceFast``, 2.5, 3.5 and
+4.6 with the stage's flow), but the stage's flow did not raise the accuracy (BiLSTM on
+4 validation folds of the fit videos, 2 seeds: 74.4 % against 76.5 %), so the faster
+setting keeps the figures comparable with the earlier ones at a quarter of the time.
+
+No figure is selected on the test videos: the epoch count is fixed, and the candidate
+changes measured with this benchmark (descriptor blocks, the flow setting, training
+settings) were compared on validation folds of the fit videos (``--folds``, scored on
+every fit video once) before the test split was run. The JSON gives each row's test top-1
+with its binomial standard error over the scored videos (``split_se``, about 3.7 points
+at 77 % on the 132 test videos): the seeds' spread leaves out which videos happen to be
+in the test split, and a difference between rows, or against the goal, smaller than that
+is not resolved by this set.
 
 Heads: :class:`vpipe.models.heads.bilstm.BiLSTMSoftAggHead` with ``temporal`` none,
 lstm and bilstm and ``aggregation=avg`` (the order-less row and two ordered rows), the
@@ -51,8 +69,10 @@ from vpipe.video.sampling import li3d_clips
 
 CLASSES = (*FAMILIES["direction"], *FAMILIES["rhythm"], *FAMILIES["order"])
 FRAMES, TEST = 24, 12
-#: TV-L1 coarse enough for 440 videos in minutes on one core (the descriptor bench's setting).
-TVL1 = {"nscales": 3, "warps": 2, "outer_iterations": 2, "inner_iterations": 10}
+#: TV-L1 settings: ``coarse``, fast enough for 440 videos in minutes on one core (the
+#: descriptor bench's setting), and ``stage``, what ``vpipe flow`` computes (OpenCV's
+#: defaults, the flow the main job's descriptors read); see the module docstring.
+TVL1 = {"coarse": {"nscales": 3, "warps": 2, "outer_iterations": 2, "inner_iterations": 10}, "stage": {}}
 SEED = 7
 #: The main job's quick settings: constant lr, no gradient clipping, batch 16, 40 epochs.
 QUICK = {"lr": 3e-3, "max_epochs": 40, "schedule": "constant", "batch_size": 16, "warmup_epochs": 0.0, "grad_clip": 0.0}
@@ -66,13 +86,17 @@ def declared_training() -> dict[str, object]:
             "warmup_epochs": config.warmup_epochs, "grad_clip": config.grad_clip}
 
 
-def render(class_name: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Half-resolution frames (T, h, w, 3) and their uint8 flow codes (T - 1, h, w, 2) of one video."""
+def render(class_name: str, k: int) -> np.ndarray:
+    """Half-resolution frames (T, h, w, 3) of one video."""
     frames = torch.from_numpy(render_video(class_name, video_seed(SEED, f"{class_name}_{k:03d}"), num_frames=FRAMES))
     half = torch.nn.functional.avg_pool2d(frames.permute(0, 3, 1, 2).float(), 2)
-    x = half.round().clamp(0, 255).byte().permute(0, 2, 3, 1).contiguous()
-    codes = quantize_flow(tvl1(x[:-1], x[1:], **TVL1)).numpy().transpose(0, 2, 3, 1)
-    return x.numpy(), np.ascontiguousarray(codes)
+    return half.round().clamp(0, 255).byte().permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def flow_codes(rgb: np.ndarray, flow: str) -> np.ndarray:
+    """The uint8 flow codes (T - 1, h, w, 2) of frames (T, h, w, 3) with the ``flow`` TV-L1 setting."""
+    x = torch.from_numpy(rgb)
+    return np.ascontiguousarray(quantize_flow(tvl1(x[:-1], x[1:], **TVL1[flow])).numpy().transpose(0, 2, 3, 1))
 
 
 def video_steps(rgb: np.ndarray, codes: np.ndarray, model: torch.nn.Module) -> np.ndarray:
@@ -84,26 +108,34 @@ def video_steps(rgb: np.ndarray, codes: np.ndarray, model: torch.nn.Module) -> n
     return np.concatenate(steps)
 
 
-def rendered(per_class: int, cache: Path | None) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray, float]:
-    """Frames and flow codes of every video, labels, per-class index k, and the seconds it took (0 from the cache).
+def rendered(per_class: int, flow: str, cache: Path | None) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray, float]:
+    """Frames and ``flow`` codes of every video, labels, per-class index k, and the seconds it took (0 from the cache).
 
-    The cache keeps the frames and flow, the expensive part (minutes per core), not the
-    descriptors, so a changed descriptor is measured on the same videos without rendering again.
+    The cache keeps the frames and the flow of each TV-L1 setting computed so far
+    (``flow_<setting>_<i>``; a cache from before the choice holds ``coarse`` flow as
+    ``flow_<i>``), the expensive part (minutes per core), not the descriptors, so a changed
+    descriptor is measured on the same videos without rendering again, and both settings
+    read the same pixels.
     """
-    if cache is not None and cache.is_file():
-        saved = np.load(cache)
-        if len(saved["y"]) == per_class * len(CLASSES):
-            videos = [(saved[f"rgb_{i}"], saved[f"flow_{i}"]) for i in range(len(saved["y"]))]
-            return videos, saved["y"], saved["k"], 0.0
+    count = per_class * len(CLASSES)
+    saved = dict(np.load(cache)) if cache is not None and cache.is_file() else {}
+    if len(saved.get("y", ())) != count:
+        saved = {}
+    legacy = {f"flow_coarse_{i}": saved.pop(f"flow_{i}") for i in range(count) if f"flow_{i}" in saved}
+    saved |= legacy
     start = time.perf_counter()
-    keys = [(label, k) for label in range(len(CLASSES)) for k in range(per_class)]
-    videos = [render(CLASSES[label], k) for label, k in keys]
+    if not saved:
+        keys = [(label, k) for label in range(len(CLASSES)) for k in range(per_class)]
+        saved = {"y": np.array([key[0] for key in keys]), "k": np.array([key[1] for key in keys])}
+        saved |= {f"rgb_{i}": render(CLASSES[label], k) for i, (label, k) in enumerate(keys)}
+    fresh = f"flow_{flow}_0" not in saved
+    if fresh:
+        saved |= {f"flow_{flow}_{i}": flow_codes(saved[f"rgb_{i}"], flow) for i in range(count)}
     seconds = time.perf_counter() - start
-    y, k = np.array([key[0] for key in keys]), np.array([key[1] for key in keys])
-    if cache is not None:
-        arrays = {f"rgb_{i}": v[0] for i, v in enumerate(videos)} | {f"flow_{i}": v[1] for i, v in enumerate(videos)}
-        np.savez(cache, y=y, k=k, **arrays)
-    return videos, y, k, seconds
+    if cache is not None and (fresh or legacy):
+        np.savez(cache, **saved)
+    videos = [(saved[f"rgb_{i}"], saved[f"flow_{flow}_{i}"]) for i in range(count)]
+    return videos, saved["y"], saved["k"], seconds
 
 
 def histogram_columns(width: int) -> tuple[tuple[int, int], ...]:
@@ -174,27 +206,39 @@ def main() -> None:
                         help="the head's rule (one scale for declared histogram columns), per dimension, or one scale")
     parser.add_argument("--training", choices=("quick", "declared"), default="quick",
                         help="the main job's quick settings, or the head's declared defaults (what vpipe train uses)")
+    parser.add_argument("--flow", choices=tuple(TVL1), default="coarse",
+                        help="TV-L1 setting: the flow stage's (what the pipeline computes) or the coarse, faster one")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="score on this many validation folds of the fit videos (fold k %% folds) instead of the test videos")
     parser.add_argument("--cache", type=Path, default=None,
                         help="npz of the rendered set's frames and flow codes, reused when present")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    videos, y, k, seconds = rendered(args.per_class, args.cache)
+    videos, y, k, seconds = rendered(args.per_class, args.flow, args.cache)
     model = backbone("hoghofmbh")
     x = np.stack([video_steps(rgb, codes, model) for rgb, codes in videos])
     fit = np.flatnonzero(k < min(args.train, args.per_class - TEST))
     test = np.flatnonzero(k >= args.per_class - TEST)
+    if args.folds:
+        splits = [(fit[k[fit] % args.folds != f], fit[k[fit] % args.folds == f]) for f in range(args.folds)]
+    else:
+        splits = [(fit, test)]
+    scored = np.concatenate([part for _, part in splits])
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
     training = QUICK if args.training == "quick" else declared_training()
     rows = {}
     for temporal in ("none", "lstm", "bilstm"):
-        per_seed = [
-            scores(y[test], train_and_test(temporal, xt, yt, fit, test, seed, args.standardise, training)) for seed in args.seeds
-        ]
+        per_seed = []
+        for seed in args.seeds:
+            predicted = [train_and_test(temporal, xt, yt, a, b, seed, args.standardise, training) for a, b in splits]
+            per_seed.append(scores(y[scored], np.concatenate(predicted)))
+        mean = {key: float(np.mean([r[key] for r in per_seed])) for key in per_seed[0]}
         rows[f"{temporal} + avg"] = {
             "per_seed": per_seed,
-            "mean": {key: float(np.mean([r[key] for r in per_seed])) for key in per_seed[0]},
+            "mean": mean,
             "std": {key: float(np.std([r[key] for r in per_seed], ddof=1)) for key in per_seed[0]},
+            "split_se": 100 * float(np.sqrt(mean["top1"] / 100 * (1 - mean["top1"] / 100) / len(scored))),
         }
         mean = rows[f"{temporal} + avg"]["mean"]
         print(f"{temporal:>6} + avg: top-1 {mean['top1']:.1f} %, direction {mean['direction']:.0f}, rhythm "
@@ -203,13 +247,15 @@ def main() -> None:
         "benchmark": "heldout_motion",
         "classes": list(CLASSES),
         "videos": {"fit": len(fit), "test": len(test), "per_class_fit": len(fit) // len(CLASSES)},
-        "render": {"frames": FRAMES, "scale": 0.5, "seed": SEED, "tvl1": TVL1, "seconds": seconds},
+        "scored": f"{args.folds} validation folds of the fit videos" if args.folds else "test videos",
+        "render": {"frames": FRAMES, "scale": 0.5, "seed": SEED, "flow": args.flow, "tvl1": TVL1[args.flow],
+                   "seconds": seconds},
         "standardise": args.standardise,
         "training": {"name": args.training, **training},
         "chance": 100 / len(CLASSES),
         "goal_top1": 80.0,
         "rows": rows,
-        "meets_goal": max(r["mean"]["top1"] for name, r in rows.items() if not name.startswith("none")) >= 80.0,
+        "meets_goal": None if args.folds else max(r["mean"]["top1"] for n, r in rows.items() if n != "none + avg") >= 80.0,
         "machine": {"cpu": cpu_model(), "load_average": load_average(), "torch_threads": 1},
     }
     emit_result(result, args.out)
