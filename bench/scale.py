@@ -289,9 +289,9 @@ def _timed_training_passes() -> list[dict[str, float]]:
     passes: list[dict[str, float]] = []
     original = trainer._Step.epoch
 
-    def epoch(self, batches):  # type: ignore[no-untyped-def]
+    def epoch(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         cpu, wall = time.process_time(), time.perf_counter()
-        out = original(self, batches)
+        out = original(self, *args, **kwargs)
         passes.append({"cpu_seconds": round(time.process_time() - cpu, 2), "wall_seconds": round(time.perf_counter() - wall, 2)})
         return out
 
@@ -369,6 +369,7 @@ def train_point(root: Path, dataset: str, epochs: int, options: dict[str, Any]) 
     import torch
 
     from vpipe.train import TrainConfig, train
+    from vpipe.train.config import DEFAULT_MEMORY_BUDGET
 
     torch.set_num_threads(options.get("threads") or os.cpu_count() or 1)
     ws = DatasetWorkspace(root, dataset)
@@ -384,8 +385,10 @@ def train_point(root: Path, dataset: str, epochs: int, options: dict[str, Any]) 
     scoring = _timed_scoring_passes()
     held = _held_inputs()
     started = time.perf_counter()
-    result = train(ws, config, run_id=run_id)
+    budget = round(options["memory_budget"] * 1024**3) if options.get("memory_budget") else DEFAULT_MEMORY_BUDGET
+    result = train(ws, config, run_id=run_id, memory_budget=budget)
     wall = time.perf_counter() - started
+    environment = json.loads((result.directory / "config.json").read_text())["environment"]
     seconds = result.history["seconds"].astype(float).tolist()
     return {
         "stage": "train",
@@ -393,6 +396,8 @@ def train_point(root: Path, dataset: str, epochs: int, options: dict[str, Any]) 
         "epochs": epochs,
         "head": config.head,
         "batch_size": config.batch_size,
+        "micro_batch": environment["micro_batch"],
+        "memory_budget_bytes": budget,
         "threads": torch.get_num_threads(),
         "load_average": load_average(),
         "reference": reference,
@@ -575,6 +580,17 @@ def streaming(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def budgets(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each train point's peak RSS against the memory budget its micro-batch was sized for."""
+    return [
+        {"head": p["head"], "videos": p["videos"], "batch_size": p["batch_size"],
+         "micro_batch": p["micro_batch"]["size"], "memory_budget_bytes": p["memory_budget_bytes"],
+         "peak_rss_bytes": p["peak_rss_bytes"], "within_budget": p["peak_rss_bytes"] <= p["memory_budget_bytes"]}
+        for p in points
+        if p.get("stage") == "train" and "memory_budget_bytes" in p
+    ]  # fmt: skip
+
+
 def goals(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each UCF101-sized train point against one epoch ≤ 60 s and peak RSS ≤ 3 GB.
 
@@ -619,6 +635,10 @@ def main() -> None:
         "--batch-size", nargs="+", default=[], metavar="HEAD=N",
         help="a head's batch size instead of the trainer's default, where a default batch outgrows memory",
     )  # fmt: skip
+    parser.add_argument(
+        "--memory-budget", type=float, default=None, metavar="GIB",
+        help="the trainer's memory budget, which sizes its micro-batches (default: the trainer's)",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
     args = parser.parse_args()
     batch_sizes = {head: int(n) for head, n in (pair.split("=") for pair in args.batch_size)}
@@ -629,6 +649,8 @@ def main() -> None:
     }
     if args.threads:
         options["threads"] = args.threads
+    if args.memory_budget:
+        options["memory_budget"] = args.memory_budget
     from vpipe.train import TrainConfig
 
     default_head = TrainConfig.head
@@ -660,10 +682,10 @@ def main() -> None:
         result = {
             "machine": machine, "points": points, "scaling": scaling(points), "goals": goals(points),
             "extrapolated": extrapolated(points), "against_default_head": against_default_head(points, default_head),
-            "streaming": streaming(points),
+            "streaming": streaming(points), "budgets": budgets(points),
         }  # fmt: skip
         args.output.write_text(json.dumps(result, indent=2))
-    summary = ("scaling", "goals", "extrapolated", "against_default_head", "streaming")
+    summary = ("scaling", "goals", "extrapolated", "against_default_head", "streaming", "budgets")
     print(json.dumps({key: result[key] for key in summary}, indent=2))
 
 

@@ -115,9 +115,12 @@ class HeadSpec:
     Subclasses set ``name``, ``summary`` (one line for ``vpipe heads``), ``options``,
     ``example_shapes`` (the paper's input size per role, for parameter counts),
     ``training`` (the optimiser settings a run uses unless the command line overrides
-    them), ``streams`` (how many feature sets the head reads natively) and ``version``
+    them), ``streams`` (how many feature sets the head reads natively), ``version``
     (bumped whenever the head's code changes what the same options and data train into;
-    it enters the run fingerprint), and override the class methods below as needed.
+    it enters the run fingerprint) and ``batch_coupled`` (True when training couples
+    the videos of a batch, as BatchNorm over the batch or a loss that is not a mean of
+    per-video terms does: the trainer then never cuts its batches into micro-batches,
+    :mod:`vpipe.train.memory`), and override the class methods below as needed.
     """
 
     name: ClassVar[str] = ""
@@ -127,6 +130,7 @@ class HeadSpec:
     streams: ClassVar[int] = 1
     training: ClassVar[TrainingDefaults] = TrainingDefaults()
     version: ClassVar[int] = 1
+    batch_coupled: ClassVar[bool] = False
 
     @classmethod
     def input_spec(cls, features: tuple[str, ...], options: dict[str, Any]) -> list[HeadInput]:

@@ -12,7 +12,7 @@ from vpipe import catalog
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
 from vpipe.cli.options import Device, Json, Seed, err, option_group, parse_key_values, show
-from vpipe.train.config import FUSIONS, SCHEDULES, TrainConfig
+from vpipe.train.config import DEFAULT_MEMORY_BUDGET, FUSIONS, SCHEDULES, TrainConfig
 
 # The dataclass's defaults, read without building one (that would import the heads, and
 # torch with them, before ``--help`` prints).
@@ -72,6 +72,20 @@ RunId = Annotated[
 Threads = Annotated[
     Optional[int],
     typer.Option("--threads", min=1, help="torch CPU threads; 1 suits small heads on busy cores.", show_default="torch's"),
+]
+
+MemoryBudget = Annotated[
+    float,
+    typer.Option(
+        "--memory-budget",
+        min=0.01,
+        help="GiB the training process may take; sets how many videos of a batch run at once "
+        "(gradients accumulate, one optimiser step per batch).",
+    ),
+]
+MicroBatch = Annotated[
+    Optional[int],
+    typer.Option("--micro-batch", min=1, help="Videos run at once, instead of the budget's choice.", show_default="the budget's"),
 ]
 
 
@@ -154,17 +168,29 @@ def train(
     config: TrainConfig,
     run_id: RunId = None,
     threads: Threads = None,
+    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET / 1024**3,
+    micro_batch: MicroBatch = None,
     context: CommandContext,
 ) -> None:
     """Train a head on cached features: writes runs/<run_id>/ (config, checkpoint, history, test metrics).
 
     Two feature sets with a one-stream head make a two-stream run (--fusion late or early).
+    Heads with large per-frame maps run each batch in micro-batches that fit --memory-budget;
+    the run is the same training (its id and fingerprint do not change).
 
     Example: vpipe train --dataset ucf101 --features li3d-rgb --features li3d-flow --head bilstm-softagg -O clusters=128
     """
     from vpipe.train import train as train_run
 
-    result = train_run(context.workspace, config, run_id=run_id, progress=True, threads=threads)
+    result = train_run(
+        context.workspace,
+        config,
+        run_id=run_id,
+        progress=True,
+        threads=threads,
+        memory_budget=round(memory_budget * 1024**3),
+        micro_batch=micro_batch,
+    )
     context.show(result.to_dict(), _print_training)
 
 

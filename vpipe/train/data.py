@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from vpipe.artifacts import Closing
 from vpipe.errors import ConfigError, StageError
@@ -241,6 +241,35 @@ def make_splits(ws: DatasetWorkspace, reader: InputReader, val_fraction: float, 
     return assign_splits(ws, view0, val_fraction, seed)
 
 
+class MicroBatches(Sampler[list[int]]):
+    """The batches of ``sampler``'s order cut into micro-batches of at most ``size`` items.
+
+    Batches are what :class:`~torch.utils.data.BatchSampler` makes of the order (the
+    last one short); each is yielded as consecutive micro-batches, the last one short,
+    and never joined to the next batch. :attr:`step_sizes` lists the batches' sizes, so
+    a consumer knows where each batch ends. The order is the sampler's whatever ``size``
+    is: a shuffled epoch sees the same videos in the same batches.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, size: int) -> None:
+        self.batches = BatchSampler(sampler, batch_size, drop_last=False)
+        self.size = size
+
+    @property
+    def step_sizes(self) -> list[int]:
+        items = len(self.batches.sampler)
+        full, rest = divmod(items, self.batches.batch_size)
+        return [self.batches.batch_size] * full + ([rest] if rest else [])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            for start in range(0, len(batch), self.size):
+                yield batch[start : start + self.size]
+
+    def __len__(self) -> int:
+        return sum(-(-n // self.size) for n in self.step_sizes)
+
+
 def loader(
     reader: InputReader,
     video_ids: list[str],
@@ -249,8 +278,14 @@ def loader(
     batch_size: int,
     train: bool,
     seed: int = 0,
+    micro_batch: int | None = None,
 ) -> DataLoader:
     """Padded :class:`HeadBatch` es; shuffled and every view when ``train``.
+
+    With ``micro_batch``, each batch of ``batch_size`` comes as micro-batches of at most
+    that many items (:class:`MicroBatches`, ``loader.batch_sampler.step_sizes`` says
+    where batches end); each is padded to its own longest video. Only a micro-batch of
+    inputs is ever built, which is what bounds a step's memory for heads with large maps.
 
     Batches are read in the main process, through the reader's cache: cached inputs
     are small next to model work, and worker processes would each hold a cache copy.
@@ -258,15 +293,22 @@ def loader(
     first = next(iter(reader.sets.values()))
     items = [(vid, view) for vid in video_ids for view in (first.views(vid) if train else [0])]
     reader.check_alignment(video_ids, all_views=train)
+    dataset = HeadDataset(reader, items, labels)
     generator = torch.Generator().manual_seed(seed) if train else None
+    sampler = RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
     return DataLoader(
-        HeadDataset(reader, items, labels),
-        batch_size=batch_size,
-        shuffle=train,
-        generator=generator,
+        dataset,
+        batch_sampler=MicroBatches(sampler, batch_size, micro_batch or batch_size),
         collate_fn=collate_heads,
         num_workers=0,
     )
+
+
+def longest_item(reader: InputReader, video_ids: Sequence[str], *, all_views: bool) -> tuple[str, int]:
+    """The (video, view) with the most clips: the one a micro-batch's memory is sized for."""
+    first = next(iter(reader.sets.values()))
+    items = [(vid, view) for vid in video_ids for view in (first.views(vid) if all_views else [0])]
+    return max(items, key=lambda item: first.clip_count(*item))
 
 
 def batches_of(arrays: dict[str, np.ndarray]) -> Iterator[HeadBatch]:

@@ -53,8 +53,11 @@ class LoadedRun:
         return self.run.config.labels
 
     def loader(self, video_ids: Sequence[str], labels: dict[str, int] | None = None) -> DataLoader:
-        """View 0 of ``video_ids`` in the run's batch size (labels -1 when not given)."""
-        return loader(self.reader, list(video_ids), labels, batch_size=self.config.batch_size, train=False)
+        """View 0 of ``video_ids`` in the batches training scored in (labels -1 when not given)."""
+        cut = self.run.config.environment.get("micro_batch") or {}
+        return loader(
+            self.reader, list(video_ids), labels, batch_size=self.config.batch_size, train=False, micro_batch=cut.get("size")
+        )
 
     def test_loader(self) -> DataLoader:
         """The test videos, view 0, in the batches training scored them in."""

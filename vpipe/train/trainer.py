@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,20 @@ from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, PrepareData
 from vpipe.pipeline.progress import progress
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.train import runs
-from vpipe.train.config import TrainConfig
-from vpipe.train.data import DEFAULT_CACHE_BYTES, InputReader, Splits, features_record, loader, make_splits
+from vpipe.train.config import DEFAULT_MEMORY_BUDGET, TrainConfig
+from vpipe.train.data import (
+    DEFAULT_CACHE_BYTES,
+    HeadDataset,
+    InputReader,
+    Splits,
+    collate_heads,
+    features_record,
+    loader,
+    longest_item,
+    make_splits,
+)
 from vpipe.train.identity import file_identity, require_test_videos, run_files, run_fingerprint, run_inputs
+from vpipe.train.memory import MicroBatch, plan_micro_batch
 from vpipe.train.model import build_model
 from vpipe.train.scoring import Scores, amp_dtype, predict, seed_everything, test_metrics, torch_threads
 
@@ -134,26 +145,40 @@ class _Step:
     device: torch.device
     dtype: torch.dtype | None
 
-    def epoch(self, batches: DataLoader) -> tuple[float, float]:
-        """Train on every batch once; return the mean loss and accuracy (dropout active)."""
+    def epoch(self, batches: DataLoader, on_step: Callable[[int, int], None] | None = None) -> tuple[float, float]:
+        """Train on every batch once; return the mean loss and accuracy (dropout active).
+
+        ``batches`` may come as micro-batches (:class:`vpipe.train.data.MicroBatches`):
+        their gradients accumulate, each loss weighted by its share of the batch, so
+        the one optimiser step per batch follows the batch's mean loss, as if the batch
+        had run whole. ``on_step(done, total)`` is called after each optimiser step.
+        """
         self.model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for batch in batches:
-            batch = batch.to(self.device)
-            y = batch.labels
-            with autocast(self.device, self.dtype):
-                loss, logits = self.model.training_loss(batch)
+        parts = iter(batches)
+        step_sizes = batches.batch_sampler.step_sizes
+        for step, size in enumerate(step_sizes, 1):
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            done = 0
+            while done < size:
+                batch = next(parts).to(self.device)
+                y = batch.labels
+                with autocast(self.device, self.dtype):
+                    loss, logits = self.model.training_loss(batch)
+                share = loss if len(y) == size else loss * (len(y) / size)
+                self.scaler.scale(share).backward()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                done += len(y)
             if self.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 clip_gradients(self.model.parameters(), self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            if on_step is not None:
+                on_step(step, len(step_sizes))
         return loss_sum / seen, correct / seen
 
 
@@ -246,6 +271,8 @@ def train(
     progress: bool = False,
     threads: int | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    micro_batch: int | None = None,
 ) -> RunResult:
     """Train ``config.head`` on ``config.features`` of ``ws`` and write ``runs/<run_id>/``.
 
@@ -254,6 +281,9 @@ def train(
     returned as is. ``progress`` reports epochs on stderr; ``threads`` sets torch's CPU
     threads for the run only; ``cache_bytes`` bounds the decoded inputs kept between
     epochs (see :mod:`vpipe.train.data`; it changes speed and memory, never results).
+    ``memory_budget`` (bytes for the whole process) sets how many videos of a batch go
+    through the model at once, unless ``micro_batch`` says it (:mod:`vpipe.train.memory`);
+    either changes memory and time, and random draws, not what is trained.
     """
     if run_id is not None:
         runs.check_run_id(run_id)
@@ -266,11 +296,14 @@ def train(
         seed_everything(config.seed)
         model = build_model(config, inputs.shapes, len(inputs.splits.class_names))
         prepared = _prepare(model, config, reader, inputs)
+        model.to(device)
+        cut = _micro_batch(model, config, reader, inputs, device, memory_budget, cache_bytes, micro_batch)
         run_id, directory = runs.reserve(ws, run_id or config.default_run_id(), explicit=run_id is not None)
         run_config = _run_config(ws, config, run_id, reader, inputs, device, dtype)
         run_config["prepared"] = prepared
+        run_config["environment"]["micro_batch"] = cut.to_dict()
         runs.write_json(directory / runs.CONFIG_FILE, run_config)
-        return _fit(model, config, run_config, directory, reader, inputs, device, dtype, progress)
+        return _fit(model, config, run_config, directory, reader, inputs, device, dtype, progress, cut)
 
 
 def existing_run(ws: DatasetWorkspace, config: TrainConfig) -> RunResult | None:
@@ -299,6 +332,32 @@ def _prepare(model: Head, config: TrainConfig, reader: InputReader, inputs: _Inp
     return model.prepare(data)
 
 
+def _micro_batch(
+    model: Head,
+    config: TrainConfig,
+    reader: InputReader,
+    inputs: _Inputs,
+    device: torch.device,
+    memory_budget: int,
+    cache_bytes: int,
+    size: int | None,
+) -> MicroBatch:
+    """How this run cuts its batches, sized on its longest training video (all views)."""
+    probe = None
+    if size is None and not config.head_spec.batch_coupled:
+        video, view = longest_item(reader, inputs.splits.train, all_views=True)
+        probe = collate_heads([HeadDataset(reader, [(video, view)], inputs.splits.labels)[0]]).to(device)
+    return plan_micro_batch(
+        model,
+        probe,
+        batch_size=config.batch_size,
+        memory_budget=memory_budget,
+        cache_bytes=cache_bytes,
+        batch_coupled=config.head_spec.batch_coupled,
+        size=size,
+    )
+
+
 def _phases(config: TrainConfig) -> list[tuple[int, float]]:
     """(epochs, learning-rate factor) of each phase of the schedule."""
     if config.schedule == "two-phase" and config.max_epochs > 1:
@@ -317,21 +376,26 @@ def _fit(
     device: torch.device,
     dtype: torch.dtype | None,
     show_progress: bool,
+    cut: MicroBatch,
 ) -> RunResult:
     splits = inputs.splits
     model.to(device)
 
-    batch = dict(labels=splits.labels, batch_size=config.batch_size)
+    # Scoring reads micro-batches too: it keeps no activations, but a whole batch of
+    # map inputs alone can pass the budget. ``vpipe evaluate`` reads the same size back.
+    batch = dict(labels=splits.labels, batch_size=config.batch_size, micro_batch=cut.size)
     train_loader = loader(reader, splits.train, train=True, seed=config.seed, **batch)
     val_loader = loader(reader, splits.val, train=False, **batch)
     test_loader = loader(reader, splits.test, train=False, **batch)
-    steps = len(train_loader)
+    steps = len(train_loader.batch_sampler.step_sizes)
 
     rows: list[dict[str, float]] = []
     best = _Best()
     best_state: dict[str, torch.Tensor] = {}
     epoch = 0
     with progress(f"train {run_config['run_id']}", config.max_epochs, quiet=None if show_progress else True) as bar:
+        if show_progress:
+            bar.note(f"train {run_config['run_id']}: {cut.describe()}")
         for phase_epochs, factor in _phases(config):
             if best_state:
                 model.load_state_dict(best_state)
@@ -351,7 +415,8 @@ def _fit(
             phase_start = epoch
             for epoch in range(phase_start + 1, phase_start + phase_epochs + 1):
                 start = time.perf_counter()
-                train_loss, train_acc = step.epoch(train_loader)
+                report = lambda done, total, epoch=epoch: bar.advance(0, status=f"epoch {epoch}: step {done}/{total}")  # noqa: E731
+                train_loss, train_acc = step.epoch(train_loader, report)
                 val_loss, val_acc = _loss_acc(predict(model, val_loader, device, dtype))
                 rows.append(
                     {
