@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -277,3 +280,34 @@ def test_cli_takes_a_budget_or_a_micro_batch_and_logs_the_cut(tmp_path: Path):
     assert cut["memory_budget"] == 2**29 and cut["size"] == 1
     out = CliRunner().invoke(app, [*common, "--memory-budget", "0", "--run-id", "zero"])
     assert out.exit_code == 2
+
+
+# --- the allocator ------------------------------------------------------------------------
+
+_HELD_AFTER_FREE = """
+import sys
+import numpy as np
+from vpipe.train.memory import return_large_blocks
+
+def rss():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+
+if sys.argv[1] == "fixed":
+    assert return_large_blocks()
+big = np.ones(4_000_000)  # 32 MB, mapped; freeing it raises glibc's threshold unless fixed
+del big
+before = rss()
+video = np.ones(2_000_000)  # 16 MB, as a decoded video's maps
+del video
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or platform.libc_ver()[0] != "glibc", reason="glibc on Linux")
+def test_freed_inputs_go_back_to_the_system():
+    held = {
+        mode: int(subprocess.run([sys.executable, "-c", _HELD_AFTER_FREE, mode], capture_output=True, text=True, check=True).stdout)
+        for mode in ("glibc", "fixed")
+    }
+    assert held["glibc"] > 12e6
+    assert held["fixed"] < 2e6

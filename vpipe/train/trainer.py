@@ -50,7 +50,7 @@ from vpipe.train.data import (
     make_splits,
 )
 from vpipe.train.identity import file_identity, require_test_videos, run_files, run_fingerprint, run_inputs
-from vpipe.train.memory import MicroBatch, plan_micro_batch
+from vpipe.train.memory import MicroBatch, plan_micro_batch, return_large_blocks
 from vpipe.train.model import build_model
 from vpipe.train.scoring import Scores, amp_dtype, predict, seed_everything, test_metrics, torch_threads
 
@@ -287,6 +287,7 @@ def train(
     """
     if run_id is not None:
         runs.check_run_id(run_id)
+    return_large_blocks()
     with InputReader(ws, run_inputs(config), cache_bytes=cache_bytes) as reader, torch_threads(threads):
         inputs = _inputs(ws, config, reader)
         if reuse and (stored := runs.find_by_fingerprint(ws, inputs.fingerprint)) is not None:
