@@ -252,8 +252,8 @@ def run(
     """Run every stage in order, doing only what is missing or stale.
 
     probe -> plan -> flow -> extract (rgb, flow) -> encode -> retrieval -> train -> evaluate.
-    Stages are named as `vpipe status` lists them, with ':' for the space
-    (extract:li3d-rgb, train:li3d-rgb); --only and --until select by name.
+    Stages are named as `vpipe status` lists them (extract:li3d-rgb, train:li3d-rgb);
+    --only and --until select by name, or by kind (extract).
 
     Progress shows as bars on a terminal, as log lines every --log-every seconds elsewhere.
 
