@@ -44,6 +44,11 @@ default head's epoch at the same size, measured in the same run:
 
     python bench/scale.py --root /tmp/scale --stages train --epochs 1 --threads 2 \
         --head bilstm-softagg st-manet --sizes 250 1000
+
+The trainer runs each batch as micro-batches sized by its memory budget
+(:mod:`vpipe.train.memory`; ``--memory-budget GIB`` sets it, default the trainer's):
+each train point records the micro-batch and the figures it came from, and ``budgets``
+in the JSON compares the point's peak RSS with that budget.
 """
 
 from __future__ import annotations

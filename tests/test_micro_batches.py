@@ -274,12 +274,13 @@ def test_cli_takes_a_budget_or_a_micro_batch_and_logs_the_cut(tmp_path: Path):
     out = CliRunner().invoke(app, [*common, "--micro-batch", "3", "--run-id", "given"])
     assert out.exit_code == 0, out.output
     assert "batches of 8 run as micro-batches of 3, gradients accumulated (given)" in out.output
-    out = CliRunner().invoke(app, [*common, "--memory-budget", "0.5", "--run-id", "small"])
+    out = CliRunner().invoke(app, [*common, "--memory-budget", "512M", "--run-id", "small"])
     assert out.exit_code == 0, out.output
     cut = json.loads((ws.run_dir("small") / "config.json").read_text())["environment"]["micro_batch"]
     assert cut["memory_budget"] == 2**29 and cut["size"] == 1
     out = CliRunner().invoke(app, [*common, "--memory-budget", "0", "--run-id", "zero"])
-    assert out.exit_code == 2
+    assert out.exit_code == 1 and "--memory-budget expects a size like 3G" in out.output
+    assert not ws.run_dir("zero").exists()
 
 
 # --- the allocator ------------------------------------------------------------------------

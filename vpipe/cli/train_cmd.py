@@ -12,7 +12,7 @@ from vpipe import catalog
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
 from vpipe.cli.options import Device, Json, Seed, err, option_group, parse_key_values, show
-from vpipe.train.config import DEFAULT_MEMORY_BUDGET, FUSIONS, SCHEDULES, TrainConfig
+from vpipe.train.config import DEFAULT_MEMORY_BUDGET_TEXT, FUSIONS, SCHEDULES, TrainConfig
 
 # The dataclass's defaults, read without building one (that would import the heads, and
 # torch with them, before ``--help`` prints).
@@ -75,12 +75,11 @@ Threads = Annotated[
 ]
 
 MemoryBudget = Annotated[
-    float,
+    str,
     typer.Option(
         "--memory-budget",
-        min=0.01,
-        help="GiB the training process may take; sets how many videos of a batch run at once "
-        "(gradients accumulate, one optimiser step per batch).",
+        help="Most memory the training process may take, e.g. 6G or 3.5G; sets how many videos of a batch "
+        "run at once (gradients accumulate, one optimiser step per batch).",
     ),
 ]
 MicroBatch = Annotated[
@@ -168,7 +167,7 @@ def train(
     config: TrainConfig,
     run_id: RunId = None,
     threads: Threads = None,
-    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET / 1024**3,
+    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET_TEXT,
     micro_batch: MicroBatch = None,
     context: CommandContext,
 ) -> None:
@@ -180,6 +179,7 @@ def train(
 
     Example: vpipe train --dataset ucf101 --features li3d-rgb --features li3d-flow --head bilstm-softagg -O clusters=128
     """
+    from vpipe.encode.budget import parse_bytes
     from vpipe.train import train as train_run
 
     result = train_run(
@@ -188,7 +188,7 @@ def train(
         run_id=run_id,
         progress=True,
         threads=threads,
-        memory_budget=round(memory_budget * 1024**3),
+        memory_budget=parse_bytes(memory_budget),
         micro_batch=micro_batch,
     )
     context.show(result.to_dict(), _print_training)

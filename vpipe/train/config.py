@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from vpipe.encode.budget import parse_bytes
 from vpipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,10 +29,11 @@ FUSIONS = ("late", "early")
 #: ``two-phase``: ``lr`` for the first half of the epochs, ``lr / 10`` for the rest,
 #: continuing from the best checkpoint of the first phase (two-stream deep fusion §4).
 SCHEDULES = ("warmup-cosine", "two-phase")
-#: Bytes a training process may take unless told otherwise (a worker of 8 GB with room
+#: Memory a training process may take unless told otherwise (a worker of 8 GB with room
 #: for the system). Not a field: it decides how batches are cut into micro-batches
 #: (:mod:`vpipe.train.memory`), which changes memory and time, not what is trained.
-DEFAULT_MEMORY_BUDGET = 6 * 1024**3
+DEFAULT_MEMORY_BUDGET_TEXT = "6G"
+DEFAULT_MEMORY_BUDGET = parse_bytes(DEFAULT_MEMORY_BUDGET_TEXT)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ because a batch is built from per-video float32 copies; and the saved activation
 mode, counting the bytes of every tensor autograd keeps for the backward pass
 (:func:`saved_activation_bytes`). The count depends on shapes alone, so a config and a
 budget give the same micro-batch on any machine. ``ACTIVATION_FACTOR`` covers what the
-backward pass allocates beside them: peak RSS above the inputs was 1.1–1.5 × the saved
-bytes for vcm-sdd and deep-fusion at 1–8 videos (BENCHMARKS.md).
+backward pass allocates beside them: peak RSS above the inputs was at most 1.43 × the
+saved bytes for vcm-sdd and deep-fusion at 1–8 videos (BENCHMARKS.md).
 
 Heads that declare ``batch_coupled`` (BatchNorm over the batch, a loss that is not a
 mean of per-video terms) always run whole batches: cutting them would change what is
@@ -49,7 +49,6 @@ import torch
 
 from vpipe.errors import ConfigError
 from vpipe.models.heads.registry import Head, HeadBatch
-from vpipe.train.config import DEFAULT_MEMORY_BUDGET  # noqa: F401 (re-exported)
 
 GiB = 1024**3
 #: The interpreter with torch, h5py and pandas loaded, before any data or model (the
