@@ -111,7 +111,7 @@ def main() -> None:
     from vpipe.pipeline.executor import InProcessExecutor
     from vpipe.pipeline.runner import run_stage
     from vpipe.pipeline.workspace import DatasetWorkspace
-    from vpipe.retrieval import Index, build_index
+    from vpipe.retrieval import Index, IndexOptions, build_index
     from vpipe.artifacts.provenance import FeatureProvenance
     from vpipe.retrieval.query_video import extract_config, gallery_twin, probe_query, query_video
     from vpipe.stages.dataset import configure_dataset
@@ -149,7 +149,7 @@ def main() -> None:
         _, extract = seconds(
             run_stage, ExtractStage(ws, backbone="li3d", stream="rgb", device="cpu"), executor, progress=False
         )
-        name = build_index(ws, "features:li3d-rgb", exact=True)["name"]
+        name = build_index(ws, "features:li3d-rgb", IndexOptions(exact=True))["name"]
         index = Index.open(ws, name=name)
         provenance = FeatureProvenance.from_dict(index.metadata["provenance"]["features"])
         original = sorted(root.rglob("*.mp4"))[-1]

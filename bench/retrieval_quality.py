@@ -32,7 +32,7 @@ def main() -> None:
 
     from vpipe.cli.app import app
     from vpipe.pipeline.workspace import DatasetWorkspace
-    from vpipe.retrieval import Index, build_index, evaluate_index
+    from vpipe.retrieval import Index, IndexOptions, build_index, evaluate_index
     from vpipe.train import completed_runs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +58,7 @@ def main() -> None:
         result["videos"] = {"train": len(train), "test": len(test), "classes": int(rows.label.nunique())}
         for embedding in embeddings:
             for variant, options in VARIANTS.items():
-                summary = build_index(ws, embedding, name=f"{variant}-{abs(hash(embedding)) % 10**6}", **options)
+                summary = build_index(ws, embedding, IndexOptions(name=f"{variant}-{abs(hash(embedding)) % 10**6}", **options))
                 evaluation = evaluate_index(Index.open(ws, name=summary["name"]))
                 spread = summary["score_spread"]["indexed"]
                 row = {"embedding": embedding, "variant": variant, "dim": summary["dim"],

@@ -147,11 +147,11 @@ def test_dry_run_on_finished_runs_then_on_stale_ones_runs_evaluate_after_train(t
     changed = [*args[: clusters + 1], "5", *args[clusters + 2 :]]
     stale = json.loads(invoke(*changed, "--dry-run", "--json").stdout)
     assert stale["extract:li3d-rgb"]["done"] == 10 and "after" not in stale["extract:li3d-rgb"]
-    assert stale["encode li3d-rgb"]["new"] == 1, "a codebook of another K is another artifact"
+    assert stale["encode:li3d-rgb"]["new"] == 1, "a codebook of another K is another artifact"
     assert stale["retrieval"]["after"] == ["encode:li3d-rgb"]
-    trains = [name for name in stale if name.startswith("train ")]
+    trains = [name for name in stale if name.startswith("train:")]
     assert all(stale[name]["why"] == "head_options.clusters: 4 -> 5" for name in trains), "each head takes K from --clusters"
-    assert stale["evaluate"]["after"] == [name.replace(" ", ":") for name in trains]
+    assert stale["evaluate"]["after"] == trains
     assert "evaluate: will run after train (4 stages)" in invoke(*changed, "--dry-run").stdout
     assert artifacts() == before, "a dry run writes no artifact"
 
@@ -193,7 +193,7 @@ def test_synthetic_main_job_runs_every_stage_then_does_nothing(tmp_path):
     stages = {s["stage"]: s for s in json.loads(first.stdout)["stages"]}
     names = list(stages)
     assert names[:8] == [
-        "probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "extract:hoghofmbh", "encode li3d-rgb",
+        "probe", "plan", "flow", "extract:li3d-rgb", "extract:li3d-flow", "extract:hoghofmbh", "encode:li3d-rgb",
         "retrieval",
     ]  # fmt: skip
     retrieval = stages["retrieval"]["details"]["retrieval"]
@@ -202,8 +202,8 @@ def test_synthetic_main_job_runs_every_stage_then_does_nothing(tmp_path):
     evaluation = json.loads((tmp_path / "synthetic" / "index" / "li3d-rgb-k16-vlad-evaluation.json").read_text())
     assert evaluation["R@1"] == retrieval["R@1"] and evaluation["gallery"] == "train"
     trains = names[8:-1]
-    assert names[-1] == "evaluate" and all(name.startswith("train ") for name in trains)
-    assert trains == ["train li3d-rgb", "train li3d-flow", "train li3d-rgb+li3d-flow-late", "train hoghofmbh"]
+    assert names[-1] == "evaluate" and all(name.startswith("train:") for name in trains)
+    assert trains == ["train:li3d-rgb", "train:li3d-flow", "train:li3d-rgb+li3d-flow-late", "train:hoghofmbh"]
     manifest = pd.read_parquet(tmp_path / "synthetic" / "manifest.parquet")
     assert (manifest.status == "ok").all() and len(manifest) == 14 * 4
     assert manifest.label.min() == 0 and manifest.label.nunique() == manifest.label_name.nunique() == 14

@@ -81,7 +81,7 @@ def test_status_of_every_stage_imports_no_heavy_library(tmp_path):
     report = json.loads(out)
     assert [report[f"extract:{name}"]["done"] for name in ("li3d-rgb", "li3d-flow", "hoghofmbh")] == [12] * 3
     # One video in each of 12 of its 400 classes: the run's split was computed, and has no validation part.
-    assert "no validation videos" in report["train li3d-rgb"]["reason"], report
+    assert "no validation videos" in report["train:li3d-rgb"]["reason"], report
     assert not {"torch", "h5py", "sklearn", "faiss", "dask", "distributed", "matplotlib"} & set(heavy), heavy
 
 

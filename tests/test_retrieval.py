@@ -29,6 +29,7 @@ from vpipe.artifacts.provenance import FeatureProvenance
 from vpipe.retrieval.query_video import query_video
 from vpipe.retrieval import (
     Index,
+    IndexOptions,
     build_index,
     evaluate_index,
     faiss_index,
@@ -164,8 +165,8 @@ def test_centring_and_whitening_match_a_numpy_reference(tmp_path: Path) -> None:
     # a large shared component: raw cosines bunch near 1, centred ones spread out
     videos = {v: (label, split, x + 40.0) for v, (label, split, x) in clustered_videos(200, 16, seed=4).items()}
     ws = fake_workspace(tmp_path, videos)
-    raw = build_index(ws, "encodings:toy-k1-vlad", centre=False, name="raw")
-    centred = build_index(ws, "encodings:toy-k1-vlad", name="centred")
+    raw = build_index(ws, "encodings:toy-k1-vlad", IndexOptions(centre=False, name="raw"))
+    centred = build_index(ws, "encodings:toy-k1-vlad", IndexOptions(name="centred"))
     assert (raw["centred"], centred["centred"], centred["whitened"]) == (False, True, False)
     assert raw["score_spread"]["indexed"]["p1"] > 0.99
     assert centred["score_spread"]["indexed"]["p1"] < 0.5
@@ -177,7 +178,7 @@ def test_centring_and_whitening_match_a_numpy_reference(tmp_path: Path) -> None:
     assert [h.video_id for h in hits] == ids[:10]
     np.testing.assert_allclose([h.score for h in hits], cos[:10], atol=1e-5)
 
-    whitened = build_index(ws, "encodings:toy-k1-vlad", whiten=True, name="white")
+    whitened = build_index(ws, "encodings:toy-k1-vlad", IndexOptions(whiten=True, name="white"))
     assert whitened["whitened"] and whitened["dim"] == 16
     x = np.stack([v[2] for v in videos.values()])
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -230,7 +231,7 @@ def test_approximate_index_records_the_recall_it_measured(tmp_path, monkeypatch,
     assert summary["expected_recall_at_10"] >= faiss_index.TARGET_RECALL
     assert np.mean(found) >= 0.9
     assert ("Refine(SQ8)" in summary["factory"]) == (kind == "ivf-pq")
-    assert build_index(ws, "encodings:toy-k1-vlad", exact=True, name="exact")["kind"] == "flat"
+    assert build_index(ws, "encodings:toy-k1-vlad", IndexOptions(exact=True, name="exact"))["kind"] == "flat"
 
 
 # --- evaluation -----------------------------------------------------------------------------
@@ -255,7 +256,7 @@ def test_recall_and_map_match_hand_computed_values(tmp_path: Path) -> None:
     # qa ranks t0(A) t2(B) t1(A) t3(B): AP = (1/1 + 2/3) / 2 = 5/6, hit at 1.
     # qb ranks t1(A) t2(B) t0(A) t3(B): AP = (1/2 + 2/4) / 2 = 1/2, first hit at 2.
     ws = fake_workspace(tmp_path, TINY_GALLERY)
-    build_index(ws, "encodings:toy-k1-vlad", centre=False)  # the angles above are the raw ones
+    build_index(ws, "encodings:toy-k1-vlad", IndexOptions(centre=False))  # the angles above are the raw ones
     result = evaluate_index(Index.open(tmp_path, "fake", "toy-k1-vlad"))
     assert (result["queries"], result["gallery_videos"], result["ranking_depth"]) == (2, 4, 4)
     assert result["R@1"] == 0.5 and result["R@5"] == 1.0 and result["R@50"] == 1.0
@@ -384,7 +385,7 @@ def test_clip_hits_need_a_clip_level_index(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--clips"):
         Index.open(tmp_path, "fake", "toy-k1-vlad").search("v00001", clips=True)
     with pytest.raises(ConfigError, match="features: embedding"):
-        build_index(ws, "encodings:toy-k1-vlad", clips=True)
+        build_index(ws, "encodings:toy-k1-vlad", IndexOptions(clips=True))
 
 
 # --- new videos, through the real chain -----------------------------------------------------
@@ -469,7 +470,7 @@ def test_a_copy_of_a_dataset_video_finds_the_original_first(cache, tmp_path, emb
 
 @pytest.mark.slow
 def test_clip_hits_carry_their_time_span(cache, tmp_path) -> None:
-    summary = build_index(cache, "features:li3d-rgb", clips=True, centre=False)
+    summary = build_index(cache, "features:li3d-rgb", IndexOptions(clips=True, centre=False))
     assert (summary["name"], summary["level"], summary["count"]) == ("li3d-rgb-pool-mean-clips", "clip", 20)
     index = Index.open(cache.root, "clips", summary["name"])
     manifest = cache.read_manifest().set_index("video_id")
@@ -667,7 +668,7 @@ def test_report_examples_show_decoded_strips_of_queries_and_hits(cache) -> None:
 
     from vpipe.report.strips import STRIP_FRAMES, THUMB_HEIGHT, retrieval_examples_html
 
-    summary = build_index(cache, "encodings:li3d-rgb-k2-vlad", name="strips")
+    summary = build_index(cache, "encodings:li3d-rgb-k2-vlad", IndexOptions(name="strips"))
     images: list[tuple[str, str]] = []
 
     class Page(HTMLParser):

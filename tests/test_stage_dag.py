@@ -14,7 +14,7 @@ from tests.test_cli import TINY, invoke, make_folder_tree
 from vpipe.artifacts.atomic import atomic_write_text
 from vpipe.artifacts.records import DatasetConfig
 from vpipe.errors import ConfigError
-from vpipe.pipeline.dag import select_stages, stage_name, stage_order
+from vpipe.pipeline.dag import select_stages, stage_order
 from vpipe.pipeline.executor import InProcessExecutor, ItemFn, WorkItem
 from vpipe.pipeline.fingerprint import fingerprint
 from vpipe.pipeline.journal import Record
@@ -39,7 +39,7 @@ def synthetic_job(tmp_path: Path) -> list[Stage]:
 
 
 def test_the_derived_order_is_the_main_jobs_order(tmp_path: Path) -> None:
-    assert [stage_name(stage) for stage in synthetic_job(tmp_path)] == MAIN_JOB_ORDER
+    assert [stage.label for stage in synthetic_job(tmp_path)] == MAIN_JOB_ORDER
 
 
 def test_any_listing_of_the_stages_runs_each_after_what_it_reads(tmp_path: Path) -> None:
@@ -84,8 +84,8 @@ class Counting(Stage):
         return f"count-{self.tag}"
 
     @property
-    def label(self) -> str:
-        return f"count {self.tag}"
+    def subject(self) -> str:
+        return self.tag
 
     def requires(self) -> tuple[Stage, ...]:
         return (self.upstream,) if self.upstream is not None else ()
@@ -116,10 +116,10 @@ def test_a_stage_added_in_a_test_runs_after_what_it_reads(tmp_path: Path) -> Non
     plan = next(stage for stage in stages if isinstance(stage, PlanStage))
     added = Counting(ws, "per-video", upstream=plan)
     order = stage_order([added, *stages])
-    assert [stage_name(stage) for stage in order][:4] == ["probe", "plan", "count:per-video", "flow"]
+    assert [stage.label for stage in order][:4] == ["probe", "plan", "count:per-video", "flow"]
 
     reports = run_stages(select_stages(order, until="count:per-video"), InProcessExecutor(), progress=False)
-    assert [report.stage for report in reports] == ["probe", "plan", "count per-video"]
+    assert [report.stage for report in reports] == ["probe", "plan", "count:per-video"]
     assert reports[-1].done == 10 and reports[-1].failed == 0
     counts = json.loads(added.artifact.read_text())
     assert len(counts) == 10 and all(n >= 1 for n in counts.values())
@@ -127,10 +127,10 @@ def test_a_stage_added_in_a_test_runs_after_what_it_reads(tmp_path: Path) -> Non
 
 def test_until_on_the_main_job_leaves_out_what_the_named_stage_does_not_read(tmp_path: Path) -> None:
     stages = synthetic_job(tmp_path)
-    assert [stage_name(stage) for stage in select_stages(stages, until="extract:li3d-rgb")] == [
+    assert [stage.label for stage in select_stages(stages, until="extract:li3d-rgb")] == [
         "probe", "plan", "extract:li3d-rgb",
     ], "flow precedes in the run order, and the rgb features do not read it"  # fmt: skip
-    assert [stage_name(stage) for stage in select_stages(stages, until="train:hoghofmbh")] == [
+    assert [stage.label for stage in select_stages(stages, until="train:hoghofmbh")] == [
         "probe", "plan", "flow", "extract:hoghofmbh", "train:hoghofmbh",
     ]  # fmt: skip
 
@@ -153,7 +153,7 @@ def test_dry_run_on_a_fresh_a_finished_and_a_partly_stale_workspace(tmp_path: Pa
     base = ["run", "--dataset", "clips", "--adapter", "folder", "--root", root, "--workspace", tmp_path / "ws", *TINY]
 
     fresh = dry_run(*base)
-    assert list(fresh) == [name.replace("encode:", "encode ").replace("train:", "train ") for name in MAIN_JOB_ORDER]
+    assert list(fresh) == MAIN_JOB_ORDER
     assert (fresh["probe"]["new"], fresh["probe"]["done"], fresh["probe"]["total"]) == (13, 0, 13)
     assert fresh["plan"]["after"] == ["probe"] and "reason" not in fresh["plan"], "no manifest yet: the probe makes it"
     assert fresh["extract:li3d-flow"]["after"] == ["plan", "flow"]

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli import TINY, invoke, make_folder_tree
+from tests.toy_stage import SquareStage
 from vpipe.errors import ConfigError
-from vpipe.pipeline.dag import select_stages, stage_name
+from vpipe.pipeline.dag import select_stages
+from vpipe.pipeline.workspace import DatasetWorkspace
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,8 @@ def main_job_shape() -> list[Named]:
     flow = Named("flow", (plan,))
     rgb, motion = Named("extract:li3d-rgb", (plan,)), Named("extract:li3d-flow", (plan, flow))
     descriptors = Named("extract:hoghofmbh", (plan, flow))
-    encode = Named("encode li3d-rgb", (rgb,))
-    trains = [Named("train li3d-rgb", (rgb,)), Named("train li3d-flow", (motion,))]
+    encode = Named("encode:li3d-rgb", (rgb,))
+    trains = [Named("train:li3d-rgb", (rgb,)), Named("train:li3d-flow", (motion,))]
     return [probe, plan, flow, rgb, motion, descriptors, encode, Named("retrieval", (encode,)), *trains,
             Named("evaluate", tuple(trains))]  # fmt: skip
 
@@ -44,11 +46,21 @@ MAIN_JOB = main_job_shape()
 
 
 def names(stages) -> list[str]:
-    return [stage_name(stage) for stage in stages]
+    return [stage.label for stage in stages]
 
 
-def test_names_join_kind_and_subject_with_a_colon() -> None:
-    assert names(MAIN_JOB)[6:9] == ["encode:li3d-rgb", "retrieval", "train:li3d-rgb"]
+def test_a_stage_is_named_by_its_kind_and_subject_joined_by_a_colon(tmp_path: Path) -> None:
+    """One name everywhere: status, dry runs and reports print what --only and --until take."""
+
+    class PerFeatureSet(SquareStage):
+        subject = "li3d-rgb"
+
+    ws = DatasetWorkspace(tmp_path, "toy")
+    assert SquareStage(ws, range(2)).label == "square"
+    assert PerFeatureSet(ws, range(2)).label == "square:li3d-rgb"
+    assert names(select_stages([SquareStage(ws, range(2)), PerFeatureSet(ws, range(2))], only=["square:li3d-rgb"])) == [
+        "square:li3d-rgb"
+    ]
 
 
 def test_until_keeps_the_named_stage_and_what_it_reads_and_only_the_named_ones() -> None:

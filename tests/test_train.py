@@ -18,6 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from tests.fake_cache import CLASS_NAMES, D, FEATURES, make_workspace
+from vpipe.artifacts.run_record import RunRecord
 from vpipe.cli.train_cmd import register
 from vpipe.encode import Codebook, save_codebook
 from vpipe.errors import ConfigError, StageError
@@ -98,6 +99,7 @@ def test_bilstm_learns_temporal_order_and_writes_every_artifact(ws):
 
     checkpoint = torch.load(result.directory / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == result.best_epoch
+    assert RunRecord.from_directory(result.directory).best_epoch == result.best_epoch, "the history replays the kept epoch"
     assert checkpoint["config"]["run_id"] == result.run_id
 
 
@@ -135,6 +137,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(ws):
     assert len(result.history) == 3
     assert result.stopped_early and result.best_epoch == 1
     assert torch.load(result.directory / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert RunRecord.from_directory(result.directory).best_epoch == 1, "a tie keeps the earlier epoch"
 
 
 def test_reuse_returns_the_finished_identical_run(ws):

@@ -5,11 +5,16 @@ record's) and ``metrics.json`` a mapping of the test metrics; :class:`RunRecord`
 both with the run's directory, and reads ``history.csv`` once, when first asked. The
 report, evaluation and the dataset steps take a record rather than a run id, so a
 report reads each run's files once instead of once per figure and per rebuilt model.
+
+Which epoch a run keeps is decided here too (:class:`BestEpoch`): the trainer applies
+the rule as it trains, and a finished run's history replays it (:attr:`RunRecord.best_epoch`),
+so what the checkpoint holds is read from the run's own files without the trainer.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -71,6 +76,27 @@ class RunConfig(Record):
         return list(self.data["test"])
 
 
+class BestEpoch:
+    """The best epoch so far by (validation accuracy, then lower validation loss)."""
+
+    def __init__(self) -> None:
+        self.epoch, self.acc, self.loss = 0, -1.0, math.inf
+
+    def update(self, epoch: int, acc: float, loss: float) -> bool:
+        if acc > self.acc or (acc == self.acc and loss < self.loss):
+            self.epoch, self.acc, self.loss = epoch, acc, loss
+            return True
+        return False
+
+
+def best_epoch(history: pd.DataFrame) -> int:
+    """The epoch a run kept, replayed from its history with the rule training used."""
+    best = BestEpoch()
+    for row in history.itertuples():
+        best.update(int(row.epoch), float(row.val_acc), float(row.val_loss))
+    return best.epoch
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """A completed run: its id, directory, config and test metrics."""
@@ -93,6 +119,11 @@ class RunRecord:
         import pandas as pd
 
         return pd.read_csv(self.directory / HISTORY_FILE)
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch whose weights the checkpoint holds."""
+        return best_epoch(self.history)
 
     @property
     def checkpoint(self) -> Path:

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 import typer
 
 from vpipe import catalog
-from vpipe.cli.options import Backbone, Compute, Dataset, Decoder, Device, Json, Option, Workspace, compute_options
-from vpipe.cli.options import dataset_workspace, parse_key_values, run_single_stage, show
+from vpipe.cli.options import Backbone, Compute, Dataset, Device, Json, Option, compute_options, parse_key_values, show
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
+from vpipe.cli.video_stage import VideoReading, run_video_stage, video_reading
 
 Stream = Annotated[Literal["rgb", "flow"], typer.Option("--stream", help="flow needs `vpipe flow` first.")]
 Plan = Annotated[
@@ -24,10 +24,6 @@ Plan = Annotated[
 Weights = Annotated[
     Path | None,
     typer.Option("--weights", help="Local checkpoint (.pt, .pth, .safetensors).", show_default="random init"),
-]
-VideosPerTask = Annotated[
-    int | None,
-    typer.Option("--videos-per-task", min=1, help="Videos per task and shard.", show_default="8; 64 on CUDA"),
 ]
 
 
@@ -61,6 +57,7 @@ def describe_plan(plan: dict[str, object]) -> str:
 
 @stage_command
 @compute_options
+@video_reading
 def extract(
     dataset: Dataset,
     backbone: Backbone = "li3d",
@@ -74,10 +71,8 @@ def extract(
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 8,
     decode_workers: Annotated[int | None, typer.Option("--decode-workers", min=0, help="Decoding processes kept ahead of the model.", show_default="up to 4 on CUDA, 0 on CPU")] = None,
-    videos_per_task: VideosPerTask = None,
-    workspace: Workspace = None,
-    decoder: Decoder = "auto",
     *,
+    videos: VideoReading,
     compute: Compute,
     flags: RunFlags,
 ) -> Reports:
@@ -92,9 +87,12 @@ def extract(
     from vpipe.catalog import backbone_plan
     from vpipe.stages.extract import ExtractStage
 
-    ws = dataset_workspace(dataset, workspace)
-    stage = ExtractStage(
-        ws,
+    return run_video_stage(
+        ExtractStage,
+        dataset,
+        videos,
+        compute,
+        flags,
         backbone=backbone,
         stream=stream,
         plan=plan or backbone_plan(backbone).name,
@@ -104,10 +102,7 @@ def extract(
         device=device,
         batch_size=batch_size,
         decode_workers=decode_workers,
-        videos_per_task=videos_per_task,
-        decoder=decoder,
     )
-    return [run_single_stage(stage, device=device, compute=compute, retry_failed=flags.retry_failed)]
 
 
 def register(app: typer.Typer) -> None:

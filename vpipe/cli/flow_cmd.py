@@ -6,14 +6,14 @@ from typing import Annotated, Literal
 
 import typer
 
-from vpipe.cli.extract_cmd import VideosPerTask
-from vpipe.cli.options import Compute, Dataset, Decoder, Device, Option, Workspace, compute_options, dataset_workspace
-from vpipe.cli.options import parse_key_values, run_single_stage
+from vpipe.cli.options import Compute, Dataset, Device, Option, compute_options, parse_key_values
 from vpipe.cli.stage_command import Reports, RunFlags, stage_command
+from vpipe.cli.video_stage import VideoReading, run_video_stage, video_reading
 
 
 @stage_command
 @compute_options
+@video_reading
 def flow(
     dataset: Dataset,
     plan: Annotated[str, typer.Option("--plan", help="Plan whose clips are read (see `vpipe plan`).")] = "li3d",
@@ -36,10 +36,8 @@ def flow(
             "--pairs-per-batch", min=1, help="Frame pairs per TV-L1 batch.", show_default="~100k pixels on CPU, 256 on CUDA"
         ),
     ] = None,
-    videos_per_task: VideosPerTask = None,
-    workspace: Workspace = None,
-    decoder: Decoder = "auto",
     *,
+    videos: VideoReading,
     compute: Compute,
     flags: RunFlags,
 ) -> Reports:
@@ -51,8 +49,12 @@ def flow(
     """
     from vpipe.stages.flow import FlowStage
 
-    stage = FlowStage(
-        dataset_workspace(dataset, workspace),
+    return run_video_stage(
+        FlowStage,
+        dataset,
+        videos,
+        compute,
+        flags,
         plan=plan,
         stack=stack,
         encoding=encoding,
@@ -60,10 +62,7 @@ def flow(
         tvl1_params=parse_key_values(option, "--option"),
         device=device,
         pairs_per_batch=pairs_per_batch,
-        videos_per_task=videos_per_task,
-        decoder=decoder,
     )
-    return [run_single_stage(stage, device=device, compute=compute, retry_failed=flags.retry_failed)]
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
@@ -247,10 +247,12 @@ def option_group(
     """A decorator giving a command the options ``aliases`` (name -> ``Annotated`` option),
     passed to it as one object ``build(**chosen)`` under the parameter ``replaces``.
 
-    Options missing from ``defaults`` default to ``None``.
+    Options missing from ``defaults`` take the default of ``build``'s field of that name
+    when ``build`` is a dataclass (so a default lives in one place), else ``None``.
     """
     options = declared(aliases)
-    defaults = {**dict.fromkeys(aliases), **(defaults or {})}
+    own = {f.name: f.default for f in fields(build) if f.default is not MISSING} if is_dataclass(build) else {}
+    defaults = {name: None for name in aliases} | {k: v for k, v in own.items() if k in aliases} | (defaults or {})
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -349,14 +351,3 @@ def gpu_stage_executor(device: str, compute: Compute) -> Executor | None:
 
     remote = compute.scheduler or compute.cluster is not None
     return InProcessExecutor() if resolve_device(device).type == "cuda" and not remote else None
-
-
-def run_single_stage(stage, *, device: str, compute: Compute, retry_failed: bool):
-    """Run one flow/extract stage on the executor its device calls for, closing it after."""
-    from vpipe.pipeline.runner import run_stage
-
-    executor = gpu_stage_executor(device, compute) or compute.executor()
-    try:
-        return run_stage(stage, executor, retry_failed=retry_failed)
-    finally:
-        executor.close()

@@ -122,14 +122,10 @@ def probe(
 
     Example: vpipe probe --dataset ucf101 --root /data/ucf101 --split 1
     """
-    from vpipe.pipeline.dag import select_stages
-    from vpipe.pipeline.runner import run_stages
-    from vpipe.stages.main_job import ChainOptions, main_job
+    from vpipe.stages.main_job import ChainOptions
 
     ws, config = source.configure(dataset)
-    stages = select_stages(main_job(ws, config, ChainOptions(decoder=decoder)), only=["probe"])
-    with executor_for(compute) as executor:
-        return run_stages(stages, executor, retry_failed=flags.retry_failed)
+    return _run_one_stage("probe", ws, config, ChainOptions(decoder=decoder), compute, flags)
 
 
 @stage_command
@@ -149,13 +145,21 @@ def plan(
 
     Example: vpipe plan --dataset ucf101 --sampler li3d -o need=64 -o train_views=3
     """
+    ws = dataset_workspace(dataset, workspace)
+    options = planning.chain_options(backbone=backbone)
+    return _run_one_stage("plan", ws, ws.read_config(), options, Compute(workers=0), flags)
+
+
+def _run_one_stage(
+    name: str, ws: DatasetWorkspace, config: DatasetConfig, options: ChainOptions, compute: Compute, flags: RunFlags
+) -> Reports:
+    """Run the main job's stage ``name`` alone: the stage ``vpipe run`` would run with these options."""
     from vpipe.pipeline.dag import select_stages
     from vpipe.pipeline.runner import run_stages
     from vpipe.stages.main_job import main_job
 
-    ws = dataset_workspace(dataset, workspace)
-    stages = select_stages(main_job(ws, ws.read_config(), planning.chain_options(backbone=backbone)), only=["plan"])
-    with executor_for(Compute(workers=0)) as executor:
+    stages = select_stages(main_job(ws, config, options), only=[name])
+    with executor_for(compute) as executor:
         return run_stages(stages, executor, retry_failed=flags.retry_failed)
 
 
@@ -248,8 +252,8 @@ def run(
     """Run every stage in order, doing only what is missing or stale.
 
     probe -> plan -> flow -> extract (rgb, flow) -> encode -> retrieval -> train -> evaluate.
-    Stages are named as `vpipe status` lists them, with ':' for the space
-    (extract:li3d-rgb, train:li3d-rgb); --only and --until select by name.
+    Stages are named as `vpipe status` lists them (extract:li3d-rgb, train:li3d-rgb);
+    --only and --until select by name, or by kind (extract).
 
     Progress shows as bars on a terminal, as log lines every --log-every seconds elsewhere.
 

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from vpipe.cli.dataset_command import CommandContext, dataset_command
-from vpipe.cli.options import Device
+from vpipe.cli.options import Device, option_group
+from vpipe.retrieval.index_options import IndexOptions
 
 Embedding = Annotated[
     str,
@@ -49,19 +50,14 @@ Expect = Annotated[
     str | None, typer.Option("--embedding", "-e", help="Refuse the index unless it was built from this embedding.")
 ]
 
+index_options = option_group(
+    "options", IndexOptions, {"name": Name, "exact": Exact, "clips": Clips, "centre": Centre, "whiten": Whiten}
+)
+
 
 @dataset_command
-def index(
-    embedding: Embedding,
-    name: Name = None,
-    exact: Exact = False,
-    clips: Clips = False,
-    centre: Centre = True,
-    whiten: Whiten = False,
-    device: Device = "auto",
-    *,
-    context: CommandContext,
-) -> None:
+@index_options
+def index(embedding: Embedding, options: IndexOptions, device: Device = "auto", *, context: CommandContext) -> None:
     """Build a cosine-similarity FAISS index over an embedding of every usable video.
 
     Flat (exact) below 50k vectors or with --exact, IVF above; the choice, its parameters
@@ -73,11 +69,7 @@ def index(
     """
     from vpipe.retrieval import build_index
 
-    summary = build_index(
-        context.workspace, embedding, name=name, exact=exact, clips=clips, centre=centre,
-        whiten=whiten, device=device,
-    )  # fmt: skip
-    context.show(summary, _print_index)
+    context.show(build_index(context.workspace, embedding, options, device=device), _print_index)
 
 
 def _print_index(summary: dict[str, Any]) -> None:

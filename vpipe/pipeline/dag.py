@@ -41,16 +41,6 @@ def stage_order(stages: Sequence[Stage]) -> list[Stage]:
     return [stages[index] for index in placed]
 
 
-def stage_name(stage: Stage) -> str:
-    """The name ``--only`` and ``--until`` take: the label, kind and subject joined by ``:``.
-
-    ``probe``, ``plan``, ``flow``, ``extract:li3d-rgb``, ``encode:li3d-rgb``,
-    ``retrieval``, ``train:li3d-rgb``, ``evaluate``. A bare kind (``extract``) names every
-    stage of that kind.
-    """
-    return stage.label.replace(" ", ":", 1)
-
-
 def ancestors(stages: Sequence[Stage], chosen: Sequence[Stage]) -> list[Stage]:
     """``chosen`` and every stage of ``stages`` they require, directly or through others,
     in the order of ``stages``. A requirement outside ``stages`` is not followed: it is an
@@ -76,7 +66,7 @@ def select_stages(stages: Sequence[Stage], only: Sequence[str] | None = None, un
     both, a stage must pass both. Selection never reorders: a stage still reads what the
     stages before it made, and says it is not ready when that is missing.
     """
-    names = [stage_name(stage) for stage in stages]
+    names = [stage.label for stage in stages]
 
     def matches(name: str, wanted: str) -> bool:
         return name == wanted or name.split(":", 1)[0] == wanted
@@ -88,5 +78,5 @@ def select_stages(stages: Sequence[Stage], only: Sequence[str] | None = None, un
     if until:
         kept = ancestors(stages, [stage for stage, name in zip(stages, names) if matches(name, until)])
     if only:
-        kept = [stage for stage in kept if any(matches(stage_name(stage), wanted) for wanted in only)]
+        kept = [stage for stage in kept if any(matches(stage.label, wanted) for wanted in only)]
     return kept

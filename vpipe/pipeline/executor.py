@@ -20,10 +20,12 @@ import os
 import sys
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 from vpipe.errors import ConfigError, VpipeError
 from vpipe.pipeline.cluster import ClusterSpec, start_cluster
@@ -54,21 +56,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.rows is not None
-
-
-class Executor(Protocol):
-    def map(
-        self,
-        fn: Callable,
-        items: Sequence[WorkItem],
-        *,
-        stage: str,
-        resources: dict[str, float] | None = None,
-        chunk_size: int = 1,
-        batched: bool = False,
-    ) -> Iterator[Outcome]: ...
-
-    def close(self) -> None: ...
 
 
 def describe_error(error: BaseException) -> str:
@@ -168,8 +155,27 @@ def _limit_threads_in_worker() -> None:
             torch.set_num_threads(threads)
 
 
-class InProcessExecutor:
-    """Runs chunks one after the other in this process."""
+@dataclass(frozen=True)
+class Tasks:
+    """How one stage's items become tasks: what :meth:`Executor.map` takes besides the items."""
+
+    stage: str
+    resources: dict[str, float] | None = None
+    chunk_size: int = 1
+    batched: bool = False
+
+
+#: A chunk whose task ended: its items, each item's result, and the warnings they raised.
+FinishedChunk = tuple[list[WorkItem], ChunkResults, list[Raised]]
+
+
+class Executor(ABC):
+    """Runs a stage's per-item function over its work items, a chunk of items per task.
+
+    An executor says only where chunks run (:meth:`_finished_chunks`); :meth:`map` turns
+    any executor's finished chunks into per-item outcomes and shows the items' warnings,
+    so the in-process reference path and the dask path cannot drift apart.
+    """
 
     def map(
         self,
@@ -181,17 +187,32 @@ class InProcessExecutor:
         chunk_size: int = 1,
         batched: bool = False,
     ) -> Iterator[Outcome]:
-        for chunk in chunked(items, chunk_size):
-            results, raised = call_chunk(fn, [i.payload for i in chunk], batched)
-            notice(stage, raised)
-            for item, (rows, error, seconds) in zip(chunk, results):
-                yield Outcome(item, rows, error, seconds)
+        """Each item's outcome, in the order its chunk finished."""
+        tasks = Tasks(stage, resources, chunk_size, batched)
+        with closing(self._finished_chunks(fn, items, tasks)) as finished:
+            for chunk, results, raised in finished:
+                notice(stage, raised)
+                for item, (rows, error, seconds) in zip(chunk, results):
+                    yield Outcome(item, rows, error, seconds)
+
+    @abstractmethod
+    def _finished_chunks(self, fn: Callable, items: Sequence[WorkItem], tasks: Tasks) -> Iterator[FinishedChunk]:
+        """Run ``items`` in chunks; yield each chunk as its task ends. Closing the iterator
+        cancels the tasks not yet finished."""
 
     def close(self) -> None:
-        pass
+        """Release the workers this executor started."""
 
 
-class DaskExecutor:
+class InProcessExecutor(Executor):
+    """Runs chunks one after the other in this process."""
+
+    def _finished_chunks(self, fn: Callable, items: Sequence[WorkItem], tasks: Tasks) -> Iterator[FinishedChunk]:
+        for chunk in chunked(items, tasks.chunk_size):
+            yield chunk, *call_chunk(fn, [i.payload for i in chunk], tasks.batched)
+
+
+class DaskExecutor(Executor):
     """Submits items as dask.distributed tasks to an existing, a batch-system or a local cluster."""
 
     def __init__(
@@ -253,24 +274,15 @@ class DaskExecutor:
         wanted = {name: amount for name, amount in resources.items() if any(name in o for o in offered)}
         return wanted or None
 
-    def map(
-        self,
-        fn: Callable,
-        items: Sequence[WorkItem],
-        *,
-        stage: str,
-        resources: dict[str, float] | None = None,
-        chunk_size: int = 1,
-        batched: bool = False,
-    ) -> Iterator[Outcome]:
+    def _finished_chunks(self, fn: Callable, items: Sequence[WorkItem], tasks: Tasks) -> Iterator[FinishedChunk]:
         if not items:
             return
         from distributed import as_completed
 
         client = self.client
-        wanted = self._supported(resources)
+        wanted = self._supported(tasks.resources)
         threads = self._threads(wanted)
-        size = items_per_task(len(items), threads, chunk_size, batched)
+        size = items_per_task(len(items), threads, tasks.chunk_size, tasks.batched)
         token = uuid.uuid4().hex[:8]
         chunks = chunked(items, size)
         pending: dict[Any, tuple[list[WorkItem], float]] = {}
@@ -283,8 +295,8 @@ class DaskExecutor:
                     call_chunk,
                     fn,
                     [item.payload for item in chunk],
-                    batched,
-                    key=f"{stage}-{chunk[0].key}-{len(chunk)}-{token}",
+                    tasks.batched,
+                    key=f"{tasks.stage}-{chunk[0].key}-{len(chunk)}-{token}",
                     pure=False,
                     resources=wanted,
                 )
@@ -299,14 +311,10 @@ class DaskExecutor:
                     threads, checked = self._threads(wanted), time.monotonic()
                 top_up()
                 if future.status == "finished":
-                    results, raised = future.result()
-                    notice(stage, raised)
-                    for item, (rows, error, seconds) in zip(chunk, results):
-                        yield Outcome(item, rows, error, seconds)
+                    yield chunk, *future.result()
                 else:
                     reason = describe_error(future.exception())
-                    for item in chunk:
-                        yield Outcome(item, None, reason, time.perf_counter() - submitted)
+                    yield chunk, [(None, reason, time.perf_counter() - submitted)] * len(chunk), []
                 future.release()
         finally:
             for future in pending:

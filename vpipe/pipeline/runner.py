@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 
 from vpipe.errors import StageError
-from vpipe.pipeline.dag import stage_name
 from vpipe.pipeline.executor import Executor, InProcessExecutor
 from vpipe.pipeline.failures import replace_stage_failures
 from vpipe.pipeline.fingerprint import one_stat_per_file
@@ -188,7 +187,7 @@ def dry_run(stages: Sequence[Stage], *, retry_failed: bool = False) -> list[Stag
             if upstream:
                 if not report.ready:
                     report = StageReport(stage=stage.label, artifact=report.artifact)
-                report.after = [stage_name(by_name[name]) for name in by_name if name in upstream]
+                report.after = [by_name[name].label for name in by_name if name in upstream]
             works = report.ready and bool(report.stale or report.new or report.damaged or (retry_failed and report.failed))
             if upstream or works:
                 remade.add(stage.journal_name)

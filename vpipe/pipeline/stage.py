@@ -111,9 +111,21 @@ class Stage(ABC):
         self.workspace = workspace
 
     @property
+    def subject(self) -> str | None:
+        """What this stage is about where a job runs its kind several times (a feature set,
+        a run's inputs); ``None`` where a job has one stage of its kind."""
+        return None
+
+    @property
     def label(self) -> str:
-        """How reports, status, failure records and ``--only`` / ``--until`` name this stage."""
-        return self.name
+        """The stage's one name, in reports, status, dry runs, failure records and
+        ``--only`` / ``--until``: its kind, then its subject after a ``:``.
+
+        ``probe``, ``plan``, ``flow``, ``extract:li3d-rgb``, ``encode:li3d-rgb``,
+        ``retrieval``, ``train:li3d-rgb``, ``evaluate``. A bare kind (``extract``) selects
+        every stage of that kind.
+        """
+        return self.name if self.subject is None else f"{self.name}:{self.subject}"
 
     @property
     def journal_name(self) -> str:
@@ -215,11 +227,6 @@ class WholeDatasetStage(Stage):
 
     in_process = True
 
-    @property
-    def subject(self) -> str:
-        """The one item's key: what the stage is about (a feature set, a run)."""
-        return self.label
-
     @abstractmethod
     def item_fingerprint(self) -> str:
         """The fingerprint of the stage's options; raises StageError when inputs are missing."""
@@ -246,7 +253,7 @@ class WholeDatasetStage(Stage):
         return {}
 
     def items(self) -> list[WorkItem]:
-        return [WorkItem(key=self.subject, fingerprint=self.item_fingerprint(), payload=None, path=str(self.artifact))]
+        return [WorkItem(key=self.label, fingerprint=self.item_fingerprint(), payload=None, path=str(self.artifact))]
 
     def item_fn(self) -> ItemFn:
         return self._run_item
@@ -273,12 +280,12 @@ class WholeDatasetStage(Stage):
 
     def item_states(self) -> ItemStates:
         items = self.items()
-        current = self.current_records(items, Journal(self.journal_dir).load()).get(self.subject)
+        current = self.current_records(items, Journal(self.journal_dir).load()).get(self.label)
         if current is not None:
             state = DONE if current.ok else FAILED
         else:
             state = STALE if self.artifact.exists() or self.output().recorded() else NEW
-        return ItemStates(pa.array([self.subject], pa.string()), np.array([state]))
+        return ItemStates(pa.array([self.label], pa.string()), np.array([state]))
 
     def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
         """Nothing: :meth:`work` wrote the artifact."""

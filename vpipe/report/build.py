@@ -25,7 +25,6 @@ from vpipe.report.plots import plot_confusion, plot_history, plot_tsne
 from vpipe.report.tables import markdown_table, run_row
 from vpipe.train import runs
 from vpipe.train.evaluation import before_and_after
-from vpipe.train.trainer import best_epoch
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,9 @@ def plot_run(ws: DatasetWorkspace, run: RunRecord, *, tsne: bool = True, device:
     features any more (re-extracted with another layout) gets no t-SNE, with a warning."""
     run_id = run.run_id
     out = run.directory / runs.PLOTS_DIR
-    history = run.history
     class_names = run.config.class_names
     paths = [
-        plot_history(history, best_epoch(history), out / "curves.png", f"{run_id}: training"),
+        plot_history(run.history, run.best_epoch, out / "curves.png", f"{run_id}: training"),
         plot_confusion(
             np.asarray(run.metrics["confusion"]),
             class_names,

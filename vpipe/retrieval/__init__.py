@@ -12,7 +12,7 @@ with the test-queries-against-train-gallery protocol. Python API::
 
 from vpipe.lazy import lazy_exports
 
-__all__ = ["Hit", "Index", "build_index", "evaluate_index", "retrieval_metrics"]
+__all__ = ["Hit", "Index", "IndexOptions", "build_index", "evaluate_index", "retrieval_metrics"]
 
 # Lazy: the pipeline's index step (listed by ``vpipe status``) lives in this package,
 # and the index itself needs faiss, torch and h5py.
@@ -23,6 +23,7 @@ __getattr__, __dir__ = lazy_exports(
         "retrieval_metrics": "vpipe.retrieval.evaluation",
         "Hit": "vpipe.retrieval.index",
         "Index": "vpipe.retrieval.index",
+        "IndexOptions": "vpipe.retrieval.index_options",
         "build_index": "vpipe.retrieval.index",
     },
 )

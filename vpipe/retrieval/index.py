@@ -25,6 +25,7 @@ from vpipe.pipeline.workspace import DatasetWorkspace, resolve_workspace
 from vpipe.retrieval import faiss_index, store
 from vpipe.retrieval.centring import Centring, score_spread
 from vpipe.retrieval.embeddings import Embedding, parse_embedding
+from vpipe.retrieval.index_options import IndexOptions
 from vpipe.retrieval.query_video import gallery_twin, probe_query, query_video
 
 #: Bumped when the same embedding would give a different index.
@@ -32,16 +33,16 @@ from vpipe.retrieval.query_video import gallery_twin, probe_query, query_video
 INDEX_VERSION = "vpipe.index/2"
 
 
-def _index_fingerprint(embedding_fp: str, *, exact: bool, clips: bool, centre: bool, whiten: bool) -> str:
+def _index_fingerprint(embedding_fp: str, options: IndexOptions) -> str:
     rules = (faiss_index.FLAT_MAX, faiss_index.FLAT_BYTES_MAX, faiss_index.TARGET_RECALL)
-    return fingerprint(INDEX_VERSION, embedding_fp, exact, clips, rules, centre, whiten)
+    return fingerprint(INDEX_VERSION, embedding_fp, options.exact, options.clips, rules, options.centre, options.whiten)
 
 
 def _state(
-    ws: DatasetWorkspace, source: Embedding, name: str | None, **options: bool
+    ws: DatasetWorkspace, source: Embedding, options: IndexOptions
 ) -> tuple[str, dict[str, Any] | None, str, str]:
     """The index name, its stored metadata (None if absent), the embedding's and the index's fingerprints."""
-    name = store.check_name(name or source.default_index_name + ("-clips" if options["clips"] else ""))
+    name = store.check_name(options.name or source.default_index_name + ("-clips" if options.clips else ""))
     stored = store.read_metadata(ws, name)
     if stored is not None and stored["embedding"] != source.text:
         raise ConfigError(
@@ -49,57 +50,46 @@ def _state(
             f"choose another --name (nothing was rewritten)"
         )
     embedding_fp = source.fingerprint(ws)
-    return name, stored, embedding_fp, _index_fingerprint(embedding_fp, **options)
+    return name, stored, embedding_fp, _index_fingerprint(embedding_fp, options)
 
 
 def _intact(ws: DatasetWorkspace, name: str, stored: dict[str, Any] | None, fp: str) -> bool:
     return stored is not None and stored["fingerprint"] == fp and not store.faiss_file_intact(ws, name, stored)
 
 
-def index_status(
-    ws: DatasetWorkspace, embedding: str, *, name: str | None = None, exact: bool = False, clips: bool = False,
-    centre: bool = True, whiten: bool = False,
-) -> tuple[str, bool]:
+def index_status(ws: DatasetWorkspace, embedding: str, options: IndexOptions = IndexOptions()) -> tuple[str, bool]:
     """The index name and whether :func:`build_index` with these arguments would find nothing to do."""
-    source = parse_embedding(embedding)
-    name, stored, _, fp = _state(ws, source, name, exact=exact, clips=clips, centre=centre, whiten=whiten)
+    name, stored, _, fp = _state(ws, parse_embedding(embedding), options)
     return name, _intact(ws, name, stored, fp)
 
 
 def build_index(
-    ws: DatasetWorkspace,
-    embedding: str,
-    *,
-    name: str | None = None,
-    exact: bool = False,
-    clips: bool = False,
-    centre: bool = True,
-    whiten: bool = False,
-    device: str = "auto",
+    ws: DatasetWorkspace, embedding: str, options: IndexOptions = IndexOptions(), *, device: str = "auto"
 ) -> dict[str, Any]:
-    """Index ``embedding``'s gallery under ``name``; return the metadata and whether it was written.
+    """Index ``embedding``'s gallery under ``options.name``; return the metadata and whether it was written.
 
-    ``centre`` subtracts the gallery mean from every vector (and query), ``whiten``
-    also PCA-whitens them (:mod:`vpipe.retrieval.centring`); the metadata reports the
-    spread of gallery-to-gallery scores before and after. An existing index of the same name built from another embedding is never
-    overwritten: that is a :class:`ConfigError` asking for another ``--name``.
+    ``options.centre`` subtracts the gallery mean from every vector (and query),
+    ``options.whiten`` also PCA-whitens them (:mod:`vpipe.retrieval.centring`); the
+    metadata reports the spread of gallery-to-gallery scores before and after. An
+    existing index of the same name built from another embedding is never overwritten:
+    that is a :class:`ConfigError` asking for another ``--name``.
     """
     source = parse_embedding(embedding)
     gpu = faiss_index.use_gpu(device)
-    name, stored, embedding_fp, fp = _state(ws, source, name, exact=exact, clips=clips, centre=centre, whiten=whiten)
+    name, stored, embedding_fp, fp = _state(ws, source, options)
     if _intact(ws, name, stored, fp):
         return {"name": name, "path": str(store.faiss_path(ws, name)), "written": False, **stored}
-    gallery = source.gallery(ws, clips=clips, device=device)
+    gallery = source.gallery(ws, clips=options.clips, device=device)
     if len(gallery.rows) == 0:
         raise StageError(f"{source.text} of dataset {ws.dataset!r} has no usable videos to index")
     count, input_dim = gallery.vectors.shape
-    if centre or whiten:
-        centring = Centring.fit(gallery.vectors, whiten=whiten)
+    if options.centre or options.whiten:
+        centring = Centring.fit(gallery.vectors, whiten=options.whiten)
     else:
         centring = Centring(np.zeros(input_dim, np.float32))
     vectors = centring.apply(gallery.vectors)
     dim = vectors.shape[1]
-    plan = faiss_index.plan_index(count, dim, exact=exact)
+    plan = faiss_index.plan_index(count, dim, exact=options.exact)
     index, report = faiss_index.build(vectors, plan, gpu=gpu)
     recall = faiss_index.tune_search(index, vectors, plan)
     metadata = {
@@ -108,12 +98,12 @@ def build_index(
         "embedding": source.text,
         "embedding_fingerprint": embedding_fp,
         "provenance": source.provenance(ws),
-        "level": "clip" if clips else "video",
+        "level": "clip" if options.clips else "video",
         "metric": "cosine",
         "count": int(count),
         "input_dim": int(input_dim),
         "dim": int(dim),
-        "centred": bool(centre or whiten),
+        "centred": bool(options.centre or options.whiten),
         "whitened": centring.whiten,
         "score_spread": {"raw": score_spread(gallery.vectors), "indexed": score_spread(vectors)},
         "kind": plan.kind,

@@ -44,8 +44,8 @@ class EncodeStage(WholeDatasetStage):
         self.features: str = features.set_name  # type: ignore[attr-defined]
 
     @property
-    def label(self) -> str:
-        return f"encode {self.features}"
+    def subject(self) -> str:
+        return self.features
 
     @property
     def journal_name(self) -> str:
@@ -94,8 +94,8 @@ class TrainStage(WholeDatasetStage):
         self.config, self.inputs, self.threads = config, tuple(inputs), threads
 
     @property
-    def label(self) -> str:
-        return f"train {self.config.inputs_name()}"
+    def subject(self) -> str:
+        return self.config.inputs_name()
 
     @property
     def journal_name(self) -> str:

@@ -82,8 +82,8 @@ class ExtractStage(PlannedVideoStage):
         self._weights_sha: str | None = None
 
     @property
-    def label(self) -> str:
-        return f"extract:{self.set_name}"
+    def subject(self) -> str:
+        return self.set_name
 
     @property
     def journal_name(self) -> str:

@@ -101,13 +101,8 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "ok": self.ok,
-            "files": self.files,
-            "bytes": self.bytes,
-            "seconds": self.seconds,
-            "problems": [asdict(p) | {"videos": list(p.videos), "remove": list(p.remove)} for p in self.problems],
-        }
+        """The verdict first, then every field; ``vpipe verify --json`` prints it."""
+        return {"ok": self.ok, **asdict(self)}
 
 
 def verify(workspace: DatasetWorkspace, kinds: tuple[str, ...] = KINDS) -> VerifyReport:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from vpipe import __version__
 from vpipe.artifacts import atomic_path, atomic_write_text, write_digest_file
+from vpipe.artifacts.run_record import BestEpoch, best_epoch
 from vpipe.device import autocast, resolve_device
 from vpipe.models.heads.registry import Head, HeadBatch, HeadInput, PrepareData
 from vpipe.pipeline.progress import progress
@@ -67,27 +68,6 @@ class RunResult:
             "best_val_acc": float(self.history.loc[self.history["epoch"] == self.best_epoch, "val_acc"].iloc[0]),
             "metrics": self.metrics,
         }
-
-
-class _Best:
-    """The best epoch so far by (validation accuracy, then lower validation loss)."""
-
-    def __init__(self) -> None:
-        self.epoch, self.acc, self.loss = 0, -1.0, math.inf
-
-    def update(self, epoch: int, acc: float, loss: float) -> bool:
-        if acc > self.acc or (acc == self.acc and loss < self.loss):
-            self.epoch, self.acc, self.loss = epoch, acc, loss
-            return True
-        return False
-
-
-def best_epoch(history: pd.DataFrame) -> int:
-    """The epoch a run kept, replayed from its history with the rule training used."""
-    best = _Best()
-    for row in history.itertuples():
-        best.update(int(row.epoch), float(row.val_acc), float(row.val_loss))
-    return best.epoch
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: int):
@@ -328,7 +308,7 @@ def _fit(
     steps = len(train_loader)
 
     rows: list[dict[str, float]] = []
-    best = _Best()
+    best = BestEpoch()
     best_state: dict[str, torch.Tensor] = {}
     epoch = 0
     with progress(f"train {run_config['run_id']}", config.max_epochs, quiet=None if show_progress else True) as bar:
