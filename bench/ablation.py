@@ -15,6 +15,9 @@ settings ``vpipe run`` trains with):
 6. the classic encodings (hard BoF, VLAD, improved FV + linear SVM, from
    :func:`vpipe.stages.encode.run_encode`) for the pipeline's K and every K of
    ``--clusters``; they are deterministic, so seeds do not apply to them.
+7. with ``--segments S``: rows 1-3 again with the head's ``segments=S`` (each video's
+   steps pooled in S consecutive parts joined in order); ``--temporal-only`` leaves out
+   4-5 (and 6 with ``--skip-baselines``) when only the temporal rows are wanted.
 
 Reported per configuration: mean ± sample standard deviation over the seeds of test
 accuracy, macro precision, macro recall, top-5, parameter count and test milliseconds
@@ -462,6 +465,27 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def soft_rows(ws: DatasetWorkspace, base: dict[str, Any], args: argparse.Namespace, rows: list[dict[str, Any]],
+              log: Any) -> dict[str, Any]:  # fmt: skip
+    """Rows 4-5: the soft aggregations after the BiLSTM, then the K sweep of the chosen one
+    (appended to ``rows``); returns what the sweep ran on and why."""
+    log(f"soft aggregations after the BiLSTM (K={args.pipeline_clusters}):")
+    for aggregation in SOFT:
+        config = {**base, "temporal": "bilstm", "aggregation": aggregation}
+        if aggregation == "mean" and args.out_dim is not None:
+            config["out_dim"] = args.out_dim
+        rows.append(train_group(ws, f"BiLSTM + {aggregation}", config, args.seeds, args.threads, log))
+    chosen = next(r for r in rows if r["aggregation"] == args.k_variant) if args.k_variant else best_soft(rows)
+    chosen_by = "given (--k-variant)" if args.k_variant else "highest mean validation accuracy over the seeds"
+    log(f"K sweep for BiLSTM + {chosen['aggregation']} ({chosen_by}):")
+    for k in args.clusters:
+        if k == args.pipeline_clusters:
+            continue
+        config = {**chosen["config"], "clusters": k}
+        rows.append(train_group(ws, f"BiLSTM + {chosen['aggregation']}", config, args.seeds, args.threads, log))
+    return {"aggregation": chosen["aggregation"], "chosen_by": chosen_by, "clusters": args.clusters}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -487,6 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="projection size of the 'mean' fusion (default: the head's, K)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch (and BLAS) threads per run")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--segments", type=int, default=1,
+                        help="also train the temporal rows with the head's segments=S (pooled in S ordered parts)")
+    parser.add_argument("--temporal-only", action="store_true", help="leave out the soft aggregations and the K sweep")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
     args = parser.parse_args(argv)
 
@@ -508,20 +535,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for temporal, label in TEMPORAL_ROWS:
             config = {**base, "temporal": temporal, "aggregation": "avg"}
             rows.append(train_group(ws, label, config, args.seeds, args.threads, log))
-        log(f"soft aggregations after the BiLSTM (K={args.pipeline_clusters}):")
-        for aggregation in SOFT:
-            config = {**base, "temporal": "bilstm", "aggregation": aggregation}
-            if aggregation == "mean" and args.out_dim is not None:
-                config["out_dim"] = args.out_dim
-            rows.append(train_group(ws, f"BiLSTM + {aggregation}", config, args.seeds, args.threads, log))
-        chosen = next(r for r in rows if r["aggregation"] == args.k_variant) if args.k_variant else best_soft(rows)
-        chosen_by = "given (--k-variant)" if args.k_variant else "highest mean validation accuracy over the seeds"
-        log(f"K sweep for BiLSTM + {chosen['aggregation']} ({chosen_by}):")
-        for k in args.clusters:
-            if k == args.pipeline_clusters:
-                continue
-            config = {**chosen["config"], "clusters": k}
-            rows.append(train_group(ws, f"BiLSTM + {chosen['aggregation']}", config, args.seeds, args.threads, log))
+        if args.segments > 1:
+            log(f"temporal layers (average pooling of {args.segments} segments):")
+            for temporal, label in TEMPORAL_ROWS:
+                config = {**base, "temporal": temporal, "aggregation": "avg", "segments": args.segments}
+                rows.append(train_group(ws, f"{label} x {args.segments} segments", config, args.seeds, args.threads,
+                                        log))  # fmt: skip
+        k_sweep = None if args.temporal_only else soft_rows(ws, base, args, rows, log)
         if not args.skip_baselines:
             log("classic encodings + linear SVM:")
             rows += baseline_rows(ws, args.features, ks, log)
@@ -536,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "features": args.features,
         "seeds": args.seeds,
         "base_config": make_config(base).to_dict() | {"seed": None},
-        "k_sweep": {"aggregation": chosen["aggregation"], "chosen_by": chosen_by, "clusters": args.clusters},
+        "k_sweep": k_sweep,
         "dataset": facts,
         "std": "sample standard deviation over seeds (ddof=1); baselines are deterministic, one value",
         "rows": rows,
@@ -546,8 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     seeds = ",".join(map(str, args.seeds))
-    print(f"Test metrics, mean ± std over seeds {seeds} ({facts['videos']['test']} test videos); "
-          f"K sweep on BiLSTM + {chosen['aggregation']} ({chosen_by}).\n")  # fmt: skip
+    sweep = f"; K sweep on BiLSTM + {k_sweep['aggregation']} ({k_sweep['chosen_by']})" if k_sweep else ""
+    print(f"Test metrics, mean ± std over seeds {seeds} ({facts['videos']['test']} test videos){sweep}.\n")
     print(markdown(rows))
     print()
     print(markdown_claims(report["claims"], report["chance"]))

@@ -40,6 +40,9 @@ standardised with train statistics as the head's ``prepare`` does (``head``: one
 scale for the columns the backbone declares histograms), per dimension (``dimension``,
 the rule for learned features) or with one scale for all (``global``). Reported per seed: top-1, accuracy per family, and
 the share of the order family's test videos predicted as their time-reversed partner.
+With ``--segments S`` the rows are the order-less ``none + avg`` and none / lstm / bilstm
+with the head's ``segments=S`` (each video's 28 steps averaged in S consecutive parts,
+joined in order); S = 6 was chosen on the validation folds (bench/ablation.md).
 
     python bench/heldout_motion.py --cache /tmp/heldout.npz --out bench/results/heldout_motion.json
 """
@@ -145,11 +148,12 @@ def histogram_columns(width: int) -> tuple[tuple[int, int], ...]:
 
 
 def train_and_test(temporal: str, x: torch.Tensor, y: torch.Tensor, fit: np.ndarray, test: np.ndarray,
-                   seed: int, standardise: str, training: dict[str, object]) -> np.ndarray:
+                   seed: int, standardise: str, training: dict[str, object], segments: int = 1) -> np.ndarray:
     """Test predictions of one head trained for a fixed number of epochs with ``training``'s
     AdamW settings (weight decay 1e-2 in both; ``warmup-cosine`` stepped per batch as the trainer does)."""
     torch.manual_seed(seed)
-    head = BiLSTMSoftAggHead(x.shape[-1], len(CLASSES), temporal=temporal, hidden=64, aggregation="avg")
+    head = BiLSTMSoftAggHead(x.shape[-1], len(CLASSES), temporal=temporal, hidden=64, aggregation="avg",
+                             segments=segments)
     steps = x[fit].reshape(-1, x.shape[-1]).double()
     if standardise == "global":
         std = steps.std().expand(x.shape[-1])
@@ -210,6 +214,9 @@ def main() -> None:
                         help="TV-L1 setting: the flow stage's (what the pipeline computes) or the coarse, faster one")
     parser.add_argument("--folds", type=int, default=0,
                         help="score on this many validation folds of the fit videos (fold k %% folds) instead of the test videos")
+    parser.add_argument("--segments", type=int, default=1,
+                        help="pool S consecutive temporal segments apart (the head's segments option): rows "
+                             "none / lstm / bilstm at S, beside the order-less none + avg")
     parser.add_argument("--cache", type=Path, default=None,
                         help="npz of the rendered set's frames and flow codes, reused when present")
     parser.add_argument("--out", type=Path, default=None)
@@ -227,21 +234,26 @@ def main() -> None:
     scored = np.concatenate([part for _, part in splits])
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
     training = QUICK if args.training == "quick" else declared_training()
+    heads = [("none", 1), ("lstm", 1), ("bilstm", 1)]
+    if args.segments > 1:
+        heads = [("none", 1), *((temporal, args.segments) for temporal in ("none", "lstm", "bilstm"))]
     rows = {}
-    for temporal in ("none", "lstm", "bilstm"):
+    for temporal, segments in heads:
         per_seed = []
         for seed in args.seeds:
-            predicted = [train_and_test(temporal, xt, yt, a, b, seed, args.standardise, training) for a, b in splits]
+            predicted = [train_and_test(temporal, xt, yt, a, b, seed, args.standardise, training, segments)
+                         for a, b in splits]
             per_seed.append(scores(y[scored], np.concatenate(predicted)))
         mean = {key: float(np.mean([r[key] for r in per_seed])) for key in per_seed[0]}
-        rows[f"{temporal} + avg"] = {
+        name = f"{temporal} + avg" + (f" x {segments} segments" if segments > 1 else "")
+        rows[name] = {
             "per_seed": per_seed,
             "mean": mean,
             "std": {key: float(np.std([r[key] for r in per_seed], ddof=1)) for key in per_seed[0]},
             "split_se": 100 * float(np.sqrt(mean["top1"] / 100 * (1 - mean["top1"] / 100) / len(scored))),
         }
-        mean = rows[f"{temporal} + avg"]["mean"]
-        print(f"{temporal:>6} + avg: top-1 {mean['top1']:.1f} %, direction {mean['direction']:.0f}, rhythm "
+        mean = rows[name]["mean"]
+        print(f"{name:>24}: top-1 {mean['top1']:.1f} %, direction {mean['direction']:.0f}, rhythm "
               f"{mean['rhythm']:.0f}, order {mean['order']:.0f}, order swap {mean['order_swap']:.0f}", flush=True)
     result = {
         "benchmark": "heldout_motion",
@@ -255,6 +267,7 @@ def main() -> None:
         "chance": 100 / len(CLASSES),
         "goal_top1": 80.0,
         "rows": rows,
+        "segments": args.segments,
         "meets_goal": None if args.folds else max(r["mean"]["top1"] for n, r in rows.items() if n != "none + avg") >= 80.0,
         "machine": {"cpu": cpu_model(), "load_average": load_average(), "torch_threads": 1},
     }

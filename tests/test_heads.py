@@ -182,3 +182,68 @@ def test_one_hidden_size_and_the_papers_aggregation_by_default():
     signature = inspect.signature(BiLSTMSoftAggHead).parameters
     assert options["hidden"] == signature["hidden"].default
     assert options["aggregation"] == signature["aggregation"].default == "mean"
+
+
+def test_segment_masks_split_each_video_into_consecutive_parts():
+    from vpipe.models.heads.bilstm import segment_masks
+
+    masks = segment_masks(torch.tensor([7, 6, 2]), 8, 3).int().numpy()
+    # floor(s·L/S) .. floor((s+1)·L/S): 7 -> 0-1, 2-3, 4-6; 6 -> 0-1, 2-3, 4-5; the padding never
+    expected = {0: [[0, 1], [2, 3], [4, 5, 6]], 1: [[0, 1], [2, 3], [4, 5]], 2: [[0], [0], [1]]}
+    for video, parts in expected.items():
+        for s, steps in enumerate(parts):
+            assert np.flatnonzero(masks[video, s]).tolist() == steps
+    # a video shorter than S: every segment takes at least its first step, none is empty
+    assert segment_masks(torch.tensor([1]), 4, 3).sum(-1).tolist() == [[1, 1, 1]]
+
+
+@pytest.mark.parametrize("aggregation", ["avg", "softvlad"])
+def test_segments_join_each_parts_code_in_time_order(aggregation):
+    torch.manual_seed(0)
+    head = BiLSTMSoftAggHead(D, C, temporal="none", aggregation=aggregation, num_clusters=K, segments=3).eval()
+    whole = BiLSTMSoftAggHead(D, C, temporal="none", aggregation=aggregation, num_clusters=K).eval()
+    whole.aggregation.load_state_dict(head.aggregation.state_dict())
+    x = padded()
+    embedding = head.forward_features(x, LENGTHS)
+    assert head.num_features == 3 * whole.num_features and embedding.shape == (3, head.num_features)
+    n = whole.num_features
+    # video 0 (7 steps): steps 0-1, 2-3, 4-6, each pooled alone, in that order
+    for s, steps in enumerate([slice(0, 2), slice(2, 4), slice(4, 7)]):
+        part = x[0:1, steps]
+        alone = whole.forward_features(part, torch.tensor([part.shape[1]]))[0]
+        torch.testing.assert_close(embedding[0, s * n : (s + 1) * n], alone)
+    if aggregation == "avg":  # against numpy: the mean of each part
+        numpy = np.concatenate([x[1, steps].numpy().mean(0) for steps in (slice(0, 1), slice(1, 2), slice(2, 3))])
+        np.testing.assert_allclose(embedding[1].detach().numpy(), numpy, rtol=1e-6)
+    assert torch.isfinite(embedding).all()  # video 2 (1 step): every part repeats it, NaN padding never read
+
+
+def test_segments_see_order_that_whole_video_average_pooling_cannot(one_thread):
+    """A time-reversed video has the same average; with two segments its halves swap places."""
+    x = torch.randn(1, 8, D)
+    lengths = torch.tensor([8])
+    reversed_x = x.flip(1)
+    whole = BiLSTMSoftAggHead(D, C, temporal="none", aggregation="avg").eval()
+    torch.testing.assert_close(whole.forward_features(x, lengths), whole.forward_features(reversed_x, lengths))
+    halves = BiLSTMSoftAggHead(D, C, temporal="none", aggregation="avg", segments=2).eval()
+    forward, backward = halves.forward_features(x, lengths), halves.forward_features(reversed_x, lengths)
+    assert not torch.allclose(forward, backward)
+    torch.testing.assert_close(backward[:, :D], forward[:, D:])
+    torch.testing.assert_close(backward[:, D:], forward[:, :D])
+    torch.manual_seed(0)
+    kwargs = dict(hidden=8, aggregation="avg", dropout=0.0, temporal="none")
+    assert train_accuracy(BiLSTMSoftAggHead(3, 2, segments=2, **kwargs)) > 0.95
+    assert train_accuracy(BiLSTMSoftAggHead(3, 2, **kwargs)) < 0.7
+
+
+def test_segments_option_names_the_run_and_defaults_to_the_papers_whole_video():
+    from vpipe.models.heads.registry import head_class
+
+    spec = head_class("bilstm-softagg")
+    assert spec.validate_options({})["segments"] == 1
+    assert spec.tag(spec.validate_options({"aggregation": "avg"})) == "bilstm-avg"
+    assert spec.tag(spec.validate_options({"aggregation": "avg", "segments": "3"})) == "bilstm-avg-seg3"
+    with pytest.raises(ConfigError, match="segments"):
+        spec.validate_options({"segments": 0})
+    with pytest.raises(ConfigError, match="segments"):
+        BiLSTMSoftAggHead(D, C, segments=0)

@@ -207,6 +207,9 @@ class BiLSTMSoftAggSpec(HeadSpec):
         ),
         HeadOption("hidden", HIDDEN, "LSTM hidden size per direction.", minimum=1),
         HeadOption("dropout", 0.5, "Dropout on the video embedding before the classifier.", minimum=0.0),
+        HeadOption(
+            "segments", 1, "Consecutive temporal segments pooled apart and joined in order (1: whole video).", minimum=1
+        ),
         HeadOption("codebook", None, "Codebook .h5 for temporal=none (None: the workspace's, if fitted).", kind=str),
     )
     example_shapes = {"x": (1024,)}
@@ -234,9 +237,11 @@ class BiLSTMSoftAggSpec(HeadSpec):
 
     @classmethod
     def tag(cls, options: dict[str, Any]) -> str:
-        """``<temporal>-<aggregation>[-k<K>]``, the rows of the papers' ablations."""
+        """``<temporal>-<aggregation>[-k<K>][-seg<S>]``, the rows of the papers' ablations
+        (and the temporal segments, when more than one)."""
         k = f"-k{options['clusters']}" if options["aggregation"] != "avg" else ""
-        return f"{options['temporal']}-{options['aggregation']}{k}"
+        segments = f"-seg{options['segments']}" if options.get("segments", 1) > 1 else ""
+        return f"{options['temporal']}-{options['aggregation']}{k}{segments}"
 
     @classmethod
     def external_files(

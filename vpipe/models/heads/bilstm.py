@@ -35,6 +35,12 @@ Defaults and the readings behind them:
   averaged encoding's projections (3·K·K·512 values) and an epoch at UCF101 size within
   the CPU budget; one constant serves the module and the registered head.
 * ``clusters=128``: the paper's Table 2 choice.
+* ``segments=1``: the papers pool the whole sequence at once. ``segments=S`` splits each
+  video's steps into S consecutive segments of (nearly) equal length, pools each with the
+  same aggregation and joins the S codes in time order, the temporal grid Laptev et al.
+  (CVPR 2008, "t2"/"t3") lay over bags of HOG/HOF features. It is how an order-less
+  pooling, or an average over a recurrent layer's outputs that washes out where in the
+  video a step was, keeps the order of the video's parts; see :func:`segment_masks`.
 """
 
 from __future__ import annotations
@@ -60,7 +66,25 @@ from vpipe.models.aggregation import (
 
 from vpipe.models.heads.registry import Head, HeadBatch, PrepareData, register_head
 
-__all__ = ["TEMPORAL", "BiLSTMSoftAgg", "BiLSTMSoftAggHead", "init_aggregation_from_features"]
+__all__ = ["TEMPORAL", "BiLSTMSoftAgg", "BiLSTMSoftAggHead", "init_aggregation_from_features", "segment_masks"]
+
+
+def segment_masks(lengths: Tensor, total: int, segments: int) -> Tensor:
+    """(B, segments, total) boolean: the steps of each of a video's ``segments`` consecutive parts.
+
+    Segment s of a video with L valid steps covers steps ``floor(s·L/S)`` up to, not
+    including, ``floor((s+1)·L/S)``: equal parts to within one step, in time order, that
+    together cover the valid steps once and never reach the padding. A video shorter than
+    S steps would leave segments empty (and, pooled, equal to a video with those steps
+    missing); there a segment takes the one step at its start instead, so every segment
+    holds at least one step and a short video repeats steps rather than inventing zeros.
+    """
+    lengths = torch.as_tensor(lengths, dtype=torch.int64).unsqueeze(1)
+    s = torch.arange(segments, device=lengths.device)
+    start = (s * lengths) // segments
+    stop = torch.maximum(((s + 1) * lengths) // segments, start + 1)
+    t = torch.arange(total, device=lengths.device)
+    return (t >= start.unsqueeze(-1)) & (t < stop.unsqueeze(-1))
 
 
 def input_scales(sample: np.ndarray, histograms: tuple[tuple[int, int], ...] = ()) -> np.ndarray:
@@ -104,6 +128,9 @@ class BiLSTMSoftAggHead(nn.Module):
         out_dim: projection size after the soft aggregation (None: no projection, or K for
             ``"mean"``, which projects every encoding to one size).
         dropout: dropout on the video embedding before the classifier.
+        segments: consecutive temporal segments pooled separately and joined in order
+            (1: the whole sequence at once, as in the papers); the embedding has
+            ``segments`` times the aggregation's values.
 
     The timm-style split is kept: :meth:`forward_features` gives the video embedding
     (``num_features`` values, for t-SNE and retrieval), :meth:`forward_head` the logits.
@@ -120,11 +147,12 @@ class BiLSTMSoftAggHead(nn.Module):
         num_clusters: int = 128,
         out_dim: int | None = None,
         dropout: float = 0.5,
+        segments: int = 1,
     ) -> None:
         super().__init__()
         if temporal not in TEMPORAL:
             raise ConfigError(f"temporal {temporal!r} is not one of {', '.join(TEMPORAL)}")
-        sizes = {"input_dim": input_dim, "num_classes": num_classes, "hidden": hidden}
+        sizes = {"input_dim": input_dim, "num_classes": num_classes, "hidden": hidden, "segments": segments}
         for name, value in sizes.items():
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
@@ -145,7 +173,8 @@ class BiLSTMSoftAggHead(nn.Module):
             self.rnn = nn.LSTM(input_dim, hidden, batch_first=True, bidirectional=bidirectional)
             self.feature_dim = 2 * hidden if bidirectional else hidden
         self.aggregation = make_aggregation(aggregation, num_clusters, self.feature_dim, out_dim)
-        self.num_features = self.aggregation.out_dim
+        self.segments = segments
+        self.num_features = segments * self.aggregation.out_dim
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.num_features, num_classes)
 
@@ -172,8 +201,15 @@ class BiLSTMSoftAggHead(nn.Module):
         self.input_std.copy_(torch.as_tensor(std, dtype=self.input_std.dtype))
 
     def forward_features(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """Video embedding after aggregation, (B, num_features)."""
-        return self.aggregation(*self.sequence_features(x, lengths))
+        """Video embedding after aggregation, (B, num_features): the codes of the
+        ``segments`` parts in time order (one aggregation for all, as one batch)."""
+        h, mask = self.sequence_features(x, lengths)
+        if self.segments == 1:
+            return self.aggregation(h, mask)
+        b, t, d = h.shape
+        parts = segment_masks(torch.as_tensor(lengths), t, self.segments).to(h.device)
+        h = h.unsqueeze(1).expand(b, self.segments, t, d).reshape(b * self.segments, t, d)
+        return self.aggregation(h, parts.reshape(b * self.segments, t)).reshape(b, -1)
 
     def forward_head(self, embedding: Tensor) -> Tensor:
         return self.classifier(self.dropout(embedding))
@@ -286,6 +322,7 @@ class BiLSTMSoftAgg(BiLSTMSoftAggSpec, Head):
             num_clusters=options["clusters"],
             out_dim=options["out_dim"],
             dropout=options["dropout"],
+            segments=options["segments"],
         )
         self.num_features = self.model.num_features
 
