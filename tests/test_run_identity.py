@@ -85,6 +85,23 @@ def test_status_and_trainer_fingerprints_agree_for_every_head(tmp_path):
     assert len(set(fingerprints)) == len(configs)
 
 
+def test_an_option_added_later_keeps_earlier_runs_current(tmp_path):
+    """``segments`` came after runs were trained: at its default (the whole video, as
+    before) it stays out of the identity, so those runs are not retrained; another value
+    is a different run."""
+    ws = make_workspace(tmp_path / "ws")
+    default = TrainConfig(features=(RGB,), head="bilstm-softagg")
+    named = TrainConfig(features=(RGB,), head="bilstm-softagg", head_options={"segments": 1})
+    split = TrainConfig(features=(RGB,), head="bilstm-softagg", head_options={"segments": 2})
+    before = {k: v for k, v in default.head_options.items() if k != "segments"}
+    assert default.head_options["segments"] == 1
+    assert default.identity() == {**default.to_dict(), "head_options": before}
+    assert status_fingerprint(ws, named) == status_fingerprint(ws, default) == _trainer_fingerprint(ws, default)
+    assert split.identity()["head_options"]["segments"] == 2
+    assert status_fingerprint(ws, split) != status_fingerprint(ws, default)
+    assert status_fingerprint(ws, split) == _trainer_fingerprint(ws, split)
+
+
 def test_a_changed_index_changes_the_status_fingerprint(tmp_path):
     """The per-process index cache is keyed by the file's state, not its name."""
     ws = make_workspace(tmp_path / "ws")

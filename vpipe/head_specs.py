@@ -52,6 +52,11 @@ class HeadOption:
 
     Values from the command line arrive as strings and are converted to the type of the
     default (``kind`` where the default is None).
+
+    ``added_later`` marks an option added after runs were trained whose default reproduces
+    those runs exactly: at its default it stays out of a run's identity
+    (:meth:`HeadSpec.identity_options`), so adding it does not make every finished run of
+    the head stale and retrain it. Any other value enters the identity as usual.
     """
 
     name: str
@@ -60,6 +65,7 @@ class HeadOption:
     choices: tuple[Any, ...] | None = None
     kind: type | None = None
     minimum: float | None = None
+    added_later: bool = False
 
     @property
     def type(self) -> type:
@@ -154,6 +160,13 @@ class HeadSpec:
         return values
 
     @classmethod
+    def identity_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` as a run's fingerprint sees them: without the options added later
+        that sit at their default (see :class:`HeadOption`)."""
+        neutral = {o.name for o in cls.options if o.added_later and options.get(o.name, o.default) == o.default}
+        return {name: value for name, value in options.items() if name not in neutral}
+
+    @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         """Rules between options (raise :class:`ConfigError`); none by default."""
 
@@ -208,7 +221,11 @@ class BiLSTMSoftAggSpec(HeadSpec):
         HeadOption("hidden", HIDDEN, "LSTM hidden size per direction.", minimum=1),
         HeadOption("dropout", 0.5, "Dropout on the video embedding before the classifier.", minimum=0.0),
         HeadOption(
-            "segments", 1, "Consecutive temporal segments pooled apart and joined in order (1: whole video).", minimum=1
+            "segments",
+            1,
+            "Consecutive temporal segments pooled apart and joined in order (1: whole video).",
+            minimum=1,
+            added_later=True,
         ),
         HeadOption("codebook", None, "Codebook .h5 for temporal=none (None: the workspace's, if fitted).", kind=str),
     )

@@ -110,7 +110,7 @@ class TrainStage(WholeDatasetStage):
 
     def settings(self) -> dict[str, Any]:
         """The config and the head's version, so a dry run names a version bump too."""
-        return {**self.config.to_dict(), "head_version": self.config.head_spec.version}
+        return {**self.config.identity(), "head_version": self.config.head_spec.version}
 
     def item_fingerprint(self) -> str:
         """The config's: the run fingerprint adds the inputs' content, which

@@ -146,6 +146,11 @@ class TrainConfig:
         data["features"] = list(self.features)
         return data
 
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` as a run's fingerprint covers it: head options added later that sit
+        at their default are left out, so runs trained before they existed stay current."""
+        return {**self.to_dict(), "head_options": self.head_spec.identity_options(self.head_options)}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error, not ignored."""

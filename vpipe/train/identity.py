@@ -1,7 +1,8 @@
 """What makes two training runs the same, and whether a finished run already is this one.
 
-A run's fingerprint covers the trainer's version, the complete config, the content of
-every feature set it reads (the SHA-256 of each ``index.parquet``), the data split and
+A run's fingerprint covers the trainer's version, the complete config (less head options
+added later at their default: :meth:`TrainConfig.identity`), the content of every feature
+set it reads (the SHA-256 of each ``index.parquet``), the data split and
 the files its head reads besides (a codebook, a checkpoint). ``train(reuse=True)``
 returns a finished run of the same fingerprint instead of training again, which keeps
 ``vpipe run`` idempotent, and ``vpipe status`` asks the same question.
@@ -117,14 +118,14 @@ def run_fingerprint(
     # A head at version 1 adds nothing, so runs from before heads had versions keep their fingerprint.
     head_version = config.head_spec.version
     bumped = () if head_version == 1 else ({"head_version": head_version},)
-    return fingerprint(TRAINER_VERSION, config.to_dict(), index_sha256, splits.to_dict(), files, *bumped)
+    return fingerprint(TRAINER_VERSION, config.identity(), index_sha256, splits.to_dict(), files, *bumped)
 
 
 def status_fingerprint(ws: DatasetWorkspace, config: TrainConfig) -> str:
     """The fingerprint ``train(ws, config)`` would give its run, from the indexes as columns."""
     indexes = tuple(feature_index(ws, name) for name in input_features(config))
     files = {key: file_identity(path) for key, path in run_files(ws, config).items()}
-    settings = json.dumps([config.to_dict(), files], sort_keys=True, default=str)
+    settings = json.dumps([config.identity(), files], sort_keys=True, default=str)
     return _fingerprint(ws, settings, indexes, _state(ws.manifest_path))
 
 
