@@ -137,6 +137,36 @@ def test_micro_batches_keep_the_shuffled_order_and_never_cross_a_batch(tmp_path:
     assert torch.cat([b.labels for b in cut]).tolist() == torch.cat([b.labels for b in whole]).tolist()
 
 
+def test_the_shuffled_loader_draws_what_torchs_shuffled_loader_draws(tmp_path: Path):
+    """The order and the random numbers of an epoch are a plain ``DataLoader(shuffle=True,
+    generator=...)``'s: the loader's own seed comes from the run's generator, not from the
+    global stream that dropout draws from, so cutting batches changed no earlier run."""
+    ws = make_workspace(tmp_path)
+    from vpipe.train.data import HeadDataset, InputReader, collate_heads
+    from vpipe.train.identity import run_inputs
+
+    config = TrainConfig(features=(FEATURES,), head_options={"hidden": 4, "clusters": 3})
+    with InputReader(ws, run_inputs(config)) as reader:
+        videos = sorted({v for v in reader.indexes[0]["video_id"]})[:11]
+        labels = {v: i for i, v in enumerate(videos)}
+        torch.manual_seed(5)
+        ours = torch.cat([b.labels for b in loader(reader, videos, labels, batch_size=4, train=True, seed=3)])
+        after_ours = torch.rand(3)
+        items = [(v, view) for v in videos for view in reader.sets[FEATURES].views(v)]
+        reference = DataLoader(
+            HeadDataset(reader, items, labels),
+            batch_size=4,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(3),
+            collate_fn=collate_heads,
+        )
+        torch.manual_seed(5)
+        theirs = torch.cat([b.labels for b in reference])
+        after_theirs = torch.rand(3)
+    assert ours.tolist() == theirs.tolist()
+    assert torch.equal(after_ours, after_theirs)
+
+
 # --- the rule --------------------------------------------------------------------------
 
 

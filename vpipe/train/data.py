@@ -299,6 +299,10 @@ def loader(
     return DataLoader(
         dataset,
         batch_sampler=MicroBatches(sampler, batch_size, micro_batch or batch_size),
+        # The loader draws its own seed from ``generator`` before the sampler shuffles, as
+        # a shuffled DataLoader does: the epoch's order and the global stream dropout
+        # draws from stay what they were before batches could be cut.
+        generator=generator,
         collate_fn=collate_heads,
         num_workers=0,
     )
