@@ -15,6 +15,18 @@ import os
 THREADS = int(os.environ.get("VPIPE_TEST_THREADS", "1"))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(THREADS)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread whatever ``VPIPE_TEST_THREADS`` says, for tests whose tolerances
+    compare two computations that must sum in the same order (a head against its
+    reference, a cut batch against a whole one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

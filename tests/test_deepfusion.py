@@ -42,12 +42,7 @@ from vpipe.video.sampling import flow_stack_indices, uniform_indices
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- numpy references ------------------------------------------------------------------

@@ -34,12 +34,7 @@ from vpipe.train.memory import ACTIVATION_FACTOR, RUNTIME_BYTES, plan_micro_batc
 from vpipe.train.trainer import _Step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- every registered head: the accumulated gradient is the whole batch's ----------------

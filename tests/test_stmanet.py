@@ -27,12 +27,7 @@ TOL = 1e-5
 SHAPES = {"stage2": (4, 8, 2, 3), "stage3": (8, 4, 2, 3), "stage4": (16, 2, 2, 3), "stage5": (32, 2, 2, 3)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- numpy references ------------------------------------------------------------------
