@@ -175,7 +175,7 @@ def train(
 
     Two feature sets with a one-stream head make a two-stream run (--fusion late or early).
     Heads with large per-frame maps run each batch in micro-batches that fit --memory-budget;
-    the run is the same training (its id and fingerprint do not change).
+    the run is the same training (its id and fingerprint do not change; dropout draws differ by cut).
 
     Example: vpipe train --dataset ucf101 --features li3d-rgb --features li3d-flow --head bilstm-softagg -O clusters=128
     """
