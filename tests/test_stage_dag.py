@@ -180,3 +180,18 @@ def test_dry_run_on_a_fresh_a_finished_and_a_partly_stale_workspace(tmp_path: Pa
     assert "after" not in rewritten["flow"] and "after" not in rewritten["plan"]
     text = invoke(*base[:need], "need=6", *base[need + 1 :], "--until", "flow", "--dry-run").stdout
     assert "flow: 0 done, 0 failed, 10 total, 10 stale (plan was rewritten)" in text
+
+
+@pytest.mark.parametrize("streams", [("rgb", "flow"), ("rgb",), ("flow",)])
+def test_a_backbone_of_frames_and_flow_is_extracted_once_after_the_flow(tmp_path: Path, streams: tuple[str, ...]) -> None:
+    """``vpipe run --backbone hoghofmbh`` failed with "--features lists a feature set twice"
+    (one extract per stream, both named hoghofmbh), and with ``--stream rgb`` it left out
+    the flow stage its features read."""
+    ws = DatasetWorkspace(tmp_path, "synthetic")
+    config = DatasetConfig(adapter="synthetic", root=str(tmp_path / "src"), split=1)
+    stages = main_job(ws, config, ChainOptions(backbone="hoghofmbh", streams=streams))
+    assert [stage.label for stage in stages] == [
+        "probe", "plan", "flow", "extract:hoghofmbh", "encode:hoghofmbh", "retrieval", "train:hoghofmbh", "evaluate",
+    ]  # fmt: skip
+    extract = next(stage for stage in stages if stage.label == "extract:hoghofmbh")
+    assert [required.label for required in extract.requires()] == ["plan", "flow"]

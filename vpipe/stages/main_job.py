@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpipe.artifacts.records import DatasetConfig
-from vpipe.catalog import backbone_plan
+from vpipe.catalog import backbone_inputs, backbone_plan
 from vpipe.data.base import MainJobDefaults, main_job_defaults
 from vpipe.data.registry import get_dataset
 from vpipe.encode.budget import WITHIN_BUDGET
@@ -114,6 +114,10 @@ def main_job(workspace: DatasetWorkspace, config: DatasetConfig, options: ChainO
     dataset = main_job_defaults(get_dataset(config.adapter))
     probe = ProbeStage(workspace, config, decoder=options.decoder)
     plan = PlanStage(workspace, options.sampler_config(dataset), plan_name=options.plan, probe=probe)
+    # A backbone that reads the frames and their flow together (hoghofmbh) makes one
+    # feature set from both streams, so it is extracted once, and it needs the flow stage
+    # whichever stream was named.
+    streams = options.streams[:1] if len(backbone_inputs(options.backbone, "rgb")) > 1 else options.streams
     flows = (
         [
             FlowStage(
@@ -125,7 +129,7 @@ def main_job(workspace: DatasetWorkspace, config: DatasetConfig, options: ChainO
                 plan_stage=plan,
             )
         ]
-        if "flow" in options.streams
+        if any("flow" in backbone_inputs(options.backbone, stream) for stream in streams)
         else []
     )
     extract_options = dict(
@@ -134,10 +138,12 @@ def main_job(workspace: DatasetWorkspace, config: DatasetConfig, options: ChainO
     )  # fmt: skip
     extracts = [
         ExtractStage(workspace, backbone=options.backbone, stream=stream, weights=options.weights.get(stream), **extract_options)
-        for stream in options.streams
+        for stream in streams
     ]
     descriptors = (
-        [ExtractStage(workspace, backbone=DESCRIPTORS, **extract_options)] if options.descriptors and flows else []
+        [ExtractStage(workspace, backbone=DESCRIPTORS, **extract_options)]
+        if options.descriptors and flows and options.backbone != DESCRIPTORS
+        else []
     )
     clusters = dataset.clusters if options.clusters is None else options.clusters
     encodes = [EncodeStage(workspace, extracts[0], clusters, baseline=WITHIN_BUDGET)] if clusters and extracts else []
