@@ -434,14 +434,14 @@ def claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_label = {(r["label"], r["clusters"]): r for r in rows if r["summary"] is not None and r["kind"] == "head"}
     first = {label: row for (label, _), row in reversed(list(by_label.items()))}
     out = []
-    for segments in sorted({r.get("segments", 1) for r in rows if r["kind"] == "head"}):
+    for segments in sorted({r["segments"] for r in rows if r["kind"] == "head"}):
         suffix = segments_suffix(segments)
         for claim, better, worse in CLAIMS:
             better, worse = better + suffix, worse + suffix
             if better in first and worse in first:
                 out.append({"claim": claim + suffix, "better": better, "worse": worse,
                             **verdict(first[better], first[worse])})  # fmt: skip
-        swept = [r for r in rows if r["kind"] == "head" and r["clusters"] == 128 and r.get("segments", 1) == segments]
+        swept = [r for r in rows if r["kind"] == "head" and r["clusters"] == 128 and r["segments"] == segments]
         if swept:
             label = swept[0]["label"]
             pair = by_label.get((label, 128)), by_label.get((label, 64))
