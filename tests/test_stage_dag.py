@@ -23,6 +23,7 @@ from vpipe.pipeline.runner import run_stages
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.dataset import configure_dataset
+from vpipe.stages.extract import ExtractStage
 from vpipe.stages.main_job import ChainOptions, main_job
 from vpipe.stages.plan import PlanStage
 
@@ -195,3 +196,5 @@ def test_a_backbone_of_frames_and_flow_is_extracted_once_after_the_flow(tmp_path
     ]  # fmt: skip
     extract = next(stage for stage in stages if stage.label == "extract:hoghofmbh")
     assert [required.label for required in extract.requires()] == ["plan", "flow"]
+    as_main_job_made_it = ExtractStage(ws, backbone="hoghofmbh", stream="rgb", plan=extract.plan)
+    assert extract.model_fingerprint() == as_main_job_made_it.model_fingerprint(), "naming a stream made it stale"

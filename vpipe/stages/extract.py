@@ -71,8 +71,12 @@ class ExtractStage(PlannedVideoStage):
         super().__init__(
             workspace, plan=plan, device=device, videos_per_task=videos_per_task, decoder=decoder, plan_stage=plan_stage
         )
-        self.backbone, self.stream, self._flow = backbone, stream, flow
         self.inputs = backbone_inputs(backbone, stream)
+        # A backbone built from the frames and their flow reads both whichever stream is
+        # named, so its stream is always its first input: naming the other one is the
+        # same extraction, not a stale one.
+        stream = self.inputs[0] if len(self.inputs) > 1 else stream
+        self.backbone, self.stream, self._flow = backbone, stream, flow
         self.weights = str(Path(weights).expanduser().resolve()) if weights else None
         self.options = dict(options or {})
         # A backbone built from the frames and their flow has one feature set, not one per stream.
