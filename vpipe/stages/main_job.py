@@ -114,10 +114,6 @@ def main_job(workspace: DatasetWorkspace, config: DatasetConfig, options: ChainO
     dataset = main_job_defaults(get_dataset(config.adapter))
     probe = ProbeStage(workspace, config, decoder=options.decoder)
     plan = PlanStage(workspace, options.sampler_config(dataset), plan_name=options.plan, probe=probe)
-    # A backbone that reads the frames and their flow together (hoghofmbh) makes one
-    # feature set from both streams, so it is extracted once, and it needs the flow stage
-    # whichever stream was named.
-    streams = options.streams[:1] if len(backbone_inputs(options.backbone, "rgb")) > 1 else options.streams
     flows = (
         [
             FlowStage(
@@ -129,22 +125,24 @@ def main_job(workspace: DatasetWorkspace, config: DatasetConfig, options: ChainO
                 plan_stage=plan,
             )
         ]
-        if any("flow" in backbone_inputs(options.backbone, stream) for stream in streams)
+        if any("flow" in backbone_inputs(options.backbone, stream) for stream in options.streams)
         else []
     )
     extract_options = dict(
         plan=plan.plan_name, device=options.device, batch_size=options.batch_size, decode_workers=options.decode_workers,
         videos_per_task=options.videos_per_task, decoder=options.decoder, plan_stage=plan, flow=flows[0] if flows else None,
     )  # fmt: skip
-    extracts = [
-        ExtractStage(workspace, backbone=options.backbone, stream=stream, weights=options.weights.get(stream), **extract_options)
-        for stream in streams
-    ]
-    descriptors = (
-        [ExtractStage(workspace, backbone=DESCRIPTORS, **extract_options)]
-        if options.descriptors and flows and options.backbone != DESCRIPTORS
-        else []
-    )
+    # One stage per feature set: a backbone that reads the frames and their flow together
+    # (hoghofmbh) makes one set from both streams, and is then the descriptors as well.
+    per_set: dict[str, ExtractStage] = {}
+    for stream in options.streams:
+        stage = ExtractStage(
+            workspace, backbone=options.backbone, stream=stream, weights=options.weights.get(stream), **extract_options
+        )
+        per_set.setdefault(stage.set_name, stage)
+    extracts = list(per_set.values())
+    wanted = [ExtractStage(workspace, backbone=DESCRIPTORS, **extract_options)] if options.descriptors and flows else []
+    descriptors = [stage for stage in wanted if stage.set_name not in per_set]
     clusters = dataset.clusters if options.clusters is None else options.clusters
     encodes = [EncodeStage(workspace, extracts[0], clusters, baseline=WITHIN_BUDGET)] if clusters and extracts else []
     retrieval = (
