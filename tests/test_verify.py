@@ -9,6 +9,7 @@ must recompute exactly the damaged videos and give the original features back.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,41 @@ def test_a_truncated_shard_makes_status_not_done_and_run_recomputes_it(cache) ->
     again = all_features(ws.features_dir("li3d-rgb"))
     for key, value in original.items():
         np.testing.assert_array_equal(again[key], value)
+
+
+def test_a_deleted_feature_set_is_not_done_and_run_extracts_it_again(cache) -> None:
+    ws, original = cache
+    shutil.rmtree(ws.features_dir("li3d-rgb"))
+    status = stage_status(extract(ws))
+    assert (status.done, status.damaged) == (0, 4)
+    rerun = run_stage(extract(ws), InProcessExecutor(), progress=False)
+    assert (rerun.computed, rerun.done) == (4, 4)
+    again = all_features(ws.features_dir("li3d-rgb"))
+    assert again.keys() == original.keys()
+
+
+def test_a_run_stopped_before_its_index_resumes_from_its_shards(cache) -> None:
+    """The index is written last: recorded videos whose shards exist stay done without it."""
+    ws, _ = cache
+    (ws.features_dir("li3d-rgb") / "index.parquet").unlink()
+    assert stage_status(extract(ws)).done == 4
+    shard, videos = shard_of_unindexed(ws)
+    shard.unlink()
+    status = stage_status(extract(ws))
+    assert (status.done, status.damaged) == (4 - len(videos), len(videos))
+    rerun = run_stage(extract(ws), InProcessExecutor(), progress=False)
+    assert (rerun.computed, rerun.done) == (len(videos), 4)
+
+
+def shard_of_unindexed(ws: DatasetWorkspace) -> tuple[Path, set[str]]:
+    """A shard and the videos whose journal records point at it."""
+    records = Journal(ws.state_dir / extract(ws).journal_dir.name).load()
+    by_shard: dict[str, set[str]] = {}
+    for key, record in records.items():
+        for row in record.rows:
+            by_shard.setdefault(row["shard"], set()).add(key)
+    shard = sorted(by_shard)[0]
+    return ws.features_dir("li3d-rgb") / shard, by_shard[shard]
 
 
 def test_a_damaged_shard_without_a_recorded_digest_is_found_by_reading_it(tmp_path: Path) -> None:

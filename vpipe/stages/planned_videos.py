@@ -20,7 +20,7 @@ from vpipe.pipeline.journal import Journal, Record
 from vpipe.pipeline.stage import Stage
 from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.stages.plan_columns import existing_plan, stat_key
-from vpipe.store.index import damaged_videos, orphan_shards, write_index
+from vpipe.store.index import INDEX_FILE, damaged_videos, orphan_shards, write_index
 from vpipe.video.jobs import VideoJob, jobs_from_plan
 
 
@@ -68,6 +68,23 @@ def remove_orphans(directory: Path, records: dict[str, Record]) -> None:
         orphan.unlink(missing_ok=True)
 
 
+def missing_shards(directory: Path, records: dict[str, Record]) -> dict[str, str]:
+    """Keys of successful ``records`` with a row in a shard that is not in ``directory``, and why."""
+    present: dict[str, bool] = {}
+    missing: dict[str, str] = {}
+    for key, record in records.items():
+        if not record.ok:
+            continue
+        for row in record.rows:
+            shard = str(row["shard"])
+            if shard not in present:
+                present[shard] = (directory / shard).is_file()
+            if not present[shard]:
+                missing[key] = f"{directory / shard}: missing"
+                break
+    return missing
+
+
 class PlannedVideoStage(Stage):
     """A stage whose items are the videos of plan ``plan``, computed on the GPU when there is
     one, and whose artifact is a directory of shards and their index.
@@ -112,7 +129,17 @@ class PlannedVideoStage(Stage):
         ]
 
     def damaged_items(self) -> dict[str, str]:
-        return damaged_videos(self.artifact)
+        """Videos whose shard is missing or resized; without an index, those whose journal
+        record points at a shard that is gone.
+
+        The index is written when a stage finishes, so a run stopped part-way leaves
+        recorded videos and their shards but no index: those are done and resume. A
+        deleted artifact directory leaves the records alone: counting them done made
+        ``vpipe status`` call a feature set that no longer exists finished.
+        """
+        if (self.artifact / INDEX_FILE).is_file():
+            return damaged_videos(self.artifact)
+        return missing_shards(self.artifact, Journal(self.journal_dir).load())
 
     def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
         rows = [row for item in items if item.key in records for row in records[item.key].rows]
