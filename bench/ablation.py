@@ -21,6 +21,8 @@ settings ``vpipe run`` trains with):
    ``--soft-segments S`` as well, rows 4-5 pool the same S parts, and the soft claims
    are tested against the average pooling of S segments: on descriptors whose order is
    lost in a whole-video code (bench/ablation.md), that is where the heads learn.
+8. with ``--spectrum C``: every head row with the head's ``spectrum=C`` (the temporal
+   spectra of C learnt channels joined to the pooled code, :mod:`vpipe.models.spectrum`).
 
 Reported per configuration: mean ± sample standard deviation over the seeds of test
 accuracy, macro precision, macro recall, top-5, parameter count and test milliseconds
@@ -542,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "encoding) or the value of --segments, so the soft claims are tested against the "
                              "average pooling of the same segments")  # fmt: skip
     parser.add_argument("--temporal-only", action="store_true", help="leave out the soft aggregations and the K sweep")
+    parser.add_argument("--spectrum", type=int, default=0,
+                        help="the head's spectrum=C on every head row: C channels' temporal spectra join the code")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
     args = parser.parse_args(argv)
     if args.soft_segments not in (1, args.segments):
@@ -552,7 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_start, wall = load_average(), time.perf_counter()
-    base = {**QUICK, **QUICK_HEAD, "features": args.features, "clusters": args.pipeline_clusters}
+    base = {**QUICK, **QUICK_HEAD, "features": args.features, "clusters": args.pipeline_clusters,
+            "spectrum": args.spectrum}  # fmt: skip
     ks = sorted({args.pipeline_clusters, *args.clusters})
     facts = dataset_facts(ws, args.features, "pool", args.seeds, make_config(base).val_fraction, ks)
     log(f"feature values: {facts['feature_values']}")

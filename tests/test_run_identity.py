@@ -86,18 +86,21 @@ def test_status_and_trainer_fingerprints_agree_for_every_head(tmp_path):
 
 
 def test_an_option_added_later_keeps_earlier_runs_current(tmp_path):
-    """``segments`` came after runs were trained: at its default (the whole video, as
-    before) it stays out of the identity, so those runs are not retrained; another value
-    is a different run."""
+    """``segments`` and ``spectrum`` came after runs were trained: at their defaults (the
+    whole video, no spectrum, as before) they stay out of the identity, so those runs are
+    not retrained; another value is a different run."""
     ws = make_workspace(tmp_path / "ws")
     default = TrainConfig(features=(RGB,), head="bilstm-softagg")
     named = TrainConfig(features=(RGB,), head="bilstm-softagg", head_options={"segments": 1})
     split = TrainConfig(features=(RGB,), head="bilstm-softagg", head_options={"segments": 2})
-    before = {k: v for k, v in default.head_options.items() if k != "segments"}
+    before = {k: v for k, v in default.head_options.items() if k not in ("segments", "spectrum")}
     assert default.head_options["segments"] == 1
     assert default.identity() == {**default.to_dict(), "head_options": before}
     assert status_fingerprint(ws, named) == status_fingerprint(ws, default) == _trainer_fingerprint(ws, default)
     assert split.identity()["head_options"]["segments"] == 2
+    spectral = TrainConfig(features=(RGB,), head="bilstm-softagg", head_options={"spectrum": 8})
+    assert spectral.identity()["head_options"]["spectrum"] == 8
+    assert status_fingerprint(ws, spectral) != status_fingerprint(ws, default)
     assert status_fingerprint(ws, split) != status_fingerprint(ws, default)
     assert status_fingerprint(ws, split) == _trainer_fingerprint(ws, split)
 

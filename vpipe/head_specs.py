@@ -227,6 +227,13 @@ class BiLSTMSoftAggSpec(HeadSpec):
             minimum=1,
             added_later=True,
         ),
+        HeadOption(
+            "spectrum",
+            0,
+            "Channels whose temporal spectrum joins the pooled code (0: none, as in the papers).",
+            minimum=0,
+            added_later=True,
+        ),
         HeadOption("codebook", None, "Codebook .h5 for temporal=none (None: the workspace's, if fitted).", kind=str),
     )
     example_shapes = {"x": (1024,)}
@@ -254,11 +261,12 @@ class BiLSTMSoftAggSpec(HeadSpec):
 
     @classmethod
     def tag(cls, options: dict[str, Any]) -> str:
-        """``<temporal>-<aggregation>[-k<K>][-seg<S>]``, the rows of the papers' ablations
-        (and the temporal segments, when more than one)."""
+        """``<temporal>-<aggregation>[-k<K>][-seg<S>][-spec<C>]``, the rows of the papers'
+        ablations (and the temporal segments and spectrum channels, when used)."""
         k = f"-k{options['clusters']}" if options["aggregation"] != "avg" else ""
         segments = f"-seg{options['segments']}" if options.get("segments", 1) > 1 else ""
-        return f"{options['temporal']}-{options['aggregation']}{k}{segments}"
+        spectrum = f"-spec{options['spectrum']}" if options.get("spectrum", 0) > 0 else ""
+        return f"{options['temporal']}-{options['aggregation']}{k}{segments}{spectrum}"
 
     @classmethod
     def external_files(

@@ -41,6 +41,10 @@ Defaults and the readings behind them:
   (CVPR 2008, "t2"/"t3") lay over bags of HOG/HOF features. It is how an order-less
   pooling, or an average over a recurrent layer's outputs that washes out where in the
   video a step was, keeps the order of the video's parts; see :func:`segment_masks`.
+* ``spectrum=0``: not in the papers. ``spectrum=C`` joins to the pooled code the
+  magnitude spectra over time of C learnt linear maps of the standardised input steps
+  (:mod:`vpipe.models.spectrum`): how fast the video repeats itself, which the recurrent
+  layer did not learn from the synthetic set's bouncing disks (bench/ablation.md).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from vpipe.models.aggregation import (
 )
 
 from vpipe.models.heads.registry import Head, HeadBatch, PrepareData, register_head
+from vpipe.models.spectrum import TemporalSpectrum
 
 __all__ = ["TEMPORAL", "BiLSTMSoftAgg", "BiLSTMSoftAggHead", "init_aggregation_from_features", "segment_masks"]
 
@@ -131,6 +136,8 @@ class BiLSTMSoftAggHead(nn.Module):
         segments: consecutive temporal segments pooled separately and joined in order
             (1: the whole sequence at once, as in the papers); the embedding has
             ``segments`` times the aggregation's values.
+        spectrum: channels of the temporal spectrum joined to the embedding (0: none,
+            as in the papers); see :class:`vpipe.models.spectrum.TemporalSpectrum`.
 
     The timm-style split is kept: :meth:`forward_features` gives the video embedding
     (``num_features`` values, for t-SNE and retrieval), :meth:`forward_head` the logits.
@@ -148,6 +155,7 @@ class BiLSTMSoftAggHead(nn.Module):
         out_dim: int | None = None,
         dropout: float = 0.5,
         segments: int = 1,
+        spectrum: int = 0,
     ) -> None:
         super().__init__()
         if temporal not in TEMPORAL:
@@ -174,7 +182,11 @@ class BiLSTMSoftAggHead(nn.Module):
             self.feature_dim = 2 * hidden if bidirectional else hidden
         self.aggregation = make_aggregation(aggregation, num_clusters, self.feature_dim, out_dim)
         self.segments = segments
-        self.num_features = segments * self.aggregation.out_dim
+        if spectrum < 0:
+            raise ConfigError(f"spectrum must be 0 or a positive number of channels, got {spectrum}")
+        self.spectrum = TemporalSpectrum(input_dim, spectrum) if spectrum else None
+        spectral = self.spectrum.out_dim if self.spectrum is not None else 0
+        self.num_features = segments * self.aggregation.out_dim + spectral
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.num_features, num_classes)
 
@@ -202,14 +214,19 @@ class BiLSTMSoftAggHead(nn.Module):
 
     def forward_features(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Video embedding after aggregation, (B, num_features): the codes of the
-        ``segments`` parts in time order (one aggregation for all, as one batch)."""
+        ``segments`` parts in time order (one aggregation for all, as one batch), then the
+        temporal spectrum when the head has one."""
         h, mask = self.sequence_features(x, lengths)
         if self.segments == 1:
-            return self.aggregation(h, mask)
-        b, t, d = h.shape
-        parts = segment_masks(torch.as_tensor(lengths), t, self.segments).to(h.device)
-        h = h.unsqueeze(1).expand(b, self.segments, t, d).reshape(b * self.segments, t, d)
-        return self.aggregation(h, parts.reshape(b * self.segments, t)).reshape(b, -1)
+            pooled = self.aggregation(h, mask)
+        else:
+            b, t, d = h.shape
+            parts = segment_masks(torch.as_tensor(lengths), t, self.segments).to(h.device)
+            h = h.unsqueeze(1).expand(b, self.segments, t, d).reshape(b * self.segments, t, d)
+            pooled = self.aggregation(h, parts.reshape(b * self.segments, t)).reshape(b, -1)
+        if self.spectrum is None:
+            return pooled
+        return torch.cat([pooled, self.spectrum((x - self.input_mean) / self.input_std, mask)], 1)
 
     def forward_head(self, embedding: Tensor) -> Tensor:
         return self.classifier(self.dropout(embedding))
@@ -323,6 +340,7 @@ class BiLSTMSoftAgg(BiLSTMSoftAggSpec, Head):
             out_dim=options["out_dim"],
             dropout=options["dropout"],
             segments=options["segments"],
+            spectrum=options["spectrum"],
         )
         self.num_features = self.model.num_features
 
