@@ -462,3 +462,12 @@ def test_sigkill_during_a_write_leaves_the_old_file_or_none(tmp_path: Path, kind
     subprocess.run([sys.executable, "-c", finished, str(target)], check=True, capture_output=True, timeout=120)
     assert target.read_bytes() != b"previous version"
     assert not list(tmp_path.glob(".*.tmp*")), "a finished rewrite replaces the killed writer's leftover"
+
+
+def test_status_says_a_run_recomputes_a_deleted_feature_set(cache) -> None:
+    ws, _ = cache
+    shutil.rmtree(ws.features_dir("li3d-rgb"))
+    args = ["status", "--dataset", ws.dataset, "--workspace", str(ws.root)]
+    out = CliRunner().invoke(app, args, catch_exceptions=False).stdout
+    line = next(line for line in out.splitlines() if line.startswith("extract:li3d-rgb"))
+    assert "0 done" in line and "4 damaged (shards missing or resized): `vpipe run` recomputes them" in line

@@ -213,7 +213,7 @@ def show_status(reports: list[StageReport], dataset: str, json_output: bool) -> 
             report.summary() if not report.ready or report.after else f"{report.stage}: {report.done} done, {report.failed} failed, {report.total} total"
             + (f", {report.stale} stale ({report.why})" if report.stale else "")
             + (f", {report.new} new" if report.new else "")
-            + (f", {report.damaged} damaged: run `vpipe verify --dataset {dataset} --repair`" if report.damaged else "")
+            + (f", {report.damaged} damaged (shards missing or resized): `vpipe run` recomputes them" if report.damaged else "")
         )
 
 
