@@ -471,3 +471,17 @@ def test_status_says_a_run_recomputes_a_deleted_feature_set(cache) -> None:
     out = CliRunner().invoke(app, args, catch_exceptions=False).stdout
     line = next(line for line in out.splitlines() if line.startswith("extract:li3d-rgb"))
     assert "0 done" in line and "4 damaged (shards missing or resized): `vpipe run` recomputes them" in line
+
+
+def test_verify_names_a_deleted_feature_set_and_repair_marks_its_videos_stale(cache) -> None:
+    ws, original = cache
+    shutil.rmtree(ws.features_dir("li3d-rgb"))
+    problems = verify(ws).problems
+    assert {p.kind for p in problems} == {"missing"} and len(problems) == 2  # the two shards
+    assert sorted(v for p in problems for v in p.videos) == ["a/v0", "a/v1", "b/v0", "b/v1"]
+    assert repair(ws, problems) == {"videos": 4, "files": 2}
+    assert Journal(ws.state_dir / "extract-li3d-rgb").load() == {}
+    assert verify(ws).ok
+    rerun = run_stage(extract(ws), InProcessExecutor(), progress=False)
+    assert (rerun.computed, rerun.done) == (4, 4)
+    assert all_features(ws.features_dir("li3d-rgb")).keys() == original.keys()

@@ -68,20 +68,19 @@ def remove_orphans(directory: Path, records: dict[str, Record]) -> None:
         orphan.unlink(missing_ok=True)
 
 
-def missing_shards(directory: Path, records: dict[str, Record]) -> dict[str, str]:
-    """Keys of successful ``records`` with a row in a shard that is not in ``directory``, and why."""
+def missing_shards(directory: Path, records: dict[str, Record]) -> dict[str, list[str]]:
+    """Shards that successful ``records`` point at and ``directory`` lacks, each with the
+    keys of the records that point at it."""
     present: dict[str, bool] = {}
-    missing: dict[str, str] = {}
+    missing: dict[str, list[str]] = {}
     for key, record in records.items():
         if not record.ok:
             continue
-        for row in record.rows:
-            shard = str(row["shard"])
+        for shard in dict.fromkeys(str(row["shard"]) for row in record.rows):
             if shard not in present:
                 present[shard] = (directory / shard).is_file()
             if not present[shard]:
-                missing[key] = f"{directory / shard}: missing"
-                break
+                missing.setdefault(shard, []).append(key)
     return missing
 
 
@@ -139,7 +138,8 @@ class PlannedVideoStage(Stage):
         """
         if (self.artifact / INDEX_FILE).is_file():
             return damaged_videos(self.artifact)
-        return missing_shards(self.artifact, Journal(self.journal_dir).load())
+        missing = missing_shards(self.artifact, Journal(self.journal_dir).load())
+        return {key: f"{self.artifact / shard}: missing" for shard, keys in missing.items() for key in keys}
 
     def write_artifact(self, items: list[WorkItem], records: dict[str, Record], fingerprint: str) -> None:
         rows = [row for item in items if item.key in records for row in records[item.key].rows]

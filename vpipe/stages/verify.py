@@ -52,6 +52,7 @@ from vpipe.pipeline.workspace import DatasetWorkspace
 from vpipe.retrieval.store import faiss_file_intact, index_files, read_metadata
 from vpipe.stages.extract import ExtractStage
 from vpipe.stages.flow import FlowStage
+from vpipe.stages.planned_videos import missing_shards
 from vpipe.store.index import INDEX_FILE, SHARD_BYTES, SHARD_SHA256, read_index, read_shard_digests, write_index
 from vpipe.train.runs import CHECKPOINT_FILE, completed_runs
 
@@ -129,9 +130,11 @@ def _checks(workspace: DatasetWorkspace, kinds: tuple[str, ...]) -> Iterator:
     if "flow" in kinds:
         for directory in _artifact_dirs(workspace.dir / "flow"):
             yield from _shard_checks(directory, FlowStage.journal_of(directory.name))
+        yield from _unindexed_checks(workspace, FlowStage.journal_of(""), workspace.dir / "flow")
     if "extract" in kinds:
         for directory in _artifact_dirs(workspace.dir / "features"):
             yield from _shard_checks(directory, ExtractStage.journal_of(directory.name))
+        yield from _unindexed_checks(workspace, ExtractStage.journal_of(""), workspace.dir / "features")
     if "encode" in kinds:
         for folder in ("codebooks", "encodings"):
             for path in sorted((workspace.dir / folder).glob("*.h5")):
@@ -162,6 +165,20 @@ def _shard_checks(directory: Path, journal: str) -> Iterator:
         path = directory / str(shard)
         affected = tuple(dict.fromkeys(videos))
         yield lambda path=path, affected=affected: _check_shard(path, digests.get(path.name), affected, journal)
+
+
+def _unindexed_checks(workspace: DatasetWorkspace, prefix: str, parent: Path) -> Iterator:
+    """Journals whose artifact has no index (deleted, or a run stopped before writing it):
+    a recorded shard that is gone is missing work, which only the journal can name."""
+    for journal_dir in sorted(workspace.state_dir.glob(f"{prefix}*")):
+        directory = parent / journal_dir.name[len(prefix) :]
+        if (directory / INDEX_FILE).is_file():
+            continue
+        missing = missing_shards(directory, Journal(journal_dir).load())
+        for shard, videos in sorted(missing.items()):
+            problem = Problem(str(directory / shard), "missing", "recorded as written but absent (no index either)",
+                              tuple(videos), journal_dir.name)  # fmt: skip
+            yield lambda problem=problem: (problem, 0)
 
 
 def _check_shard(path: Path, digest: FileDigest | None, videos: tuple[str, ...], journal: str) -> tuple[Problem | None, int]:
@@ -300,7 +317,8 @@ def repair(workspace: DatasetWorkspace, problems: list[Problem]) -> dict[str, in
             if any(str(row.get("shard")) in shards for row in record.rows)
         } | {video for p in damaged for video in p.videos}  # fmt: skip
         journal.compact({key: record for key, record in records.items() if key not in stale})
-        _drop_index_rows(directory, shards)
+        if (directory / INDEX_FILE).is_file():
+            _drop_index_rows(directory, shards)
         for shard in shards:
             (directory / shard).unlink(missing_ok=True)
         counts["videos"] += len(stale)
