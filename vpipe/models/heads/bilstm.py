@@ -199,13 +199,18 @@ class BiLSTMSoftAggHead(nn.Module):
         if lengths.shape != (b,) or lengths.min() < 1 or lengths.max() > t:
             raise ValueError(f"lengths must be {b} values in [1, {t}], got {lengths.tolist()}")
         mask = torch.arange(t, device=x.device) < lengths.to(x.device).unsqueeze(1)
-        x = (x - self.input_mean) / self.input_std
+        x = self.standardise(x)
         if self.rnn is None:
             return x, mask
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         h, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
         return h, mask
+
+    def standardise(self, x: Tensor) -> Tensor:
+        """Cached features on the train split's per-dimension scale: what the temporal
+        layer and the spectrum read."""
+        return (x - self.input_mean) / self.input_std
 
     def set_input_statistics(self, mean: Tensor, std: Tensor) -> None:
         """Standardise inputs with these per-dimension statistics (of the train descriptors)."""
@@ -226,7 +231,7 @@ class BiLSTMSoftAggHead(nn.Module):
             pooled = self.aggregation(h, parts.reshape(b * self.segments, t)).reshape(b, -1)
         if self.spectrum is None:
             return pooled
-        return torch.cat([pooled, self.spectrum((x - self.input_mean) / self.input_std, mask)], 1)
+        return torch.cat([pooled, self.spectrum(self.standardise(x), mask)], 1)
 
     def forward_head(self, embedding: Tensor) -> Tensor:
         return self.classifier(self.dropout(embedding))
